@@ -1,0 +1,73 @@
+import type pg from 'pg';
+import type { Clock } from '../clock.js';
+import { migrationStatus } from '../db/migrate.js';
+import { errorMessage } from '../errors.js';
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface DoctorReport {
+  ok: boolean;
+  checks: Check[];
+}
+
+/** Clock skew past this makes ETAs and stall detection visibly wrong. */
+const MAX_SKEW_MS = 2_000;
+
+/** Everything an operator checks first; each check reports instead of throwing. */
+export async function runDoctor(
+  pool: pg.Pool,
+  schema: string,
+  clock: Clock,
+  target: string,
+): Promise<DoctorReport> {
+  const checks: Check[] = [];
+  const check = async (name: string, fn: () => Promise<{ ok: boolean; detail: string }>) => {
+    try {
+      checks.push({ name, ...(await fn()) });
+    } catch (error) {
+      checks.push({ name, ok: false, detail: errorMessage(error) });
+    }
+  };
+
+  await check('connection', async () => ({ ok: true, detail: `connected to ${target}` }));
+  await check('server version', async () => {
+    const { rows } = await pool.query<{ version: string; num: string }>(
+      `SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num`,
+    );
+    const num = Number(rows[0]!.num);
+    return {
+      ok: num >= 130000,
+      detail: `PostgreSQL ${rows[0]!.version}${num < 130000 ? ' (13 or newer required)' : ''}`,
+    };
+  });
+  await check('xid8 support', async () => {
+    const { rows } = await pool.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+    return { ok: true, detail: `pg_current_xact_id() = ${rows[0]!.xid}` };
+  });
+  await check('migrations', async () => {
+    const status = await migrationStatus(pool, schema);
+    const pending = status.pending.map((m) => `${m.version}_${m.name}`);
+    return {
+      ok: pending.length === 0,
+      detail:
+        pending.length === 0
+          ? `schema "${schema}": ${status.applied.length} applied, none pending`
+          : `schema "${schema}": ${status.applied.length} applied, pending: ${pending.join(', ')} (run "outbatch migrate")`,
+    };
+  });
+  await check('clock skew', async () => {
+    const before = clock.now().getTime();
+    const { rows } = await pool.query<{ now: Date }>('SELECT clock_timestamp() AS now');
+    const after = clock.now().getTime();
+    const skew = rows[0]!.now.getTime() - (before + after) / 2;
+    return {
+      ok: Math.abs(skew) <= MAX_SKEW_MS,
+      detail: `database clock is ${Math.round(skew)} ms ${skew >= 0 ? 'ahead of' : 'behind'} this machine${Math.abs(skew) > MAX_SKEW_MS ? ' (sync clocks with NTP)' : ''}`,
+    };
+  });
+  return { ok: checks.every((c) => c.ok), checks };
+}

@@ -1,0 +1,62 @@
+import type { Logger } from 'pino';
+import { type Clock, systemClock } from './clock.js';
+import type { PoolOptions } from './db/connection.js';
+import { type Database, openDatabase } from './db/database.js';
+import { validateSchemaName } from './db/identifiers.js';
+import { type Migration, migrate } from './db/migrate.js';
+import { silentLogger } from './log.js';
+
+export interface AppOptions {
+  /** postgres:// URL; defaults to DATABASE_URL, and without either the embedded server is started. */
+  databaseUrl?: string;
+  /** Schema holding every outbatch table (default `outbatch`). */
+  schema?: string;
+  logger?: Logger;
+  /** Data folder of the embedded server (default `.outbatch/pg`, or OUTBATCH_DATA_DIR). */
+  dataDir?: string;
+  pool?: PoolOptions;
+  clock?: Clock;
+}
+
+export interface App {
+  readonly schema: string;
+  readonly log: Logger;
+  readonly clock: Clock;
+  /** The connection pool, opened (and the embedded server started) on first use. */
+  database(): Promise<Database>;
+  migrate(options?: { onApplied?: (migration: Migration) => void }): Promise<{ applied: Migration[] }>;
+  close(): Promise<void>;
+}
+
+export function createApp(options: AppOptions = {}): App {
+  const schema = validateSchemaName(options.schema ?? 'outbatch');
+  const log = (options.logger ?? silentLogger()).child({ schema });
+  const clock = options.clock ?? systemClock;
+  let opening: Promise<Database> | undefined;
+
+  const database = () => {
+    opening ??= openDatabase({
+      ...options.pool,
+      databaseUrl: options.databaseUrl ?? (process.env.DATABASE_URL || undefined),
+      dataDir: options.dataDir ?? (process.env.OUTBATCH_DATA_DIR || undefined),
+      log,
+    });
+    return opening;
+  };
+
+  return {
+    schema,
+    log,
+    clock,
+    database,
+    async migrate(migrateOptions = {}) {
+      const db = await database();
+      return migrate(db.pool, schema, log, migrateOptions.onApplied);
+    },
+    async close() {
+      if (!opening) return;
+      const db = await opening.catch(() => undefined);
+      await db?.close();
+    },
+  };
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import { registerDb } from './commands/db.js';
+import { registerDemo } from './commands/demo.js';
+import { registerDoctor } from './commands/doctor.js';
+import { registerMigrate } from './commands/migrate.js';
+import { EXIT_USAGE } from './context.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+  version: string;
+};
+
+export function buildProgram(): Command {
+  const program = new Command('outbatch')
+    .description('PostgreSQL-only event outbox, batch processors and job queue')
+    .version(pkg.version, '-V, --version')
+    .addOption(
+      new Option('--database-url <url>', 'postgres:// URL (default: embedded PostgreSQL)').env(
+        'DATABASE_URL',
+      ),
+    )
+    .addOption(
+      new Option('--schema <name>', 'schema holding the outbatch tables')
+        .env('OUTBATCH_SCHEMA')
+        .default('outbatch'),
+    )
+    .addOption(
+      new Option('--data-dir <path>', 'embedded server data folder (default .outbatch/pg)').env(
+        'OUTBATCH_DATA_DIR',
+      ),
+    )
+    .option('--json', 'machine-readable output')
+    .showSuggestionAfterError(true)
+    .enablePositionalOptions(false)
+    .configureOutput({
+      // Commander's own errors ("unknown option '--x'") become one "outbatch: ..." line.
+      outputError: (message, write) => write(`outbatch: ${message.replace(/^error: /, '').split('\n')[0]}\n`),
+    });
+  registerMigrate(program);
+  registerDb(program);
+  registerDoctor(program);
+  registerDemo(program);
+  program.commands.forEach(applyExitOverride);
+  applyExitOverride(program);
+  return program;
+}
+
+function applyExitOverride(command: Command): void {
+  command.exitOverride();
+  command.commands.forEach(applyExitOverride);
+}
+
+async function main(): Promise<void> {
+  const program = buildProgram();
+  if (process.argv.length <= 2) {
+    program.outputHelp();
+    return;
+  }
+  try {
+    await program.parseAsync(process.argv);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // --help and --version also end here, with exit code 0.
+      process.exitCode = error.exitCode === 0 ? 0 : EXIT_USAGE;
+      return;
+    }
+    throw error;
+  }
+}
+
+await main();

@@ -1,0 +1,112 @@
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { ConnectionError, ValidationError } from '../errors.js';
+import { isRetryable, sqlState } from './retryable.js';
+
+export interface PoolOptions {
+  /** Connections in the pool (default 10). */
+  max?: number;
+  /** Give up connecting after this long; keeps "wrong host" errors quick (default 5 s). */
+  connectTimeoutMs?: number;
+  applicationName?: string;
+}
+
+/** `host:port` of a connection string, for messages; never includes the password. */
+export function describeTarget(databaseUrl: string): string {
+  try {
+    const url = new URL(databaseUrl);
+    const host = url.hostname || url.searchParams.get('host') || 'localhost';
+    return `${host}:${url.port || '5432'}`;
+  } catch {
+    return 'the configured server';
+  }
+}
+
+/** The connection string with its password replaced, safe to print or log. */
+export function redactUrl(databaseUrl: string): string {
+  try {
+    const url = new URL(databaseUrl);
+    if (url.password) url.password = '***';
+    return url.toString();
+  } catch {
+    return '<unparseable connection string>';
+  }
+}
+
+export function checkDatabaseUrl(databaseUrl: string): string {
+  let url: URL;
+  try {
+    url = new URL(databaseUrl);
+  } catch {
+    throw new ValidationError(
+      'database URL is not a valid URL: expected postgres://user:password@host:port/database',
+    );
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+    throw new ValidationError(
+      `database URL has protocol "${url.protocol}": expected postgres://user:password@host:port/database`,
+    );
+  }
+  return databaseUrl;
+}
+
+/**
+ * A pool whose idle connections may die (server restart, failover) without taking
+ * the process down: the error is logged and the pool replaces the connection.
+ */
+export function createPool(databaseUrl: string, log: Logger, options: PoolOptions = {}): pg.Pool {
+  checkDatabaseUrl(databaseUrl);
+  const pool = new pg.Pool({
+    connectionString: databaseUrl,
+    max: options.max ?? 10,
+    connectionTimeoutMillis: options.connectTimeoutMs ?? 5_000,
+    idleTimeoutMillis: 30_000,
+    application_name: options.applicationName ?? 'outbatch',
+  });
+  pool.on('error', (error) => {
+    log.warn(
+      { err: error, target: describeTarget(databaseUrl) },
+      'idle database connection lost; it will be replaced',
+    );
+  });
+  // A checked-out client that loses its socket between queries emits 'error';
+  // without a listener that would crash the process. The next query fails instead.
+  pool.on('connect', (client) => {
+    client.on('error', () => {});
+  });
+  return pool;
+}
+
+/** Turns a failure to connect into one line naming host:port and the reason. */
+export function connectionFailure(error: unknown, databaseUrl: string): ConnectionError {
+  const target = describeTarget(databaseUrl);
+  const code = sqlState(error);
+  const raw = error instanceof Error ? error.message : String(error);
+  const reasons: Record<string, string> = {
+    ECONNREFUSED: 'connection refused (is PostgreSQL running and listening on that port?)',
+    ENOTFOUND: 'host not found (check the host name)',
+    EAI_AGAIN: 'host name lookup failed temporarily',
+    ETIMEDOUT: 'connection timed out',
+    EHOSTUNREACH: 'host unreachable',
+    '28P01': 'password authentication failed (check the user and password)',
+    '28000': 'authentication rejected by the server (check pg_hba.conf and the user)',
+    '3D000': 'database does not exist (create it or fix the database name)',
+    '57P03': 'the server is starting up or shutting down',
+  };
+  const reason =
+    (code && reasons[code]) ?? (/timeout/i.test(raw) ? 'connection timed out' : raw.split('\n')[0]);
+  return new ConnectionError(`cannot connect to PostgreSQL at ${target}: ${reason}`, isRetryable(error), {
+    cause: error,
+  });
+}
+
+/** Opens and closes one connection, so a bad URL fails fast with a clear message. */
+export async function checkConnection(pool: pg.Pool, databaseUrl: string): Promise<void> {
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    throw connectionFailure(error, databaseUrl);
+  }
+  client.release();
+}

@@ -1,0 +1,42 @@
+/**
+ * The one table that decides what is worth retrying. Everything that retries
+ * (the worker loop, listeners, processors, appenders with `retry`) asks `isRetryable`.
+ */
+const RETRYABLE_SQLSTATES: Record<string, string> = {
+  '40001': 'serialization_failure',
+  '40P01': 'deadlock_detected',
+  '55P03': 'lock_not_available',
+  '57P01': 'admin_shutdown',
+  '57P02': 'crash_shutdown',
+  '57P03': 'cannot_connect_now',
+  '08000': 'connection_exception',
+  '08003': 'connection_does_not_exist',
+  '08006': 'connection_failure',
+  '08001': 'sqlclient_unable_to_establish_sqlconnection',
+  '08004': 'sqlserver_rejected_establishment_of_sqlconnection',
+  '53300': 'too_many_connections',
+};
+
+// Node's socket errors for a server that is restarting or unreachable for a moment.
+const RETRYABLE_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN']);
+
+// node-postgres reports a dropped connection with these messages and no code.
+const CONNECTION_LOST =
+  /Connection terminated|connection is closed|Client has encountered a connection error|timeout exceeded when trying to connect/i;
+
+export function sqlState(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+export function isRetryable(error: unknown): boolean {
+  if (error === null || typeof error !== 'object') return false;
+  const retryable = (error as { retryable?: unknown }).retryable;
+  if (typeof retryable === 'boolean') return retryable;
+  const code = sqlState(error);
+  if (code !== undefined && (code in RETRYABLE_SQLSTATES || RETRYABLE_NODE_CODES.has(code))) return true;
+  const message = (error as { message?: unknown }).message;
+  if (typeof message === 'string' && CONNECTION_LOST.test(message)) return true;
+  const cause = (error as { cause?: unknown }).cause;
+  return cause !== undefined && cause !== error && isRetryable(cause);
+}

@@ -1,0 +1,78 @@
+/** Shared by the test files: an app in a schema of its own, and a way to run the CLI. */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { type App, type AppOptions, createApp } from '../src/app.js';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const CLI = path.join(ROOT, 'src', 'cli', 'main.ts');
+
+export function databaseUrl(): string {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error('DATABASE_URL is not set: run the tests with "npm test"');
+  return url;
+}
+
+export function uniqueSchema(label: string): string {
+  return `t_${label.replace(/[^a-z0-9_]/g, '_')}_${randomBytes(4).toString('hex')}`;
+}
+
+export interface TestApp {
+  app: App;
+  schema: string;
+  pool: pg.Pool;
+  /** Drops the schema and closes every connection. */
+  cleanup(): Promise<void>;
+}
+
+/** A migrated app in a fresh schema, so test files never see each other's rows. */
+export async function isolatedApp(label: string, options: Partial<AppOptions> = {}): Promise<TestApp> {
+  const schema = uniqueSchema(label);
+  const app = createApp({ databaseUrl: databaseUrl(), schema, ...options });
+  await app.migrate();
+  const pool = new pg.Pool({ connectionString: databaseUrl(), max: 4 });
+  return {
+    app,
+    schema,
+    pool,
+    async cleanup() {
+      await app.close();
+      await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await pool.end();
+    },
+  };
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `outbatch ...args` as a user would, from source. */
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}, input?: string): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, LOG_LEVEL: 'warn', ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+    });
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input ?? '');
+  });
+}
+
+export function createTestApp(options: AppOptions): App {
+  return createApp({ databaseUrl: databaseUrl(), ...options });
+}
