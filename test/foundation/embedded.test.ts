@@ -37,7 +37,7 @@ after(async () => {
 /** Starts `outbatch db start` and resolves with the process and the URL it prints. */
 function dbStart(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
   return new Promise((resolve, reject) => {
-    const env = { ...process.env, LOG_LEVEL: 'warn' };
+    const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'warn' };
     delete env.DATABASE_URL;
     const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'db', 'start', '--data-dir', dataDir], {
       cwd: ROOT,
