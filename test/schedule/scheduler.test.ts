@@ -52,7 +52,7 @@ function scheduler(
         `INSERT INTO ${q}.fired (schedule, tick) VALUES ($1, $2) RETURNING id::text`,
         [name, tick],
       );
-      return rows[0].id;
+      return rows[0]!.id;
     },
   }));
   return makeScheduler({ pool, q, log, clock, schedules });
