@@ -1,0 +1,192 @@
+/**
+ * One run of one processor version: pages of events after the checkpoint, each pushed
+ * through the pipeline inside a transaction that also moves the checkpoint. The next
+ * page is read only after the pipeline drained the last (backpressure), so memory
+ * holds one page however far behind the processor is.
+ */
+import type pg from 'pg';
+import { defaultIfEmpty, from, fromEvent, lastValueFrom, takeUntil } from 'rxjs';
+import type { Clock } from '../clock.js';
+import { isRetryable } from '../db/retryable.js';
+import { withTransaction } from '../db/transaction.js';
+import { errorMessage } from '../errors.js';
+import { parseCheckpoint } from '../events/checkpoint.js';
+import type { ReadOptions, ReadPage } from '../events/read.js';
+import type { StoredEvent } from '../events/storedEvent.js';
+import type { Logger } from '../log.js';
+import type { ProcessorDefinition } from './definition.js';
+import { deadLetter, haltVersion, lockVersion, recordFailure, saveCheckpoint } from './store.js';
+
+export interface RunDeps {
+  pool: pg.Pool;
+  q: string;
+  log: Logger;
+  clock: Clock;
+  read(options: ReadOptions): Promise<ReadPage>;
+}
+
+export type RunOutcome =
+  | { stopped: 'head' | 'budget' | 'paused' | 'failed' | 'retired' | 'aborted'; processed: number }
+  | { stopped: 'halted'; processed: number; position: bigint };
+
+/** A pipeline failure on known events, as opposed to the database failing under us. */
+class PageFailed extends Error {
+  constructor(
+    readonly events: StoredEvent[],
+    readonly failure: unknown,
+  ) {
+    super(errorMessage(failure), { cause: failure });
+  }
+}
+
+class Aborted extends Error {}
+
+export async function runProcessor(
+  deps: RunDeps,
+  def: ProcessorDefinition,
+  version: number,
+  signal: AbortSignal,
+): Promise<RunOutcome> {
+  const log = deps.log.child({ component: 'processor', processor: def.name, version });
+  const deadline = deps.clock.now().getTime() + def.maxRunTimeMs;
+  let processed = 0;
+  let pageSize = def.batchSize;
+  while (true) {
+    if (signal.aborted) return { stopped: 'aborted', processed };
+    if (deps.clock.now().getTime() >= deadline) return { stopped: 'budget', processed };
+    let step: PageStep;
+    try {
+      step = await runPage(deps, def, version, pageSize, signal, log);
+    } catch (error) {
+      if (error instanceof Aborted) return { stopped: 'aborted', processed };
+      if (!(error instanceof PageFailed)) throw error; // the database: the job retries the run
+      if (error.events.length > 1) {
+        // Which event is it? Re-run the page one event at a time; those before it commit.
+        log.warn({ err: error.failure, events: error.events.length }, 'page failed; isolating the failing event');
+        pageSize = 1;
+        continue;
+      }
+      const outcome = await onEventFailure(deps, def, version, error.events[0]!, error.failure, log);
+      if (outcome === 'retry') throw error.failure;
+      if (outcome === 'halted') return { stopped: 'halted', processed, position: error.events[0]!.position };
+      processed += 1; // skipped and dead-lettered; the checkpoint moved past it
+      pageSize = def.batchSize;
+      continue;
+    }
+    if (step.kind !== 'page') return { stopped: step.kind, processed };
+    processed += step.count;
+    if (pageSize === 1 && step.count > 0) pageSize = def.batchSize;
+    if (step.caughtUp) return { stopped: 'head', processed };
+  }
+}
+
+type PageStep = { kind: 'page'; count: number; caughtUp: boolean } | { kind: 'head' | 'paused' | 'failed' | 'retired' };
+
+async function runPage(
+  deps: RunDeps,
+  def: ProcessorDefinition,
+  version: number,
+  limit: number,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<PageStep> {
+  return withTransaction(deps.pool, async (tx) => {
+    const row = await lockVersion(tx, deps.q, def.name, version);
+    if (!row) return { kind: 'retired' };
+    if (row.failed) return { kind: 'failed' };
+    if (row.paused) return { kind: 'paused' };
+    const page = await deps.read({
+      after: row.checkpoint,
+      types: def.types ?? undefined,
+      streamPrefix: def.streamPrefix ?? undefined,
+      limit,
+      client: tx,
+    });
+    if (page.events.length > 0) {
+      try {
+        await applyPipeline(def, page.events, { tx, log, signal, processor: def.name, version });
+      } catch (error) {
+        if (error instanceof Aborted) throw error;
+        if (isRetryable(error)) throw error;
+        throw new PageFailed(page.events, error);
+      }
+    }
+    if (page.checkpoint !== row.checkpoint) {
+      await saveCheckpoint(tx, deps.q, def.name, version, parseCheckpoint(page.checkpoint), page.events.length, deps.clock.now());
+    }
+    if (page.events.length === 0) return { kind: 'head' };
+    return { kind: 'page', count: page.events.length, caughtUp: page.caughtUp };
+  });
+}
+
+async function applyPipeline(
+  def: ProcessorDefinition,
+  events: StoredEvent[],
+  ctx: Parameters<ProcessorDefinition['pipeline']>[1],
+): Promise<void> {
+  if (ctx.signal.aborted) throw new Aborted();
+  const output$ = def.pipeline(from(events), ctx);
+  // takeUntil(abort): shutdown stops the page; the thrown Aborted rolls it back.
+  await lastValueFrom(output$.pipe(takeUntil(fromEvent(ctx.signal, 'abort')), defaultIfEmpty(undefined)));
+  if (ctx.signal.aborted) throw new Aborted();
+}
+
+/**
+ * Counts a failed run on one event. Under the retry budget the run is retried with
+ * backoff (the job's); past it, `halt` marks the processor failed and `skip` moves the
+ * event to the dead-letter table and the checkpoint past it.
+ */
+async function onEventFailure(
+  deps: RunDeps,
+  def: ProcessorDefinition,
+  version: number,
+  event: StoredEvent,
+  failure: unknown,
+  log: Logger,
+): Promise<'retry' | 'halted' | 'skipped'> {
+  const message = errorMessage(failure);
+  const now = deps.clock.now();
+  const attempts = await recordFailure(deps.pool, deps.q, def.name, version, event.position, message, now);
+  if (attempts < def.attempts) {
+    log.warn({ err: failure, position: event.position.toString(), attempt: attempts }, 'event failed; the run will be retried');
+    return 'retry';
+  }
+  if (def.onPoison === 'halt') {
+    await haltVersion(deps.pool, deps.q, def.name, version, event.position, message, now);
+    log.error(
+      { err: failure, position: event.position.toString(), attempts },
+      `processor "${def.name}" halted on event ${event.position} after ${attempts} attempts: fix it, then "outbatch processors reset-failed ${def.name}"`,
+    );
+    return 'halted';
+  }
+  await withTransaction(deps.pool, async (tx) => {
+    const row = await lockVersion(tx, deps.q, def.name, version);
+    if (!row) return;
+    // Skip only if this event is still the next one: a rewind meanwhile must not be jumped over.
+    const next = await deps.read({
+      after: row.checkpoint,
+      types: def.types ?? undefined,
+      streamPrefix: def.streamPrefix ?? undefined,
+      limit: 1,
+      client: tx,
+    });
+    if (next.events[0]?.position !== event.position) return;
+    await deadLetter(tx, deps.q, {
+      processor: def.name,
+      version,
+      position: event.position,
+      txId: event.txId,
+      stream: event.stream,
+      type: event.type,
+      error: message,
+      stack: failure instanceof Error ? (failure.stack ?? null) : null,
+      attempts,
+    });
+    await saveCheckpoint(tx, deps.q, def.name, version, { txId: event.txId, position: event.position }, 1, now);
+  });
+  log.error(
+    { err: failure, position: event.position.toString(), attempts },
+    `processor "${def.name}" skipped event ${event.position} after ${attempts} attempts (dead-lettered)`,
+  );
+  return 'skipped';
+}

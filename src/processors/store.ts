@@ -1,0 +1,168 @@
+/** The processors' statements: one per function, the quoted schema the only interpolation. */
+import type { Queryable } from '../db/queryable.js';
+
+export interface VersionRow {
+  version: number;
+  checkpoint: string;
+  paused: boolean;
+  failed: boolean;
+}
+
+/**
+ * First sight of a processor creates version 1, active; every start records the filter
+ * as defined now. Concurrent workers race harmlessly on the key.
+ */
+export async function ensureProcessor(
+  db: Queryable,
+  q: string,
+  name: string,
+  types: string[] | null,
+  streamPrefix: string | null,
+): Promise<void> {
+  await db.query(
+    `INSERT INTO ${q}.processors (name, version, active, types, stream_prefix)
+     SELECT $1, 1, true, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM ${q}.processors WHERE name = $1)
+     ON CONFLICT DO NOTHING`,
+    [name, types, streamPrefix],
+  );
+  await db.query(`UPDATE ${q}.processors SET types = $2, stream_prefix = $3 WHERE name = $1 AND retired_at IS NULL`, [
+    name,
+    types,
+    streamPrefix,
+  ]);
+}
+
+/** Versions that run: every version not retired by a promotion. */
+export async function runnableVersions(db: Queryable, q: string, name: string): Promise<number[]> {
+  const { rows } = await db.query<{ version: number }>(
+    `SELECT version FROM ${q}.processors WHERE name = $1 AND retired_at IS NULL ORDER BY version`,
+    [name],
+  );
+  return rows.map((row) => row.version);
+}
+
+/**
+ * Locks the version's row for the page's transaction. Besides the job lock, this is what
+ * makes a rewind or a pause wait for the page in flight instead of racing it.
+ */
+export async function lockVersion(db: Queryable, q: string, name: string, version: number): Promise<VersionRow | undefined> {
+  const { rows } = await db.query<VersionRow>(
+    `SELECT version, checkpoint_tx::text || ':' || checkpoint_position::text AS checkpoint,
+            paused, failed_at IS NOT NULL AS failed
+     FROM ${q}.processors
+     WHERE name = $1 AND version = $2 AND retired_at IS NULL
+     FOR UPDATE`,
+    [name, version],
+  );
+  return rows[0];
+}
+
+/** Moves the checkpoint, in the page's transaction; a page that passed clears the failure streak. */
+export async function saveCheckpoint(
+  db: Queryable,
+  q: string,
+  name: string,
+  version: number,
+  checkpoint: { txId: bigint; position: bigint },
+  processed: number,
+  now: Date,
+): Promise<void> {
+  await db.query(
+    `UPDATE ${q}.processors
+     SET checkpoint_tx = $3::text::xid8, checkpoint_position = $4, events_processed = events_processed + $5,
+         last_run_at = $6,
+         failing_attempts = CASE WHEN $5 > 0 THEN 0 ELSE failing_attempts END,
+         failing_position = CASE WHEN $5 > 0 THEN NULL ELSE failing_position END
+     WHERE name = $1 AND version = $2`,
+    [name, version, checkpoint.txId.toString(), checkpoint.position.toString(), processed, now],
+  );
+}
+
+/** Counts one more failed run on `position`; returns how many in a row failed on it. */
+export async function recordFailure(
+  db: Queryable,
+  q: string,
+  name: string,
+  version: number,
+  position: bigint,
+  error: string,
+  now: Date,
+): Promise<number> {
+  const { rows } = await db.query<{ attempts: number }>(
+    `UPDATE ${q}.processors
+     SET failing_attempts = CASE WHEN failing_position = $3 THEN failing_attempts + 1 ELSE 1 END,
+         failing_position = $3, last_error = $4, last_run_at = $5
+     WHERE name = $1 AND version = $2
+     RETURNING failing_attempts AS attempts`,
+    [name, version, position.toString(), error, now],
+  );
+  return rows[0]?.attempts ?? 1;
+}
+
+export async function haltVersion(
+  db: Queryable,
+  q: string,
+  name: string,
+  version: number,
+  position: bigint,
+  error: string,
+  now: Date,
+): Promise<void> {
+  await db.query(
+    `UPDATE ${q}.processors SET failed_at = $5, failed_position = $3, last_error = $4 WHERE name = $1 AND version = $2`,
+    [name, version, position.toString(), error, now],
+  );
+}
+
+export async function deadLetter(
+  db: Queryable,
+  q: string,
+  entry: {
+    processor: string;
+    version: number;
+    position: bigint;
+    txId: bigint;
+    stream: string;
+    type: string;
+    error: string;
+    stack: string | null;
+    attempts: number;
+  },
+): Promise<void> {
+  await db.query(
+    `INSERT INTO ${q}.processor_dead_letters (processor, version, position, tx_id, stream, type, error, stack, attempts)
+     VALUES ($1, $2, $3, $4::text::xid8, $5, $6, $7, $8, $9)
+     ON CONFLICT (processor, version, position) DO NOTHING`,
+    [
+      entry.processor,
+      entry.version,
+      entry.position.toString(),
+      entry.txId.toString(),
+      entry.stream,
+      entry.type,
+      entry.error,
+      entry.stack,
+      entry.attempts,
+    ],
+  );
+}
+
+/** Pauses or resumes every running version; returns how many rows changed. */
+export async function setPaused(db: Queryable, q: string, name: string, paused: boolean): Promise<number> {
+  const { rowCount } = await db.query(
+    `UPDATE ${q}.processors SET paused = $2 WHERE name = $1 AND retired_at IS NULL`,
+    [name, paused],
+  );
+  return rowCount ?? 0;
+}
+
+/** Clears a halt after a fix: the next run retries the event with a fresh budget. */
+export async function resetFailed(db: Queryable, q: string, name: string): Promise<number> {
+  const { rowCount } = await db.query(
+    `UPDATE ${q}.processors
+     SET failed_at = NULL, failed_position = NULL, failing_attempts = 0, failing_position = NULL
+     WHERE name = $1 AND retired_at IS NULL AND failed_at IS NOT NULL`,
+    [name],
+  );
+  return rowCount ?? 0;
+}
