@@ -12,9 +12,9 @@ export interface Head {
 /** The last gap-safe event: where a reader that is caught up stands. */
 export function makeHead(deps: { pool: () => Promise<Queryable>; schema: string }) {
   const sql = `
-    SELECT tx_id::text AS tx_id, position::text AS position FROM ${quoteSchema(deps.schema)}.events
+    SELECT tx_id::text AS tx_id, position::text AS position FROM ${quoteSchema(deps.schema)}.events e
     WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY tx_id DESC, position DESC
+    ORDER BY e.tx_id DESC, e.position DESC
     LIMIT 1`;
   return async function head(options: { client?: Queryable } = {}): Promise<Head> {
     const db = options.client ?? (await deps.pool());

@@ -6,15 +6,15 @@ import { EVENT_COLUMNS, type EventRow, type StoredEvent, toStoredEvent } from '.
 /** The newest `limit` gap-safe events matching the filter, oldest first (`events tail`). */
 export function makeLast(deps: { pool: () => Promise<Queryable>; schema: string }) {
   const sql = `
-    SELECT * FROM (
-      SELECT ${EVENT_COLUMNS} FROM ${quoteSchema(deps.schema)}.events
+    SELECT ${EVENT_COLUMNS} FROM (
+      SELECT * FROM ${quoteSchema(deps.schema)}.events
       WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
         AND ($1::text[] IS NULL OR type = ANY ($1::text[]))
         AND ($2::text IS NULL OR starts_with(stream, $2::text))
       ORDER BY tx_id DESC, position DESC
       LIMIT $3
-    ) newest
-    ORDER BY tx_id, position`;
+    ) e
+    ORDER BY e.tx_id, e.position`;
   return async function last(options: EventFilter & { limit?: number } = {}): Promise<StoredEvent[]> {
     const limit = checkLimit(options.limit ?? 20);
     const [types, prefix] = filterParams(options);

@@ -33,6 +33,7 @@ export interface ReadPage {
  * remembering "last position" would skip an event whose transaction commits late.
  * Ordering by (tx_id, position) and reading only below the oldest transaction still
  * running (the snapshot's xmin) means nothing can ever appear behind a checkpoint.
+ * (Sort keys are qualified: the output columns of the same names are text.)
  * The snapshot's xmin comes back with the page (one row with null columns when empty).
  */
 export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string }) {
@@ -41,12 +42,12 @@ export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string 
     SELECT horizon.xmin::text AS xmin, page.*
     FROM horizon LEFT JOIN LATERAL (
       SELECT ${EVENT_COLUMNS}
-      FROM ${quoteSchema(deps.schema)}.events
+      FROM ${quoteSchema(deps.schema)}.events e
       WHERE (tx_id, position) > ($1::xid8, $2::bigint)
         AND tx_id < horizon.xmin
         AND ($3::text[] IS NULL OR type = ANY ($3::text[]))
         AND ($4::text IS NULL OR starts_with(stream, $4::text))
-      ORDER BY tx_id, position
+      ORDER BY e.tx_id, e.position
       LIMIT $5
     ) page ON true`;
 
