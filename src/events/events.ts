@@ -8,6 +8,7 @@ import { makeGet } from './get.js';
 import { makeHead } from './head.js';
 import { makeLast } from './last.js';
 import { makeRead } from './read.js';
+import { rebaseTxIds } from './rebaseTxIds.js';
 import { makeStream } from './stream.js';
 import { checkTxIdHorizon } from './txIdHorizon.js';
 import { DEFAULT_MAX_EVENT_BYTES } from './validate.js';
@@ -51,6 +52,9 @@ export function makeEvents(deps: {
     }),
     /** Throws TxIdHorizonError after a logical restore; see txIdHorizon.ts. */
     checkTxIdHorizon: async () => checkTxIdHorizon(await pool(), deps.schema),
+    /** The way out of a TxIdHorizonError (stop workers first); see rebaseTxIds.ts. */
+    rebaseTxIds: async (onProgress?: (consumed: number, total: number) => void) =>
+      rebaseTxIds(await pool(), deps.schema, onProgress),
   };
 }
 
