@@ -83,7 +83,7 @@ function singleEvent(flags: AppendFlags): NewEvent {
       `missing ${missing.map((m) => `--${m}`).join(', ')}: give --stream, --type and --data, or --ndjson with events on standard input`,
     );
   }
-  return {
+  const event: NewEvent = {
     stream: flags.stream!,
     type: flags.type!,
     data: jsonArgument('--data', flags.data!),
@@ -92,6 +92,8 @@ function singleEvent(flags: AppendFlags): NewEvent {
       : { metadata: jsonArgument('--metadata', flags.metadata) as Record<string, unknown> }),
     ...(flags.idempotencyKey === undefined ? {} : { idempotencyKey: flags.idempotencyKey }),
   };
+  validateEvents(event, DEFAULT_MAX_EVENT_BYTES);
+  return event;
 }
 
 function jsonArgument(name: string, value: string): unknown {
