@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CLI, databaseUrl, isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
+import { waitUntilReadable } from './readable.js';
 
 describe('cli: append, events tail/show', () => {
   let t: TestApp;
@@ -108,6 +109,7 @@ describe('cli: append, events tail/show', () => {
   });
 
   it('events tail prints the newest events, filtered, as lines or JSON; show prints one', async () => {
+    await waitUntilReadable(t.pool, t.schema);
     const tail = await runCli(['events', 'tail', '-n', '3', '--type', 'OrderPlaced', 'T'], env);
     assert.equal(tail.code, 0, tail.stderr);
     const lines = tail.stdout.trim().split('\n');

@@ -6,6 +6,7 @@ import { ValidationError } from '../../src/errors.js';
 import { formatCheckpoint, parseCheckpoint, START_CHECKPOINT } from '../../src/events/checkpoint.js';
 import { eventsChannel } from '../../src/events/follow.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
+import { waitUntilReadable } from './readable.js';
 
 describe('events: read, stream, head, follow', () => {
   let t: TestApp;
@@ -22,6 +23,7 @@ describe('events: read, stream, head, follow', () => {
   after(async () => t.cleanup());
 
   const readAll = async (options: { types?: string[]; streamPrefix?: string; limit?: number } = {}) => {
+    await waitUntilReadable(t.pool, t.schema);
     const seen: number[] = [];
     let after = START_CHECKPOINT;
     for (;;) {
@@ -57,6 +59,7 @@ describe('events: read, stream, head, follow', () => {
     const head = await t.app.events.head();
     assert.ok(parseCheckpoint(page.checkpoint).txId >= parseCheckpoint(head.checkpoint).txId);
     const later = await t.app.events.append({ stream: 'order-x', type: 'Nope', data: { i: 99 } });
+    await waitUntilReadable(t.pool, t.schema);
     const next = await t.app.events.read({ types: ['Nope'], after: page.checkpoint });
     assert.deepEqual(
       next.events.map((e) => e.position),
@@ -86,6 +89,7 @@ describe('events: read, stream, head, follow', () => {
       (await t.app.events.stream('order-0', { fromVersion: 2 })).map((e) => (e.data as { i: number }).i),
       [10, 20],
     );
+    await waitUntilReadable(t.pool, t.schema);
     const head = await t.app.events.head();
     const last = await t.app.events.last({ limit: 1 });
     assert.equal(head.checkpoint, last[0]!.checkpoint);
@@ -151,11 +155,13 @@ describe('events: read, stream, head, follow', () => {
   });
 
   it('follow() emits the backlog, then new events as they are appended', async () => {
+    await waitUntilReadable(t.pool, t.schema);
     const tail = await t.app.events.last({ limit: 3 });
     const from = tail[0]!.checkpoint;
-    // A long poll interval: the new events must arrive through NOTIFY.
+    // NOTIFY wakes the follower; the poll covers events held back by other test files'
+    // transactions (which end without a NOTIFY).
     const followed = firstValueFrom(
-      t.app.events.follow(from, { pollIntervalMs: 60_000 }).pipe(take(2 + 5), toArray()),
+      t.app.events.follow(from, { pollIntervalMs: 250 }).pipe(take(2 + 5), toArray()),
     );
     // Wait until the follower has drained its backlog and listens, then append.
     await waitFor(async () => (await listeners(t)) > 0);

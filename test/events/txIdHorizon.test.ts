@@ -4,9 +4,11 @@ import { TxIdHorizonError } from '../../src/errors.js';
 import { START_CHECKPOINT } from '../../src/events/checkpoint.js';
 import { checkTxIdHorizon } from '../../src/events/txIdHorizon.js';
 import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
+import { waitUntilReadable } from './readable.js';
 
 /** Every event's data.i, in the readers' order. */
-async function readOrder(t: TestApp): Promise<number[]> {
+async function readOrder(t: TestApp, wait = true): Promise<number[]> {
+  if (wait) await waitUntilReadable(t.pool, t.schema);
   const seen: number[] = [];
   let after = START_CHECKPOINT;
   for (;;) {
@@ -61,8 +63,13 @@ describe('transaction ids after a logical restore', () => {
 
     // The hazard: the restored events sort after everything new (and stay hidden until the
     // server's ids catch up), so checkpoints and new events no longer agree.
-    await t.app.events.append({ stream: 'after-restore', type: 'T', data: { i: 7 } });
-    assert.deepEqual(await readOrder(t), [7]);
+    const seven = await t.app.events.append({ stream: 'after-restore', type: 'T', data: { i: 7 } });
+    for (;;) {
+      const { rows } = await t.pool.query('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x');
+      if (BigInt(rows[0].x) > seven.txId) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.deepEqual(await readOrder(t, false), [7]);
 
     const refused = await runCli(['events', 'rebase-tx-ids'], env);
     assert.equal(refused.code, 2);
