@@ -4,6 +4,7 @@ import type { PoolOptions } from './db/connection.js';
 import { type Database, openDatabase } from './db/database.js';
 import { validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
+import { type Events, type EventsOptions, makeEvents } from './events/events.js';
 import { silentLogger } from './log.js';
 
 export interface AppOptions {
@@ -16,6 +17,8 @@ export interface AppOptions {
   dataDir?: string;
   pool?: PoolOptions;
   clock?: Clock;
+  /** Event outbox settings (`maxEventBytes`). */
+  events?: EventsOptions;
 }
 
 export interface App {
@@ -26,6 +29,8 @@ export interface App {
   database(): Promise<Database>;
   migrate(options?: { onApplied?: (migration: Migration) => void }): Promise<{ applied: Migration[] }>;
   close(): Promise<void>;
+  /** The event outbox: append, read, follow. */
+  readonly events: Events;
 }
 
 export function createApp(options: AppOptions = {}): App {
@@ -53,6 +58,7 @@ export function createApp(options: AppOptions = {}): App {
       const db = await database();
       return migrate(db.pool, schema, log, migrateOptions.onApplied);
     },
+    events: makeEvents({ database, schema, log, clock, options: options.events }),
     async close() {
       if (!opening) return;
       const db = await opening.catch(() => undefined);

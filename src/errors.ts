@@ -52,3 +52,47 @@ export function errorMessage(error: unknown): string {
     return String(error);
   }
 }
+
+export type ExpectedVersion = number | 'no_stream' | 'any';
+
+/** An append with `expectedVersion` found the stream somewhere else; nothing was written. */
+export class ConcurrencyError extends OutbatchError {
+  constructor(
+    readonly stream: string,
+    readonly expected: ExpectedVersion,
+    readonly actual: number,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      'OUTBATCH_CONCURRENCY',
+      `stream "${stream}" is at version ${actual}, expected ${expected === 'no_stream' ? 'no stream' : expected}: reload the stream and decide again`,
+      options,
+    );
+  }
+}
+
+/**
+ * Two transactions appended the same new idempotency key at the same moment and the
+ * other one committed first. Retrying the transaction returns the stored event.
+ */
+export class IdempotencyConflictError extends OutbatchError {
+  readonly retryable = true;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('OUTBATCH_IDEMPOTENCY_CONFLICT', message, options);
+  }
+}
+
+/**
+ * Stored transaction ids are ahead of the server's: the database was restored logically
+ * (pg_dump) into a cluster whose xids start lower. New events would sort before old
+ * checkpoints and be skipped, so readers refuse to run until the ids are rebased.
+ */
+export class TxIdHorizonError extends OutbatchError {
+  constructor(
+    message: string,
+    readonly highestStored: bigint,
+    readonly nextServer: bigint,
+  ) {
+    super('OUTBATCH_TX_ID_HORIZON', message);
+  }
+}

@@ -1,14 +1,36 @@
 // The package entry point: everything a service imports from 'outbatch'.
 export { type App, type AppOptions, createApp } from './app.js';
 export { type Clock, systemClock } from './clock.js';
+export { type ListenEvent, type ListenOptions, listen } from './db/listen.js';
 export type { Queryable } from './db/queryable.js';
 export { isRetryable } from './db/retryable.js';
 export { withTransaction } from './db/transaction.js';
 export {
+  ConcurrencyError,
   ConnectionError,
   EmbeddedServerError,
+  type ExpectedVersion,
+  IdempotencyConflictError,
   MigrationError,
   OutbatchError,
+  TxIdHorizonError,
   ValidationError,
 } from './errors.js';
+export type { AppendedEvent, AppendOptions } from './events/append.js';
+export {
+  type Checkpoint,
+  type CheckpointParts,
+  formatCheckpoint,
+  parseCheckpoint,
+  START_CHECKPOINT,
+} from './events/checkpoint.js';
+export type { Events, EventsOptions } from './events/events.js';
+export type { EventFilter } from './events/filter.js';
+export { eventsChannel, type FollowOptions } from './events/follow.js';
+export type { Head } from './events/head.js';
+export type { ReadOptions, ReadPage } from './events/read.js';
+export type { StoredEvent } from './events/storedEvent.js';
+export type { StreamOptions } from './events/stream.js';
+export { checkTxIdHorizon, type TxIdHorizon } from './events/txIdHorizon.js';
+export type { NewEvent } from './events/validate.js';
 export { createLogger, type Logger } from './log.js';

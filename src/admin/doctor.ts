@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { Clock } from '../clock.js';
 import { migrationStatus } from '../db/migrate.js';
 import { errorMessage } from '../errors.js';
+import { checkTxIdHorizon } from '../events/txIdHorizon.js';
 
 export interface Check {
   name: string;
@@ -57,6 +58,18 @@ export async function runDoctor(
         pending.length === 0
           ? `schema "${schema}": ${status.applied.length} applied, none pending`
           : `schema "${schema}": ${status.applied.length} applied, pending: ${pending.join(', ')} (run "outbatch migrate")`,
+    };
+  });
+  await check('tx id horizon', async () => {
+    const { rows } = await pool.query<{ exists: boolean }>('SELECT to_regclass($1) IS NOT NULL AS exists', [
+      `"${schema}".events`,
+    ]);
+    if (!rows[0]!.exists) return { ok: true, detail: 'no events table yet' };
+    // Throws TxIdHorizonError (after a logical restore), whose message says what to do.
+    const horizon = await checkTxIdHorizon(pool, schema);
+    return {
+      ok: true,
+      detail: `stored tx ids up to ${horizon.highestStored}, server at ${horizon.nextServer}`,
     };
   });
   await check('clock skew', async () => {

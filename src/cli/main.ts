@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
+import { registerAppend } from './commands/append.js';
 import { registerDb } from './commands/db.js';
 import { registerDemo } from './commands/demo.js';
 import { registerDoctor } from './commands/doctor.js';
+import { registerEvents } from './commands/events.js';
 import { registerMigrate } from './commands/migrate.js';
 import { EXIT_USAGE } from './context.js';
 
@@ -41,6 +43,8 @@ export function buildProgram(): Command {
   registerDb(program);
   registerDoctor(program);
   registerDemo(program);
+  registerAppend(program);
+  registerEvents(program);
   program.commands.forEach(applyExitOverride);
   applyExitOverride(program);
   return program;

@@ -1,0 +1,263 @@
+/**
+ * Events benchmark: outbatch append/read against raw PostgreSQL in one run, one server.
+ *
+ *   DATABASE_URL=postgres://… npx tsx ops/bench/events.ts [--scale 1]
+ *
+ * Runs in a schema of its own (dropped after). Every figure is events per second, the
+ * best of three rounds; ratios compare with the issue's targets. Results go to
+ * ops/bench/RESULTS.md by hand (see "## Events" there).
+ */
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { createApp } from '../../src/app.js';
+import { START_CHECKPOINT } from '../../src/events/checkpoint.js';
+
+const url = process.env.DATABASE_URL;
+if (!url) {
+  process.stderr.write('set DATABASE_URL (the benchmark never starts the embedded server)\n');
+  process.exit(2);
+}
+const scaleIndex = process.argv.indexOf('--scale');
+const scale = scaleIndex > 0 ? Number(process.argv[scaleIndex + 1]) : 1;
+const SINGLES = Math.round(1500 * scale);
+const BULK_TOTAL = Math.round(100_000 * scale);
+const ROUNDS = 3;
+
+const schema = `bench_events_${randomBytes(3).toString('hex')}`;
+const q = `"${schema}"`;
+const app = createApp({ databaseUrl: url, schema, pool: { max: 4 } });
+const pool = new pg.Pool({ connectionString: url, max: 2 });
+
+const data = (i: number) => ({
+  orderId: `o-${i}`,
+  total: 42.5,
+  currency: 'EUR',
+  items: [{ sku: 'a-1', qty: 2 }],
+});
+const dataJson = (i: number) => JSON.stringify(data(i));
+let tag = 0; // keeps streams unique across rounds
+
+async function best(name: string, events: number, run: () => Promise<void>): Promise<number> {
+  let rate = 0;
+  for (let round = 0; round < ROUNDS; round++) {
+    const start = process.hrtime.bigint();
+    await run();
+    const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    rate = Math.max(rate, events / seconds);
+  }
+  process.stdout.write(`${name.padEnd(44)} ${Math.round(rate).toString().padStart(9)} events/s\n`);
+  return rate;
+}
+
+// --- writes -----------------------------------------------------------------------------
+
+async function rawSingle() {
+  const client = await pool.connect();
+  const t = tag++;
+  try {
+    for (let i = 0; i < SINGLES; i++) {
+      await client.query(
+        `INSERT INTO ${q}.events (stream, stream_version, type, data) VALUES ($1, 1, 'OrderPlaced', $2)`,
+        [`raw1-${t}-${i}`, dataJson(i)],
+      );
+    }
+  } finally {
+    client.release();
+  }
+}
+
+async function rawMultiRow() {
+  const client = await pool.connect();
+  const t = tag++;
+  try {
+    for (let base = 0; base < BULK_TOTAL; base += 1000) {
+      const values: string[] = [];
+      const params: unknown[] = [];
+      for (let i = base; i < base + 1000; i++) {
+        params.push(`rawm-${t}-${i}`, dataJson(i));
+        values.push(`($${params.length - 1}, 1, 'OrderPlaced', $${params.length})`);
+      }
+      await client.query(
+        `INSERT INTO ${q}.events (stream, stream_version, type, data) VALUES ${values.join(',')}`,
+        params,
+      );
+    }
+  } finally {
+    client.release();
+  }
+}
+
+async function rawCopy() {
+  const client = await pool.connect();
+  const t = tag++;
+  try {
+    for (let base = 0; base < BULK_TOTAL; base += 10_000) {
+      const lines: string[] = [];
+      // COPY text format: JSON has no tabs or newlines here; backslashes must be doubled.
+      for (let i = base; i < base + 10_000; i++) {
+        lines.push(`rawc-${t}-${i}\t1\tOrderPlaced\t${dataJson(i).replace(/\\/g, '\\\\')}\n`);
+      }
+      await pipeline(
+        Readable.from([lines.join('')]),
+        client.query(copyFrom(`COPY ${q}.events (stream, stream_version, type, data) FROM STDIN`)),
+      );
+    }
+  } finally {
+    client.release();
+  }
+}
+
+async function outbatchSingle() {
+  const t = tag++;
+  for (let i = 0; i < SINGLES; i++) {
+    await app.events.append({ stream: `ob1-${t}-${i % 100}`, type: 'OrderPlaced', data: data(i) });
+  }
+}
+
+async function outbatchBulk() {
+  const t = tag++;
+  for (let base = 0; base < BULK_TOTAL; base += 10_000) {
+    const batch = Array.from({ length: 10_000 }, (_, k) => ({
+      stream: `obb-${t}-${(base + k) % 1000}`,
+      type: 'OrderPlaced',
+      data: data(base + k),
+    }));
+    await app.events.append(batch);
+  }
+}
+
+// The alternative the TypeScript path could use instead of calling append_events():
+// one hand-written statement (no idempotency keys, no expectedVersion).
+const ALT_SINGLE = `
+  WITH bumped AS (
+    INSERT INTO ${q}.streams AS s (stream, version) VALUES ($1, 1)
+    ON CONFLICT (stream) DO UPDATE SET version = s.version + 1 RETURNING version
+  ), ins AS (
+    INSERT INTO ${q}.events (stream, stream_version, type, data)
+    SELECT $1, version, $2, $3 FROM bumped
+    RETURNING position, tx_id, stream, stream_version, type, data, metadata, recorded_at
+  )
+  SELECT ins.*, pg_notify('${schema}_events', '') FROM ins`;
+
+const ALT_BULK = `
+  WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS i(stream, type, data, ord)
+  ), counts AS (
+    SELECT stream, count(*) AS n FROM input GROUP BY stream
+  ), bumped AS (
+    INSERT INTO ${q}.streams AS s (stream, version) SELECT stream, n FROM counts ORDER BY stream
+    ON CONFLICT (stream) DO UPDATE SET version = s.version + excluded.version RETURNING s.stream, s.version
+  ), ins AS (
+    INSERT INTO ${q}.events (stream, stream_version, type, data)
+    SELECT i.stream, b.version - c.n + row_number() OVER (PARTITION BY i.stream ORDER BY i.ord), i.type, i.data
+    FROM input i JOIN bumped b ON b.stream = i.stream JOIN counts c ON c.stream = i.stream
+    ORDER BY i.ord
+    RETURNING position, tx_id, stream, stream_version, type, data, metadata, recorded_at
+  )
+  SELECT ins.*, pg_notify('${schema}_events', '') FROM ins`;
+
+async function altSingle() {
+  const client = await pool.connect();
+  const t = tag++;
+  try {
+    for (let i = 0; i < SINGLES; i++) {
+      await client.query(ALT_SINGLE, [`alt1-${t}-${i % 100}`, 'OrderPlaced', dataJson(i)]);
+    }
+  } finally {
+    client.release();
+  }
+}
+
+async function altBulk() {
+  const client = await pool.connect();
+  const t = tag++;
+  try {
+    for (let base = 0; base < BULK_TOTAL; base += 10_000) {
+      const streams: string[] = [];
+      const types: string[] = [];
+      const datas: string[] = [];
+      for (let i = base; i < base + 10_000; i++) {
+        streams.push(`altb-${t}-${i % 1000}`);
+        types.push('OrderPlaced');
+        datas.push(dataJson(i));
+      }
+      await client.query(ALT_BULK, [streams, types, datas]);
+    }
+  } finally {
+    client.release();
+  }
+}
+
+// --- reads ------------------------------------------------------------------------------
+
+let totalEvents = 0;
+
+async function outbatchRead() {
+  let after = START_CHECKPOINT;
+  let seen = 0;
+  for (;;) {
+    const page = await app.events.read({ after, limit: 1000 });
+    seen += page.events.length;
+    after = page.checkpoint;
+    if (page.caughtUp) break;
+  }
+  totalEvents = seen;
+}
+
+async function rawKeysetRead() {
+  const client = await pool.connect();
+  try {
+    let last = '0';
+    for (;;) {
+      const { rows } = await client.query(
+        `SELECT * FROM ${q}.events WHERE position > $1 ORDER BY position LIMIT 1000`,
+        [last],
+      );
+      if (rows.length === 0) break;
+      last = rows.at(-1).position;
+    }
+  } finally {
+    client.release();
+  }
+}
+
+// --- run --------------------------------------------------------------------------------
+
+const ratio = (a: number, b: number) => `${Math.round((100 * a) / b)}%`;
+
+try {
+  await app.migrate();
+  const server = (await pool.query(`SELECT current_setting('server_version') AS v`)).rows[0].v;
+  process.stdout.write(
+    `PostgreSQL ${server}, ${SINGLES} single appends and ${BULK_TOTAL} bulk events per round, best of ${ROUNDS}\n`,
+  );
+  const rawSingleRate = await best('raw single-row INSERT per transaction', SINGLES, rawSingle);
+  const obSingleRate = await best('outbatch append(event)', SINGLES, outbatchSingle);
+  const altSingleRate = await best('alt: one CTE statement per event', SINGLES, altSingle);
+  const rawMultiRate = await best('raw 1000-row multi-row INSERT', BULK_TOTAL, rawMultiRow);
+  const rawCopyRate = await best('raw COPY (10k rows per COPY)', BULK_TOTAL, rawCopy);
+  const obBulkRate = await best('outbatch append(10k events)', BULK_TOTAL, outbatchBulk);
+  const altBulkRate = await best('alt: one unnest statement per 10k', BULK_TOTAL, altBulk);
+  await pool.query(`VACUUM ANALYZE ${q}.events`);
+  const count = Number((await pool.query(`SELECT count(*) FROM ${q}.events`)).rows[0].count);
+  const obReadRate = await best(`outbatch read() pages of 1000 (${count} events)`, count, outbatchRead);
+  const rawReadRate = await best('raw keyset scan pages of 1000', count, rawKeysetRead);
+  if (totalEvents !== count) throw new Error(`read() saw ${totalEvents} of ${count} events`);
+
+  process.stdout.write('\nratios (target)\n');
+  process.stdout.write(
+    `single append / raw single INSERT   ${ratio(obSingleRate, rawSingleRate)} (>= 90%)\n`,
+  );
+  process.stdout.write(`bulk append / raw COPY              ${ratio(obBulkRate, rawCopyRate)} (>= 60%)\n`);
+  process.stdout.write(`bulk append / raw multi-row INSERT  ${ratio(obBulkRate, rawMultiRate)}\n`);
+  process.stdout.write(`read() / raw keyset scan            ${ratio(obReadRate, rawReadRate)} (>= 80%)\n`);
+  process.stdout.write(`append_events() / alt single stmt   ${ratio(obSingleRate, altSingleRate)}\n`);
+  process.stdout.write(`append_events() / alt unnest bulk   ${ratio(obBulkRate, altBulkRate)}\n`);
+} finally {
+  await pool.query(`DROP SCHEMA IF EXISTS ${q} CASCADE`).catch(() => {});
+  await pool.end();
+  await app.close();
+}

@@ -1,0 +1,124 @@
+import type { Command } from 'commander';
+import { fromEvent, lastValueFrom, takeUntil, tap } from 'rxjs';
+import { ValidationError } from '../../errors.js';
+import { parseCheckpoint } from '../../events/checkpoint.js';
+import type { StoredEvent } from '../../events/storedEvent.js';
+import { jsonReplacer, runCommand } from '../context.js';
+
+interface TailFlags {
+  follow?: boolean;
+  type?: string[];
+  streamPrefix?: string;
+  limit: string;
+  after?: string;
+}
+
+export function registerEvents(program: Command): void {
+  const events = program.command('events').description('read the event log');
+
+  events
+    .command('tail')
+    .description('print the newest events (gap-safe order); --follow keeps printing new ones')
+    .option('-f, --follow', 'keep printing events as they are appended (Ctrl-C stops)')
+    .option('--type <type...>', 'only these event types')
+    .option('--stream-prefix <prefix>', 'only streams starting with this')
+    .option('-n, --limit <n>', 'how many of the newest events to print first', '20')
+    .option('--after <checkpoint>', 'print every event after this checkpoint instead of the newest')
+    .action((flags: TailFlags, command: Command) =>
+      runCommand(command, async ({ app, json, signal }) => {
+        const limit = Number(flags.limit);
+        if (!/^\d+$/.test(flags.limit) || limit < 1 || limit > 100_000) {
+          throw new ValidationError(
+            `--limit "${flags.limit}" is invalid: expected a whole number from 1 to 100000`,
+          );
+        }
+        const filter = { types: flags.type, streamPrefix: flags.streamPrefix };
+        const write = (event: StoredEvent) =>
+          process.stdout.write(`${json ? toJson(event) : toLine(event)}\n`);
+        let after: string;
+        if (flags.after !== undefined) {
+          parseCheckpoint(flags.after);
+          after = flags.after;
+          if (!flags.follow) {
+            const page = await app.events.read({ ...filter, after, limit });
+            page.events.forEach(write);
+            return;
+          }
+        } else {
+          // Head first: anything appended between the two reads is printed by --follow.
+          const head = await app.events.head();
+          const newest = await app.events.last({ ...filter, limit });
+          newest.forEach(write);
+          after = newest.at(-1)?.checkpoint ?? head.checkpoint;
+        }
+        if (!flags.follow) return;
+        // Runs until Ctrl-C / SIGTERM; then the LISTEN connection closes with the subscription.
+        await lastValueFrom(
+          app.events.follow(after, filter).pipe(takeUntil(fromEvent(signal, 'abort')), tap(write)),
+          {
+            defaultValue: undefined,
+          },
+        );
+      }),
+    );
+
+  events
+    .command('show <position>')
+    .description('print one event in full')
+    .action((position: string, _flags: unknown, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const event = await app.events.get(position);
+        if (!event) {
+          process.stderr.write(`outbatch: no event at position ${position}\n`);
+          return 1;
+        }
+        print(
+          [
+            `position        ${event.position}`,
+            `checkpoint      ${event.checkpoint}`,
+            `stream          ${event.stream} (version ${event.streamVersion})`,
+            `type            ${event.type}`,
+            `recorded at     ${event.recordedAt.toISOString()}`,
+            `idempotency key ${event.idempotencyKey ?? '-'}`,
+            `metadata        ${JSON.stringify(event.metadata)}`,
+            `data            ${JSON.stringify(event.data, null, 2)}`,
+          ].join('\n'),
+          event,
+        );
+      }),
+    );
+
+  events
+    .command('rebase-tx-ids')
+    .description(
+      'after a pg_dump restore: rewrite stored transaction ids, in order, below the server (stop workers first)',
+    )
+    .option('--yes', 'really rewrite them')
+    .action((flags: { yes?: boolean }, command: Command) =>
+      runCommand(command, async ({ app, print, json }) => {
+        if (!flags.yes) {
+          throw new ValidationError(
+            'rebase-tx-ids rewrites every stored transaction id: stop workers and appenders, back up, then run it again with --yes',
+          );
+        }
+        const result = await app.events.rebaseTxIds((done, total) => {
+          if (!json) process.stderr.write(`consumed ${done}/${total} transaction ids\n`);
+        });
+        print(
+          `rebased ${result.distinctIds} transaction id(s) on ${result.eventsUpdated} event(s) to 3..${result.highestNew}` +
+            (result.consumed ? ` (consumed ${result.consumed} transaction ids first)` : '') +
+            '; checkpoints kept outside this database must be taken again (see README)',
+          result,
+        );
+      }),
+    );
+}
+
+function toJson(event: StoredEvent): string {
+  return JSON.stringify(event, jsonReplacer);
+}
+
+function toLine(event: StoredEvent): string {
+  const data = JSON.stringify(event.data);
+  return `${String(event.position).padStart(8)}  ${event.recordedAt.toISOString()}  ${event.stream}@${event.streamVersion}  ${event.type}  ${data.length > 120 ? `${data.slice(0, 117)}...` : data}`;
+}

@@ -1,0 +1,61 @@
+import type { Logger } from 'pino';
+import type { Clock } from '../clock.js';
+import type { Database } from '../db/database.js';
+import { ValidationError } from '../errors.js';
+import { makeAppend } from './append.js';
+import { makeFollow } from './follow.js';
+import { makeGet } from './get.js';
+import { makeHead } from './head.js';
+import { makeLast } from './last.js';
+import { makeRead } from './read.js';
+import { rebaseTxIds } from './rebaseTxIds.js';
+import { makeStream } from './stream.js';
+import { checkTxIdHorizon } from './txIdHorizon.js';
+import { DEFAULT_MAX_EVENT_BYTES } from './validate.js';
+
+export interface EventsOptions {
+  /** Largest `data` + `metadata` JSON per event, in bytes (default 1 MB). */
+  maxEventBytes?: number;
+}
+
+/** `app.events`: the outbox. Every operation takes the pool lazily, on first use. */
+export function makeEvents(deps: {
+  database: () => Promise<Database>;
+  schema: string;
+  log: Logger;
+  clock: Clock;
+  options?: EventsOptions;
+}) {
+  const maxEventBytes = deps.options?.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
+  if (!Number.isSafeInteger(maxEventBytes) || maxEventBytes < 1) {
+    throw new ValidationError(
+      `maxEventBytes is ${JSON.stringify(maxEventBytes)}: expected a whole number of bytes >= 1`,
+    );
+  }
+  const pool = async () => (await deps.database()).pool;
+  const shared = { pool, schema: deps.schema };
+  const read = makeRead(shared);
+  return {
+    append: makeAppend({ ...shared, maxEventBytes }),
+    read,
+    stream: makeStream(shared),
+    head: makeHead(shared),
+    /** The newest events, oldest first (what `outbatch events tail` prints). */
+    last: makeLast(shared),
+    /** One event by position. */
+    get: makeGet(shared),
+    follow: makeFollow({
+      read,
+      url: async () => (await deps.database()).url,
+      schema: deps.schema,
+      log: deps.log.child({ component: 'events' }),
+    }),
+    /** Throws TxIdHorizonError after a logical restore; see txIdHorizon.ts. */
+    checkTxIdHorizon: async () => checkTxIdHorizon(await pool(), deps.schema),
+    /** The way out of a TxIdHorizonError (stop workers first); see rebaseTxIds.ts. */
+    rebaseTxIds: async (onProgress?: (consumed: number, total: number) => void) =>
+      rebaseTxIds(await pool(), deps.schema, onProgress),
+  };
+}
+
+export type Events = ReturnType<typeof makeEvents>;

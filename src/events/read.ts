@@ -1,0 +1,75 @@
+import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
+import {
+  type Checkpoint,
+  formatCheckpoint,
+  horizonCheckpoint,
+  laterCheckpoint,
+  parseCheckpoint,
+  START_CHECKPOINT,
+} from './checkpoint.js';
+import { checkLimit, type EventFilter, filterParams } from './filter.js';
+import { EVENT_COLUMNS, type EventRow, type StoredEvent, toStoredEvent } from './storedEvent.js';
+
+export interface ReadOptions extends EventFilter {
+  /** Read events after this checkpoint (default: from the start). */
+  after?: Checkpoint;
+  /** Page size, 1 to 100,000 (default 1000). */
+  limit?: number;
+  /** A client inside your transaction (a processor's page). */
+  client?: Queryable;
+}
+
+export interface ReadPage {
+  events: StoredEvent[];
+  /** Pass it as `after` to read on. Moves even when a filter matched nothing. */
+  checkpoint: Checkpoint;
+  /** True when fewer than `limit` events were returned: the reader is at the head for now. */
+  caughtUp: boolean;
+}
+
+/**
+ * Gap-safe: positions are taken at insert but become visible at commit, so a reader
+ * remembering "last position" would skip an event whose transaction commits late.
+ * Ordering by (tx_id, position) and reading only below the oldest transaction still
+ * running (the snapshot's xmin) means nothing can ever appear behind a checkpoint.
+ * (Sort keys are qualified: the output columns of the same names are text.)
+ * The snapshot's xmin comes back with the page (one row with null columns when empty).
+ */
+export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string }) {
+  const sql = `
+    WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+    SELECT horizon.xmin::text AS xmin, page.*
+    FROM horizon LEFT JOIN LATERAL (
+      SELECT ${EVENT_COLUMNS}
+      FROM ${quoteSchema(deps.schema)}.events e
+      WHERE (tx_id, position) > ($1::xid8, $2::bigint)
+        AND tx_id < horizon.xmin
+        AND ($3::text[] IS NULL OR type = ANY ($3::text[]))
+        AND ($4::text IS NULL OR starts_with(stream, $4::text))
+      ORDER BY e.tx_id, e.position
+      LIMIT $5
+    ) page ON true`;
+
+  return async function read(options: ReadOptions = {}): Promise<ReadPage> {
+    const after = parseCheckpoint(options.after ?? START_CHECKPOINT);
+    const limit = checkLimit(options.limit ?? 1000);
+    const [types, prefix] = filterParams(options);
+    const db = options.client ?? (await deps.pool());
+    const { rows } = await db.query<EventRow & { xmin: string }>(sql, [
+      after.txId.toString(),
+      after.position.toString(),
+      types,
+      prefix,
+      limit,
+    ]);
+    const events = rows[0]?.position == null ? [] : rows.map(toStoredEvent);
+    const last = events.at(-1);
+    let next = last ? { txId: last.txId, position: last.position } : after;
+    const caughtUp = events.length < limit;
+    // Everything matching below xmin was in this page, so the reader may skip to the
+    // horizon: a filter that matches rarely does not rescan the same events every time.
+    if (caughtUp) next = laterCheckpoint(next, horizonCheckpoint(BigInt(rows[0]!.xmin)));
+    return { events, checkpoint: formatCheckpoint(next), caughtUp };
+  };
+}

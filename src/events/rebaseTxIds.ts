@@ -1,0 +1,69 @@
+import os from 'node:os';
+import type pg from 'pg';
+import { quoteSchema } from '../db/identifiers.js';
+import { withTransaction } from '../db/transaction.js';
+
+export interface RebaseResult {
+  distinctIds: number;
+  eventsUpdated: number;
+  /** Transaction ids consumed to move the server past the rebased range. */
+  consumed: number;
+  highestNew: bigint;
+}
+
+// Headroom above the rebased range, so the server's next id is clearly ahead.
+const MARGIN = 1000n;
+const CONSUME_CHUNK = 10_000n;
+
+/**
+ * The documented way out of a TxIdHorizonError: an order-preserving rewrite of the stored
+ * tx ids into 3…k+2 (k distinct ids), first consuming transaction ids while the server is
+ * not yet past that range. Stop workers first; appenders wait on a table lock meanwhile.
+ * Audited in audit_log.
+ */
+export async function rebaseTxIds(
+  pool: pg.Pool,
+  schema: string,
+  onProgress?: (consumed: number, total: number) => void,
+): Promise<RebaseResult> {
+  const q = quoteSchema(schema);
+  const { rows } = await pool.query<{ k: string; next: string }>(
+    `SELECT (SELECT count(DISTINCT tx_id) FROM ${q}.stored_tx_ids)::text AS k,
+            pg_snapshot_xmax(pg_current_snapshot())::text AS next`,
+  );
+  const k = BigInt(rows[0]!.k);
+  const needed = k + 3n + MARGIN - BigInt(rows[0]!.next);
+  let consumed = 0n;
+  if (needed > 0n) {
+    const client = await pool.connect();
+    try {
+      // These transactions write nothing worth an fsync each.
+      await client.query('SET synchronous_commit TO off');
+      while (consumed < needed) {
+        const chunk = needed - consumed < CONSUME_CHUNK ? needed - consumed : CONSUME_CHUNK;
+        await client.query(`CALL ${q}.consume_tx_ids($1)`, [chunk.toString()]);
+        consumed += chunk;
+        onProgress?.(Number(consumed), Number(needed));
+      }
+    } finally {
+      await client.query('RESET synchronous_commit').catch(() => {});
+      client.release();
+    }
+  }
+  return withTransaction(pool, async (client) => {
+    const result = await client.query<{ distinct_ids: string; events_updated: string; highest_new: string }>(
+      `SELECT distinct_ids::text, events_updated::text, highest_new::text FROM ${q}.rebase_tx_ids()`,
+    );
+    const row = result.rows[0]!;
+    await client.query(
+      `INSERT INTO ${q}.audit_log (actor, host, action, subject, details) VALUES ($1, $2, 'events.rebase-tx-ids', 'events', $3)`,
+      [os.userInfo().username, os.hostname(), { ...row, consumed: consumed.toString() }],
+    );
+    return {
+      distinctIds: Number(row.distinct_ids),
+      eventsUpdated: Number(row.events_updated),
+      consumed: Number(consumed),
+      highestNew: BigInt(row.highest_new),
+    };
+  });
+}

@@ -1,0 +1,38 @@
+import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
+import { ValidationError } from '../errors.js';
+import { checkLimit } from './filter.js';
+import { EVENT_COLUMNS, type EventRow, type StoredEvent, toStoredEvent } from './storedEvent.js';
+
+export interface StreamOptions {
+  /** First version to return (default 1). */
+  fromVersion?: number;
+  /** At most this many events (default: all). */
+  limit?: number;
+  client?: Queryable;
+}
+
+/**
+ * One stream in version order. No xmin filter: the stream row lock orders a stream's
+ * appends by commit, so what is committed is a gap-free prefix of versions.
+ */
+export function makeStream(deps: { pool: () => Promise<Queryable>; schema: string }) {
+  const sql = `
+    SELECT ${EVENT_COLUMNS} FROM ${quoteSchema(deps.schema)}.events
+    WHERE stream = $1 AND stream_version >= $2
+    ORDER BY stream_version
+    LIMIT $3`;
+  return async function stream(name: string, options: StreamOptions = {}): Promise<StoredEvent[]> {
+    if (typeof name !== 'string' || name.length === 0) {
+      throw new ValidationError(`stream name is ${JSON.stringify(name)}: expected a non-empty string`);
+    }
+    const from = options.fromVersion ?? 1;
+    if (!Number.isSafeInteger(from) || from < 1) {
+      throw new ValidationError(`fromVersion is ${JSON.stringify(from)}: expected a whole number >= 1`);
+    }
+    const limit = options.limit === undefined ? null : checkLimit(options.limit);
+    const db = options.client ?? (await deps.pool());
+    const { rows } = await db.query<EventRow>(sql, [name, from, limit]);
+    return rows.map(toStoredEvent);
+  };
+}

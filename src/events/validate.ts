@@ -1,0 +1,192 @@
+import { type ExpectedVersion, ValidationError } from '../errors.js';
+
+/** An event as a service hands it to `append`. */
+export interface NewEvent<D = unknown> {
+  stream: string;
+  type: string;
+  /** Any JSON value. */
+  data: D;
+  /** A JSON object (default `{}`). */
+  metadata?: Record<string, unknown>;
+  /** Appending the same key again returns the stored event instead of storing a second one. */
+  idempotencyKey?: string;
+}
+
+export const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
+const MAX_NAME_LENGTH = 200;
+
+export interface ValidatedBatch {
+  /** The JSON array `append_events` takes. */
+  json: string;
+  count: number;
+  /** Stream names in input order, without repeats. */
+  streams: string[];
+}
+
+/**
+ * Checks every event before anything is sent, so one bad event rejects the whole batch
+ * with a message naming where it is, and the database sees only valid JSON.
+ */
+export function validateEvents(input: unknown, maxEventBytes: number): ValidatedBatch {
+  const many = Array.isArray(input);
+  const list: unknown[] = many ? (input as unknown[]) : [input];
+  const parts: string[] = new Array(list.length);
+  const streams = new Set<string>();
+  for (let i = 0; i < list.length; i++) {
+    const where = many ? `events[${i}]` : 'event';
+    const event = list[i] as Partial<NewEvent> | null;
+    if (event === null || typeof event !== 'object' || Array.isArray(event)) {
+      throw new ValidationError(`${where} is ${describe(event)}: expected an object { stream, type, data }`);
+    }
+    const stream = checkName(event.stream, `${where}.stream`);
+    const type = checkName(event.type, `${where}.type`);
+    if (event.data === undefined) {
+      throw new ValidationError(`${where}.data is missing: expected a JSON value (use null for "no data")`);
+    }
+    checkJson(event.data, `${where}.data`, []);
+    if (event.metadata !== undefined) {
+      if (event.metadata === null || typeof event.metadata !== 'object' || Array.isArray(event.metadata)) {
+        throw new ValidationError(`${where}.metadata is ${describe(event.metadata)}: expected a JSON object`);
+      }
+      checkJson(event.metadata, `${where}.metadata`, []);
+    }
+    const key = event.idempotencyKey;
+    if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > MAX_NAME_LENGTH)) {
+      throw new ValidationError(
+        `${where}.idempotencyKey is ${describe(key)}: expected a string of 1-${MAX_NAME_LENGTH} characters`,
+      );
+    }
+    const data = JSON.stringify(event.data);
+    const metadata = event.metadata === undefined ? '{}' : JSON.stringify(event.metadata);
+    // String length bounds the UTF-8 size from below and 3x from above: count bytes only near the limit.
+    if ((data.length + metadata.length) * 3 > maxEventBytes) {
+      const bytes = Buffer.byteLength(data) + Buffer.byteLength(metadata);
+      if (bytes > maxEventBytes) {
+        throw new ValidationError(
+          `${where} (stream "${stream}", type "${type}") is ${bytes} bytes of JSON: the limit is ${maxEventBytes} bytes (maxEventBytes); store large payloads elsewhere and reference them`,
+        );
+      }
+    }
+    streams.add(stream);
+    parts[i] =
+      `{"stream":${JSON.stringify(stream)},"type":${JSON.stringify(type)},"data":${data},"metadata":${metadata}` +
+      (key === undefined ? '}' : `,"idempotency_key":${JSON.stringify(key)}}`);
+  }
+  return { json: `[${parts.join(',')}]`, count: list.length, streams: [...streams] };
+}
+
+/** `expectedVersion` as `append_events` takes it: one value per stream. */
+export function expectedVersions(
+  expected: ExpectedVersion | Record<string, ExpectedVersion> | undefined,
+  streams: string[],
+): Record<string, ExpectedVersion> | undefined {
+  if (expected === undefined) return undefined;
+  if (typeof expected === 'object' && expected !== null) {
+    for (const [stream, value] of Object.entries(expected)) {
+      if (!streams.includes(stream)) {
+        throw new ValidationError(
+          `expectedVersion names stream "${stream}" but no event in this append is for it: expected one of ${streams.map((s) => `"${s}"`).join(', ')}`,
+        );
+      }
+      checkExpected(value, `expectedVersion["${stream}"]`);
+    }
+    return expected;
+  }
+  checkExpected(expected, 'expectedVersion');
+  if (streams.length !== 1) {
+    throw new ValidationError(
+      `expectedVersion ${JSON.stringify(expected)} needs every event in one stream, but this append has ${streams.length} streams: pass { "<stream>": version } instead`,
+    );
+  }
+  return { [streams[0]!]: expected };
+}
+
+function checkExpected(value: unknown, where: string): void {
+  if (value === 'any' || value === 'no_stream') return;
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return;
+  throw new ValidationError(`${where} is ${describe(value)}: expected a version >= 0, 'no_stream' or 'any'`);
+}
+
+function checkName(value: unknown, where: string): string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new ValidationError(
+      `${where} is ${describe(value)}: expected a non-empty string of at most ${MAX_NAME_LENGTH} characters`,
+    );
+  }
+  if (value.length > MAX_NAME_LENGTH && [...value].length > MAX_NAME_LENGTH) {
+    throw new ValidationError(
+      `${where} is ${[...value].length} characters long: expected at most ${MAX_NAME_LENGTH} characters`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Rejects what JSON.stringify would silently drop or change (functions, undefined in
+ * arrays, NaN) or cannot write (BigInt, cycles), and what jsonb cannot store (NUL).
+ * `ancestors` holds the objects on the current path: a cycle, not a shared reference.
+ */
+function checkJson(value: unknown, path: string, ancestors: object[]): void {
+  switch (typeof value) {
+    case 'string':
+      if (value.includes('\u0000')) {
+        throw new ValidationError(
+          `${path} contains a NUL character (\\u0000), which PostgreSQL jsonb cannot store: remove it or encode the value (base64)`,
+        );
+      }
+      return;
+    case 'boolean':
+      return;
+    case 'number':
+      if (!Number.isFinite(value)) {
+        throw new ValidationError(`${path} is ${value}: JSON has no ${value}; use null or a string`);
+      }
+      return;
+    case 'bigint':
+      throw new ValidationError(
+        `${path} is a BigInt (${value}n), which JSON cannot represent: convert it to a string or a number`,
+      );
+    case 'undefined':
+      throw new ValidationError(`${path} is undefined: JSON has no undefined; use null or leave the key out`);
+    case 'function':
+    case 'symbol':
+      throw new ValidationError(`${path} is a ${typeof value}, which is not JSON: expected data only`);
+  }
+  if (value === null) return;
+  const object = value as Record<string, unknown>;
+  // Dates and other values with toJSON become what toJSON returns, like JSON.stringify.
+  if (typeof object.toJSON === 'function') return;
+  if (value instanceof Map || value instanceof Set) {
+    throw new ValidationError(
+      `${path} is a ${value.constructor.name}, which JSON.stringify turns into {}: convert it to an object or array`,
+    );
+  }
+  if (ancestors.includes(object)) {
+    throw new ValidationError(
+      `${path} refers back to an enclosing object (a cycle): JSON cannot represent it`,
+    );
+  }
+  ancestors.push(object);
+  if (Array.isArray(object)) {
+    for (let i = 0; i < object.length; i++) checkJson(object[i], `${path}[${i}]`, ancestors);
+  } else {
+    for (const key of Object.keys(object)) {
+      if (key.includes('\u0000')) {
+        throw new ValidationError(`${path} has a key containing a NUL character, which jsonb cannot store`);
+      }
+      const child = object[key];
+      // An undefined property is left out, as JSON.stringify does (optional fields).
+      if (child !== undefined) checkJson(child, `${path}.${key}`, ancestors);
+    }
+  }
+  ancestors.pop();
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return 'missing';
+  if (value === null) return 'null';
+  if (typeof value === 'string') return value.length === 0 ? 'an empty string' : JSON.stringify(value);
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  if (Array.isArray(value)) return 'an array';
+  return `a ${typeof value}`;
+}
