@@ -4,6 +4,7 @@ import type { PoolOptions } from './db/connection.js';
 import { type Database, openDatabase } from './db/database.js';
 import { validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
+import { type JobQueue, makeJobQueue } from './jobs/queue.js';
 import { silentLogger } from './log.js';
 
 export interface AppOptions {
@@ -26,6 +27,14 @@ export interface App {
   database(): Promise<Database>;
   migrate(options?: { onApplied?: (migration: Migration) => void }): Promise<{ applied: Migration[] }>;
   close(): Promise<void>;
+  /** Registers a task; see README "Jobs". */
+  task: JobQueue['task'];
+  /** Defers a job by task name (or task), for services that do not import the handler. */
+  defer: JobQueue['defer'];
+  /** Runs a worker until the signal aborts (or SIGINT/SIGTERM without one). */
+  run: JobQueue['run'];
+  /** Operator controls: list, show, retry, cancel, delete, stats. */
+  jobs: JobQueue['jobs'];
 }
 
 export function createApp(options: AppOptions = {}): App {
@@ -44,11 +53,17 @@ export function createApp(options: AppOptions = {}): App {
     return opening;
   };
 
+  const queue = makeJobQueue({ schema, log, clock, database });
+
   return {
     schema,
     log,
     clock,
     database,
+    task: queue.task,
+    defer: queue.defer,
+    run: queue.run,
+    jobs: queue.jobs,
     async migrate(migrateOptions = {}) {
       const db = await database();
       return migrate(db.pool, schema, log, migrateOptions.onApplied);
