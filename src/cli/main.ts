@@ -2,9 +2,12 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { registerDb } from './commands/db.js';
+import { registerDefer } from './commands/defer.js';
 import { registerDemo } from './commands/demo.js';
 import { registerDoctor } from './commands/doctor.js';
+import { registerJobs } from './commands/jobs.js';
 import { registerMigrate } from './commands/migrate.js';
+import { registerWorker } from './commands/worker.js';
 import { EXIT_USAGE } from './context.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
@@ -41,6 +44,9 @@ export function buildProgram(): Command {
   registerDb(program);
   registerDoctor(program);
   registerDemo(program);
+  registerWorker(program);
+  registerDefer(program);
+  registerJobs(program);
   program.commands.forEach(applyExitOverride);
   applyExitOverride(program);
   return program;
