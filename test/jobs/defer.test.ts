@@ -12,9 +12,13 @@ before(async () => {
 });
 after(async () => t.cleanup());
 
-const jobCount = async () => Number((await t.pool.query(`SELECT count(*) FROM "${t.schema}".jobs`)).rows[0].count);
+const jobCount = async () =>
+  Number((await t.pool.query(`SELECT count(*) FROM "${t.schema}".jobs`)).rows[0].count);
 const row = async (id: string) =>
-  (await t.pool.query(`SELECT * FROM "${t.schema}".jobs WHERE id = $1`, [id])).rows[0] as Record<string, unknown>;
+  (await t.pool.query(`SELECT * FROM "${t.schema}".jobs WHERE id = $1`, [id])).rows[0] as Record<
+    string,
+    unknown
+  >;
 
 /** Defers the same job through TypeScript and through SQL, to compare the rows. */
 async function viaSql(args: Record<string, unknown>): Promise<{ id: string; enqueued: boolean }> {
@@ -29,7 +33,11 @@ async function viaSql(args: Record<string, unknown>): Promise<{ id: string; enqu
 
 describe('defer', () => {
   it('stores task, args, queue, priority, lock and run_at the same way from TypeScript and SQL', async () => {
-    const send = t.app.task('send-same', { queue: 'mail', priority: 3, retry: { attempts: 7 } }, async () => {});
+    const send = t.app.task(
+      'send-same',
+      { queue: 'mail', priority: 3, retry: { attempts: 7 } },
+      async () => {},
+    );
     const runAt = new Date('2031-02-03T04:05:06.000Z');
     const fromTs = await send.defer({ to: 'a' }, { runAt, lock: 'user:1' });
     // The SQL caller does not import the handler: queue, priority and attempts come from
@@ -46,7 +54,17 @@ describe('defer', () => {
     assert.ok(fromTs.enqueued && fromSql.enqueued);
     const a = await row(fromTs.id);
     const b = await row(fromSql.id);
-    for (const column of ['task', 'args', 'queue', 'priority', 'max_attempts', 'run_at', 'lock', 'status', 'attempts']) {
+    for (const column of [
+      'task',
+      'args',
+      'queue',
+      'priority',
+      'max_attempts',
+      'run_at',
+      'lock',
+      'status',
+      'attempts',
+    ]) {
       assert.deepEqual(a[column], b[column], column);
     }
     assert.equal(a.queue, 'mail');
@@ -81,7 +99,10 @@ describe('defer', () => {
       enqueued: false,
       existingId: first.id,
     });
-    await assert.rejects(viaSql({ task: 'dedupe', queueing_lock: 'report:7' }), /already enqueued \(job \d+\)/);
+    await assert.rejects(
+      viaSql({ task: 'dedupe', queueing_lock: 'report:7' }),
+      /already enqueued \(job \d+\)/,
+    );
     assert.deepEqual(await viaSql({ task: 'dedupe', queueing_lock: 'report:7', on_conflict: 'ignore' }), {
       id: first.id,
       enqueued: false,
@@ -90,7 +111,9 @@ describe('defer', () => {
     await t.pool.query(`UPDATE "${t.schema}".jobs SET status = 'doing' WHERE id = $1`, [first.id]);
     const second = await task.defer({}, { queueingLock: 'report:7' });
     assert.ok(second.enqueued);
-    const dupes = await t.pool.query(`SELECT count(*)::int AS n FROM "${t.schema}".jobs WHERE queueing_lock = 'report:7'`);
+    const dupes = await t.pool.query(
+      `SELECT count(*)::int AS n FROM "${t.schema}".jobs WHERE queueing_lock = 'report:7'`,
+    );
     assert.equal(dupes.rows[0].n, 2);
   });
 
@@ -107,7 +130,10 @@ describe('defer', () => {
     assert.deepEqual(results[2], { enqueued: false, existingId: (results[1] as { id: string }).id });
     assert.deepEqual((await row((results[3] as { id: string }).id)).args, { n: 4 });
     const before = await jobCount();
-    await assert.rejects(task.deferMany([{ args: { n: 5 } }, { args: { n: 6 }, queueingLock: 'm' }]), AlreadyEnqueued);
+    await assert.rejects(
+      task.deferMany([{ args: { n: 5 } }, { args: { n: 6 }, queueingLock: 'm' }]),
+      AlreadyEnqueued,
+    );
     assert.equal(await jobCount(), before, 'the batch rolled back as a whole');
   });
 
@@ -155,7 +181,12 @@ describe('defer', () => {
     listener.on('notification', (n) => seen.push(`${n.channel}/${n.payload}`));
     await listener.query(`LISTEN "${t.schema}_jobs"`);
     const task = t.app.task('notify', { queue: 'nq' }, async () => {});
-    await task.deferMany([{ args: 1 }, { args: 2 }, { args: 3, queue: 'other' }, { args: 4, delay: { hours: 1 } }]);
+    await task.deferMany([
+      { args: 1 },
+      { args: 2 },
+      { args: 3, queue: 'other' },
+      { args: 4, delay: { hours: 1 } },
+    ]);
     await new Promise((resolve) => setTimeout(resolve, 300));
     await listener.end();
     assert.deepEqual(seen.sort(), [`${t.schema}_jobs/nq`, `${t.schema}_jobs/other`]);
@@ -171,7 +202,10 @@ describe('defer', () => {
       [() => task.defer({}, { delay: -5 }), /delay -5 is invalid: expected a non-negative duration/],
       [() => task.defer({}, { delay: 5, runAt: new Date() }), /both runAt and delay/],
       [() => task.defer({}, { lock: '' }), /lock "" is invalid/],
-      [() => task.defer({}, { queueingLock: 'x', onConflict: 'skip' as 'ignore' }), /onConflict "skip" is invalid/],
+      [
+        () => task.defer({}, { queueingLock: 'x', onConflict: 'skip' as 'ignore' }),
+        /onConflict "skip" is invalid/,
+      ],
       [() => task.defer({ n: 1n }), /arguments for task "strict" cannot be stored/],
       [() => t.app.defer('', {}), /task name "" is invalid/],
     ];
@@ -184,8 +218,14 @@ describe('defer', () => {
       });
     }
     assert.throws(() => t.app.task('strict', {}, async () => {}), /already registered/);
-    assert.throws(() => t.app.task('bad-retry', { retry: { attempts: 0 } }, async () => {}), /retry.attempts 0 is invalid/);
-    assert.throws(() => t.app.task('bad-stall', { onStall: 'maybe' as 'fail' }, async () => {}), /onStall "maybe"/);
+    assert.throws(
+      () => t.app.task('bad-retry', { retry: { attempts: 0 } }, async () => {}),
+      /retry.attempts 0 is invalid/,
+    );
+    assert.throws(
+      () => t.app.task('bad-stall', { onStall: 'maybe' as 'fail' }, async () => {}),
+      /onStall "maybe"/,
+    );
     assert.equal(await jobCount(), before);
   });
 });

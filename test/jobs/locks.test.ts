@@ -24,7 +24,9 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Several workers, each its own app and pool (as separate processes would be), with the same tasks. */
 async function startWorkers(count: number, register: (app: App) => void) {
   const controller = new AbortController();
-  const apps = Array.from({ length: count }, () => createApp({ databaseUrl: databaseUrl(), schema: t.schema }));
+  const apps = Array.from({ length: count }, () =>
+    createApp({ databaseUrl: databaseUrl(), schema: t.schema }),
+  );
   apps.forEach(register);
   const runs = apps.map((app) => app.run({ ...FAST, concurrency: 4, signal: controller.signal }));
   return {
@@ -94,14 +96,22 @@ describe('locks', () => {
     const deferrer = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
     register(deferrer);
     // Job A: doing, lock L and queueing lock Q, on a worker that died (no heartbeat row).
-    const a = await deferrer.defer('sync', { name: 'A' }, { lock: 'account:1', queueingLock: 'sync:account:1' });
+    const a = await deferrer.defer(
+      'sync',
+      { name: 'A' },
+      { lock: 'account:1', queueingLock: 'sync:account:1' },
+    );
     assert.ok(a.enqueued);
     await t.pool.query(
       `UPDATE "${t.schema}".jobs SET status = 'doing', attempts = 1, worker_id = 'dead-worker' WHERE id = $1`,
       [a.id],
     );
     // Job B: todo with the same L and Q. A cannot go back to todo (Q), B cannot start (L).
-    const b = await deferrer.defer('sync', { name: 'B' }, { lock: 'account:1', queueingLock: 'sync:account:1' });
+    const b = await deferrer.defer(
+      'sync',
+      { name: 'B' },
+      { lock: 'account:1', queueingLock: 'sync:account:1' },
+    );
     assert.ok(b.enqueued);
     await deferrer.close();
 

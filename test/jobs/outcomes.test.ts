@@ -105,7 +105,8 @@ describe('outcomes', () => {
       assert.ok(fine.enqueued);
       await waitFor('a healthy job', async () => (await job(fine.id)) === undefined);
     });
-    const message = async (name: string) => ((await job(ids[name]!))!.last_error as { message: string }).message;
+    const message = async (name: string) =>
+      ((await job(ids[name]!))!.last_error as { message: string }).message;
     assert.equal((await job(ids.picky!))!.attempts, 1, 'retryOn said no: one attempt');
     assert.equal(await message('picky'), 'not worth retrying');
     assert.equal(await message('weird'), 'handler threw a non-Error: a plain string');
@@ -140,17 +141,26 @@ describe('outcomes', () => {
       { transaction: true, retry: { attempts: 2, backoff: { initial: 0, jitter: 0 } } },
       async (_args, ctx) => {
         assert.ok(ctx.tx, 'transaction: true opens ctx.tx before the handler');
-        await ctx.tx.query(`INSERT INTO "${t.schema}".effects VALUES ($1, $2)`, [ctx.job.id, ctx.job.attempt]);
+        await ctx.tx.query(`INSERT INTO "${t.schema}".effects VALUES ($1, $2)`, [
+          ctx.job.id,
+          ctx.job.attempt,
+        ]);
         await ctx.defer('follow-up', { from: ctx.job.id });
         if (ctx.job.attempt === 1) throw new Error('first attempt fails after writing');
       },
     );
     const deferred = await app.defer('atomic', {});
     assert.ok(deferred.enqueued);
-    await withWorker(app, async () => {
-      await waitFor('the atomic job', async () => (await job(deferred.id)) === undefined);
-    }, { queues: ['default'] });
-    const effects = await t.pool.query(`SELECT attempt FROM "${t.schema}".effects WHERE job_id = $1`, [deferred.id]);
+    await withWorker(
+      app,
+      async () => {
+        await waitFor('the atomic job', async () => (await job(deferred.id)) === undefined);
+      },
+      { queues: ['default'] },
+    );
+    const effects = await t.pool.query(`SELECT attempt FROM "${t.schema}".effects WHERE job_id = $1`, [
+      deferred.id,
+    ]);
     assert.deepEqual(effects.rows, [{ attempt: 2 }]);
     const followUps = await t.pool.query(
       `SELECT args FROM "${t.schema}".jobs WHERE task = 'follow-up' AND args ->> 'from' = $1`,

@@ -27,8 +27,12 @@ function start(args: string[] = []): WorkerProcess {
 }
 
 const runs = async (jobId: string) =>
-  (await t.pool.query(`SELECT what, attempt, pid FROM "${t.schema}".runs WHERE job_id = $1 ORDER BY attempt, what`, [jobId]))
-    .rows as { what: string; attempt: number; pid: number }[];
+  (
+    await t.pool.query(
+      `SELECT what, attempt, pid FROM "${t.schema}".runs WHERE job_id = $1 ORDER BY attempt, what`,
+      [jobId],
+    )
+  ).rows as { what: string; attempt: number; pid: number }[];
 const jobRow = async (id: string) =>
   (await t.pool.query(`SELECT * FROM "${t.schema}".jobs WHERE id = $1`, [id])).rows[0];
 
@@ -39,13 +43,19 @@ describe('worker processes', () => {
     const retried = await t.app.defer('hang-once', {});
     const failed = await t.app.defer('hang-fail', {});
     assert.ok(retried.enqueued && failed.enqueued);
-    await waitFor('both jobs to start', async () => (await runs(retried.id)).length === 1 && (await runs(failed.id)).length === 1);
+    await waitFor(
+      'both jobs to start',
+      async () => (await runs(retried.id)).length === 1 && (await runs(failed.id)).length === 1,
+    );
     first.child.kill('SIGKILL');
     await first.exited;
 
     const second = start(['--concurrency', '4']);
     await waitFor('the retried job to finish', async () => (await jobRow(retried.id)) === undefined);
-    await waitFor('the onStall fail job to be failed', async () => (await jobRow(failed.id))?.status === 'failed');
+    await waitFor(
+      'the onStall fail job to be failed',
+      async () => (await jobRow(failed.id))?.status === 'failed',
+    );
     assert.deepEqual(
       (await runs(retried.id)).map((r) => [r.what, r.attempt, r.pid]),
       [
@@ -54,7 +64,11 @@ describe('worker processes', () => {
         ['started', 2, second.child.pid],
       ],
     );
-    assert.deepEqual((await runs(failed.id)).map((r) => r.pid), [first.child.pid], 'not run again');
+    assert.deepEqual(
+      (await runs(failed.id)).map((r) => r.pid),
+      [first.child.pid],
+      'not run again',
+    );
     const dead = await jobRow(failed.id);
     assert.match(dead.last_error.message, /stopped heartbeating .*failed \(task onStall: fail\)/);
     second.child.kill('SIGTERM');
@@ -104,7 +118,9 @@ describe('worker processes', () => {
     assert.equal(row.attempts, 0, 'the interrupted attempt is not counted');
     assert.equal(row.worker_id, null);
     assert.match(worker.output(), /returned to todo without counting the attempt/);
-    const registered = await t.pool.query(`SELECT 1 FROM "${t.schema}".workers WHERE pid = $1`, [worker.child.pid]);
+    const registered = await t.pool.query(`SELECT 1 FROM "${t.schema}".workers WHERE pid = $1`, [
+      worker.child.pid,
+    ]);
     assert.equal(registered.rows.length, 0, 'the worker unregistered');
     await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE id = $1`, [hanging.id]);
   });

@@ -7,7 +7,11 @@ import { CLI, databaseUrl, ROOT } from '../helpers.js';
 export const FIXTURE_APP = path.join(ROOT, 'test', 'fixtures', 'jobs-app.ts');
 
 /** Polls until `check` returns a truthy value; fails the test with `what` after `timeoutMs`. */
-export async function waitFor<T>(what: string, check: () => Promise<T>, timeoutMs = 20_000): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T>,
+  timeoutMs = 20_000,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
@@ -31,15 +35,11 @@ export interface WorkerProcess {
 
 /** `outbatch worker --app test/fixtures/jobs-app.ts ...` as its own process. */
 export function spawnWorker(schema: string, args: string[] = []): WorkerProcess {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', CLI, 'worker', '--app', FIXTURE_APP, ...args],
-    {
-      cwd: ROOT,
-      env: { ...process.env, DATABASE_URL: databaseUrl(), OUTBATCH_SCHEMA: schema, LOG_LEVEL: 'info' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'worker', '--app', FIXTURE_APP, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, DATABASE_URL: databaseUrl(), OUTBATCH_SCHEMA: schema, LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let output = '';
   child.stdout?.on('data', (chunk) => {
     output += chunk;
