@@ -11,7 +11,13 @@
  * deferred 10 ms apart. Figures go to ops/bench/RESULTS.md by hand.
  */
 import { parseArgs } from 'node:util';
-import { Logger as GraphileLogger, makeWorkerUtils, type Runner, run as runGraphile, type WorkerUtils } from 'graphile-worker';
+import {
+  Logger as GraphileLogger,
+  makeWorkerUtils,
+  type Runner,
+  run as runGraphile,
+  type WorkerUtils,
+} from 'graphile-worker';
 import pg from 'pg';
 import PgBoss from 'pg-boss';
 import { createApp } from '../../src/app.js';
@@ -120,7 +126,9 @@ function graphile(name: string, tuned: boolean): System {
             onJob(payload as { t: number });
           },
         },
-        preset: tuned ? { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } : {},
+        preset: tuned
+          ? { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } }
+          : {},
       });
       return {
         async stop() {
@@ -161,9 +169,13 @@ function pgBoss(): System {
       const ids: string[] = [];
       for (let i = 0; i < concurrency; i += 1) {
         ids.push(
-          await boss.work<{ t: number }>(queue, { batchSize: 100, pollingIntervalSeconds: 0.5 }, async (jobs) => {
-            for (const job of jobs) handler(job.data);
-          }),
+          await boss.work<{ t: number }>(
+            queue,
+            { batchSize: 100, pollingIntervalSeconds: 0.5 },
+            async (jobs) => {
+              for (const job of jobs) handler(job.data);
+            },
+          ),
         );
       }
       return {
@@ -192,7 +204,10 @@ async function rawInsert(count: number): Promise<number> {
   const pool = new pg.Pool({ connectionString: url, max: 10 });
   const started = now();
   for (let i = 0; i < count; i += 1) {
-    await pool.query('INSERT INTO bench_raw.jobs (task, args) VALUES ($1, $2)', ['noop', JSON.stringify({ t: now() })]);
+    await pool.query('INSERT INTO bench_raw.jobs (task, args) VALUES ($1, $2)', [
+      'noop',
+      JSON.stringify({ t: now() }),
+    ]);
   }
   const rate = count / ((now() - started) / 1000);
   await pool.end();
@@ -305,22 +320,34 @@ async function main() {
   }
   const pgVersion = (await admin.query('SHOW server_version')).rows[0].server_version;
   await admin.end();
-  console.log(`PostgreSQL ${pgVersion}, Node ${process.version}, ${JOBS} jobs, ${LATENCY_JOBS} latency samples\n`);
-  console.log('| system | enqueue 1-by-1 (jobs/s) | enqueue bulk (jobs/s) | process c=10 (jobs/s) | process c=1 (jobs/s) | latency p50 / p95 / p99 (ms) |');
+  console.log(
+    `PostgreSQL ${pgVersion}, Node ${process.version}, ${JOBS} jobs, ${LATENCY_JOBS} latency samples\n`,
+  );
+  console.log(
+    '| system | enqueue 1-by-1 (jobs/s) | enqueue bulk (jobs/s) | process c=10 (jobs/s) | process c=1 (jobs/s) | latency p50 / p95 / p99 (ms) |',
+  );
   console.log('|---|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     const lat = r.p50 === undefined ? '-' : `${fmt(r.p50, 1)} / ${fmt(r.p95, 1)} / ${fmt(r.p99, 1)}`;
-    console.log(`| ${r.system} | ${fmt(r.single)} | ${fmt(r.bulk)} | ${fmt(r.c10)} | ${fmt(r.c1)} | ${lat} |`);
+    console.log(
+      `| ${r.system} | ${fmt(r.single)} | ${fmt(r.bulk)} | ${fmt(r.c10)} | ${fmt(r.c1)} | ${lat} |`,
+    );
   }
   const ours = rows.find((r) => r.system === 'outbatch');
   const tuned = rows.find((r) => r.system === 'graphile-worker (tuned)');
   const gDefault = rows.find((r) => r.system === 'graphile-worker (default)');
   if (ours && tuned && gDefault) {
     console.log('\nratios (target):');
-    console.log(`- throughput c=10 vs tuned graphile-worker: ${(ours.c10! / tuned.c10!).toFixed(2)}x (>= 1.5x)`);
+    console.log(
+      `- throughput c=10 vs tuned graphile-worker: ${(ours.c10! / tuned.c10!).toFixed(2)}x (>= 1.5x)`,
+    );
     console.log(`- throughput c=1 vs tuned graphile-worker: ${(ours.c1! / tuned.c1!).toFixed(2)}x (>= 1.5x)`);
-    console.log(`- p50 latency vs graphile-worker default: ${fmt(ours.p50, 1)} ms vs ${fmt(gDefault.p50, 1)} ms (<=)`);
-    console.log(`- single enqueue vs graphile-worker: ${(ours.single! / gDefault.single!).toFixed(2)}x (>= 3x)`);
+    console.log(
+      `- p50 latency vs graphile-worker default: ${fmt(ours.p50, 1)} ms vs ${fmt(gDefault.p50, 1)} ms (<=)`,
+    );
+    console.log(
+      `- single enqueue vs graphile-worker: ${(ours.single! / gDefault.single!).toFixed(2)}x (>= 3x)`,
+    );
     console.log(`- single enqueue vs raw INSERT: ${((100 * ours.single!) / rawRate).toFixed(0)}% (>= 80%)`);
   }
 }

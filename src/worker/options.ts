@@ -7,7 +7,7 @@ export interface WorkerOptions {
   queues?: string[];
   /** Handlers running at once (default 10). */
   concurrency?: number;
-  /** Jobs claimed per round trip at most (default 200). */
+  /** Jobs claimed per round trip at most (default 1000; fewer unless jobs are quick, see prefetchWindow). */
   batchSize?: number;
   /** Claim ahead enough quick jobs to keep slots busy for this long (default 50 ms). */
   prefetchWindow?: DurationInput;
@@ -60,7 +60,7 @@ export function resolveWorkerOptions(options: WorkerOptions): WorkerSettings {
   return {
     queues,
     concurrency: checkInteger(options.concurrency ?? 10, 'concurrency', 1, 10_000),
-    batchSize: checkInteger(options.batchSize ?? 200, 'batchSize', 1, 10_000),
+    batchSize: checkInteger(options.batchSize ?? 1_000, 'batchSize', 1, 10_000),
     prefetchWindowMs: toMilliseconds(options.prefetchWindow ?? 50, 'prefetchWindow'),
     pollIntervalMs: positive(options.pollInterval, 1_000, 'pollInterval'),
     stallTimeoutMs,

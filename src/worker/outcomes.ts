@@ -108,7 +108,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         client,
         schema,
         workerId,
-        [{ id: run.job.id, durationMs, keepForMs: run.task.keepSucceededForMs }],
+        [{ id: run.job.id, task: run.job.task, durationMs, keepForMs: run.task.keepSucceededForMs }],
         now(),
       );
       await client.query('COMMIT');
@@ -140,7 +140,12 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         void succeedInTransaction(run, client, durationMs);
         return;
       }
-      completions.push({ id: run.job.id, durationMs, keepForMs: run.task.keepSucceededForMs });
+      completions.push({
+        id: run.job.id,
+        task: run.job.task,
+        durationMs,
+        keepForMs: run.task.keepSucceededForMs,
+      });
       schedule();
     },
     fail,

@@ -4,9 +4,9 @@
  * jobs, and shut down gracefully.
  *
  * Local state machine (why it is not one RxJS pipeline): claimed jobs wait in `buffer`
- * until a slot frees; when the buffer runs low a claim is requested. At most one claim is
- * in flight; a wake-up that arrives during a claim is remembered (`wanted`) and causes
- * one more claim, so a NOTIFY is never lost to a claim that started before its commit.
+ * until a slot frees; when the buffer runs low a claim is requested. A wake-up that
+ * arrives while a claim is in flight is remembered (`pendingWake`) and causes one more
+ * claim, so a NOTIFY is never lost to a claim that started before its commit.
  */
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
@@ -37,7 +37,7 @@ import type { ResolvedTask } from '../jobs/task.js';
 import { resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
 import { heartbeat, registerTasks, registerWorker, unregisterWorker } from './registry.js';
-import { type Outcome, type RunningJob, ShutdownAbort, startJob, unknownTaskError } from './runJob.js';
+import { type Outcome, RunningJob, ShutdownAbort, unknownTaskError } from './runJob.js';
 
 export interface WorkerDeps {
   pool: pg.Pool;
@@ -65,53 +65,67 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const dbNow = () => (clock === systemClock ? null : clock.now());
 
   const buffer: ClaimedJob[] = [];
+  const runDeps = { schema, pool, log, now: () => clock.now(), tasks };
   const running = new Map<string, RunningJob>();
   const outcomes = makeOutcomeWriter({ pool, schema, log, workerId: id, now: dbNow });
   const stopClaiming$ = new Subject<void>();
   const stopped$ = new Subject<void>();
   let stopping = false;
-  let claiming: Promise<void> | undefined;
-  let wanted = false;
+  const claims = new Set<Promise<void>>();
+  let requested = 0; // jobs asked for by the claims in flight
+  let backlog = false; // the last claim came back full: more is waiting
   // Running average of handler time; sizes the prefetch so quick jobs are claimed in
   // big batches and slow ones only as slots free (no hoarding jobs others could run).
   let averageMs: number | undefined;
 
-  const claimSize = () => {
+  /** How many jobs we want in hand: free slots plus enough quick ones for prefetchWindow. */
+  const target = () => {
     const free = settings.concurrency - running.size;
     const prefetch =
       averageMs === undefined
         ? 0
-        : Math.ceil((settings.concurrency * settings.prefetchWindowMs) / Math.max(averageMs, 0.01));
-    return Math.min(settings.batchSize, Math.max(0, free + prefetch - buffer.length));
+        : Math.ceil((settings.concurrency * settings.prefetchWindowMs) / Math.max(averageMs, 0.001));
+    return Math.min(2 * settings.batchSize, free + prefetch);
   };
+  const claimSize = () => Math.min(settings.batchSize, Math.max(0, target() - buffer.length - requested));
 
+  /**
+   * One claim in flight at a time (two overlapping claims measured no faster: the
+   * database, not this process, is the limit). A full claim means a backlog: claim again
+   * as soon as there is room. A wake-up during a claim is remembered and claims once more.
+   */
+  let pendingWake = false;
   const wake = () => {
-    wanted = true;
-    if (!claiming && !stopping) claiming = claimLoop().finally(() => (claiming = undefined));
-  };
-
-  async function claimLoop(): Promise<void> {
-    while (wanted && !stopping) {
-      wanted = false;
+    if (stopping) return;
+    pendingWake = true;
+    while (claims.size < 1) {
       const limit = claimSize();
       if (limit === 0) return;
-      let claimed: ClaimedJob[];
-      try {
-        claimed = await claimJobs(pool, schema, {
-          queues: settings.queues,
-          limit,
-          workerId: id,
-          now: dbNow(),
-        });
-      } catch (error) {
-        // A lock race (unique jobs_lock_doing) or a lost connection: the next wake-up retries.
-        log.warn({ err: error, retryable: isRetryable(error) }, 'claiming jobs failed; will retry');
-        return;
-      }
-      buffer.push(...claimed);
-      if (claimed.length === limit) wanted = true; // probably more waiting
-      pump();
+      pendingWake = false;
+      const claim = claimOnce(limit).finally(() => {
+        claims.delete(claim);
+        if (pendingWake || backlog) wake();
+      });
+      claims.add(claim);
     }
+  };
+
+  async function claimOnce(limit: number): Promise<void> {
+    requested += limit;
+    let claimed: ClaimedJob[];
+    try {
+      claimed = await claimJobs(pool, schema, { queues: settings.queues, limit, workerId: id, now: dbNow() });
+    } catch (error) {
+      // A lock race (unique jobs_lock_doing) or a lost connection: the next wake-up retries.
+      log.warn({ err: error, retryable: isRetryable(error) }, 'claiming jobs failed; will retry');
+      backlog = false;
+      return;
+    } finally {
+      requested -= limit;
+    }
+    backlog = claimed.length === limit;
+    for (const job of claimed) buffer.push(job);
+    pump();
   }
 
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
@@ -123,11 +137,11 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         outcomes.fail(job, unknownTaskError(job.task, tasks.keys()), null);
         continue;
       }
-      const run = startJob(job, task, { schema, pool, log, now: () => clock.now(), tasks });
+      const run = new RunningJob(job, task, runDeps);
       running.set(job.id, run);
       void run.outcome.then((outcome) => finish(run, outcome));
     }
-    if (!stopping && buffer.length < Math.max(settings.concurrency, claimSize() / 2)) wake();
+    if (!stopping && buffer.length < Math.max(settings.concurrency, target() / 2)) wake();
   }
 
   function finish(run: RunningJob, outcome: Outcome): void {
@@ -200,7 +214,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   async function shutdown(): Promise<void> {
     stopping = true;
     stopClaiming$.next();
-    await claiming;
+    await Promise.all(claims);
     const waiting = buffer.splice(0);
     log.info(
       { running: running.size, unstarted: waiting.length, shutdownTimeoutMs: settings.shutdownTimeoutMs },
@@ -219,7 +233,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     });
     for (const run of running.values()) {
       run.shuttingDown = true;
-      run.controller.abort(new ShutdownAbort());
+      run.abort(new ShutdownAbort());
     }
     let timeout: NodeJS.Timeout | undefined;
     await Promise.race([

@@ -50,7 +50,7 @@ export function registerWorker(program: Command): void {
     )
     .option('--queue <name>', 'queue to run (repeat for several; default: all)', collect)
     .option('--concurrency <n>', 'handlers running at once (default 10)')
-    .option('--batch-size <n>', 'jobs claimed per round trip at most (default 200)')
+    .option('--batch-size <n>', 'jobs claimed per round trip at most (default 1000)')
     .option('--poll-interval <duration>', 'polling fallback to LISTEN/NOTIFY (default 1s)')
     .option('--stall-timeout <duration>', 'a job whose worker is silent this long is recovered (default 30s)')
     .option('--heartbeat-interval <duration>', 'default: stall timeout / 6')
