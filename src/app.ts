@@ -5,6 +5,7 @@ import { type Database, openDatabase } from './db/database.js';
 import { validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
+import { type JobQueue, makeJobQueue } from './jobs/queue.js';
 import { silentLogger } from './log.js';
 
 export interface AppOptions {
@@ -31,6 +32,14 @@ export interface App {
   close(): Promise<void>;
   /** The event outbox: append, read, follow. */
   readonly events: Events;
+  /** Registers a task; see README "Jobs". */
+  task: JobQueue['task'];
+  /** Defers a job by task name (or task), for services that do not import the handler. */
+  defer: JobQueue['defer'];
+  /** Runs a worker until the signal aborts (or SIGINT/SIGTERM without one). */
+  run: JobQueue['run'];
+  /** Operator controls: list, show, retry, cancel, delete, stats. */
+  jobs: JobQueue['jobs'];
 }
 
 export function createApp(options: AppOptions = {}): App {
@@ -49,11 +58,17 @@ export function createApp(options: AppOptions = {}): App {
     return opening;
   };
 
+  const queue = makeJobQueue({ schema, log, clock, database });
+
   return {
     schema,
     log,
     clock,
     database,
+    task: queue.task,
+    defer: queue.defer,
+    run: queue.run,
+    jobs: queue.jobs,
     async migrate(migrateOptions = {}) {
       const db = await database();
       return migrate(db.pool, schema, log, migrateOptions.onApplied);

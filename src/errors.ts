@@ -96,3 +96,27 @@ export class TxIdHorizonError extends OutbatchError {
     super('OUTBATCH_TX_ID_HORIZON', message);
   }
 }
+
+/**
+ * A defer with `queueingLock` met a job with that lock still waiting (`todo`) and the
+ * caller asked for `onConflict: 'error'` (the default). With `'ignore'` the same outcome
+ * is the value `{ enqueued: false, existingId }` instead.
+ */
+export class AlreadyEnqueued extends OutbatchError {
+  constructor(
+    readonly queueingLock: string,
+    readonly existingId: string,
+  ) {
+    super(
+      'OUTBATCH_ALREADY_ENQUEUED',
+      `a job with queueing lock "${queueingLock}" is already enqueued (job ${existingId}): pass onConflict: 'ignore' to get its id instead`,
+    );
+  }
+}
+
+/** A job handler ran longer than its task's `timeout`; its AbortSignal was fired. */
+export class JobTimeoutError extends OutbatchError {
+  constructor(timeoutMs: number) {
+    super('OUTBATCH_JOB_TIMEOUT', `job exceeded its timeout of ${timeoutMs} ms`);
+  }
+}

@@ -6,11 +6,13 @@ export type { Queryable } from './db/queryable.js';
 export { isRetryable } from './db/retryable.js';
 export { withTransaction } from './db/transaction.js';
 export {
+  AlreadyEnqueued,
   ConcurrencyError,
   ConnectionError,
   EmbeddedServerError,
   type ExpectedVersion,
   IdempotencyConflictError,
+  JobTimeoutError,
   MigrationError,
   OutbatchError,
   TxIdHorizonError,
@@ -33,4 +35,21 @@ export type { StoredEvent } from './events/storedEvent.js';
 export type { StreamOptions } from './events/stream.js';
 export { checkTxIdHorizon, type TxIdHorizon } from './events/txIdHorizon.js';
 export type { NewEvent } from './events/validate.js';
+// Jobs
+export type { BackoffOptions } from './jobs/backoff.js';
+export type { ActionResult, JobControl } from './jobs/control.js';
+export type { DeferResult } from './jobs/defer.js';
+export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
+export type { DurationInput, TimeInput } from './jobs/options.js';
+export type { JobQueue, RunOptions } from './jobs/queue.js';
+export type {
+  DeferOptions,
+  Handler,
+  JobContext,
+  JobInfo,
+  RetryOptions,
+  Task,
+  TaskOptions,
+} from './jobs/task.js';
 export { createLogger, type Logger } from './log.js';
+export type { WorkerOptions } from './worker/options.js';

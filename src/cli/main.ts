@@ -3,10 +3,13 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { registerAppend } from './commands/append.js';
 import { registerDb } from './commands/db.js';
+import { registerDefer } from './commands/defer.js';
 import { registerDemo } from './commands/demo.js';
 import { registerDoctor } from './commands/doctor.js';
 import { registerEvents } from './commands/events.js';
+import { registerJobs } from './commands/jobs.js';
 import { registerMigrate } from './commands/migrate.js';
+import { registerWorker } from './commands/worker.js';
 import { EXIT_USAGE } from './context.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
@@ -45,6 +48,9 @@ export function buildProgram(): Command {
   registerDemo(program);
   registerAppend(program);
   registerEvents(program);
+  registerWorker(program);
+  registerDefer(program);
+  registerJobs(program);
   program.commands.forEach(applyExitOverride);
   applyExitOverride(program);
   return program;

@@ -1,0 +1,355 @@
+/**
+ * Job queue benchmark: outbatch (default settings) side by side with graphile-worker
+ * (default, and tuned: localQueue 500, completeJobBatchDelay 0) and pg-boss (batchSize 100),
+ * on the same PostgreSQL, each in a schema of its own, dropped afterwards.
+ *
+ *   DATABASE_URL=postgres://... npx tsx ops/bench/jobs.ts [--jobs 20000] [--latency-jobs 500] [--single 2000]
+ *
+ * Measures: enqueue one at a time (sequential awaits) and in bulk (1,000 per call);
+ * a raw single-row INSERT as the floor; processing N queued no-op jobs with one worker
+ * (this process) at concurrency 10 and 1; idle latency defer -> handler start for jobs
+ * deferred 10 ms apart. Figures go to ops/bench/RESULTS.md by hand.
+ */
+import { parseArgs } from 'node:util';
+import {
+  Logger as GraphileLogger,
+  makeWorkerUtils,
+  type Runner,
+  run as runGraphile,
+  type WorkerUtils,
+} from 'graphile-worker';
+import pg from 'pg';
+import PgBoss from 'pg-boss';
+import { createApp } from '../../src/app.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    jobs: { type: 'string', default: '20000' },
+    'latency-jobs': { type: 'string', default: '500' },
+    single: { type: 'string', default: '2000' },
+    only: { type: 'string' },
+  },
+});
+const JOBS = Number(flags.jobs);
+const LATENCY_JOBS = Number(flags['latency-jobs']);
+const SINGLE = Number(flags.single);
+const BULK_CHUNK = 1_000;
+const url = process.env.DATABASE_URL;
+if (!url) throw new Error('set DATABASE_URL to the PostgreSQL to benchmark against');
+
+const now = () => performance.timeOrigin + performance.now();
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Worker {
+  stop(): Promise<void>;
+}
+
+/** What each contender provides; `onJob` is called with the job's args at handler start. */
+interface System {
+  name: string;
+  setup(): Promise<void>;
+  enqueueOne(args: { t: number }): Promise<void>;
+  enqueueMany(args: { t: number }[]): Promise<void>;
+  startWorker(concurrency: number, onJob: (args: { t: number }) => void): Promise<Worker>;
+  purge(): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+const admin = new pg.Pool({ connectionString: url, max: 2 });
+
+function outbatch(): System {
+  const schema = 'bench_outbatch';
+  let onJob: (args: { t: number }) => void = () => {};
+  const app = createApp({ databaseUrl: url, schema });
+  const task = app.task('noop', {}, async (args: { t: number }) => onJob(args));
+  return {
+    name: 'outbatch',
+    async setup() {
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+      await app.migrate();
+    },
+    async enqueueOne(args) {
+      await task.defer(args);
+    },
+    async enqueueMany(args) {
+      await task.deferMany(args.map((a) => ({ args: a })));
+    },
+    async startWorker(concurrency, handler) {
+      onJob = handler;
+      const controller = new AbortController();
+      const running = app.run({ concurrency, signal: controller.signal });
+      return {
+        async stop() {
+          controller.abort();
+          await running;
+        },
+      };
+    },
+    async purge() {
+      await admin.query(`DELETE FROM ${schema}.jobs`);
+    },
+    async cleanup() {
+      await app.close();
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    },
+  };
+}
+
+function graphile(name: string, tuned: boolean): System {
+  const schema = 'bench_graphile';
+  let utils: WorkerUtils;
+  let onJob: (args: { t: number }) => void = () => {};
+  const logger = new GraphileLogger(() => () => {});
+  return {
+    name,
+    async setup() {
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+      utils = await makeWorkerUtils({ connectionString: url, schema, logger });
+      await utils.migrate();
+    },
+    async enqueueOne(args) {
+      await utils.addJob('noop', args);
+    },
+    async enqueueMany(args) {
+      await utils.addJobs(args.map((payload) => ({ identifier: 'noop', payload })));
+    },
+    async startWorker(concurrency, handler) {
+      onJob = handler;
+      const runner: Runner = await runGraphile({
+        connectionString: url,
+        schema,
+        concurrency,
+        noHandleSignals: true,
+        logger,
+        taskList: {
+          noop: async (payload) => {
+            onJob(payload as { t: number });
+          },
+        },
+        preset: tuned
+          ? { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } }
+          : {},
+      });
+      return {
+        async stop() {
+          await runner.stop();
+        },
+      };
+    },
+    async purge() {
+      await admin.query(`DELETE FROM ${schema}._private_jobs`);
+    },
+    async cleanup() {
+      await utils.release();
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    },
+  };
+}
+
+function pgBoss(): System {
+  const schema = 'bench_pgboss';
+  const queue = 'noop';
+  const boss = new PgBoss({ connectionString: url, schema, supervise: false, schedule: false });
+  boss.on('error', (error) => console.error('pg-boss error', error));
+  return {
+    name: 'pg-boss (batchSize 100)',
+    async setup() {
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+      await boss.start();
+      await boss.createQueue(queue);
+    },
+    async enqueueOne(args) {
+      await boss.send(queue, args);
+    },
+    async enqueueMany(args) {
+      await boss.insert(args.map((data) => ({ name: queue, data })));
+    },
+    async startWorker(concurrency, handler) {
+      // pg-boss 10 has no concurrency option: one work() call is one fetch loop.
+      const ids: string[] = [];
+      for (let i = 0; i < concurrency; i += 1) {
+        ids.push(
+          await boss.work<{ t: number }>(
+            queue,
+            { batchSize: 100, pollingIntervalSeconds: 0.5 },
+            async (jobs) => {
+              for (const job of jobs) handler(job.data);
+            },
+          ),
+        );
+      }
+      return {
+        async stop() {
+          for (const id of ids) await boss.offWork({ id } as never);
+        },
+      };
+    },
+    async purge() {
+      await admin.query(`DELETE FROM ${schema}.job`);
+    },
+    async cleanup() {
+      await boss.stop({ graceful: false, wait: true });
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    },
+  };
+}
+
+async function rawInsert(count: number): Promise<number> {
+  await admin.query('DROP SCHEMA IF EXISTS bench_raw CASCADE');
+  await admin.query('CREATE SCHEMA bench_raw');
+  await admin.query(
+    `CREATE TABLE bench_raw.jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, task text NOT NULL,
+       args jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`,
+  );
+  const pool = new pg.Pool({ connectionString: url, max: 10 });
+  const started = now();
+  for (let i = 0; i < count; i += 1) {
+    await pool.query('INSERT INTO bench_raw.jobs (task, args) VALUES ($1, $2)', [
+      'noop',
+      JSON.stringify({ t: now() }),
+    ]);
+  }
+  const rate = count / ((now() - started) / 1000);
+  await pool.end();
+  await admin.query('DROP SCHEMA bench_raw CASCADE');
+  return rate;
+}
+
+async function enqueueSingle(system: System): Promise<number> {
+  const started = now();
+  for (let i = 0; i < SINGLE; i += 1) await system.enqueueOne({ t: now() });
+  const rate = SINGLE / ((now() - started) / 1000);
+  await system.purge();
+  return rate;
+}
+
+async function enqueueBulk(system: System, count: number): Promise<number> {
+  const started = now();
+  for (let i = 0; i < count; i += BULK_CHUNK) {
+    await system.enqueueMany(Array.from({ length: Math.min(BULK_CHUNK, count - i) }, () => ({ t: 0 })));
+  }
+  return count / ((now() - started) / 1000);
+}
+
+/** Jobs already queued; time from worker start to the last handler start. */
+async function throughput(system: System, concurrency: number): Promise<number> {
+  await system.purge();
+  await enqueueBulk(system, JOBS);
+  let seen = 0;
+  let finished: () => void = () => {};
+  const all = new Promise<void>((resolve) => {
+    finished = resolve;
+  });
+  const started = now();
+  const worker = await system.startWorker(concurrency, () => {
+    seen += 1;
+    if (seen === JOBS) finished();
+  });
+  await all;
+  const rate = JOBS / ((now() - started) / 1000);
+  await worker.stop();
+  await system.purge();
+  return rate;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function latency(system: System): Promise<{ p50: number; p95: number; p99: number }> {
+  await system.purge();
+  const samples: number[] = [];
+  const worker = await system.startWorker(10, (args) => {
+    samples.push(now() - args.t);
+  });
+  await sleep(1_000); // idle
+  for (let i = 0; i < LATENCY_JOBS; i += 1) {
+    await system.enqueueOne({ t: now() });
+    await sleep(10);
+  }
+  const deadline = Date.now() + 30_000;
+  while (samples.length < LATENCY_JOBS && Date.now() < deadline) await sleep(20);
+  await worker.stop();
+  await system.purge();
+  const sorted = samples.sort((a, b) => a - b);
+  return { p50: percentile(sorted, 50), p95: percentile(sorted, 95), p99: percentile(sorted, 99) };
+}
+
+interface Row {
+  system: string;
+  single?: number;
+  bulk?: number;
+  c10?: number;
+  c1?: number;
+  p50?: number;
+  p95?: number;
+  p99?: number;
+}
+
+const fmt = (n: number | undefined, digits = 0) => (n === undefined ? '-' : n.toFixed(digits));
+
+async function main() {
+  const rows: Row[] = [];
+  const rawRate = await rawInsert(SINGLE);
+  rows.push({ system: 'raw single-row INSERT', single: rawRate });
+  const systems: [System, { enqueue: boolean }][] = [
+    [outbatch(), { enqueue: true }],
+    [graphile('graphile-worker (default)', false), { enqueue: true }],
+    [graphile('graphile-worker (tuned)', true), { enqueue: false }],
+    [pgBoss(), { enqueue: true }],
+  ];
+  for (const [system, { enqueue }] of systems) {
+    if (flags.only && !system.name.startsWith(flags.only)) continue;
+    process.stderr.write(`${system.name}: setting up\n`);
+    await system.setup();
+    const row: Row = { system: system.name };
+    if (enqueue) {
+      row.single = await enqueueSingle(system);
+      row.bulk = await enqueueBulk(system, JOBS);
+      await system.purge();
+    }
+    process.stderr.write(`${system.name}: concurrency 10\n`);
+    row.c10 = await throughput(system, 10);
+    process.stderr.write(`${system.name}: concurrency 1\n`);
+    row.c1 = await throughput(system, 1);
+    process.stderr.write(`${system.name}: latency\n`);
+    Object.assign(row, await latency(system));
+    await system.cleanup();
+    rows.push(row);
+    process.stderr.write(`${JSON.stringify(row)}\n`);
+  }
+  const pgVersion = (await admin.query('SHOW server_version')).rows[0].server_version;
+  await admin.end();
+  console.log(
+    `PostgreSQL ${pgVersion}, Node ${process.version}, ${JOBS} jobs, ${LATENCY_JOBS} latency samples\n`,
+  );
+  console.log(
+    '| system | enqueue 1-by-1 (jobs/s) | enqueue bulk (jobs/s) | process c=10 (jobs/s) | process c=1 (jobs/s) | latency p50 / p95 / p99 (ms) |',
+  );
+  console.log('|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    const lat = r.p50 === undefined ? '-' : `${fmt(r.p50, 1)} / ${fmt(r.p95, 1)} / ${fmt(r.p99, 1)}`;
+    console.log(
+      `| ${r.system} | ${fmt(r.single)} | ${fmt(r.bulk)} | ${fmt(r.c10)} | ${fmt(r.c1)} | ${lat} |`,
+    );
+  }
+  const ours = rows.find((r) => r.system === 'outbatch');
+  const tuned = rows.find((r) => r.system === 'graphile-worker (tuned)');
+  const gDefault = rows.find((r) => r.system === 'graphile-worker (default)');
+  if (ours && tuned && gDefault) {
+    console.log('\nratios (target):');
+    console.log(
+      `- throughput c=10 vs tuned graphile-worker: ${(ours.c10! / tuned.c10!).toFixed(2)}x (>= 1.5x)`,
+    );
+    console.log(`- throughput c=1 vs tuned graphile-worker: ${(ours.c1! / tuned.c1!).toFixed(2)}x (>= 1.5x)`);
+    console.log(
+      `- p50 latency vs graphile-worker default: ${fmt(ours.p50, 1)} ms vs ${fmt(gDefault.p50, 1)} ms (<=)`,
+    );
+    console.log(
+      `- single enqueue vs graphile-worker: ${(ours.single! / gDefault.single!).toFixed(2)}x (>= 3x)`,
+    );
+    console.log(`- single enqueue vs raw INSERT: ${((100 * ours.single!) / rawRate).toFixed(0)}% (>= 80%)`);
+  }
+}
+
+await main();

@@ -1,0 +1,73 @@
+import type { Command } from 'commander';
+import { ValidationError } from '../../errors.js';
+import { checkInteger, parseDurationText } from '../../jobs/options.js';
+import type { DeferOptions } from '../../jobs/task.js';
+import { runCommand } from '../context.js';
+
+interface DeferFlags {
+  args?: string;
+  queue?: string;
+  runAt?: string;
+  delay?: string;
+  lock?: string;
+  queueingLock?: string;
+  priority?: string;
+  onConflict?: string;
+}
+
+export function parseJsonArgs(text: string | undefined): unknown {
+  if (text === undefined) return {};
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new ValidationError(
+      `--args is not valid JSON (${(error as Error).message}): expected e.g. --args '{"to":"a@example.com"}'`,
+    );
+  }
+}
+
+export function parseInteger(text: string, what: string): number {
+  if (!/^-?\d+$/.test(text.trim()))
+    throw new ValidationError(`${what} "${text}" is invalid: expected an integer`);
+  return checkInteger(Number(text), what);
+}
+
+export function registerDefer(program: Command): void {
+  program
+    .command('defer <task>')
+    .description('enqueue a job for a task (by name; a worker that knows the task runs it)')
+    .option('--args <json>', 'job arguments as JSON (default {})')
+    .option('--queue <name>', "queue (default: the task's registered queue, else 'default')")
+    .option('--run-at <time>', 'ISO 8601 time to run at, e.g. 2030-01-31T09:00:00Z')
+    .option('--delay <duration>', 'run after this long: 90s, 5m, 2h, 1d or PT5M')
+    .option('--lock <key>', 'at most one job per lock runs at a time, in creation order')
+    .option('--queueing-lock <key>', 'at most one job per queueing lock waits at a time')
+    .option('--on-conflict <mode>', "with --queueing-lock already waiting: 'error' (default) or 'ignore'")
+    .option('--priority <n>', 'higher runs first (default 0)')
+    .action((task: string, flags: DeferFlags, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        // Everything is checked before the database is touched.
+        const options: DeferOptions = {
+          queue: flags.queue,
+          runAt: flags.runAt,
+          delay: flags.delay === undefined ? undefined : parseDurationText(flags.delay, '--delay'),
+          lock: flags.lock,
+          queueingLock: flags.queueingLock,
+          priority: flags.priority === undefined ? undefined : parseInteger(flags.priority, '--priority'),
+          onConflict: flags.onConflict as DeferOptions['onConflict'],
+        };
+        if (flags.onConflict !== undefined && flags.onConflict !== 'error' && flags.onConflict !== 'ignore') {
+          throw new ValidationError(
+            `--on-conflict "${flags.onConflict}" is invalid: expected error or ignore`,
+          );
+        }
+        const result = await app.defer(task, parseJsonArgs(flags.args), options);
+        print(
+          result.enqueued
+            ? `deferred job ${result.id} (task ${task})`
+            : `not deferred: job ${result.existingId} with queueing lock "${flags.queueingLock}" is already waiting`,
+          result,
+        );
+      }),
+    );
+}

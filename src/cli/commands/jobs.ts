@@ -1,0 +1,164 @@
+import type { Command } from 'commander';
+import { OutbatchError, ValidationError } from '../../errors.js';
+import type { ActionResult } from '../../jobs/control.js';
+import type { JobSummary, TaskStats } from '../../jobs/inspect.js';
+import { runCommand } from '../context.js';
+import { parseInteger } from './defer.js';
+
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((cell, i) => cell.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+function formatList(jobs: JobSummary[]): string {
+  if (jobs.length === 0) return 'no jobs';
+  return table(
+    ['id', 'task', 'queue', 'state', 'attempts', 'run_at', 'lock', 'error'],
+    jobs.map((job) => [
+      job.id,
+      job.task,
+      job.queue,
+      job.state,
+      `${job.attempts}/${job.max_attempts}`,
+      job.run_at.toISOString(),
+      job.lock ?? '',
+      (job.error ?? '').split('\n')[0]!.slice(0, 60),
+    ]),
+  );
+}
+
+function formatStats(stats: TaskStats[]): string {
+  if (stats.length === 0) return 'no jobs and no statistics yet';
+  return table(
+    [
+      'task',
+      'todo',
+      'scheduled',
+      'doing',
+      'dirty',
+      'failed',
+      'cancelled',
+      'succeeded',
+      'retried',
+      'avg ms',
+      'max ms',
+    ],
+    stats.map((s) => [
+      s.task,
+      String(s.now.todo),
+      String(s.now.scheduled),
+      String(s.now.doing),
+      String(s.now.dirty),
+      String(s.now.failed),
+      String(s.now.cancelled),
+      String(s.succeeded),
+      String(s.retried),
+      s.avg_duration_ms === null ? '' : String(s.avg_duration_ms),
+      s.max_duration_ms === null ? '' : String(s.max_duration_ms),
+    ]),
+  );
+}
+
+function formatAction(verb: string, result: ActionResult): string {
+  const lines = [
+    `${verb} ${result.done.length} job(s)${result.done.length ? `: ${result.done.join(', ')}` : ''}`,
+  ];
+  for (const skip of result.skipped) lines.push(`skipped job ${skip.id}: ${skip.reason}`);
+  return lines.join('\n');
+}
+
+export function registerJobs(program: Command): void {
+  const jobs = program.command('jobs').description('inspect and act on jobs');
+
+  jobs
+    .command('list')
+    .description('list jobs (default: every state, oldest first)')
+    .option('--status <state>', 'todo, scheduled, doing, dirty, failed, cancelled or succeeded')
+    .option('--task <name>', 'only this task')
+    .option('--queue <name>', 'only this queue')
+    .option('--limit <n>', 'at most this many (default 100)')
+    .action((flags: { status?: string; task?: string; queue?: string; limit?: string }, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const limit = flags.limit === undefined ? undefined : parseInteger(flags.limit, '--limit');
+        const rows = await app.jobs.list({ ...flags, limit });
+        print(formatList(rows), rows);
+      }),
+    );
+
+  jobs
+    .command('show <id>')
+    .description('one job with its arguments and error history')
+    .action((id: string, _flags, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const job = await app.jobs.show(id);
+        if (!job) throw new OutbatchError('OUTBATCH_NOT_FOUND', `job ${id} not found`);
+        const lines = [
+          `job ${job.id}: ${job.task} on queue ${job.queue}, ${job.state}, attempt ${job.attempts}/${job.max_attempts}`,
+          `run_at ${job.run_at.toISOString()}  created ${job.created_at.toISOString()}  priority ${job.priority}`,
+          `lock ${job.lock ?? '-'}  queueing lock ${job.queueing_lock ?? '-'}  worker ${job.worker_id ?? '-'}`,
+          `args ${JSON.stringify(job.args)}`,
+        ];
+        if (job.last_error) lines.push(`last error: ${job.last_error.message}`, job.last_error.stack ?? '');
+        if (job.errors.length > 0) lines.push(`attempt history (${job.errors.length}):`);
+        for (const entry of job.errors as { attempt?: number; at?: string; message?: string }[]) {
+          lines.push(`  #${entry.attempt ?? '?'} ${entry.at ?? ''} ${entry.message ?? ''}`);
+        }
+        print(lines.join('\n').trimEnd(), job);
+      }),
+    );
+
+  jobs
+    .command('retry [ids...]')
+    .description('put failed (or cancelled) jobs back to todo with a fresh attempt budget')
+    .option('--failed', 'every failed job (narrow with --task and --since)')
+    .option('--task <name>', 'with --failed: only this task')
+    .option('--since <time>', 'with --failed: only jobs that failed at or after this ISO time')
+    .action((ids: string[], flags: { failed?: boolean; task?: string; since?: string }, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        if (ids.length > 0 && flags.failed) throw new ValidationError('give job ids or --failed, not both');
+        if (ids.length === 0 && !flags.failed)
+          throw new ValidationError('give job ids, or --failed to retry every failed job');
+        if (!flags.failed && (flags.task || flags.since))
+          throw new ValidationError('--task and --since go with --failed');
+        const result = await app.jobs.retry(
+          flags.failed ? { failed: true, task: flags.task, since: flags.since } : { ids },
+        );
+        print(formatAction('retried', result), result);
+      }),
+    );
+
+  jobs
+    .command('cancel <ids...>')
+    .description('cancel waiting (todo or scheduled) jobs')
+    .action((ids: string[], _flags, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const result = await app.jobs.cancel(ids);
+        print(formatAction('cancelled', result), result);
+      }),
+    );
+
+  jobs
+    .command('delete <ids...>')
+    .description('delete jobs that are not running')
+    .action((ids: string[], _flags, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const result = await app.jobs.delete(ids);
+        print(formatAction('deleted', result), result);
+      }),
+    );
+
+  jobs
+    .command('stats')
+    .description('per task: jobs by state now, and succeeded/retried/failed counts and durations so far')
+    .action((_flags, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const stats = await app.jobs.stats();
+        print(formatStats(stats), stats);
+      }),
+    );
+}

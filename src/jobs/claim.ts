@@ -1,0 +1,81 @@
+/** Claiming: many due jobs per round trip, each in one worker's hands only. */
+import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
+import { runPrepared } from './defer.js';
+
+export interface ClaimedJob {
+  id: string;
+  task: string;
+  queue: string;
+  args: unknown;
+  attempts: number;
+  max_attempts: number;
+  priority: number;
+  lock: string | null;
+  queueing_lock: string | null;
+  /** Epoch milliseconds: cheaper to parse than timestamps, and turned into Dates only if a handler asks. */
+  run_at_ms: number;
+  created_at_ms: number;
+}
+
+export interface ClaimRequest {
+  /** Queues to take from; null takes every queue. */
+  queues: string[] | null;
+  limit: number;
+  workerId: string;
+  /** An injected clock's time; null uses the database's clock (production). */
+  now: Date | null;
+}
+
+/**
+ * Marks up to `limit` due jobs `doing` for this worker, in priority, due-time, creation order.
+ *
+ * Locks: a job with a lock is taken only if no job with that lock is `doing` and no
+ * earlier *due* `todo` job has it — so same-lock jobs start in creation order, and a job
+ * scheduled in the future does not hold back its lock. Those checks read every row,
+ * including rows another worker is claiming right now (SKIP LOCKED only applies to the
+ * rows we lock), so two workers can never take two jobs of one lock; the unique index
+ * jobs_lock_doing is the backstop.
+ *
+ * `id = ANY (ARRAY(...))` rather than a join with the CTE: the planner cannot estimate
+ * the CTE and picked a hash join over the whole table (5 ms of a 10 ms claim of 500).
+ */
+export async function claimJobs(db: Queryable, schema: string, request: ClaimRequest): Promise<ClaimedJob[]> {
+  const s = quoteSchema(schema);
+  const { rows } = await runPrepared<ClaimedJob>(
+    db,
+    `outbatch_claim_${schema}`,
+    `WITH picked AS (
+       SELECT j.id FROM ${s}.jobs j
+       WHERE j.status = 'todo'
+         AND j.run_at <= coalesce($4::timestamptz, now())
+         AND ($1::text[] IS NULL OR j.queue = ANY ($1::text[]))
+         AND (j.lock IS NULL OR (
+           NOT EXISTS (SELECT 1 FROM ${s}.jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+           AND NOT EXISTS (
+             SELECT 1 FROM ${s}.jobs e
+             WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id
+               AND e.run_at <= coalesce($4::timestamptz, now()))))
+       ORDER BY j.priority DESC, j.run_at, j.id
+       LIMIT $2
+       FOR UPDATE SKIP LOCKED
+     )
+     UPDATE ${s}.jobs j
+     SET status = 'doing', attempts = j.attempts + 1, worker_id = $3,
+         started_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
+     WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+     RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
+               j.queueing_lock, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
+               (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms`,
+    [request.queues, request.limit, request.workerId, request.now],
+  );
+  // UPDATE ... RETURNING does not keep the picked order.
+  // Ids are decimal strings: shorter is smaller, same length compares as text.
+  return rows.sort(
+    (a, b) =>
+      b.priority - a.priority ||
+      a.run_at_ms - b.run_at_ms ||
+      a.id.length - b.id.length ||
+      (a.id < b.id ? -1 : 1),
+  );
+}

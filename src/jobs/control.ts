@@ -1,0 +1,137 @@
+/**
+ * What an operator can do to jobs (`outbatch jobs ...`, the dashboard): input checked
+ * here, one statement per action, every change audited.
+ */
+import os from 'node:os';
+import type { Logger } from 'pino';
+import type { Queryable } from '../db/queryable.js';
+import { ValidationError } from '../errors.js';
+import {
+  type JobDetail,
+  type JobState,
+  type JobSummary,
+  jobStats,
+  listJobs,
+  STATES,
+  showJob,
+  type TaskStats,
+} from './inspect.js';
+import { type Actor, cancelJobs, deleteJobs, explainSkipped, retryJobs } from './operate.js';
+import { toDate } from './options.js';
+
+export interface ActionResult {
+  /** Ids that changed. */
+  done: string[];
+  /** Ids left alone, with the reason. */
+  skipped: { id: string; reason: string }[];
+}
+
+export interface JobControl {
+  list(filter?: { status?: string; task?: string; queue?: string; limit?: number }): Promise<JobSummary[]>;
+  show(id: string | number): Promise<JobDetail | undefined>;
+  retry(
+    selection: { ids: (string | number)[] } | { failed: true; task?: string; since?: Date | string },
+  ): Promise<ActionResult>;
+  cancel(ids: (string | number)[]): Promise<ActionResult>;
+  delete(ids: (string | number)[]): Promise<ActionResult>;
+  stats(): Promise<TaskStats[]>;
+}
+
+export function checkJobId(id: unknown): string {
+  const text = typeof id === 'number' ? String(id) : id;
+  if (typeof text !== 'string' || !/^[1-9]\d{0,18}$/.test(text) || BigInt(text) > 9223372036854775807n) {
+    throw new ValidationError(
+      `job id ${JSON.stringify(id)} is invalid: expected a positive integer such as 42`,
+    );
+  }
+  return text;
+}
+
+function checkIds(ids: unknown): string[] {
+  if (!Array.isArray(ids) || ids.length === 0) {
+    throw new ValidationError('no job ids given: expected one or more positive integers');
+  }
+  return [...new Set(ids.map(checkJobId))];
+}
+
+export function checkState(status: unknown): JobState {
+  if (!STATES.includes(status as JobState)) {
+    throw new ValidationError(
+      `status ${JSON.stringify(status)} is invalid: expected one of ${STATES.join(', ')}`,
+    );
+  }
+  return status as JobState;
+}
+
+function actor(): Actor {
+  let user = process.env.USER ?? 'unknown';
+  try {
+    user = os.userInfo().username;
+  } catch {
+    // no passwd entry (containers): keep $USER
+  }
+  return { actor: user, host: os.hostname() };
+}
+
+export function makeJobControl(deps: {
+  schema: string;
+  log: Logger;
+  pool: () => Promise<Queryable>;
+}): JobControl {
+  const { schema, log } = deps;
+
+  async function withSkipped(ids: string[], done: string[]): Promise<ActionResult> {
+    const doneSet = new Set(done);
+    const left = ids.filter((id) => !doneSet.has(id));
+    const reasons = await explainSkipped(await deps.pool(), schema, left);
+    return { done, skipped: left.map((id) => ({ id, reason: reasons.get(id) ?? 'unknown' })) };
+  }
+
+  return {
+    async list(filter = {}) {
+      const limit = filter.limit ?? 100;
+      if (!Number.isInteger(limit) || limit < 1 || limit > 100_000) {
+        throw new ValidationError(
+          `limit ${JSON.stringify(filter.limit)} is invalid: expected an integer from 1 to 100000`,
+        );
+      }
+      return listJobs(await deps.pool(), schema, {
+        state: filter.status === undefined ? undefined : checkState(filter.status),
+        task: filter.task,
+        queue: filter.queue,
+        limit,
+      });
+    },
+    async show(id) {
+      return showJob(await deps.pool(), schema, checkJobId(id));
+    },
+    async retry(selection) {
+      if ('ids' in selection) {
+        const ids = checkIds(selection.ids);
+        const done = await retryJobs(await deps.pool(), schema, { ids }, actor());
+        log.info({ jobs: done }, `retried ${done.length} job(s)`);
+        return withSkipped(ids, done);
+      }
+      const since = selection.since === undefined ? undefined : toDate(selection.since, '--since');
+      const done = await retryJobs(
+        await deps.pool(),
+        schema,
+        { failed: true, task: selection.task, since },
+        actor(),
+      );
+      log.info({ count: done.length, task: selection.task }, `retried ${done.length} failed job(s)`);
+      return { done, skipped: [] };
+    },
+    async cancel(ids) {
+      const checked = checkIds(ids);
+      return withSkipped(checked, await cancelJobs(await deps.pool(), schema, checked, actor()));
+    },
+    async delete(ids) {
+      const checked = checkIds(ids);
+      return withSkipped(checked, await deleteJobs(await deps.pool(), schema, checked, actor()));
+    },
+    async stats() {
+      return jobStats(await deps.pool(), schema);
+    },
+  };
+}

@@ -1,0 +1,114 @@
+/**
+ * Enqueueing. Both calls go through the schema's `defer_job()` function, so a job deferred
+ * from TypeScript, from psql, from another language or from a trigger obeys one set of
+ * rules (queueing lock, task defaults, NOTIFY).
+ */
+import pg from 'pg';
+import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
+import { AlreadyEnqueued } from '../errors.js';
+
+/** A job ready for `defer_job()`: already validated. NULLs take the task's registered defaults. */
+export interface JobSpec {
+  task: string;
+  /** JSON text. */
+  args: string;
+  queue: string | null;
+  runAt: Date | null;
+  priority: number | null;
+  lock: string | null;
+  queueingLock: string | null;
+  maxAttempts: number | null;
+  onConflict: 'error' | 'ignore';
+}
+
+/** An expected outcome, so a value: either a new job, or the waiting one that holds the queueing lock. */
+export type DeferResult = { enqueued: true; id: string } | { enqueued: false; existingId: string };
+
+/**
+ * pg clients cache named statements per connection, which saves the parse on every
+ * defer. Only real pg pools and clients take the object form; any other Queryable gets text.
+ */
+export function runPrepared<R extends pg.QueryResultRow>(
+  db: Queryable,
+  name: string,
+  text: string,
+  values: unknown[],
+): Promise<pg.QueryResult<R>> {
+  if (db instanceof pg.Pool || db instanceof pg.Client) {
+    return (db as pg.Client).query<R>({ name, text, values });
+  }
+  return db.query<R>(text, values);
+}
+
+function toResult(row: { id: string; enqueued: boolean }): DeferResult {
+  return row.enqueued ? { enqueued: true, id: row.id } : { enqueued: false, existingId: row.id };
+}
+
+/** The database's "already enqueued" (raised by defer_job with on_conflict 'error') as our typed error. */
+export function asAlreadyEnqueued(error: unknown): unknown {
+  const e = error as { code?: string; hint?: string; detail?: string };
+  if (e?.code === '23505' && e.hint === 'outbatch:already_enqueued' && e.detail) {
+    const detail = JSON.parse(e.detail) as { existing_id: string; queueing_lock: string };
+    return new AlreadyEnqueued(detail.queueing_lock, detail.existing_id);
+  }
+  return error;
+}
+
+export async function deferJob(db: Queryable, schema: string, job: JobSpec): Promise<DeferResult> {
+  const text = `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)`;
+  try {
+    const { rows } = await runPrepared<{ id: string; enqueued: boolean }>(
+      db,
+      `outbatch_defer_${schema}`,
+      text,
+      [
+        job.task,
+        job.args,
+        job.queue,
+        job.runAt,
+        job.priority,
+        job.lock,
+        job.queueingLock,
+        job.maxAttempts,
+        job.onConflict,
+      ],
+    );
+    return toResult(rows[0]!);
+  } catch (error) {
+    throw asAlreadyEnqueued(error);
+  }
+}
+
+/**
+ * Many jobs in one round trip and one statement: all or none. Each row goes through
+ * defer_job() in input order, so results line up with the input and a queueing-lock
+ * conflict inside the batch behaves as it would across two calls.
+ */
+export async function deferJobs(db: Queryable, schema: string, jobs: JobSpec[]): Promise<DeferResult[]> {
+  if (jobs.length === 0) return [];
+  const column = <K extends keyof JobSpec>(key: K) => jobs.map((job) => job[key]);
+  try {
+    const { rows } = await db.query<{ id: string; enqueued: boolean }>(
+      `SELECT d.id::text, d.enqueued
+       FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[])
+         WITH ORDINALITY AS u(task, args, queue, run_at, priority, lock, queueing_lock, max_attempts, on_conflict, n)
+       CROSS JOIN LATERAL ${quoteSchema(schema)}.defer_job(u.task, u.args, u.queue, u.run_at, u.priority, u.lock, u.queueing_lock, u.max_attempts, u.on_conflict) d
+       ORDER BY u.n`,
+      [
+        column('task'),
+        column('args'),
+        column('queue'),
+        column('runAt'),
+        column('priority'),
+        column('lock'),
+        column('queueingLock'),
+        column('maxAttempts'),
+        column('onConflict'),
+      ],
+    );
+    return rows.map(toResult);
+  } catch (error) {
+    throw asAlreadyEnqueued(error);
+  }
+}

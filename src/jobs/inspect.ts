@@ -1,0 +1,115 @@
+/** Read-only views of the queue for the CLI and the dashboard. */
+import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
+
+export const STATES = ['todo', 'scheduled', 'doing', 'dirty', 'failed', 'cancelled', 'succeeded'] as const;
+export type JobState = (typeof STATES)[number];
+
+export interface JobSummary {
+  id: string;
+  task: string;
+  queue: string;
+  state: JobState;
+  priority: number;
+  run_at: Date;
+  attempts: number;
+  max_attempts: number;
+  lock: string | null;
+  queueing_lock: string | null;
+  worker_id: string | null;
+  error: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface JobDetail extends JobSummary {
+  args: unknown;
+  last_error: { message: string; stack?: string } | null;
+  errors: unknown[];
+  started_at: Date | null;
+  finished_at: Date | null;
+  keep_until: Date | null;
+}
+
+export interface ListFilter {
+  state?: JobState;
+  task?: string;
+  queue?: string;
+  limit: number;
+}
+
+export async function listJobs(db: Queryable, schema: string, filter: ListFilter): Promise<JobSummary[]> {
+  const { rows } = await db.query<JobSummary>(
+    `SELECT id::text, task, queue, state, priority, run_at, attempts, max_attempts, lock, queueing_lock,
+            worker_id, last_error ->> 'message' AS error, created_at, updated_at
+     FROM ${quoteSchema(schema)}.job_states
+     WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR task = $2) AND ($3::text IS NULL OR queue = $3)
+     ORDER BY id
+     LIMIT $4`,
+    [filter.state ?? null, filter.task ?? null, filter.queue ?? null, filter.limit],
+  );
+  return rows;
+}
+
+export async function showJob(db: Queryable, schema: string, id: string): Promise<JobDetail | undefined> {
+  const { rows } = await db.query<JobDetail>(
+    `SELECT id::text, task, queue, state, priority, run_at, attempts, max_attempts, lock, queueing_lock,
+            worker_id, last_error ->> 'message' AS error, created_at, updated_at,
+            args, last_error, errors, started_at, finished_at, keep_until
+     FROM ${quoteSchema(schema)}.job_states WHERE id = $1`,
+    [id],
+  );
+  return rows[0];
+}
+
+export interface TaskStats {
+  task: string;
+  /** Jobs in the table now, by derived state. */
+  now: Record<JobState, number>;
+  /** Since statistics began (task_stats). */
+  succeeded: number;
+  retried: number;
+  failed: number;
+  avg_duration_ms: number | null;
+  max_duration_ms: number | null;
+}
+
+/** Per task: current groups (one pass over job_states) and history (task_stats). */
+export async function jobStats(db: Queryable, schema: string): Promise<TaskStats[]> {
+  const s = quoteSchema(schema);
+  const { rows } = await db.query<{
+    task: string;
+    states: Record<string, number> | null;
+    succeeded: string | null;
+    retried: string | null;
+    failed: string | null;
+    avg_ms: number | null;
+    max_ms: number | null;
+  }>(
+    `WITH current AS (
+       SELECT task, jsonb_object_agg(state, n) AS states
+       FROM (SELECT task, state, count(*)::int AS n FROM ${s}.job_states GROUP BY task, state) c
+       GROUP BY task
+     ), history AS (
+       SELECT task, sum(succeeded) AS succeeded, sum(retried) AS retried, sum(failed) AS failed,
+              sum(duration_ms_sum) / nullif(sum(succeeded), 0) AS avg_ms, max(duration_ms_max) AS max_ms
+       FROM ${s}.task_stats GROUP BY task
+     )
+     SELECT coalesce(c.task, h.task) AS task, c.states, h.succeeded::text, h.retried::text, h.failed::text,
+            h.avg_ms, h.max_ms
+     FROM current c FULL JOIN history h ON h.task = c.task
+     ORDER BY 1`,
+  );
+  return rows.map((row) => ({
+    task: row.task,
+    now: Object.fromEntries(STATES.map((state) => [state, row.states?.[state] ?? 0])) as Record<
+      JobState,
+      number
+    >,
+    succeeded: Number(row.succeeded ?? 0),
+    retried: Number(row.retried ?? 0),
+    failed: Number(row.failed ?? 0),
+    avg_duration_ms: row.avg_ms === null ? null : Math.round(row.avg_ms * 100) / 100,
+    max_duration_ms: row.max_ms === null ? null : Math.round(row.max_ms * 100) / 100,
+  }));
+}

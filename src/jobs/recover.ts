@@ -1,0 +1,81 @@
+/** Recovery of dirty jobs: `doing`, but their worker stopped heartbeating. */
+import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
+
+export interface RecoveredJob {
+  id: string;
+  task: string;
+  status: 'todo' | 'failed';
+  worker: string | null;
+  reason: 'retry' | 'on_stall_fail' | 'attempts_spent' | 'superseded';
+}
+
+/**
+ * A job is dirty when its worker's row is gone, or silent for longer than the stall
+ * timeout that worker declared. Per task (the tasks table, registered by workers):
+ * `onStall: 'retry'` puts it back to `todo` (the attempt was counted when it was claimed),
+ * `'fail'` sends it to the dead letter, as does a spent budget.
+ *
+ * Never a deadlock (DESIGN, Jobs): if another job with the same queueing lock is already
+ * waiting, this one cannot return to `todo`; it fails as superseded, which frees its
+ * lock, and the waiting job runs. SKIP LOCKED lets any number of workers recover at once.
+ */
+export async function recoverStalledJobs(
+  db: Queryable,
+  schema: string,
+  now: Date | null,
+): Promise<RecoveredJob[]> {
+  const s = quoteSchema(schema);
+  const { rows } = await db.query<RecoveredJob>(
+    `WITH dirty AS (
+       SELECT j.id, j.worker_id,
+              CASE
+                WHEN (SELECT 1 FROM ${s}.jobs t
+                      WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) IS NOT NULL
+                  THEN 'superseded'
+                WHEN coalesce((SELECT k.on_stall FROM ${s}.tasks k WHERE k.name = j.task), 'retry') = 'fail'
+                  THEN 'on_stall_fail'
+                WHEN j.attempts >= j.max_attempts THEN 'attempts_spent'
+                ELSE 'retry'
+              END AS reason
+       FROM ${s}.jobs j
+       WHERE j.status = 'doing'
+         AND NOT EXISTS (
+           SELECT 1 FROM ${s}.workers w
+           WHERE w.id = j.worker_id
+             AND w.last_seen_at > coalesce($1::timestamptz, now()) - w.stall_timeout_ms * interval '1 millisecond')
+       FOR UPDATE OF j SKIP LOCKED
+     ), updated AS (
+       UPDATE ${s}.jobs j
+       SET status = CASE WHEN d.reason = 'retry' THEN 'todo' ELSE 'failed' END,
+           run_at = CASE WHEN d.reason = 'retry' THEN coalesce($1::timestamptz, now()) ELSE j.run_at END,
+           last_error = jsonb_build_object(
+             'message', 'worker ' || coalesce(d.worker_id, '?') || ' stopped heartbeating while running attempt '
+               || j.attempts || CASE d.reason
+                 WHEN 'retry' THEN '; retried'
+                 WHEN 'on_stall_fail' THEN '; failed (task onStall: fail)'
+                 WHEN 'attempts_spent' THEN '; failed (no attempts left)'
+                 ELSE '; failed as superseded by a waiting job with the same queueing lock' END,
+             'attempt', j.attempts, 'at', coalesce($1::timestamptz, now()), 'stalled', true),
+           errors = j.errors || jsonb_build_array(jsonb_build_object(
+             'message', 'worker stopped heartbeating (' || d.reason || ')',
+             'attempt', j.attempts, 'at', coalesce($1::timestamptz, now()), 'worker', d.worker_id)),
+           worker_id = NULL,
+           finished_at = CASE WHEN d.reason = 'retry' THEN NULL ELSE coalesce($1::timestamptz, now()) END,
+           updated_at = coalesce($1::timestamptz, now())
+       FROM dirty d
+       WHERE j.id = d.id
+       RETURNING j.id::text, j.task, j.status, d.worker_id AS worker, d.reason
+     ), counted AS (
+       INSERT INTO ${s}.task_stats AS t (task, minute, retried, failed)
+       SELECT task, date_trunc('minute', coalesce($1::timestamptz, now())),
+              count(*) FILTER (WHERE status = 'todo'), count(*) FILTER (WHERE status = 'failed')
+       FROM updated GROUP BY task ORDER BY task
+       ON CONFLICT (task, minute) DO UPDATE
+       SET retried = t.retried + excluded.retried, failed = t.failed + excluded.failed
+     )
+     SELECT * FROM updated`,
+    [now],
+  );
+  return rows;
+}

@@ -1,0 +1,225 @@
+/**
+ * Tasks: a name, options and a handler, registered on the app. `defer` and `deferMany`
+ * validate here and enqueue through defer_job(); the worker looks handlers up by name.
+ */
+import type { Logger } from 'pino';
+import type { Queryable } from '../db/queryable.js';
+import { ValidationError } from '../errors.js';
+import { type Backoff, type BackoffOptions, checkBackoff } from './backoff.js';
+import { type DeferResult, deferJob, deferJobs, type JobSpec } from './defer.js';
+import {
+  argsToJson,
+  checkInteger,
+  checkLockName,
+  checkQueue,
+  checkTaskName,
+  type DurationInput,
+  type TimeInput,
+  toDate,
+  toMilliseconds,
+} from './options.js';
+
+export interface RetryOptions {
+  /** Total attempts, the first included (default 5). 1 means never retry. */
+  attempts?: number;
+  backoff?: BackoffOptions;
+  /** Return false to send an error straight to the dead letter (default: retry every error). */
+  retryOn?: (error: unknown) => boolean;
+}
+
+export interface TaskOptions {
+  /** Queue the task's jobs go to (default `default`). */
+  queue?: string;
+  /** Higher runs first (default 0). */
+  priority?: number;
+  retry?: RetryOptions;
+  /** Abort the handler's signal and fail the attempt after this long (default: no limit). */
+  timeout?: DurationInput;
+  /** What recovery does with a job whose worker died: `retry` (default; counts an attempt) or `fail`. */
+  onStall?: 'retry' | 'fail';
+  /** Keep succeeded rows (status `succeeded`) this long instead of deleting them. */
+  keepSucceededFor?: DurationInput;
+  /** Open `ctx.tx` before the handler runs; it commits together with the job's completion. */
+  transaction?: boolean;
+}
+
+export interface DeferOptions {
+  /** Join the caller's transaction: the job exists iff that transaction commits. */
+  client?: Queryable;
+  runAt?: TimeInput;
+  /** Run after this long (instead of `runAt`). */
+  delay?: DurationInput;
+  priority?: number;
+  queue?: string;
+  lock?: string;
+  queueingLock?: string;
+  /** With a queueing lock already waiting: throw AlreadyEnqueued (`error`, default) or return its id (`ignore`). */
+  onConflict?: 'error' | 'ignore';
+}
+
+export interface JobInfo {
+  id: string;
+  task: string;
+  queue: string;
+  attempt: number;
+  maxAttempts: number;
+  priority: number;
+  lock: string | null;
+  queueingLock: string | null;
+  runAt: Date;
+  createdAt: Date;
+}
+
+export interface JobContext {
+  job: JobInfo;
+  /** Aborted on timeout and on shutdown: stop early and let the job be retried. */
+  signal: AbortSignal;
+  log: Logger;
+  /**
+   * The job's transaction, when the task has `transaction: true` or after `transaction()`:
+   * what is written through it commits atomically with the job's completion, and rolls
+   * back if the handler fails. Pass it as `client` to `defer` or an events append.
+   */
+  tx?: Queryable;
+  /** Opens (once) the job's transaction and returns it; see `tx`. */
+  transaction(): Promise<Queryable>;
+  /** Defers a follow-up job; inside the job's transaction when one is open. */
+  defer(task: string | Task, args?: unknown, options?: Omit<DeferOptions, 'client'>): Promise<DeferResult>;
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: a handler may declare any argument type
+export type Handler<A = any> = (args: A, ctx: JobContext) => unknown;
+
+/** Options after validation, as the worker uses them. */
+export interface ResolvedTask {
+  name: string;
+  queue: string;
+  priority: number;
+  maxAttempts: number;
+  backoff: Backoff;
+  retryOn: (error: unknown) => boolean;
+  timeoutMs: number | null;
+  onStall: 'retry' | 'fail';
+  keepSucceededForMs: number | null;
+  transaction: boolean;
+  handler: Handler;
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: see Handler
+export interface Task<A = any> {
+  readonly name: string;
+  readonly options: ResolvedTask;
+  defer(args: A, options?: DeferOptions): Promise<DeferResult>;
+  /** All or none, in one round trip; results in input order. `client` applies to the whole batch. */
+  deferMany(
+    jobs: Array<{ args: A } & Omit<DeferOptions, 'client'>>,
+    options?: { client?: Queryable },
+  ): Promise<DeferResult[]>;
+}
+
+export function resolveTask(name: string, options: TaskOptions, handler: Handler): ResolvedTask {
+  checkTaskName(name);
+  if (typeof handler !== 'function') {
+    throw new ValidationError(`task "${name}" has no handler: expected a function (args, ctx) => Promise`);
+  }
+  const retry = options.retry ?? {};
+  const onStall = options.onStall ?? 'retry';
+  if (onStall !== 'retry' && onStall !== 'fail') {
+    throw new ValidationError(
+      `task "${name}" onStall ${JSON.stringify(onStall)} is invalid: expected 'retry' or 'fail'`,
+    );
+  }
+  if (retry.retryOn !== undefined && typeof retry.retryOn !== 'function') {
+    throw new ValidationError(
+      `task "${name}" retry.retryOn is invalid: expected a function (error) => boolean`,
+    );
+  }
+  return {
+    name,
+    queue: checkQueue(options.queue ?? 'default'),
+    priority: checkInteger(options.priority ?? 0, `task "${name}" priority`),
+    maxAttempts: checkInteger(retry.attempts ?? 5, `task "${name}" retry.attempts`, 1, 1_000_000),
+    backoff: checkBackoff(retry.backoff, name),
+    retryOn: retry.retryOn ?? (() => true),
+    timeoutMs:
+      options.timeout === undefined ? null : toMilliseconds(options.timeout, `task "${name}" timeout`),
+    onStall,
+    keepSucceededForMs:
+      options.keepSucceededFor === undefined
+        ? null
+        : toMilliseconds(options.keepSucceededFor, `task "${name}" keepSucceededFor`),
+    transaction: Boolean(options.transaction),
+    handler,
+  };
+}
+
+/**
+ * Turns defer options into a row for defer_job(). `task` is undefined when deferring by
+ * name: NULL queue, priority and attempts then take the task's registered values.
+ */
+export function toJobSpec(
+  name: string,
+  args: unknown,
+  options: Omit<DeferOptions, 'client'>,
+  task: ResolvedTask | undefined,
+  now: () => Date,
+): JobSpec {
+  checkTaskName(name);
+  const onConflict = options.onConflict ?? 'error';
+  if (onConflict !== 'error' && onConflict !== 'ignore') {
+    throw new ValidationError(
+      `onConflict ${JSON.stringify(onConflict)} is invalid: expected 'error' or 'ignore'`,
+    );
+  }
+  if (options.runAt !== undefined && options.delay !== undefined) {
+    throw new ValidationError(`defer of "${name}" got both runAt and delay: give one of them`);
+  }
+  let runAt: Date | null = null;
+  if (options.runAt !== undefined) runAt = toDate(options.runAt, 'runAt');
+  if (options.delay !== undefined) runAt = new Date(now().getTime() + toMilliseconds(options.delay, 'delay'));
+  return {
+    task: name,
+    args: argsToJson(args, name),
+    queue: options.queue !== undefined ? checkQueue(options.queue) : (task?.queue ?? null),
+    runAt,
+    priority:
+      options.priority !== undefined ? checkInteger(options.priority, 'priority') : (task?.priority ?? null),
+    lock: options.lock !== undefined ? checkLockName(options.lock, 'lock') : null,
+    queueingLock:
+      options.queueingLock !== undefined ? checkLockName(options.queueingLock, 'queueingLock') : null,
+    maxAttempts: task?.maxAttempts ?? null,
+    onConflict,
+  };
+}
+
+export interface TaskEnv {
+  schema: string;
+  pool: () => Promise<Queryable>;
+  now: () => Date;
+}
+
+export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
+  return {
+    name: resolved.name,
+    options: resolved,
+    async defer(args, options = {}) {
+      const spec = toJobSpec(resolved.name, args, options, resolved, env.now);
+      return deferJob(options.client ?? (await env.pool()), env.schema, spec);
+    },
+    async deferMany(jobs, options = {}) {
+      if (!Array.isArray(jobs)) {
+        throw new ValidationError(`deferMany of "${resolved.name}" expects an array of { args, ...options }`);
+      }
+      const specs = jobs.map((job, i) => {
+        if (job === null || typeof job !== 'object') {
+          throw new ValidationError(
+            `deferMany of "${resolved.name}": item ${i} is not an object { args, ...options }`,
+          );
+        }
+        const { args, ...rest } = job;
+        return toJobSpec(resolved.name, args, rest, resolved, env.now);
+      });
+      return deferJobs(options.client ?? (await env.pool()), env.schema, specs);
+    },
+  };
+}

@@ -1,0 +1,66 @@
+/** The workers and tasks tables: who is alive, and what each task asks of recovery and defer-by-name. */
+import os from 'node:os';
+import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
+import type { ResolvedTask } from '../jobs/task.js';
+
+export interface WorkerInfo {
+  id: string;
+  queues: string[] | null;
+  concurrency: number;
+  stallTimeoutMs: number;
+}
+
+/** Inserts or refreshes this worker's row; heartbeat calls it again if the row was pruned. */
+export async function registerWorker(
+  db: Queryable,
+  schema: string,
+  worker: WorkerInfo,
+  now: Date | null,
+): Promise<void> {
+  await db.query(
+    `INSERT INTO ${quoteSchema(schema)}.workers AS w (id, host, pid, queues, concurrency, stall_timeout_ms, started_at, last_seen_at)
+     VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::timestamptz, now()), coalesce($7::timestamptz, now()))
+     ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at`,
+    [worker.id, os.hostname(), process.pid, worker.queues, worker.concurrency, worker.stallTimeoutMs, now],
+  );
+}
+
+/** Returns false when the row is gone (pruned while we were unreachable). */
+export async function heartbeat(
+  db: Queryable,
+  schema: string,
+  workerId: string,
+  now: Date | null,
+): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `UPDATE ${quoteSchema(schema)}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1`,
+    [workerId, now],
+  );
+  return (rowCount ?? 0) > 0;
+}
+
+export async function unregisterWorker(db: Queryable, schema: string, workerId: string): Promise<void> {
+  await db.query(`DELETE FROM ${quoteSchema(schema)}.workers WHERE id = $1`, [workerId]);
+}
+
+/** Publishes the options of the tasks this worker runs, in name order (stable row-lock order). */
+export async function registerTasks(db: Queryable, schema: string, tasks: ResolvedTask[]): Promise<void> {
+  const sorted = [...tasks].sort((a, b) => a.name.localeCompare(b.name));
+  await db.query(
+    `INSERT INTO ${quoteSchema(schema)}.tasks AS t (name, queue, priority, max_attempts, on_stall)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[])
+     ON CONFLICT (name) DO UPDATE
+     SET queue = excluded.queue, priority = excluded.priority, max_attempts = excluded.max_attempts,
+         on_stall = excluded.on_stall, updated_at = now()
+     WHERE (t.queue, t.priority, t.max_attempts, t.on_stall)
+       IS DISTINCT FROM (excluded.queue, excluded.priority, excluded.max_attempts, excluded.on_stall)`,
+    [
+      sorted.map((t) => t.name),
+      sorted.map((t) => t.queue),
+      sorted.map((t) => t.priority),
+      sorted.map((t) => t.maxAttempts),
+      sorted.map((t) => t.onStall),
+    ],
+  );
+}
