@@ -2,11 +2,18 @@ import type { Logger } from 'pino';
 import { type Clock, systemClock } from './clock.js';
 import type { PoolOptions } from './db/connection.js';
 import { type Database, openDatabase } from './db/database.js';
-import { validateSchemaName } from './db/identifiers.js';
+import { quoteSchema, validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
+import type { Handler, Task } from './jobs/task.js';
 import { silentLogger } from './log.js';
+import { makeProcessorControl, type ProcessorControl } from './processors/control.js';
+import type { Pipeline, ProcessorOptions } from './processors/definition.js';
+import { makeProcessors } from './processors/processors.js';
+import type { Schedule, ScheduleSpec } from './schedule/definition.js';
+import { makeScheduleRegistry } from './schedule/registry.js';
+import { runApp } from './worker/runApp.js';
 
 export interface AppOptions {
   /** postgres:// URL; defaults to DATABASE_URL, and without either the embedded server is started. */
@@ -36,14 +43,32 @@ export interface App {
   task: JobQueue['task'];
   /** Defers a job by task name (or task), for services that do not import the handler. */
   defer: JobQueue['defer'];
-  /** Runs a worker until the signal aborts (or SIGINT/SIGTERM without one). */
+  /**
+   * Runs the worker — jobs, the scheduler and the processors' triggers — until the signal
+   * aborts (or SIGINT/SIGTERM without one).
+   */
   run: JobQueue['run'];
+  /** A cron or `every` schedule whose ticks defer `target` with `args` plus `tick`; see README "Schedules". */
+  schedule(
+    name: string,
+    spec: ScheduleSpec,
+    target: Task | Handler,
+    args?: Record<string, unknown>,
+  ): Schedule;
+  /** A batch processor over the event log; see README "Processors". */
+  processor(
+    name: string,
+    options: ProcessorOptions,
+    pipeline: Pipeline,
+  ): { name: string; runNow(): Promise<string | null> };
+  /** Operator controls on processors: status, pause, resume, resetFailed. */
+  readonly processors: ProcessorControl;
   /** Operator controls: list, show, retry, cancel, delete, stats. */
   jobs: JobQueue['jobs'];
 }
 
 export function createApp(options: AppOptions = {}): App {
-  const schema = validateSchemaName(options.schema ?? 'outbatch');
+  const schema = validateSchemaName(options.schema ?? (process.env.OUTBATCH_SCHEMA || 'outbatch'));
   const log = (options.logger ?? silentLogger()).child({ schema });
   const clock = options.clock ?? systemClock;
   let opening: Promise<Database> | undefined;
@@ -59,6 +84,11 @@ export function createApp(options: AppOptions = {}): App {
   };
 
   const queue = makeJobQueue({ schema, log, clock, database });
+  const pool = async () => (await database()).pool;
+  const events = makeEvents({ database, schema, log, clock, options: options.events });
+  const schedules = makeScheduleRegistry(queue);
+  const q = quoteSchema(schema);
+  const processors = makeProcessors({ schema, q, log, clock, pool, events, queue, schedules });
 
   return {
     schema,
@@ -67,13 +97,16 @@ export function createApp(options: AppOptions = {}): App {
     database,
     task: queue.task,
     defer: queue.defer,
-    run: queue.run,
+    run: (runOptions) => runApp({ database, schema, log, clock, queue, schedules, processors }, runOptions),
     jobs: queue.jobs,
+    schedule: schedules.schedule,
+    processor: processors.define,
+    processors: makeProcessorControl({ pool, q, log }),
     async migrate(migrateOptions = {}) {
       const db = await database();
       return migrate(db.pool, schema, log, migrateOptions.onApplied);
     },
-    events: makeEvents({ database, schema, log, clock, options: options.events }),
+    events,
     async close() {
       if (!opening) return;
       const db = await opening.catch(() => undefined);

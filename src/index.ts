@@ -52,4 +52,19 @@ export type {
   TaskOptions,
 } from './jobs/task.js';
 export { createLogger, type Logger } from './log.js';
+export type { ProcessorControl } from './processors/control.js';
+// Processors
+export type { Pipeline, ProcessorContext, ProcessorOptions, Trigger } from './processors/definition.js';
+export {
+  aggregateBy,
+  bulkWrite,
+  columns,
+  eachInOrder,
+  type Group,
+  groupByStream,
+  groupItemsBy,
+} from './processors/operators.js';
+export type { ProcessorState, ProcessorStatus } from './processors/status.js';
+// Schedules
+export type { DurationLike, Schedule, ScheduleSpec } from './schedule/definition.js';
 export type { WorkerOptions } from './worker/options.js';

@@ -6,8 +6,8 @@ import { Duration } from 'luxon';
 import type { Observable } from 'rxjs';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
-import type { Logger } from '../log.js';
 import type { StoredEvent } from '../events/storedEvent.js';
+import type { Logger } from '../log.js';
 import { type DurationLike, defineSchedule, type Schedule } from '../schedule/definition.js';
 
 export interface ProcessorContext {
@@ -68,12 +68,18 @@ function ms(name: string, field: string, value: DurationLike | undefined, fallba
   const duration = Duration.isDuration(value) ? value : Duration.fromObject(value as never);
   const result = duration.toMillis();
   if (!duration.isValid || !Number.isFinite(result) || result < 0) {
-    throw new ValidationError(`processor "${name}": ${field} is invalid: expected a duration such as { seconds: 5 }`);
+    throw new ValidationError(
+      `processor "${name}": ${field} is invalid: expected a duration such as { seconds: 5 }`,
+    );
   }
   return result;
 }
 
-export function defineProcessor(name: unknown, options: ProcessorOptions, pipeline: Pipeline): ProcessorDefinition {
+export function defineProcessor(
+  name: unknown,
+  options: ProcessorOptions,
+  pipeline: Pipeline,
+): ProcessorDefinition {
   if (typeof name !== 'string' || !NAME.test(name)) {
     throw new ValidationError(
       `processor name ${JSON.stringify(name)} is invalid: use 1-100 letters, digits, '-', '_', '.', ':' and '/'`,
@@ -83,10 +89,15 @@ export function defineProcessor(name: unknown, options: ProcessorOptions, pipeli
     throw new ValidationError(`processor "${name}": options must be an object with a "trigger"`);
   }
   if (typeof pipeline !== 'function') {
-    throw new ValidationError(`processor "${name}": pipeline must be a function (events$, ctx) => Observable`);
+    throw new ValidationError(
+      `processor "${name}": pipeline must be a function (events$, ctx) => Observable`,
+    );
   }
   const { types, streamPrefix } = options;
-  if (types !== undefined && (!Array.isArray(types) || types.length === 0 || types.some((t) => typeof t !== 'string' || !t))) {
+  if (
+    types !== undefined &&
+    (!Array.isArray(types) || types.length === 0 || types.some((t) => typeof t !== 'string' || !t))
+  ) {
     throw new ValidationError(`processor "${name}": types must be a non-empty array of event type names`);
   }
   if (streamPrefix !== undefined && (typeof streamPrefix !== 'string' || streamPrefix.length === 0)) {
@@ -94,7 +105,9 @@ export function defineProcessor(name: unknown, options: ProcessorOptions, pipeli
   }
   const batchSize = options.batchSize ?? 500;
   if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 10_000) {
-    throw new ValidationError(`processor "${name}": batchSize ${String(batchSize)} is invalid: use a whole number from 1 to 10000`);
+    throw new ValidationError(
+      `processor "${name}": batchSize ${String(batchSize)} is invalid: use a whole number from 1 to 10000`,
+    );
   }
   const attempts = options.retry?.attempts ?? 5;
   if (!Number.isInteger(attempts) || attempts < 1 || attempts > 1000) {
@@ -120,7 +133,10 @@ export function defineProcessor(name: unknown, options: ProcessorOptions, pipeli
     const onAppend = (trigger.onAppend ?? {}) as { debounce?: DurationLike };
     onAppendDebounceMs = ms(name, 'trigger.onAppend.debounce', onAppend.debounce, 200);
   } else if ('cron' in trigger || 'every' in trigger) {
-    schedule = defineSchedule(`processor:${name}`, trigger as { cron?: string; every?: DurationLike; timezone?: string });
+    schedule = defineSchedule(
+      `processor:${name}`,
+      trigger as { cron?: string; every?: DurationLike; timezone?: string },
+    );
   } else {
     throw new ValidationError(
       `processor "${name}": trigger must be { cron }, { every } or { onAppend: { debounce } }`,

@@ -62,7 +62,10 @@ export async function runProcessor(
       if (!(error instanceof PageFailed)) throw error; // the database: the job retries the run
       if (error.events.length > 1) {
         // Which event is it? Re-run the page one event at a time; those before it commit.
-        log.warn({ err: error.failure, events: error.events.length }, 'page failed; isolating the failing event');
+        log.warn(
+          { err: error.failure, events: error.events.length },
+          'page failed; isolating the failing event',
+        );
         pageSize = 1;
         continue;
       }
@@ -80,7 +83,9 @@ export async function runProcessor(
   }
 }
 
-type PageStep = { kind: 'page'; count: number; caughtUp: boolean } | { kind: 'head' | 'paused' | 'failed' | 'retired' };
+type PageStep =
+  | { kind: 'page'; count: number; caughtUp: boolean }
+  | { kind: 'head' | 'paused' | 'failed' | 'retired' };
 
 async function runPage(
   deps: RunDeps,
@@ -112,7 +117,15 @@ async function runPage(
       }
     }
     if (page.checkpoint !== row.checkpoint) {
-      await saveCheckpoint(tx, deps.q, def.name, version, parseCheckpoint(page.checkpoint), page.events.length, deps.clock.now());
+      await saveCheckpoint(
+        tx,
+        deps.q,
+        def.name,
+        version,
+        parseCheckpoint(page.checkpoint),
+        page.events.length,
+        deps.clock.now(),
+      );
     }
     if (page.events.length === 0) return { kind: 'head' };
     return { kind: 'page', count: page.events.length, caughtUp: page.caughtUp };
@@ -148,7 +161,10 @@ async function onEventFailure(
   const now = deps.clock.now();
   const attempts = await recordFailure(deps.pool, deps.q, def.name, version, event.position, message, now);
   if (attempts < def.attempts) {
-    log.warn({ err: failure, position: event.position.toString(), attempt: attempts }, 'event failed; the run will be retried');
+    log.warn(
+      { err: failure, position: event.position.toString(), attempt: attempts },
+      'event failed; the run will be retried',
+    );
     return 'retry';
   }
   if (def.onPoison === 'halt') {
@@ -182,7 +198,15 @@ async function onEventFailure(
       stack: failure instanceof Error ? (failure.stack ?? null) : null,
       attempts,
     });
-    await saveCheckpoint(tx, deps.q, def.name, version, { txId: event.txId, position: event.position }, 1, now);
+    await saveCheckpoint(
+      tx,
+      deps.q,
+      def.name,
+      version,
+      { txId: event.txId, position: event.position },
+      1,
+      now,
+    );
   });
   log.error(
     { err: failure, position: event.position.toString(), attempts },

@@ -25,11 +25,10 @@ export async function ensureProcessor(
      ON CONFLICT DO NOTHING`,
     [name, types, streamPrefix],
   );
-  await db.query(`UPDATE ${q}.processors SET types = $2, stream_prefix = $3 WHERE name = $1 AND retired_at IS NULL`, [
-    name,
-    types,
-    streamPrefix,
-  ]);
+  await db.query(
+    `UPDATE ${q}.processors SET types = $2, stream_prefix = $3 WHERE name = $1 AND retired_at IS NULL`,
+    [name, types, streamPrefix],
+  );
 }
 
 /** Versions that run: every version not retired by a promotion. */
@@ -45,7 +44,12 @@ export async function runnableVersions(db: Queryable, q: string, name: string): 
  * Locks the version's row for the page's transaction. Besides the job lock, this is what
  * makes a rewind or a pause wait for the page in flight instead of racing it.
  */
-export async function lockVersion(db: Queryable, q: string, name: string, version: number): Promise<VersionRow | undefined> {
+export async function lockVersion(
+  db: Queryable,
+  q: string,
+  name: string,
+  version: number,
+): Promise<VersionRow | undefined> {
   const { rows } = await db.query<VersionRow>(
     `SELECT version, checkpoint_tx::text || ':' || checkpoint_position::text AS checkpoint,
             paused, failed_at IS NOT NULL AS failed
@@ -165,4 +169,20 @@ export async function resetFailed(db: Queryable, q: string, name: string): Promi
     [name],
   );
   return rowCount ?? 0;
+}
+
+/**
+ * Defers a run of every running version, by task name (for callers without the
+ * processor's definition: the CLI, the dashboard); the queue is the one its workers registered.
+ */
+export async function wakeProcessor(db: Queryable, q: string, name: string): Promise<number> {
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n
+     FROM ${q}.processors p,
+          LATERAL ${q}.defer_job('processor:' || p.name, jsonb_build_object('version', p.version), NULL, NULL, NULL,
+            'processor:' || p.name || '@' || p.version, 'processor:' || p.name || '@' || p.version, NULL, 'ignore') d
+     WHERE p.name = $1 AND p.retired_at IS NULL`,
+    [name],
+  );
+  return rows[0]?.n ?? 0;
 }

@@ -71,8 +71,9 @@ export function registerWorker(program: Command): void {
           shutdownTimeout: duration(flags.shutdownTimeout, '--shutdown-timeout'),
         };
         // The module builds its own app; a --database-url given here reaches it as DATABASE_URL.
-        const { databaseUrl } = globalOptions(command);
+        const { databaseUrl, schema } = globalOptions(command);
         if (databaseUrl) process.env.DATABASE_URL = databaseUrl;
+        process.env.OUTBATCH_SCHEMA = schema;
         const app = await loadAppModule(flags.app);
         try {
           await app.run({ ...options, signal });

@@ -1,0 +1,44 @@
+/**
+ * A processor that defers jobs: one digest email per customer who ordered, coalesced by
+ * a queueing lock so a busy customer gets one pending digest, not one per order. The
+ * jobs are deferred through the page's transaction: they exist iff the page commits.
+ */
+import { type App, eachInOrder, groupItemsBy, type StoredEvent } from '../../src/index.js';
+import type { OrderData } from './revenue.js';
+import { shopSchema } from './tables.js';
+
+export function digestPipeline(app: App, schema: string) {
+  const s = shopSchema(schema);
+  const sendDigest = app.task<{ customerId: string; orders: number }>(
+    'send-digest',
+    { queue: 'emails', retry: { attempts: 3 }, transaction: true },
+    async (args, ctx) => {
+      // "Sending" is recording the digest; it commits with the job's completion.
+      await ctx.tx!.query(`INSERT INTO ${s}.digests (customer, orders) VALUES ($1, $2)`, [
+        args.customerId,
+        args.orders,
+      ]);
+    },
+  );
+
+  const processor = app.processor(
+    'customer-digests',
+    { types: ['OrderPlaced'], trigger: { every: { seconds: 5 } } },
+    (events$, ctx) =>
+      events$.pipe(
+        groupItemsBy((event: StoredEvent) => (event.data as OrderData).customerId),
+        eachInOrder((group) =>
+          sendDigest.defer(
+            { customerId: group.key, orders: group.items.length },
+            {
+              client: ctx.tx,
+              queueingLock: `digest:${group.key}`,
+              onConflict: 'ignore',
+              delay: { seconds: 2 },
+            },
+          ),
+        ),
+      ),
+  );
+  return { sendDigest, processor };
+}

@@ -1,0 +1,64 @@
+/** Operator controls on processors (CLI, dashboard, scripts), each audited. */
+import type pg from 'pg';
+import { type Actor, currentActor, recordAudit } from '../audit.js';
+import { withTransaction } from '../db/transaction.js';
+import { ValidationError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { type ProcessorStatus, processorStatus } from './status.js';
+import { resetFailed, setPaused, wakeProcessor } from './store.js';
+
+export function makeProcessorControl(deps: { pool: () => Promise<pg.Pool>; q: string; log: Logger }) {
+  const known = async (name: string) => {
+    const status = await processorStatus(await deps.pool(), deps.q, name);
+    if (status.length === 0) {
+      throw new ValidationError(
+        `processor "${name}" is unknown: it appears once a worker with it in its code has started`,
+      );
+    }
+    return status;
+  };
+  const act = async (
+    name: string,
+    action: string,
+    change: (db: pg.PoolClient) => Promise<number>,
+    by: Actor,
+  ) => {
+    await known(name);
+    const changed = await withTransaction(await deps.pool(), async (tx) => {
+      const count = await change(tx);
+      await recordAudit(tx, deps.q, by, action, `processor:${name}`, { changed: count });
+      return count;
+    });
+    deps.log.info({ processor: name, action, by: by.actor, host: by.host, changed }, `processor ${action}`);
+    return { changed };
+  };
+  const wakeAfter = (db: pg.PoolClient, name: string) => async (changed: number) => {
+    if (changed > 0) await wakeProcessor(db, deps.q, name);
+    return changed;
+  };
+  return {
+    /** Every processor version, or one processor's versions. */
+    async status(name?: string): Promise<ProcessorStatus[]> {
+      return name === undefined ? processorStatus(await deps.pool(), deps.q) : known(name);
+    },
+    pause: (name: string, by = currentActor()) =>
+      act(name, 'processors.pause', (db) => setPaused(db, deps.q, name, true), by),
+    // Resuming and resetting also queue a run, so the processor catches up without waiting for a trigger.
+    resume: (name: string, by = currentActor()) =>
+      act(
+        name,
+        'processors.resume',
+        (db) => setPaused(db, deps.q, name, false).then(wakeAfter(db, name)),
+        by,
+      ),
+    resetFailed: (name: string, by = currentActor()) =>
+      act(
+        name,
+        'processors.reset-failed',
+        (db) => resetFailed(db, deps.q, name).then(wakeAfter(db, name)),
+        by,
+      ),
+  };
+}
+
+export type ProcessorControl = ReturnType<typeof makeProcessorControl>;

@@ -1,0 +1,160 @@
+/**
+ * `app.processor(...)` and the processors' runtime wiring: each processor is a task
+ * (`processor:<name>`) whose jobs run one version with lock `processor:<name>@<version>`,
+ * so at most one run per version executes cluster-wide. Triggers only defer runs, with
+ * a queueing lock, so a burst of triggers queues at most one run behind the current one.
+ */
+import type pg from 'pg';
+import { auditTime, catchError, defer, EMPTY, exhaustMap, filter, merge, type Observable, timer } from 'rxjs';
+import type { Clock } from '../clock.js';
+import { listen } from '../db/listen.js';
+import type { Queryable } from '../db/queryable.js';
+import { ValidationError } from '../errors.js';
+import type { Events } from '../events/events.js';
+import { eventsChannel } from '../events/follow.js';
+import type { JobQueue } from '../jobs/queue.js';
+import type { Logger } from '../log.js';
+import type { ScheduleRegistry } from '../schedule/registry.js';
+import {
+  defineProcessor,
+  type Pipeline,
+  type ProcessorDefinition,
+  type ProcessorOptions,
+} from './definition.js';
+import { runProcessor } from './run.js';
+import { ensureProcessor, runnableVersions } from './store.js';
+
+export function processorTask(name: string): string {
+  return `processor:${name}`;
+}
+
+export function processorLock(name: string, version: number): string {
+  return `processor:${name}@${version}`;
+}
+
+/** How often onAppend processors are also triggered without a NOTIFY (a missed one, a restart). */
+const SAFETY_POLL_MS = 30_000;
+
+export interface ProcessorDeps {
+  schema: string;
+  q: string;
+  log: Logger;
+  clock: Clock;
+  pool: () => Promise<pg.Pool>;
+  events: Events;
+  queue: JobQueue;
+  schedules: ScheduleRegistry;
+}
+
+export function makeProcessors(deps: ProcessorDeps) {
+  const definitions = new Map<string, ProcessorDefinition>();
+
+  /** Defers one run per running version (deduped by the queueing lock). */
+  async function deferRuns(name: string, client?: Queryable): Promise<string | null> {
+    const def = definitions.get(name)!;
+    const db = client ?? (await deps.pool());
+    let first: string | null = null;
+    for (const version of await runnableVersions(db, deps.q, name)) {
+      const lock = processorLock(name, version);
+      const result = await deps.queue.defer(
+        processorTask(name),
+        { version },
+        { client: db, lock, queueingLock: lock, onConflict: 'ignore', queue: def.queue },
+      );
+      first ??= result.enqueued ? result.id : result.existingId;
+    }
+    return first;
+  }
+
+  function define(name: string, options: ProcessorOptions, pipeline: Pipeline) {
+    const def = defineProcessor(name, options, pipeline);
+    if (definitions.has(def.name)) {
+      throw new ValidationError(
+        `processor "${def.name}" is defined twice: processor names are unique per app`,
+      );
+    }
+    deps.queue.task<{ version: number }>(
+      processorTask(def.name),
+      {
+        queue: def.queue,
+        // The poison budget is counted per event on the processor row; the job only spaces the runs.
+        retry: {
+          attempts: 1_000,
+          backoff: { initial: def.backoff.initialMs, factor: def.backoff.factor, max: def.backoff.maxMs },
+        },
+        onStall: 'retry',
+      },
+      async (args, ctx) => {
+        const pool = await deps.pool();
+        const outcome = await runProcessor(
+          { pool, q: deps.q, log: deps.log, clock: deps.clock, read: deps.events.read },
+          def,
+          args.version,
+          ctx.signal,
+        );
+        ctx.log.debug({ processor: def.name, version: args.version, ...outcome }, 'processor run finished');
+        // Out of time but not at the head: queue the continuation (it waits for our lock).
+        if (outcome.stopped === 'budget') await deferRuns(def.name);
+      },
+    );
+    definitions.set(def.name, def);
+    if (def.schedule) {
+      deps.schedules.add({
+        schedule: def.schedule,
+        task: processorTask(def.name),
+        enqueue: (client) => deferRuns(def.name, client),
+      });
+    }
+    return { name: def.name, runNow: () => deferRuns(def.name) };
+  }
+
+  /**
+   * What a worker starts beside the job loop: records every processor, defers a first
+   * run of each (catching up after downtime), and wakes onAppend processors on the
+   * append NOTIFY — auditTime: at most one trigger per debounce window, however busy.
+   */
+  async function start(url: string): Promise<Observable<unknown>> {
+    const pool = await deps.pool();
+    for (const def of definitions.values()) {
+      await ensureProcessor(pool, deps.q, def.name, def.types, def.streamPrefix);
+      await deferRuns(def.name);
+    }
+    const onAppend = [...definitions.values()].filter((def) => def.onAppendDebounceMs !== null);
+    if (onAppend.length === 0) return EMPTY;
+    const debounce = Math.min(...onAppend.map((def) => def.onAppendDebounceMs!));
+    const trigger = () => Promise.all(onAppend.map((def) => deferRuns(def.name)));
+    return merge(
+      listen({ url, channels: [eventsChannel(deps.schema)], log: deps.log }).pipe(
+        filter((note) => note.kind === 'notification' || note.kind === 'connected'),
+        catchError((error) => {
+          deps.log.error(
+            { err: error },
+            'LISTEN for appends failed for good; processors wake by polling only',
+          );
+          return EMPTY;
+        }),
+      ),
+      timer(SAFETY_POLL_MS, SAFETY_POLL_MS),
+    ).pipe(
+      auditTime(debounce),
+      // exhaustMap: a trigger still deferring absorbs the next wake; its runs will see those events.
+      exhaustMap(() =>
+        defer(() => trigger()).pipe(
+          catchError((error) => {
+            deps.log.warn({ err: error }, 'could not trigger processors; the next append retries');
+            return EMPTY;
+          }),
+        ),
+      ),
+    );
+  }
+
+  return {
+    define,
+    start,
+    deferRuns,
+    definitions: () => [...definitions.values()],
+  };
+}
+
+export type Processors = ReturnType<typeof makeProcessors>;
