@@ -3,7 +3,14 @@
  * upsert per page through the page's transaction, so the totals and the checkpoint
  * commit together. Refunds subtract.
  */
-import { type App, aggregateBy, bulkWrite, type StoredEvent } from '../../src/index.js';
+import {
+  type App,
+  aggregateBy,
+  bulkWrite,
+  type Pipeline,
+  type ProcessorOptions,
+  type StoredEvent,
+} from '../../src/index.js';
 import { shopSchema } from './tables.js';
 
 export interface OrderData {
@@ -19,7 +26,13 @@ interface Totals {
   amountCents: number;
 }
 
-export function revenueProcessor(app: App, schema: string) {
+export const REVENUE_OPTIONS: ProcessorOptions = {
+  types: ['OrderPlaced', 'OrderRefunded'],
+  trigger: { onAppend: { debounce: { milliseconds: 100 } } },
+  batchSize: 1000,
+};
+
+export function revenuePipeline(schema: string): Pipeline {
   const s = shopSchema(schema);
   const upsert = `
     INSERT INTO ${s}.revenue AS r (version, customer, day, orders, amount_cents)
@@ -27,37 +40,33 @@ export function revenueProcessor(app: App, schema: string) {
     ON CONFLICT (version, customer, day) DO UPDATE
       SET orders = r.orders + EXCLUDED.orders, amount_cents = r.amount_cents + EXCLUDED.amount_cents`;
 
-  return app.processor(
-    'revenue-by-customer-day',
-    {
-      types: ['OrderPlaced', 'OrderRefunded'],
-      trigger: { onAppend: { debounce: { milliseconds: 100 } } },
-      batchSize: 1000,
-    },
-    (events$, ctx) =>
-      events$.pipe(
-        aggregateBy(
-          (event: StoredEvent) =>
-            `${(event.data as OrderData).customerId}|${event.recordedAt.toISOString().slice(0, 10)}`,
-          (): Totals => ({ customer: '', day: '', orders: 0, amountCents: 0 }),
-          (totals, event) => {
-            const data = event.data as OrderData;
-            const sign = event.type === 'OrderRefunded' ? -1 : 1;
-            return {
-              customer: data.customerId,
-              day: event.recordedAt.toISOString().slice(0, 10),
-              orders: totals.orders + sign,
-              amountCents: totals.amountCents + sign * data.amountCents,
-            };
-          },
-        ),
-        bulkWrite(ctx.tx, upsert, (rows) => [
-          ctx.version,
-          rows.map((row) => row.value.customer),
-          rows.map((row) => row.value.day),
-          rows.map((row) => row.value.orders),
-          rows.map((row) => row.value.amountCents),
-        ]),
+  return (events$, ctx) =>
+    events$.pipe(
+      aggregateBy(
+        (event: StoredEvent) =>
+          `${(event.data as OrderData).customerId}|${event.recordedAt.toISOString().slice(0, 10)}`,
+        (): Totals => ({ customer: '', day: '', orders: 0, amountCents: 0 }),
+        (totals, event) => {
+          const data = event.data as OrderData;
+          const sign = event.type === 'OrderRefunded' ? -1 : 1;
+          return {
+            customer: data.customerId,
+            day: event.recordedAt.toISOString().slice(0, 10),
+            orders: totals.orders + sign,
+            amountCents: totals.amountCents + sign * data.amountCents,
+          };
+        },
       ),
-  );
+      bulkWrite(ctx.tx, upsert, (rows) => [
+        ctx.version,
+        rows.map((row) => row.value.customer),
+        rows.map((row) => row.value.day),
+        rows.map((row) => row.value.orders),
+        rows.map((row) => row.value.amountCents),
+      ]),
+    );
+}
+
+export function revenueProcessor(app: App, schema: string) {
+  return app.processor('revenue-by-customer-day', REVENUE_OPTIONS, revenuePipeline(schema));
 }

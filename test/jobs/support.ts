@@ -33,11 +33,16 @@ export interface WorkerProcess {
   exited: Promise<number | null>;
 }
 
-/** `outbatch worker --app test/fixtures/jobs-app.ts ...` as its own process. */
-export function spawnWorker(schema: string, args: string[] = []): WorkerProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'worker', '--app', FIXTURE_APP, ...args], {
+/** `outbatch worker --app test/fixtures/jobs-app.ts ...` (or another app module) as its own process. */
+export function spawnWorker(
+  schema: string,
+  args: string[] = [],
+  app = FIXTURE_APP,
+  env: NodeJS.ProcessEnv = {},
+): WorkerProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'worker', '--app', app, ...args], {
     cwd: ROOT,
-    env: { ...process.env, DATABASE_URL: databaseUrl(), OUTBATCH_SCHEMA: schema, LOG_LEVEL: 'info' },
+    env: { ...process.env, DATABASE_URL: databaseUrl(), OUTBATCH_SCHEMA: schema, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
