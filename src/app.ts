@@ -61,6 +61,8 @@ export interface App {
     options: ProcessorOptions,
     pipeline: Pipeline,
   ): { name: string; runNow(): Promise<string | null> };
+  /** What this app defines in code: for `schedules check` and tooling. */
+  definitions(): { tasks: string[]; schedules: Schedule[]; processors: string[] };
   /** Operator controls on processors: status, pause, resume, resetFailed. */
   readonly processors: ProcessorControl;
   /** Operator controls: list, show, retry, cancel, delete, stats. */
@@ -101,6 +103,11 @@ export function createApp(options: AppOptions = {}): App {
     jobs: queue.jobs,
     schedule: schedules.schedule,
     processor: processors.define,
+    definitions: () => ({
+      tasks: queue.taskNames(),
+      schedules: schedules.entries().map((entry) => entry.schedule),
+      processors: processors.definitions().map((def) => def.name),
+    }),
     processors: makeProcessorControl({ pool, q, log }),
     async migrate(migrateOptions = {}) {
       const db = await database();

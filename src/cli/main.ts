@@ -9,6 +9,8 @@ import { registerDoctor } from './commands/doctor.js';
 import { registerEvents } from './commands/events.js';
 import { registerJobs } from './commands/jobs.js';
 import { registerMigrate } from './commands/migrate.js';
+import { registerProcessors } from './commands/processors.js';
+import { registerSchedules } from './commands/schedules.js';
 import { registerWorker } from './commands/worker.js';
 import { EXIT_USAGE } from './context.js';
 
@@ -51,6 +53,8 @@ export function buildProgram(): Command {
   registerWorker(program);
   registerDefer(program);
   registerJobs(program);
+  registerProcessors(program);
+  registerSchedules(program);
   program.commands.forEach(applyExitOverride);
   applyExitOverride(program);
   return program;

@@ -3,7 +3,7 @@
  * controls (`jobs`). Built by a factory so app.ts only wires it in.
  */
 import type { Logger } from 'pino';
-import type { Clock } from '../clock.js';
+import { type Clock, systemClock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import { assertMigrated } from '../db/migrate.js';
 import { ValidationError } from '../errors.js';
@@ -32,6 +32,8 @@ export interface JobQueue {
   defer(task: string | Task, args?: unknown, options?: DeferOptions): Promise<DeferResult>;
   run(options?: RunOptions): Promise<void>;
   jobs: JobControl;
+  /** Names of the registered tasks. */
+  taskNames(): string[];
 }
 
 export interface JobQueueDeps {
@@ -46,6 +48,7 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
   const tasks = new Map<string, ResolvedTask>();
   const pool = async () => (await database()).pool;
   const now = () => clock.now();
+  const injectedClock = clock !== systemClock;
 
   return {
     task(name, options, handler) {
@@ -58,12 +61,12 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       if (tasks.has(name))
         throw new ValidationError(`task "${name}" is already registered: task names are unique per app`);
       tasks.set(name, resolved);
-      return makeTask(resolved, { schema, pool, now });
+      return makeTask(resolved, { schema, pool, now, injectedClock });
     },
 
     async defer(task, args, options = {}) {
       const name = typeof task === 'string' ? task : task?.name;
-      const spec = toJobSpec(name, args, options, tasks.get(name), now);
+      const spec = toJobSpec(name, args, options, tasks.get(name), now, injectedClock);
       return deferJob(options.client ?? (await pool()), schema, spec);
     },
 
@@ -112,5 +115,6 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
     },
 
     jobs: makeJobControl({ schema, log, pool }),
+    taskNames: () => [...tasks.keys()],
   };
 }

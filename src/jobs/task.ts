@@ -163,6 +163,7 @@ export function toJobSpec(
   options: Omit<DeferOptions, 'client'>,
   task: ResolvedTask | undefined,
   now: () => Date,
+  injectedClock = false,
 ): JobSpec {
   checkTaskName(name);
   const onConflict = options.onConflict ?? 'error';
@@ -177,6 +178,7 @@ export function toJobSpec(
   let runAt: Date | null = null;
   if (options.runAt !== undefined) runAt = toDate(options.runAt, 'runAt');
   if (options.delay !== undefined) runAt = new Date(now().getTime() + toMilliseconds(options.delay, 'delay'));
+  if (runAt === null && injectedClock) runAt = now();
   return {
     task: name,
     args: argsToJson(args, name),
@@ -196,6 +198,8 @@ export interface TaskEnv {
   schema: string;
   pool: () => Promise<Queryable>;
   now: () => Date;
+  /** A test clock: jobs default to due at its time, not the database's (which the worker then ignores). */
+  injectedClock: boolean;
 }
 
 export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
@@ -203,7 +207,7 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
     name: resolved.name,
     options: resolved,
     async defer(args, options = {}) {
-      const spec = toJobSpec(resolved.name, args, options, resolved, env.now);
+      const spec = toJobSpec(resolved.name, args, options, resolved, env.now, env.injectedClock);
       return deferJob(options.client ?? (await env.pool()), env.schema, spec);
     },
     async deferMany(jobs, options = {}) {
@@ -217,7 +221,7 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
           );
         }
         const { args, ...rest } = job;
-        return toJobSpec(resolved.name, args, rest, resolved, env.now);
+        return toJobSpec(resolved.name, args, rest, resolved, env.now, env.injectedClock);
       });
       return deferJobs(options.client ?? (await env.pool()), env.schema, specs);
     },

@@ -12,7 +12,11 @@ import type { ScheduledTask } from './scheduler.js';
 
 export interface ScheduleQueue {
   task(name: string, options: TaskOptions, handler: Handler): Task;
-  defer(task: string | Task, args?: unknown, options?: { client?: Queryable }): Promise<DeferResult>;
+  defer(
+    task: string | Task,
+    args?: unknown,
+    options?: { client?: Queryable; runAt?: Date },
+  ): Promise<DeferResult>;
 }
 
 export interface ScheduleRegistry {
@@ -61,7 +65,12 @@ export function makeScheduleRegistry(queue: ScheduleQueue): ScheduleRegistry {
         schedule,
         task: task.name,
         async enqueue(client, tick) {
-          const result = await queue.defer(task, { ...args, tick: tick.toISOString() }, { client });
+          // Due at its tick: catch-up ticks run oldest first.
+          const result = await queue.defer(
+            task,
+            { ...args, tick: tick.toISOString() },
+            { client, runAt: tick },
+          );
           return result.enqueued ? result.id : result.existingId;
         },
       });

@@ -80,15 +80,19 @@ export interface ScheduleRow {
   last_enqueued_at: Date | null;
   last_job_id: string | null;
   last_late_ms: string | null;
+  /** The last tick's job: its state, or `done` once a successful job's row was deleted. */
+  last_outcome: string | null;
 }
 
 export async function listSchedules(db: Queryable, q: string): Promise<ScheduleRow[]> {
   const { rows } = await db.query<ScheduleRow>(
-    `SELECT s.*, t.job_id::text AS last_job_id, t.late_ms::text AS last_late_ms
+    `SELECT s.*, t.job_id::text AS last_job_id, t.late_ms::text AS last_late_ms,
+            CASE WHEN t.job_id IS NULL THEN NULL ELSE coalesce(j.state, 'done') END AS last_outcome
      FROM ${q}.schedules s
      LEFT JOIN LATERAL (
        SELECT job_id, late_ms FROM ${q}.schedule_ticks WHERE schedule = s.name ORDER BY tick DESC LIMIT 1
      ) t ON true
+     LEFT JOIN ${q}.job_states j ON j.id = t.job_id
      ORDER BY s.name`,
   );
   return rows;

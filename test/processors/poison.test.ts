@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Observable } from 'rxjs';
 import { bulkWrite, type ProcessorOptions, type StoredEvent } from '../../src/index.js';
-import { isolatedApp, type TestApp } from '../helpers.js';
+import { isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 
 let t: TestApp;
@@ -152,6 +152,27 @@ describe('poison events', () => {
     assert.throws(
       () => t.app.processor('e', { ...options('halt'), onPoison: 'explode' as 'halt' }, noop),
       /processor "e": onPoison must be "halt" or "skip"/,
+    );
+  });
+
+  it('outbatch processors list/status/pause/resume, and one line for an unknown processor', async () => {
+    const list = await runCli(['processors', 'list', '--schema', t.schema, '--json']);
+    assert.equal(list.code, 0, list.stderr);
+    assert.deepEqual(
+      JSON.parse(list.stdout).map((p: { name: string }) => p.name),
+      ['poison-halt', 'poison-skip'],
+    );
+    const human = await runCli(['processors', 'status', 'poison-skip', '--schema', t.schema]);
+    assert.match(human.stdout, /poison-skip\s+1\*\s+idle/);
+    const pause = await runCli(['processors', 'pause', 'poison-skip', '--schema', t.schema]);
+    assert.equal(pause.code, 0, pause.stderr);
+    assert.equal((await t.app.processors.status('poison-skip'))[0]!.state, 'paused');
+    assert.equal((await runCli(['processors', 'resume', 'poison-skip', '--schema', t.schema])).code, 0);
+    const unknown = await runCli(['processors', 'pause', 'nope', '--schema', t.schema]);
+    assert.equal(unknown.code, 2);
+    assert.equal(
+      unknown.stderr.trim(),
+      'outbatch: processor "nope" is unknown: it appears once a worker with it in its code has started',
     );
   });
 });

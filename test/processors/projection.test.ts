@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import pg from 'pg';
 import { concatMap, defer } from 'rxjs';
 import { REVENUE_OPTIONS, revenuePipeline, revenueProcessor } from '../../pipelines/shop/revenue.js';

@@ -3,17 +3,8 @@ import { OutbatchError, ValidationError } from '../../errors.js';
 import type { ActionResult } from '../../jobs/control.js';
 import type { JobSummary, TaskStats } from '../../jobs/inspect.js';
 import { runCommand } from '../context.js';
+import { table } from '../format.js';
 import { parseInteger } from './defer.js';
-
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((cell, i) => cell.padEnd(widths[i]!))
-      .join('  ')
-      .trimEnd();
-  return [line(header), ...rows.map(line)].join('\n');
-}
 
 function formatList(jobs: JobSummary[]): string {
   if (jobs.length === 0) return 'no jobs';
