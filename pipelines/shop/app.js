@@ -1,0 +1,33 @@
+/**
+ * The demo shop as an outbatch app: three processors over the order events and a task.
+ * `outbatch worker --app pipelines/shop/app.ts` runs it; `npm start` runs it with a
+ * simulated shop and a live view (see demo.ts).
+ */
+import path from 'node:path';
+import { createApp, createLogger } from '../../src/index.js';
+import { digestPipeline } from './digest.js';
+import { exportProcessor } from './export.js';
+import { revenueProcessor } from './revenue.js';
+import { createShopTables } from './tables.js';
+export function createShopApp(options = {}) {
+  const app = createApp(options);
+  const shop = options.shopSchema ?? 'shop';
+  revenueProcessor(app, shop);
+  digestPipeline(app, shop);
+  exportProcessor(app, options.exportDir ?? path.join('.outbatch', 'export'));
+  return app;
+}
+/** Migrates outbatch and creates the shop's tables. */
+export async function prepareShop(app, shopSchema = 'shop') {
+  await app.migrate();
+  await createShopTables((await app.database()).pool, shopSchema);
+}
+// What `outbatch worker --app pipelines/shop/app.ts` runs: schema from --schema
+// (OUTBATCH_SCHEMA), shop tables from OUTBATCH_SHOP_SCHEMA, export folder from OUTBATCH_EXPORT_DIR.
+const app = createShopApp({
+  logger: createLogger(),
+  shopSchema: process.env.OUTBATCH_SHOP_SCHEMA || undefined,
+  exportDir: process.env.OUTBATCH_EXPORT_DIR || undefined,
+});
+export default app;
+//# sourceMappingURL=app.js.map

@@ -1,0 +1,93 @@
+/**
+ * `npm start`: the shop simulated against a real worker — orders appended at a steady
+ * rate and in bursts, the three processors and the digest task running — with a live
+ * view of events, jobs and each processor's lag. Ctrl-C stops it cleanly; the next
+ * start continues from the checkpoints.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { createLogger } from '../../src/index.js';
+import { createShopApp, prepareShop } from './app.js';
+import { simulateShop } from './simulator.js';
+export async function runDemo(options) {
+  const logFile = path.join('.outbatch', 'demo.log');
+  fs.mkdirSync(path.dirname(logFile), { recursive: true });
+  const logger = createLogger({ destination: fs.createWriteStream(logFile, { flags: 'a' }), pretty: false });
+  const app = createShopApp({
+    databaseUrl: options.databaseUrl,
+    schema: options.schema,
+    dataDir: options.dataDir,
+    shopSchema: options.shopSchema,
+    logger,
+  });
+  const stop = new AbortController();
+  const onAbort = () => stop.abort();
+  options.signal.addEventListener('abort', onAbort, { once: true });
+  const timer =
+    options.durationSeconds === undefined ? undefined : setTimeout(onAbort, options.durationSeconds * 1000);
+  const tty = Boolean(options.out.isTTY);
+  try {
+    await prepareShop(app, options.shopSchema);
+    const db = await app.database();
+    const where = db.embedded ? `embedded PostgreSQL on 127.0.0.1:${db.embedded.port}` : 'your PostgreSQL';
+    let appended = 0;
+    const startedAt = Date.now();
+    const worker = app.run({ concurrency: 8, signal: stop.signal });
+    const simulator = simulateShop(app, {
+      signal: stop.signal,
+      rate: options.rate,
+      onAppended: (n) => {
+        appended += n;
+      },
+    });
+    const snapshot = async () => {
+      const [head, stats, processors] = await Promise.all([
+        app.events.head(),
+        app.jobs.stats(),
+        app.processors.status(),
+      ]);
+      const user = stats.filter((s) => !s.task.startsWith('processor:'));
+      return {
+        appended,
+        eventsTotal: head.position.toString(),
+        jobsSucceeded: user.reduce((sum, s) => sum + s.succeeded, 0),
+        jobsFailed: user.reduce((sum, s) => sum + s.failed, 0),
+        processors: processors.map((p) => ({
+          name: p.name,
+          version: p.version,
+          state: p.state,
+          lagEvents: p.lagEvents,
+          processed: p.eventsProcessed,
+        })),
+      };
+    };
+    const render = (s) => {
+      const seconds = Math.max(1, (Date.now() - startedAt) / 1000);
+      const lines = [
+        `outbatch demo — ${where}, schema "${app.schema}", logs in ${logFile}${tty ? ' — Ctrl-C to stop' : ''}`,
+        `events: ${s.eventsTotal} in the log, ${s.appended} appended this run (${Math.round(s.appended / seconds)}/s)`,
+        `digest jobs: ${s.jobsSucceeded} done, ${s.jobsFailed} failed`,
+        'processors:',
+        ...s.processors.map(
+          (p) =>
+            `  ${p.name.padEnd(26)} v${p.version}  ${p.state.padEnd(8)} lag ${String(p.lagEvents).padStart(6)}  processed ${p.processed}`,
+        ),
+      ];
+      options.out.write(tty ? `\x1b[H\x1b[2J${lines.join('\n')}\n` : `${lines.join(' | ')}\n`);
+    };
+    while (!stop.signal.aborted) {
+      await new Promise((resolve) => setTimeout(resolve, tty ? 1000 : 5000));
+      if (!stop.signal.aborted) render(await snapshot());
+    }
+    await simulator;
+    await worker;
+    const summary = await snapshot();
+    render(summary);
+    return summary;
+  } finally {
+    clearTimeout(timer);
+    options.signal.removeEventListener('abort', onAbort);
+    await app.close();
+  }
+}
+//# sourceMappingURL=demo.js.map
