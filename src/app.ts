@@ -5,6 +5,7 @@ import { type Database, openDatabase } from './db/database.js';
 import { quoteSchema, validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
+import { type RedriveOptions, type RedriveResult, redrive } from './events/redrive.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
 import type { Handler, Task } from './jobs/task.js';
 import { silentLogger } from './log.js';
@@ -37,8 +38,8 @@ export interface App {
   database(): Promise<Database>;
   migrate(options?: { onApplied?: (migration: Migration) => void }): Promise<{ applied: Migration[] }>;
   close(): Promise<void>;
-  /** The event outbox: append, read, follow. */
-  readonly events: Events;
+  /** The event outbox: append, read, follow, and re-drive a range of events to a task. */
+  readonly events: Events & { redrive(options: RedriveOptions): Promise<RedriveResult> };
   /** Registers a task; see README "Jobs". */
   task: JobQueue['task'];
   /** Defers a job by task name (or task), for services that do not import the handler. */
@@ -113,7 +114,14 @@ export function createApp(options: AppOptions = {}): App {
       const db = await database();
       return migrate(db.pool, schema, log, migrateOptions.onApplied);
     },
-    events,
+    events: {
+      ...events,
+      redrive: (redriveOptions) =>
+        redrive(
+          { pool, q, read: events.read, defer: (task, args, opts) => queue.defer(task, args, opts) },
+          redriveOptions,
+        ),
+    },
     async close() {
       if (!opening) return;
       const db = await opening.catch(() => undefined);

@@ -10,6 +10,8 @@ import { registerEvents } from './commands/events.js';
 import { registerJobs } from './commands/jobs.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerProcessors } from './commands/processors.js';
+import { registerRedrive } from './commands/redrive.js';
+import { registerReplay } from './commands/replay.js';
 import { registerSchedules } from './commands/schedules.js';
 import { registerWorker } from './commands/worker.js';
 import { EXIT_USAGE } from './context.js';
@@ -55,6 +57,8 @@ export function buildProgram(): Command {
   registerJobs(program);
   registerProcessors(program);
   registerSchedules(program);
+  registerReplay(program);
+  registerRedrive(program.commands.find((command) => command.name() === 'events')!);
   program.commands.forEach(applyExitOverride);
   applyExitOverride(program);
   return program;

@@ -4,6 +4,7 @@ import { type Actor, currentActor, recordAudit } from '../audit.js';
 import { withTransaction } from '../db/transaction.js';
 import { ValidationError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { makeReplay, type ReplayOptions } from './replay.js';
 import { type ProcessorStatus, processorStatus } from './status.js';
 import { resetFailed, setPaused, wakeProcessor } from './store.js';
 
@@ -36,7 +37,21 @@ export function makeProcessorControl(deps: { pool: () => Promise<pg.Pool>; q: st
     if (changed > 0) await wakeProcessor(db, deps.q, name);
     return changed;
   };
+  const replays = makeReplay(deps);
   return {
+    /** Rewind a version's checkpoint (or only report, with `dryRun`); workers then re-run it. */
+    replay: (name: string, options: Omit<ReplayOptions, 'by'> & { by?: Actor }) =>
+      replays.replay(name, { ...options, by: options.by ?? currentActor() }),
+    /** Events still ahead of a version's checkpoint, up to `through` (for progress). */
+    remaining: replays.remaining,
+    /** Start a new version from the start beside the live one; `ctx.version` tells them apart. */
+    rebuild: (name: string, options: { reason?: string; by?: Actor } = {}) =>
+      replays.rebuild(name, { ...options, by: options.by ?? currentActor() }),
+    /** Switch the active version once it has caught up (refused before); the old one stops. */
+    promote: (name: string, version: number, options: { reason?: string; by?: Actor } = {}) =>
+      replays.promote(name, version, { ...options, by: options.by ?? currentActor() }),
+    /** Past rewinds, rebuilds and promotions, newest first. */
+    history: replays.history,
     /** Every processor version, or one processor's versions. */
     async status(name?: string): Promise<ProcessorStatus[]> {
       return name === undefined ? processorStatus(await deps.pool(), deps.q) : known(name);

@@ -21,16 +21,9 @@ import {
   type ProcessorDefinition,
   type ProcessorOptions,
 } from './definition.js';
+import { processorLock, processorTask } from './names.js';
 import { runProcessor } from './run.js';
 import { ensureProcessor, runnableVersions } from './store.js';
-
-export function processorTask(name: string): string {
-  return `processor:${name}`;
-}
-
-export function processorLock(name: string, version: number): string {
-  return `processor:${name}@${version}`;
-}
 
 /** How often onAppend processors are also triggered without a NOTIFY (a missed one, a restart). */
 const SAFETY_POLL_MS = 30_000;

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import type { ProcessorStatus } from '../../processors/status.js';
 import { runCommand } from '../context.js';
 import { shortDuration, table } from '../format.js';
+import { parseInteger } from './defer.js';
 
 function formatStatus(list: ProcessorStatus[]): string {
   if (list.length === 0)
@@ -69,6 +70,21 @@ export function registerProcessors(program: Command): void {
           );
         }),
       );
+  processors
+    .command('promote <name> <version>')
+    .description('make a rebuilt version the active one (refused until it has caught up); the old one stops')
+    .option('--reason <text>', 'why, for the audit log')
+    .action((name: string, version: string, flags: { reason?: string }, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const result = await app.processors.promote(name, parseInteger(version, 'version'), {
+          reason: flags.reason,
+        });
+        print(
+          `processor "${name}" version ${result.active} is now active${result.previous === null ? '' : `; version ${result.previous} stopped (its data is yours to drop)`}`,
+          { processor: name, ...result },
+        );
+      }),
+    );
   action('pause', 'pause', 'paused');
   action('resume', 'resume', 'resumed');
   action('resetFailed', 'reset-failed', 'reset; its next run retries the event');
