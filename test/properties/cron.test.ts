@@ -120,7 +120,7 @@ describe('cron ticks (property)', () => {
   it('match a brute-force minute-by-minute reference over random expressions and zones', () => {
     fc.assert(
       fc.property(arbitraryCron, (c) => {
-        const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
+        const sorted = (values: readonly number[]) => [...values].sort((a, b) => a - b);
         const minutes = sorted(c.minutes);
         const hours = sorted(c.hours);
         const days = c.dayKind === 'days' ? sorted(c.days) : null;
