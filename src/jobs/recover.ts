@@ -27,17 +27,8 @@ export async function recoverStalledJobs(
 ): Promise<RecoveredJob[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<RecoveredJob>(
-    `WITH dirty AS (
-       SELECT j.id, j.worker_id,
-              CASE
-                WHEN (SELECT 1 FROM ${s}.jobs t
-                      WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) IS NOT NULL
-                  THEN 'superseded'
-                WHEN coalesce((SELECT k.on_stall FROM ${s}.tasks k WHERE k.name = j.task), 'retry') = 'fail'
-                  THEN 'on_stall_fail'
-                WHEN j.attempts >= j.max_attempts THEN 'attempts_spent'
-                ELSE 'retry'
-              END AS reason
+    `WITH stalled AS (
+       SELECT j.id, j.worker_id, j.queueing_lock, j.task, j.attempts, j.max_attempts
        FROM ${s}.jobs j
        WHERE j.status = 'doing'
          AND NOT EXISTS (
@@ -45,6 +36,28 @@ export async function recoverStalledJobs(
            WHERE w.id = j.worker_id
              AND w.last_seen_at > coalesce($1::timestamptz, now()) - w.stall_timeout_ms * interval '1 millisecond')
        FOR UPDATE OF j SKIP LOCKED
+     ), judged AS (
+       SELECT st.*,
+              CASE
+                WHEN (SELECT 1 FROM ${s}.jobs t
+                      WHERE t.queueing_lock = st.queueing_lock AND t.status = 'todo' AND t.id <> st.id LIMIT 1) IS NOT NULL
+                  THEN 'superseded'
+                WHEN coalesce((SELECT k.on_stall FROM ${s}.tasks k WHERE k.name = st.task), 'retry') = 'fail'
+                  THEN 'on_stall_fail'
+                WHEN st.attempts >= st.max_attempts THEN 'attempts_spent'
+                ELSE 'retry'
+              END AS reason
+       FROM stalled st
+     ), dirty AS (
+       -- Several stalled jobs with one queueing lock cannot all go back to todo (one todo
+       -- per queueing lock): the newest does, the others are superseded by it. Without
+       -- this the statement would fail on the unique index, every time, and the jobs
+       -- would stay doing for good.
+       SELECT id, worker_id,
+              CASE WHEN reason = 'retry' AND queueing_lock IS NOT NULL
+                        AND row_number() OVER (PARTITION BY queueing_lock, reason = 'retry' ORDER BY id DESC) > 1
+                   THEN 'superseded' ELSE reason END AS reason
+       FROM judged
      ), updated AS (
        UPDATE ${s}.jobs j
        SET status = CASE WHEN d.reason = 'retry' THEN 'todo' ELSE 'failed' END,

@@ -1,0 +1,27 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { claimJobs } from '../../src/jobs/claim.js';
+import { recoverStalledJobs } from '../../src/jobs/recover.js';
+import { isolatedApp, type TestApp } from '../helpers.js';
+
+let t: TestApp;
+before(async () => {
+  t = await isolatedApp('recover_qlock');
+  t.app.task('sync', {}, async () => {});
+});
+after(() => t.cleanup());
+
+describe('recovery of stalled jobs sharing a queueing lock', () => {
+  // Found by the lock property test: both used to go back to todo in one statement and
+  // hit the one-todo-per-queueing-lock index, so recovery failed forever.
+  it('returns the newest to todo and fails the others as superseded', async () => {
+    const first = await t.app.defer('sync', {}, { queueingLock: 'customer-7' });
+    await claimJobs(t.pool, t.schema, { queues: null, limit: 1, workerId: 'dead', now: null });
+    const second = await t.app.defer('sync', {}, { queueingLock: 'customer-7' });
+    await claimJobs(t.pool, t.schema, { queues: null, limit: 1, workerId: 'dead', now: null });
+    const recovered = await recoverStalledJobs(t.pool, t.schema, null);
+    const byId = Object.fromEntries(recovered.map((job) => [job.id, [job.status, job.reason]]));
+    assert.ok(first.enqueued && second.enqueued);
+    assert.deepEqual(byId, { [first.id]: ['failed', 'superseded'], [second.id]: ['todo', 'retry'] });
+  });
+});
