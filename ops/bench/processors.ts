@@ -1,0 +1,225 @@
+/**
+ * Processor benchmark, on one PostgreSQL, in a schema of its own (dropped afterwards):
+ *
+ * 1. throughput: events/s through a processor whose pipeline counts events per type into
+ *    a table (bulk upsert, checkpoint per page) vs a raw keyset scan of the same events;
+ * 2. memory: peak RSS growth while a processor catches up on a large backlog;
+ * 3. lag: with a steady append load and `onAppend`, the time from an event's commit to
+ *    its page's commit, p50/p95/p99.
+ *
+ *   DATABASE_URL=postgres://... npx tsx ops/bench/processors.ts [--events 200000] [--backlog 1000000]
+ *     [--rate 1000] [--seconds 30]
+ */
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { aggregateBy, bulkWrite, createApp, type StoredEvent } from '../../src/index.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    events: { type: 'string', default: '200000' },
+    backlog: { type: 'string', default: '1000000' },
+    rate: { type: 'string', default: '1000' },
+    seconds: { type: 'string', default: '30' },
+    only: { type: 'string' },
+  },
+});
+const url = process.env.DATABASE_URL;
+if (!url) throw new Error('set DATABASE_URL to the PostgreSQL to benchmark against');
+const admin = new pg.Pool({ connectionString: url, max: 4 });
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const TYPES = ['OrderPlaced', 'OrderPaid', 'OrderShipped', 'OrderRefunded'];
+
+async function freshApp(label: string) {
+  const schema = `bench_proc_${label}_${process.pid}`;
+  await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  const app = createApp({ databaseUrl: url, schema });
+  await app.migrate();
+  await admin.query(`CREATE TABLE "${schema}".type_counts (type text PRIMARY KEY, n bigint NOT NULL)`);
+  return { app, schema };
+}
+
+async function seed(app: ReturnType<typeof createApp>, count: number) {
+  for (let done = 0; done < count; done += 10_000) {
+    const batch = Array.from({ length: Math.min(10_000, count - done) }, (_, i) => ({
+      stream: `order-${done + i}`,
+      type: TYPES[(done + i) % TYPES.length]!,
+      data: { orderId: done + i, amountCents: 100 + ((done + i) % 5000), note: 'benchmark event payload' },
+    }));
+    await app.events.append(batch);
+  }
+  await admin.query('VACUUM ANALYZE');
+}
+
+function countingProcessor(app: ReturnType<typeof createApp>, schema: string, trigger: object) {
+  app.processor(
+    'count-by-type',
+    { trigger: trigger as never, batchSize: 1000, maxRunTime: { minutes: 30 } },
+    (events$, ctx) =>
+      events$.pipe(
+        aggregateBy(
+          (event: StoredEvent) => event.type,
+          () => 0,
+          (n) => n + 1,
+        ),
+        bulkWrite(
+          ctx.tx,
+          `INSERT INTO "${schema}".type_counts AS c (type, n) SELECT * FROM unnest($1::text[], $2::bigint[])
+         ON CONFLICT (type) DO UPDATE SET n = c.n + EXCLUDED.n`,
+          (rows) => [rows.map((r) => r.key), rows.map((r) => r.value)],
+        ),
+      ),
+  );
+}
+
+async function waitCaughtUp(app: ReturnType<typeof createApp>, total: number, sample?: () => void) {
+  for (;;) {
+    // Until the worker has recorded the processor, it is unknown: keep waiting.
+    const [status] = await app.processors.status('count-by-type').catch(() => []);
+    sample?.();
+    if (status && Number(status.eventsProcessed) >= total) return;
+    await sleep(50);
+  }
+}
+
+async function rawScan(schema: string): Promise<number> {
+  const client = await admin.connect();
+  try {
+    let tx = '0';
+    let position = '0';
+    let n = 0;
+    const started = performance.now();
+    for (;;) {
+      const { rows } = await client.query(
+        `SELECT position::text, tx_id::text, stream, stream_version, type, data, metadata, recorded_at
+         FROM "${schema}".events WHERE (tx_id, position) > ($1::xid8, $2::bigint) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY tx_id, position LIMIT 1000`,
+        [tx, position],
+      );
+      if (rows.length === 0) break;
+      n += rows.length;
+      tx = rows.at(-1).tx_id;
+      position = rows.at(-1).position;
+    }
+    return n / ((performance.now() - started) / 1000);
+  } finally {
+    client.release();
+  }
+}
+
+async function throughput() {
+  const total = Number(flags.events);
+  const { app, schema } = await freshApp('tp');
+  await seed(app, total);
+  const scans = [await rawScan(schema), await rawScan(schema), await rawScan(schema)];
+  countingProcessor(app, schema, { every: { hours: 1 } });
+  const controller = new AbortController();
+  const started = performance.now();
+  const running = app.run({ concurrency: 2, signal: controller.signal });
+  await waitCaughtUp(app, total);
+  const seconds = (performance.now() - started) / 1000;
+  controller.abort();
+  await running;
+  const { rows } = await admin.query(`SELECT sum(n)::int AS n FROM "${schema}".type_counts`);
+  if (rows[0].n !== total) throw new Error(`counted ${rows[0].n} of ${total}`);
+  await app.close();
+  await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+  const scan = scans.sort((a, b) => a - b)[1]!;
+  const processor = total / seconds;
+  console.log(
+    `throughput: ${total} events; processor ${Math.round(processor)} ev/s (incl. start-up), raw keyset scan ${Math.round(scan)} ev/s (median of 3); ratio ${(processor / scan).toFixed(2)} (target >= 0.65)`,
+  );
+}
+
+async function memory() {
+  const total = Number(flags.backlog);
+  const { app, schema } = await freshApp('mem');
+  await seed(app, total);
+  countingProcessor(app, schema, { every: { hours: 1 } });
+  global.gc?.();
+  const start = process.memoryUsage().rss;
+  let peak = start;
+  const controller = new AbortController();
+  const running = app.run({ concurrency: 2, signal: controller.signal });
+  await waitCaughtUp(app, total, () => {
+    peak = Math.max(peak, process.memoryUsage().rss);
+  });
+  controller.abort();
+  await running;
+  await app.close();
+  await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+  const mb = (bytes: number) => Math.round(bytes / 1024 / 1024);
+  console.log(
+    `memory: caught up on ${total} events; RSS start ${mb(start)} MB, peak ${mb(peak)} MB, growth ${mb(peak - start)} MB (target < 100 MB)`,
+  );
+}
+
+async function lag() {
+  const rate = Number(flags.rate);
+  const seconds = Number(flags.seconds);
+  const { app, schema } = await freshApp('lag');
+  const lags: number[] = [];
+  app.processor(
+    'count-by-type',
+    { trigger: { onAppend: { debounce: { milliseconds: 50 } } }, batchSize: 1000 },
+    (events$, ctx) =>
+      events$.pipe(
+        aggregateBy(
+          (event: StoredEvent) => event.type,
+          () => [] as StoredEvent[],
+          (list, event) => [...list, event],
+        ),
+        bulkWrite(
+          ctx.tx,
+          `INSERT INTO "${schema}".type_counts AS c (type, n) SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (type) DO UPDATE SET n = c.n + EXCLUDED.n`,
+          (rows) => {
+            // The page commits right after this statement: sample each event's age now.
+            const now = Date.now();
+            for (const row of rows)
+              for (const event of row.value)
+                lags.push(now - Number(event.data && (event.data as { at: number }).at));
+            return [rows.map((r) => r.key), rows.map((r) => r.value.length)];
+          },
+        ),
+      ),
+  );
+  const controller = new AbortController();
+  const running = app.run({ concurrency: 2, signal: controller.signal });
+  await sleep(1000);
+  const perTick = Math.max(1, Math.round(rate / 20));
+  let appended = 0;
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    const tick = Date.now();
+    // `at` is when the append starts: lag includes the append itself.
+    const batch = Array.from({ length: perTick }, (_, i) => ({
+      stream: `s-${appended + i}`,
+      type: TYPES[i % 4]!,
+      data: { at: 0 },
+    }));
+    const committedAt = Date.now();
+    for (const event of batch) event.data.at = committedAt;
+    await app.events.append(batch);
+    appended += perTick;
+    await sleep(Math.max(0, 50 - (Date.now() - tick)));
+  }
+  await waitCaughtUp(app, appended);
+  controller.abort();
+  await running;
+  await app.close();
+  await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+  lags.sort((a, b) => a - b);
+  const p = (q: number) => lags[Math.min(lags.length - 1, Math.floor(q * lags.length))]!;
+  console.log(
+    `lag: ${appended} events at ~${rate}/s for ${seconds} s with onAppend (debounce 50 ms); p50 ${p(0.5)} ms, p95 ${p(0.95)} ms, p99 ${p(0.99)} ms, max ${lags.at(-1)} ms (target p99 < 1000 ms)`,
+  );
+}
+
+const only = flags.only?.split(',');
+for (const [name, fn] of [
+  ['throughput', throughput],
+  ['memory', memory],
+  ['lag', lag],
+] as const) {
+  if (!only || only.includes(name)) await fn();
+}
+await admin.end();
