@@ -141,8 +141,8 @@ export async function listJobPage(db: Queryable, q: string, query: JobPageQuery)
      FROM ${q}.job_states
      WHERE status = $1 AND state = $2
        AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR task = $4)
-       AND ($5::bigint IS NULL OR id < $5)
-     ORDER BY id DESC
+       AND ($5::bigint IS NULL OR job_states.id < $5)
+     ORDER BY job_states.id DESC -- the table's bigint: a bare "id" would sort the text output column
      LIMIT $6`,
     [
       STORED_STATUS[query.state],

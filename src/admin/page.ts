@@ -41,7 +41,7 @@ th { color:var(--muted); font-weight:600; font-size:12px; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 tr.late td, tr.bad td { background:var(--badbg); }
 tr.warn td { background:var(--warnbg); }
-.tiles { display:grid; grid-template-columns:repeat(auto-fit,minmax(130px,1fr)); gap:10px; }
+.tiles { display:grid; grid-template-columns:repeat(auto-fit,minmax(112px,1fr)); gap:10px; }
 .tile { border:1px solid var(--line); border-radius:8px; padding:8px 10px; background:#fff; }
 .tile .v { font-size:22px; font-weight:650; font-variant-numeric:tabular-nums; }
 .tile .k { color:var(--muted); font-size:12px; }
@@ -51,7 +51,7 @@ tr.warn td { background:var(--warnbg); }
 .pill.failed, .pill.dirty, .pill.late { background:var(--badbg); color:var(--bad); }
 .pill.paused, .pill.scheduled { background:var(--warnbg); color:var(--warn); }
 .pill.running, .pill.alive, .pill.done { background:#e6f4ec; color:var(--ok); }
-.err { color:var(--bad); white-space:pre-wrap; word-break:break-word; max-width:560px; }
+.err { color:var(--bad); white-space:pre-wrap; overflow-wrap:anywhere; max-width:560px; }
 details summary { cursor:pointer; color:var(--accent); font-size:12px; }
 pre { margin:4px 0 0; padding:8px; background:#f2f4f7; border-radius:4px; max-height:220px; overflow:auto; font-size:11px; white-space:pre-wrap; word-break:break-word; }
 .muted { color:var(--muted); }
@@ -60,13 +60,13 @@ pre { margin:4px 0 0; padding:8px; background:#f2f4f7; border-radius:4px; max-he
 #flash { grid-column:span 12; padding:8px 12px; border-radius:6px; display:none; }
 #flash.show { display:block; } #flash.error { background:var(--badbg); color:var(--bad); border:1px solid var(--bad); }
 #flash.ok { background:#e6f4ec; color:var(--ok); border:1px solid var(--ok); }
-.charts { display:grid; grid-template-columns:1fr 1fr; gap:14px; }
-@media (max-width:1100px) { .charts { grid-template-columns:1fr; } }
-svg text { font:10px system-ui,sans-serif; fill:var(--muted); }
+.charts { display:grid; grid-template-columns:1fr; gap:10px; }
+svg text { font:11px system-ui,sans-serif; fill:var(--muted); }
 .legend span { margin-right:12px; font-size:12px; } .legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
 .filters { display:flex; gap:8px; align-items:center; margin-bottom:8px; flex-wrap:wrap; }
 .filters select, .filters input { font:inherit; padding:3px 6px; border:1px solid var(--line); border-radius:4px; }
-code { font-size:12px; }
+code { font-size:12px; overflow-wrap:anywhere; }
+td code.id, .pill { white-space:nowrap; }
 `;
 
 export function renderPage(options: { nonce: string; schema: string; actionsEnabled: boolean }): string {

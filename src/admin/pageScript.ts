@@ -165,7 +165,7 @@ function byState(o) {
 }
 
 function chart(minutes) {
-  var W = 560, H = 130, L = 36, B = 18, n = Math.max(minutes.length, 1), bw = (W - L) / n;
+  var W = 640, H = 96, L = 40, B = 16, n = Math.max(minutes.length, 1), bw = (W - L) / n;
   var total = function (m) { return m.succeeded + m.retried + m.failed; };
   var max = Math.max.apply(null, minutes.map(total).concat([1]));
   var bars = svg('svg', { viewBox: '0 0 ' + W + ' ' + (H + B), width: '100%', role: 'img', 'aria-label': 'jobs finished per minute' },
@@ -182,7 +182,7 @@ function chart(minutes) {
     });
   });
   bars.appendChild(svg('text', { x: L, y: H + 14 }, '-60 min'));
-  bars.appendChild(svg('text', { x: W - 24, y: H + 14 }, 'now'));
+  bars.appendChild(svg('text', { x: W - 22, y: H + 14 }, 'now'));
   var points = [];
   var rate = svg('svg', { viewBox: '0 0 ' + W + ' ' + (H + B), width: '100%', role: 'img', 'aria-label': 'failure rate per minute' },
     svg('text', { x: 0, y: 10 }, '100%'), svg('text', { x: 0, y: H }, '0%'),
@@ -198,7 +198,7 @@ function chart(minutes) {
   });
   if (points.length > 1) rate.insertBefore(svg('polyline', { points: points.join(' '), fill: 'none', stroke: '#d1493f', 'stroke-width': 1.5 }), rate.firstChild);
   rate.appendChild(svg('text', { x: L, y: H + 14 }, '-60 min'));
-  rate.appendChild(svg('text', { x: W - 24, y: H + 14 }, 'now'));
+  rate.appendChild(svg('text', { x: W - 22, y: H + 14 }, 'now'));
   var sum = function (k) { return minutes.reduce(function (a, m) { return a + m[k]; }, 0); };
   return el('div', { class: 'charts' },
     el('div', null, el('div', { class: 'legend' }, el('span', null, el('i', { style: 'background:#3a9d6a' }), 'succeeded ' + num(sum('succeeded'))),
@@ -209,7 +209,7 @@ function chart(minutes) {
 
 function workers(o) {
   return table(['worker', 'host', 'pid', 'queues', 'concurrency', 'running', 'heartbeat age', ''], o.workers.map(function (w) {
-    return el('tr', { class: w.alive ? '' : 'bad' }, el('td', null, el('code', null, w.id)), el('td', null, w.host),
+    return el('tr', { class: w.alive ? '' : 'bad' }, el('td', null, el('code', { class: 'id' }, w.id)), el('td', null, w.host),
       el('td', { class: 'num' }, w.pid), el('td', null, w.queues ? w.queues.join(', ') : 'all'),
       el('td', { class: 'num' }, w.concurrency), el('td', { class: 'num' }, w.running),
       el('td', { class: 'num' }, age(w.heartbeat_age_seconds)), el('td', null, pill(w.alive ? 'alive' : 'silent', w.alive ? 'alive' : 'failed')));

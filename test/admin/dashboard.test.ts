@@ -9,19 +9,9 @@ import { after, before, describe, it } from 'node:test';
 import type pg from 'pg';
 import { type AdminServer, startAdminServer } from '../../src/admin/server.js';
 import { isolatedApp, type TestApp } from '../helpers.js';
+import { CHROMIUM, CHROMIUM_ARGS } from './chromium.js';
 import { type Seeded, seedDashboard, XSS_ERROR } from './seed.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-export const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const TOKEN = 'test-token-5c1f0e9a';
 const noChromium = fs.existsSync(CHROMIUM)
   ? false
@@ -231,17 +221,20 @@ describe('dashboard', () => {
   });
 
   it('lists are keyset pages, newest first', async () => {
+    // Ids 9 and 10 and beyond: numeric order, not text order ("9" > "10").
+    for (let i = 0; i < 12; i++) await t.app.defer('page-me', { i }, { queue: 'paging' });
     const page = async (query: string) =>
       (await (await fetch(`${server.url}/api/jobs?${query}`)).json()) as {
         jobs: { id: string }[];
         next: string | null;
       };
-    const first = await page('state=todo&limit=1');
+    const first = await page('state=todo&queue=paging&limit=1');
     assert.equal(first.jobs.length, 1);
     assert.ok(first.next);
-    const second = await page(`state=todo&limit=1&before=${first.next}`);
+    const second = await page(`state=todo&queue=paging&limit=1&before=${first.next}`);
     assert.ok(BigInt(second.jobs[0]!.id) < BigInt(first.jobs[0]!.id));
     const all = await page('state=todo&limit=200');
+    assert.ok(all.jobs.length >= 12);
     assert.equal(all.next, null);
     assert.deepEqual(
       all.jobs.map((j) => j.id),

@@ -64,7 +64,8 @@ export async function seedDashboard(
   const dirtyId = await defer('resize-image', 'media', { image: 'img_8812.png' });
   await pool.query(
     `UPDATE ${s}.jobs SET status = 'doing', attempts = 1, worker_id = 'worker-b:977:c0ffee',
-            started_at = now() - interval '12 minutes', updated_at = now() - interval '12 minutes' WHERE id = $1`,
+            started_at = now() - interval '12 minutes', updated_at = now() - interval '12 minutes',
+            created_at = now() - interval '13 minutes' WHERE id = $1`,
     [dirtyId],
   );
   const runningId = await defer('send-email', 'emails', { to: 'li@example.com' });
@@ -101,7 +102,7 @@ export async function seedDashboard(
   );
   await pool.query(
     `INSERT INTO ${s}.schedule_ticks (schedule, tick, job_id, enqueued_at, late_ms)
-     SELECT name, last_tick, NULL, last_enqueued_at, 400 FROM ${s}.schedules`,
+     SELECT name, last_tick, CASE WHEN name = 'nightly-report' THEN 999999 END, last_enqueued_at, 400 FROM ${s}.schedules`,
   );
 
   // Events and processors: one caught up, one paused, one halted on a poison event.
@@ -125,7 +126,13 @@ export async function seedDashboard(
   );
   if (options.rich) {
     for (let i = 0; i < 4; i++) await defer('send-email', 'emails', { to: `user${i}@example.com` });
+    await pool.query(
+      `UPDATE ${s}.jobs SET created_at = now() - (id * 17) * interval '1 second' WHERE status = 'todo'`,
+    );
     for (let i = 0; i < 3; i++) await defer('resize-image', 'media', { image: `img_${i}.png` });
+    await pool.query(
+      `UPDATE ${s}.jobs SET created_at = now() - (id * 17) * interval '1 second' WHERE status = 'todo'`,
+    );
     const more = await defer('charge-card', 'payments', { order: 'A-1042' });
     await fail(more, 'card_declined: insufficient funds (order A-1042)', 'chargeCard');
   }
