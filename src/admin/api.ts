@@ -74,9 +74,11 @@ function nameParam(query: Query, name: string): string | undefined {
   return value;
 }
 
-export function makeApi(app: App) {
+/** `reads` serves every read; actions write through the app's own pool. */
+export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
   const q = quoteSchema(app.schema);
-  const pool = async (): Promise<pg.Pool> => (await app.database()).pool;
+  const pool = reads;
+  const writes = async (): Promise<pg.Pool> => (await app.database()).pool;
 
   const api = {
     async counts() {
@@ -173,7 +175,7 @@ export function makeApi(app: App) {
 
     async jobAction(action: 'retry' | 'cancel' | 'delete', id: string, by: Actor) {
       const ids = [checkJobId(id)];
-      const db = await pool();
+      const db = await writes();
       const run = {
         retry: () => retryJobs(db, app.schema, { ids }, by),
         cancel: () => cancelJobs(db, app.schema, ids, by),

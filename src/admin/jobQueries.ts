@@ -6,7 +6,7 @@
 import type { Queryable } from '../db/queryable.js';
 
 /** Rows read per stored status when counting; beyond it the counts are estimates. */
-export const COUNT_CAP = 10_000;
+export const COUNT_CAP = 5_000;
 
 export const DASHBOARD_STATES = [
   'todo',
@@ -130,19 +130,30 @@ export interface JobPageQuery {
 }
 
 /**
- * Newest first, one keyset page. The stored status is given beside the derived state so
- * the planner can use that status' partial index; the stack is cut to keep pages small.
+ * Newest first, one keyset page. Reads the table, not the job_states view: filtering on
+ * the view's CASE leaves the planner guessing 0.5% of rows, so it sorted every failed
+ * job (and JIT-compiled the plan: 700 ms at 1M jobs). Here the derived state is spelled
+ * as predicates it can estimate (the CASE on $2 folds away when planning with the
+ * values), so a page is a short backward walk of the primary key or the status' index.
  */
 export async function listJobPage(db: Queryable, q: string, query: JobPageQuery): Promise<JobRow[]> {
   const { rows } = await db.query<JobRow>(
-    `SELECT id::text, task, queue, state, priority, attempts, max_attempts, run_at, created_at, updated_at,
-            worker_id, lock, last_error ->> 'message' AS error, left(last_error ->> 'stack', 4000) AS stack,
-            extract(epoch FROM now() - created_at)::float8 AS age_seconds
-     FROM ${q}.job_states
-     WHERE status = $1 AND state = $2
-       AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR task = $4)
-       AND ($5::bigint IS NULL OR job_states.id < $5)
-     ORDER BY job_states.id DESC -- the table's bigint: a bare "id" would sort the text output column
+    `SELECT j.id::text, j.task, j.queue, $2::text AS state, j.priority, j.attempts, j.max_attempts, j.run_at,
+            j.created_at, j.updated_at, j.worker_id, j.lock, j.last_error ->> 'message' AS error,
+            left(j.last_error ->> 'stack', 4000) AS stack,
+            extract(epoch FROM now() - j.created_at)::float8 AS age_seconds
+     FROM ${q}.jobs j
+     WHERE j.status = $1
+       AND CASE $2 WHEN 'todo' THEN j.run_at <= now() WHEN 'scheduled' THEN j.run_at > now() ELSE true END
+       AND CASE $2
+             WHEN 'doing' THEN EXISTS (SELECT 1 FROM ${q}.workers w WHERE w.id = j.worker_id
+                                       AND w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond')
+             WHEN 'dirty' THEN NOT EXISTS (SELECT 1 FROM ${q}.workers w WHERE w.id = j.worker_id
+                                           AND w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond')
+             ELSE true END
+       AND ($3::text IS NULL OR j.queue = $3) AND ($4::text IS NULL OR j.task = $4)
+       AND ($5::bigint IS NULL OR j.id < $5)
+     ORDER BY j.id DESC
      LIMIT $6`,
     [
       STORED_STATUS[query.state],

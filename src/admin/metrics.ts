@@ -35,11 +35,11 @@ export function makeMetrics(deps: { snapshot: () => Promise<MetricsSnapshot>; lo
   const { log } = deps;
 
   // One snapshot per scrape: the registry runs the gauges' collect() concurrently, and
-  // they share the read in flight (kept 100 ms past it, never across scrapes).
+  // they share the read in flight; the next scrape reads again.
   let current: { done?: number; value: Promise<MetricsSnapshot | null> } | undefined;
   let failing = false;
   const snapshot = () => {
-    if (!current || (current.done !== undefined && Date.now() - current.done > 100)) {
+    if (!current || current.done !== undefined) {
       const entry: { done?: number; value: Promise<MetricsSnapshot | null> } = {
         value: Promise.resolve(null),
       };
@@ -67,7 +67,7 @@ export function makeMetrics(deps: { snapshot: () => Promise<MetricsSnapshot>; lo
   const seenQueues = new Set<string>();
   new Gauge({
     name: 'outbatch_jobs',
-    help: 'Jobs by derived state and queue (scaled from a capped sample past 10000 rows per status)',
+    help: 'Jobs by derived state and queue (scaled from a capped sample past 5000 rows per status)',
     labelNames: ['state', 'queue'],
     registers: [registry],
     async collect() {

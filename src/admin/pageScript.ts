@@ -161,7 +161,7 @@ function byState(o) {
       states.map(function (s) { return el('td', { class: 'num' }, g[s] || el('span', { class: 'muted' }, '0')); }));
   });
   return [table(['queue', 'task'].concat(states), rows, 'no jobs'),
-    o.jobs.estimated ? el('div', { class: 'est' }, '~ estimated from table statistics (over 10 000 rows in that status)') : null];
+    o.jobs.estimated ? el('div', { class: 'est' }, '~ estimated from table statistics (over 5 000 rows in that status)') : null];
 }
 
 function chart(minutes) {

@@ -12,6 +12,7 @@ import { type Actor, makeApi, type Query } from './api.js';
 import { makeTokenCheck } from './auth.js';
 import { type Metrics, makeMetrics } from './metrics.js';
 import { renderPage } from './page.js';
+import { makeReadPool } from './readPool.js';
 
 export interface AdminServerOptions {
   app: App;
@@ -43,15 +44,11 @@ interface Reply {
 
 const json = (status: number, body: unknown): Reply => ({ status, body });
 
-export function makeAdminMetrics(app: App, log?: Logger): Metrics {
-  const api = makeApi(app);
-  return makeMetrics({ snapshot: api.metricsSnapshot, log: log ?? app.log });
-}
-
 export async function startAdminServer(options: AdminServerOptions): Promise<AdminServer> {
   const { app } = options;
   const log = (options.log ?? app.log).child({ component: 'dashboard' });
-  const api = makeApi(app);
+  const readPool = makeReadPool(app, log);
+  const api = makeApi(app, readPool.get);
   const metrics = options.metrics ?? makeMetrics({ snapshot: api.metricsSnapshot, log });
   const checkAction = makeTokenCheck(options.token);
 
@@ -173,7 +170,10 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
   });
   const host = options.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (error) => {
+      void readPool.close();
+      reject(error);
+    });
     server.listen(options.port ?? 8080, host, () => {
       server.off('error', reject);
       resolve();
@@ -186,11 +186,13 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     url,
     port,
     metrics,
-    close: () =>
-      new Promise<void>((resolve) => {
+    async close() {
+      await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
-      }),
+      });
+      await readPool.close();
+    },
   };
 }
 
