@@ -1,4 +1,9 @@
 // The package entry point: everything a service imports from 'outbatch'.
+export {
+  type AdminServer,
+  type AdminServerOptions,
+  startAdminServer,
+} from './admin/server.js';
 export { type App, type AppOptions, createApp } from './app.js';
 export { type Clock, systemClock } from './clock.js';
 export { type ListenEvent, type ListenOptions, listen } from './db/listen.js';
@@ -67,4 +72,4 @@ export {
 export type { ProcessorState, ProcessorStatus } from './processors/status.js';
 // Schedules
 export type { DurationLike, Schedule, ScheduleSpec } from './schedule/definition.js';
-export type { WorkerOptions } from './worker/options.js';
+export type { JobFinished, WorkerOptions } from './worker/options.js';

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { registerAppend } from './commands/append.js';
+import { registerDashboard } from './commands/dashboard.js';
 import { registerDb } from './commands/db.js';
 import { registerDefer } from './commands/defer.js';
 import { registerDemo } from './commands/demo.js';
@@ -58,6 +59,7 @@ export function buildProgram(): Command {
   registerProcessors(program);
   registerSchedules(program);
   registerReplay(program);
+  registerDashboard(program);
   registerRedrive(program.commands.find((command) => command.name() === 'events')!);
   program.commands.forEach(applyExitOverride);
   applyExitOverride(program);

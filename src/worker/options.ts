@@ -21,6 +21,14 @@ export interface WorkerOptions {
   recoverInterval?: DurationInput;
   /** On shutdown, running handlers get this long (default 30 s). */
   shutdownTimeout?: DurationInput;
+  /** Observer called once per finished job (metrics); jobs returned at shutdown are not reported. */
+  onJobFinished?: (event: JobFinished) => void;
+}
+
+export interface JobFinished {
+  task: string;
+  outcome: 'succeeded' | 'retried' | 'failed';
+  durationMs: number;
 }
 
 export interface WorkerSettings {

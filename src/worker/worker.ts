@@ -34,7 +34,7 @@ import { pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { recoverStalledJobs } from '../jobs/recover.js';
 import { releaseJobs } from '../jobs/release.js';
 import type { ResolvedTask } from '../jobs/task.js';
-import { resolveWorkerOptions, type WorkerOptions } from './options.js';
+import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
 import { heartbeat, registerTasks, registerWorker, unregisterWorker } from './registry.js';
 import { type Outcome, RunningJob, ShutdownAbort, unknownTaskError } from './runJob.js';
@@ -151,14 +151,25 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
       outcomes.succeed(run, outcome.durationMs);
+      observe({ task: job.task, outcome: 'succeeded', durationMs: outcome.durationMs });
     } else if (outcome.kind === 'failed') {
       const retryable = job.attempts < job.max_attempts && safeRetryOn(task, outcome.error);
       const retryIn = retryable ? backoffDelay(task.backoff, job.attempts) : null;
       outcomes.fail(job, outcome.error, retryIn, run.transaction());
+      observe({ task: job.task, outcome: retryable ? 'retried' : 'failed', durationMs: outcome.durationMs });
     } else {
       outcomes.release(run);
     }
     if (!stopping) pump();
+  }
+
+  /** The metrics hook; an observer that throws must not take a job's outcome with it. */
+  function observe(event: JobFinished): void {
+    try {
+      options.onJobFinished?.(event);
+    } catch (error) {
+      log.warn({ err: error }, 'onJobFinished threw');
+    }
   }
 
   function safeRetryOn(task: ResolvedTask, error: unknown): boolean {

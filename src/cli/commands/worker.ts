@@ -1,11 +1,13 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
+import { startAdminServer } from '../../admin/server.js';
 import type { App } from '../../app.js';
 import { errorMessage, ValidationError } from '../../errors.js';
 import { parseDurationText } from '../../jobs/options.js';
 import type { WorkerOptions } from '../../worker/options.js';
 import { globalOptions, runCommand } from '../context.js';
+import { dashboardToken, parsePort } from './dashboard.js';
 import { parseInteger } from './defer.js';
 
 interface WorkerFlags {
@@ -17,6 +19,9 @@ interface WorkerFlags {
   stallTimeout?: string;
   heartbeatInterval?: string;
   shutdownTimeout?: string;
+  dashboard?: boolean;
+  port: string;
+  host: string;
 }
 
 /** The module's `app` export (or default export): importing it registers the tasks. */
@@ -55,6 +60,9 @@ export function registerWorker(program: Command): void {
     .option('--stall-timeout <duration>', 'a job whose worker is silent this long is recovered (default 30s)')
     .option('--heartbeat-interval <duration>', 'default: stall timeout / 6')
     .option('--shutdown-timeout <duration>', 'on SIGTERM, running handlers get this long (default 30s)')
+    .option('--dashboard', 'also serve /metrics, /healthz, the dashboard and its API')
+    .option('--port <n>', 'with --dashboard: port to listen on', '9464')
+    .option('--host <address>', 'with --dashboard: address to bind', '127.0.0.1')
     .action((flags: WorkerFlags, command: Command) =>
       runCommand(command, async ({ signal, log }) => {
         const duration = (text: string | undefined, what: string) =>
@@ -74,10 +82,16 @@ export function registerWorker(program: Command): void {
         const { databaseUrl, schema } = globalOptions(command);
         if (databaseUrl) process.env.DATABASE_URL = databaseUrl;
         process.env.OUTBATCH_SCHEMA = schema;
+        const port = flags.dashboard ? parsePort(flags.port) : 0;
         const app = await loadAppModule(flags.app);
+        // Started before the worker so /healthz answers while it starts, stopped after it drained.
+        const server = flags.dashboard
+          ? await startAdminServer({ app, host: flags.host, port, token: dashboardToken(), log })
+          : undefined;
         try {
-          await app.run({ ...options, signal });
+          await app.run({ ...options, signal, onJobFinished: server?.metrics.observeJob });
         } finally {
+          await server?.close();
           await app.close().catch((error) => log.warn({ err: error }, 'closing the app failed'));
         }
       }),

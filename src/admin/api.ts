@@ -1,0 +1,216 @@
+/**
+ * The dashboard's JSON API (documented in README "Dashboard and metrics"): reads need
+ * nothing, actions need the token (checked by the server before they get here). Every
+ * parameter is checked; a bad one is a 400 naming it.
+ */
+import type pg from 'pg';
+import type { App } from '../app.js';
+import { quoteSchema } from '../db/identifiers.js';
+import { ValidationError } from '../errors.js';
+import { checkJobId } from '../jobs/control.js';
+import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
+import { processorStatus } from '../processors/status.js';
+import {
+  countJobs,
+  DASHBOARD_STATES,
+  type DashboardState,
+  lastEventPosition,
+  listJobPage,
+  listWorkers,
+  oldestTransaction,
+  throughput,
+} from './jobQueries.js';
+import type { MetricsSnapshot } from './metrics.js';
+import { scheduleViews } from './schedules.js';
+
+export type Query = URLSearchParams;
+export interface Actor {
+  actor: string;
+  host: string;
+}
+
+/** Only these parameters, each at most once: a typo is a 400, not a silently ignored filter. */
+function checkParams(query: Query, allowed: string[]): void {
+  for (const key of new Set(query.keys())) {
+    if (!allowed.includes(key)) {
+      throw new ValidationError(
+        `unknown parameter "${key}": expected ${allowed.length ? allowed.join(', ') : 'none'}`,
+      );
+    }
+    if (query.getAll(key).length > 1) throw new ValidationError(`parameter "${key}" is given twice`);
+  }
+}
+
+function integerParam(query: Query, name: string, min: number, max: number, fallback: number): number {
+  const text = query.get(name);
+  if (text === null) return fallback;
+  if (!/^\d{1,9}$/.test(text) || Number(text) < min || Number(text) > max) {
+    throw new ValidationError(
+      `${name} ${JSON.stringify(text)} is invalid: expected an integer from ${min} to ${max}`,
+    );
+  }
+  return Number(text);
+}
+
+function stateParam(query: Query): DashboardState {
+  const state = query.get('state');
+  if (state === null) {
+    throw new ValidationError(`state is required: expected one of ${DASHBOARD_STATES.join(', ')}`);
+  }
+  if (!DASHBOARD_STATES.includes(state as DashboardState)) {
+    throw new ValidationError(
+      `state ${JSON.stringify(state)} is invalid: expected one of ${DASHBOARD_STATES.join(', ')}`,
+    );
+  }
+  return state as DashboardState;
+}
+
+function nameParam(query: Query, name: string): string | undefined {
+  const value = query.get(name);
+  if (value === null) return undefined;
+  if (value === '' || value.length > 200) {
+    throw new ValidationError(`${name} ${JSON.stringify(value)} is invalid: expected 1 to 200 characters`);
+  }
+  return value;
+}
+
+/** `reads` serves every read; actions write through the app's own pool. */
+export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
+  const q = quoteSchema(app.schema);
+  const pool = reads;
+  const writes = async (): Promise<pg.Pool> => (await app.database()).pool;
+
+  const api = {
+    async counts() {
+      const counts = await countJobs(await pool(), q, app.schema);
+      return { counts, estimated: counts.some((c) => c.estimated) };
+    },
+    async jobs(query: Query) {
+      checkParams(query, ['state', 'queue', 'task', 'before', 'limit']);
+      const state = stateParam(query);
+      const before = query.get('before');
+      const limit = integerParam(query, 'limit', 1, 200, 50);
+      const jobs = await listJobPage(await pool(), q, {
+        state,
+        queue: nameParam(query, 'queue'),
+        task: nameParam(query, 'task'),
+        before: before === null ? undefined : checkJobId(before),
+        limit,
+      });
+      // The next page starts below the last id shown; none when this page was not full.
+      return { jobs, next: jobs.length === limit ? jobs[jobs.length - 1]!.id : null };
+    },
+    async job(id: string) {
+      const job = await app.jobs.show(checkJobId(id));
+      return job ?? null;
+    },
+    async workers() {
+      return { workers: await listWorkers(await pool(), q) };
+    },
+    async schedules() {
+      return { schedules: await scheduleViews(await pool(), q) };
+    },
+    async processors() {
+      return { processors: await processorStatus(await pool(), q) };
+    },
+    async throughput(query: Query) {
+      checkParams(query, ['minutes']);
+      const minutes = integerParam(query, 'minutes', 1, 1440, 60);
+      return { minutes: await throughput(await pool(), q, minutes) };
+    },
+    async oldestTransaction() {
+      return { oldestTransaction: await oldestTransaction(await pool()) };
+    },
+    async head() {
+      const [last, head] = await Promise.all([lastEventPosition(await pool(), q), app.events.head()]);
+      return {
+        headPosition: last.toString(),
+        gapSafeHeadPosition: head.position.toString(),
+        gapSafeHeadCheckpoint: head.checkpoint,
+      };
+    },
+    /** Everything the page shows but the job lists, in one round trip. */
+    async overview() {
+      const [counts, workers, schedules, processors, minutes, oldest, head] = await Promise.all([
+        api.counts(),
+        api.workers(),
+        api.schedules(),
+        api.processors(),
+        api.throughput(new URLSearchParams()),
+        api.oldestTransaction(),
+        api.head(),
+      ]);
+      return {
+        generatedAt: new Date(),
+        schema: app.schema,
+        jobs: counts,
+        ...workers,
+        ...schedules,
+        ...processors,
+        throughput: minutes.minutes,
+        ...oldest,
+        events: head,
+      };
+    },
+    /** What /metrics reads on each scrape. */
+    async metricsSnapshot(): Promise<MetricsSnapshot> {
+      const db = await pool();
+      const [jobs, processors, head, workers, schedules, oldest] = await Promise.all([
+        countJobs(db, q, app.schema),
+        processorStatus(db, q),
+        lastEventPosition(db, q),
+        listWorkers(db, q),
+        scheduleViews(db, q),
+        oldestTransaction(db),
+      ]);
+      return {
+        jobs,
+        processors,
+        headPosition: head,
+        workersAlive: workers.filter((w) => w.alive).length,
+        schedules,
+        oldestTransaction: oldest,
+      };
+    },
+
+    async jobAction(action: 'retry' | 'cancel' | 'delete', id: string, by: Actor) {
+      const ids = [checkJobId(id)];
+      const db = await writes();
+      const run = {
+        retry: () => retryJobs(db, app.schema, { ids }, by),
+        cancel: () => cancelJobs(db, app.schema, ids, by),
+        delete: () => deleteJobs(db, app.schema, ids, by),
+      };
+      const done = await run[action]();
+      const reasons = done.length > 0 ? new Map<string, string>() : await explainSkipped(db, app.schema, ids);
+      app.log.info(
+        {
+          component: 'dashboard',
+          action: `jobs.${action}`,
+          jobId: ids[0],
+          by: by.actor,
+          host: by.host,
+          done: done.length > 0,
+        },
+        `dashboard: ${action} job ${ids[0]}`,
+      );
+      return {
+        done,
+        skipped: ids
+          .filter((i) => !done.includes(i))
+          .map((i) => ({ id: i, reason: reasons.get(i) ?? 'unknown' })),
+      };
+    },
+    async processorAction(action: 'pause' | 'resume', name: string, by: Actor) {
+      if (name === '' || name.length > 200) {
+        throw new ValidationError(
+          `processor name ${JSON.stringify(name)} is invalid: expected 1 to 200 characters`,
+        );
+      }
+      return { processor: name, ...(await app.processors[action](name, by)) };
+    },
+  };
+  return api;
+}
+
+export type Api = ReturnType<typeof makeApi>;

@@ -1,0 +1,45 @@
+import type { Command } from 'commander';
+import { startAdminServer } from '../../admin/server.js';
+import { ValidationError } from '../../errors.js';
+import { runCommand } from '../context.js';
+
+export interface DashboardFlags {
+  port: string;
+  host: string;
+}
+
+export function parsePort(text: string, what = '--port'): number {
+  if (!/^\d{1,5}$/.test(text) || Number(text) > 65_535) {
+    throw new ValidationError(`${what} ${JSON.stringify(text)} is invalid: expected a port from 0 to 65535`);
+  }
+  return Number(text);
+}
+
+/** The token is read from the environment only: a command-line flag would show in `ps`. */
+export function dashboardToken(): string | undefined {
+  return process.env.OUTBATCH_DASHBOARD_TOKEN || undefined;
+}
+
+export function registerDashboard(program: Command): void {
+  program
+    .command('dashboard')
+    .description('serve the web dashboard, its JSON API and /metrics (actions need OUTBATCH_DASHBOARD_TOKEN)')
+    .option('--port <n>', 'port to listen on', '8080')
+    .option(
+      '--host <address>',
+      'address to bind (0.0.0.0 exposes it: put authentication in front)',
+      '127.0.0.1',
+    )
+    .action((flags: DashboardFlags, command: Command) =>
+      runCommand(command, async ({ app, signal, print }) => {
+        const port = parsePort(flags.port);
+        const server = await startAdminServer({ app, host: flags.host, port, token: dashboardToken() });
+        print(`dashboard on ${server.url} (Ctrl-C stops)`, { url: server.url });
+        await new Promise<void>((resolve) => {
+          if (signal.aborted) resolve();
+          else signal.addEventListener('abort', () => resolve(), { once: true });
+        });
+        await server.close();
+      }),
+    );
+}
