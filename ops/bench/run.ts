@@ -11,16 +11,24 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 if (!process.env.DATABASE_URL) {
-  process.stderr.write('npm run bench: set DATABASE_URL (benchmarks compare systems on one server you choose)\n');
+  process.stderr.write(
+    'npm run bench: set DATABASE_URL (benchmarks compare systems on one server you choose)\n',
+  );
   process.exit(2);
 }
-const names = ['events', 'jobs', 'processors', 'dashboard'].filter((name) => fs.existsSync(path.join(here, `${name}.ts`)));
+const names = ['events', 'jobs', 'processors', 'dashboard'].filter((name) =>
+  fs.existsSync(path.join(here, `${name}.ts`)),
+);
 let failed = 0;
 for (const name of names) {
   process.stdout.write(`\n== ${name} ==\n`);
-  const result = spawnSync(process.execPath, ['--import', 'tsx', path.join(here, `${name}.ts`), ...process.argv.slice(2)], {
-    stdio: 'inherit',
-  });
+  const result = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', path.join(here, `${name}.ts`), ...process.argv.slice(2)],
+    {
+      stdio: 'inherit',
+    },
+  );
   if (result.status !== 0) failed += 1;
 }
 process.exit(failed === 0 ? 0 : 1);
