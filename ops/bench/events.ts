@@ -129,65 +129,65 @@ async function outbatchBulk() {
   }
 }
 
-// The alternative the TypeScript path could use instead of calling append_events():
-// one hand-written statement (no idempotency keys, no expectedVersion).
-const ALT_SINGLE = `
-  WITH bumped AS (
-    INSERT INTO ${q}.streams AS s (stream, version) VALUES ($1, 1)
-    ON CONFLICT (stream) DO UPDATE SET version = s.version + 1 RETURNING version
-  ), ins AS (
-    INSERT INTO ${q}.events (stream, stream_version, type, data)
-    SELECT $1, version, $2, $3 FROM bumped
-    RETURNING position, tx_id, stream, stream_version, type, data, metadata, recorded_at
-  )
-  SELECT ins.*, pg_notify('${schema}_events', '') FROM ins`;
-
-const ALT_BULK = `
-  WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS i(stream, type, data, ord)
-  ), counts AS (
-    SELECT stream, count(*) AS n FROM input GROUP BY stream
-  ), bumped AS (
-    INSERT INTO ${q}.streams AS s (stream, version) SELECT stream, n FROM counts ORDER BY stream
-    ON CONFLICT (stream) DO UPDATE SET version = s.version + excluded.version RETURNING s.stream, s.version
-  ), ins AS (
-    INSERT INTO ${q}.events (stream, stream_version, type, data)
-    SELECT i.stream, b.version - c.n + row_number() OVER (PARTITION BY i.stream ORDER BY i.ord), i.type, i.data
-    FROM input i JOIN bumped b ON b.stream = i.stream JOIN counts c ON c.stream = i.stream
-    ORDER BY i.ord
-    RETURNING position, tx_id, stream, stream_version, type, data, metadata, recorded_at
-  )
-  SELECT ins.*, pg_notify('${schema}_events', '') FROM ins`;
-
-async function altSingle() {
+// The SQL function, as a service in another language would call it.
+async function sqlSingle() {
   const client = await pool.connect();
   const t = tag++;
   try {
     for (let i = 0; i < SINGLES; i++) {
-      await client.query(ALT_SINGLE, [`alt1-${t}-${i % 100}`, 'OrderPlaced', dataJson(i)]);
+      await client.query(`SELECT * FROM ${q}.append_events($1)`, [
+        JSON.stringify([{ stream: `sql1-${t}-${i % 100}`, type: 'OrderPlaced', data: data(i) }]),
+      ]);
     }
   } finally {
     client.release();
   }
 }
 
-async function altBulk() {
+async function sqlBulk() {
   const client = await pool.connect();
   const t = tag++;
   try {
     for (let base = 0; base < BULK_TOTAL; base += 10_000) {
-      const streams: string[] = [];
-      const types: string[] = [];
-      const datas: string[] = [];
-      for (let i = base; i < base + 10_000; i++) {
-        streams.push(`altb-${t}-${i % 1000}`);
-        types.push('OrderPlaced');
-        datas.push(dataJson(i));
-      }
-      await client.query(ALT_BULK, [streams, types, datas]);
+      const batch = Array.from({ length: 10_000 }, (_, k) => ({
+        stream: `sqlb-${t}-${(base + k) % 1000}`,
+        type: 'OrderPlaced',
+        data: data(base + k),
+      }));
+      await client.query(`SELECT * FROM ${q}.append_events($1)`, [JSON.stringify(batch)]);
     }
   } finally {
     client.release();
+  }
+}
+
+// The floor under any appender that must NOTIFY once per transaction.
+async function rawSingleNotify() {
+  const client = await pool.connect();
+  const t = tag++;
+  try {
+    for (let i = 0; i < SINGLES; i++) {
+      await client.query(
+        `WITH ins AS (INSERT INTO ${q}.events (stream, stream_version, type, data) VALUES ($1, 1, 'OrderPlaced', $2) RETURNING position)
+         SELECT position, pg_notify('${schema}_events', '') FROM ins`,
+        [`rawn-${t}-${i}`, dataJson(i)],
+      );
+    }
+  } finally {
+    client.release();
+  }
+}
+
+async function outbatchBulkKeyed() {
+  const t = tag++;
+  for (let base = 0; base < BULK_TOTAL; base += 10_000) {
+    const batch = Array.from({ length: 10_000 }, (_, k) => ({
+      stream: `obk-${t}-${(base + k) % 1000}`,
+      type: 'OrderPlaced',
+      data: data(base + k),
+      idempotencyKey: `obk-${t}-${base + k}`,
+    }));
+    await app.events.append(batch);
   }
 }
 
@@ -235,12 +235,14 @@ try {
     `PostgreSQL ${server}, ${SINGLES} single appends and ${BULK_TOTAL} bulk events per round, best of ${ROUNDS}\n`,
   );
   const rawSingleRate = await best('raw single-row INSERT per transaction', SINGLES, rawSingle);
+  const rawNotifyRate = await best('raw single-row INSERT + pg_notify', SINGLES, rawSingleNotify);
   const obSingleRate = await best('outbatch append(event)', SINGLES, outbatchSingle);
-  const altSingleRate = await best('alt: one CTE statement per event', SINGLES, altSingle);
+  const sqlSingleRate = await best('append_events() from SQL, one event', SINGLES, sqlSingle);
   const rawMultiRate = await best('raw 1000-row multi-row INSERT', BULK_TOTAL, rawMultiRow);
   const rawCopyRate = await best('raw COPY (10k rows per COPY)', BULK_TOTAL, rawCopy);
-  const obBulkRate = await best('outbatch append(10k events)', BULK_TOTAL, outbatchBulk);
-  const altBulkRate = await best('alt: one unnest statement per 10k', BULK_TOTAL, altBulk);
+  const obBulkRate = await best('outbatch append(10k events) [COPY]', BULK_TOTAL, outbatchBulk);
+  const obKeyedRate = await best('outbatch append(10k keyed) [SQL fn]', BULK_TOTAL, outbatchBulkKeyed);
+  const sqlBulkRate = await best('append_events() from SQL, 10k events', BULK_TOTAL, sqlBulk);
   await pool.query(`VACUUM ANALYZE ${q}.events`);
   const count = Number((await pool.query(`SELECT count(*) FROM ${q}.events`)).rows[0].count);
   const obReadRate = await best(`outbatch read() pages of 1000 (${count} events)`, count, outbatchRead);
@@ -254,8 +256,10 @@ try {
   process.stdout.write(`bulk append / raw COPY              ${ratio(obBulkRate, rawCopyRate)} (>= 60%)\n`);
   process.stdout.write(`bulk append / raw multi-row INSERT  ${ratio(obBulkRate, rawMultiRate)}\n`);
   process.stdout.write(`read() / raw keyset scan            ${ratio(obReadRate, rawReadRate)} (>= 80%)\n`);
-  process.stdout.write(`append_events() / alt single stmt   ${ratio(obSingleRate, altSingleRate)}\n`);
-  process.stdout.write(`append_events() / alt unnest bulk   ${ratio(obBulkRate, altBulkRate)}\n`);
+  process.stdout.write(`single append / raw INSERT + notify  ${ratio(obSingleRate, rawNotifyRate)}\n`);
+  process.stdout.write(`single append / SQL function        ${ratio(obSingleRate, sqlSingleRate)}\n`);
+  process.stdout.write(`bulk append / SQL function          ${ratio(obBulkRate, sqlBulkRate)}\n`);
+  process.stdout.write(`keyed bulk append / raw COPY        ${ratio(obKeyedRate, rawCopyRate)}\n`);
 } finally {
   await pool.query(`DROP SCHEMA IF EXISTS ${q} CASCADE`).catch(() => {});
   await pool.end();
