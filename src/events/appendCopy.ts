@@ -76,7 +76,7 @@ export function makeCopyAppend(deps: { schema: string }) {
       stream_version: String(versions[i]),
       type: e.type,
       data: JSON.parse(e.data),
-      metadata: JSON.parse(e.metadata),
+      metadata: e.metadata === '{}' ? {} : JSON.parse(e.metadata),
       recorded_at,
       idempotency_key: null,
     }));

@@ -26,7 +26,7 @@ export interface ValidatedEvent {
 
 export interface ValidatedBatch {
   /** The JSON array `append_events` takes. */
-  json: string;
+  json: () => string;
   events: ValidatedEvent[];
   count: number;
   /** Stream names in input order, without repeats. */
@@ -40,7 +40,6 @@ export interface ValidatedBatch {
 export function validateEvents(input: unknown, maxEventBytes: number): ValidatedBatch {
   const many = Array.isArray(input);
   const list: unknown[] = many ? (input as unknown[]) : [input];
-  const parts: string[] = new Array(list.length);
   const events: ValidatedEvent[] = new Array(list.length);
   const streams = new Set<string>();
   for (let i = 0; i < list.length; i++) {
@@ -80,11 +79,18 @@ export function validateEvents(input: unknown, maxEventBytes: number): Validated
     }
     streams.add(stream);
     events[i] = { stream, type, data, metadata, idempotencyKey: key };
-    parts[i] =
-      `{"stream":${JSON.stringify(stream)},"type":${JSON.stringify(type)},"data":${data},"metadata":${metadata}` +
-      (key === undefined ? '}' : `,"idempotency_key":${JSON.stringify(key)}}`);
   }
-  return { json: `[${parts.join(',')}]`, events, count: list.length, streams: [...streams] };
+  return { json: () => toAppendEventsJson(events), events, count: list.length, streams: [...streams] };
+}
+
+/** The array `append_events` takes, from validated events (built only for that path). */
+function toAppendEventsJson(events: ValidatedEvent[]): string {
+  const parts = events.map(
+    ({ stream, type, data, metadata, idempotencyKey: key }) =>
+      `{"stream":${JSON.stringify(stream)},"type":${JSON.stringify(type)},"data":${data},"metadata":${metadata}` +
+      (key === undefined ? '}' : `,"idempotency_key":${JSON.stringify(key)}}`),
+  );
+  return `[${parts.join(',')}]`;
 }
 
 /** `expectedVersion` as `append_events` takes it: one value per stream. */
