@@ -15,9 +15,19 @@ export interface NewEvent<D = unknown> {
 export const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
 const MAX_NAME_LENGTH = 200;
 
+export interface ValidatedEvent {
+  stream: string;
+  type: string;
+  /** `data` and `metadata` as JSON text. */
+  data: string;
+  metadata: string;
+  idempotencyKey?: string;
+}
+
 export interface ValidatedBatch {
   /** The JSON array `append_events` takes. */
-  json: string;
+  json: () => string;
+  events: ValidatedEvent[];
   count: number;
   /** Stream names in input order, without repeats. */
   streams: string[];
@@ -30,7 +40,7 @@ export interface ValidatedBatch {
 export function validateEvents(input: unknown, maxEventBytes: number): ValidatedBatch {
   const many = Array.isArray(input);
   const list: unknown[] = many ? (input as unknown[]) : [input];
-  const parts: string[] = new Array(list.length);
+  const events: ValidatedEvent[] = new Array(list.length);
   const streams = new Set<string>();
   for (let i = 0; i < list.length; i++) {
     const where = many ? `events[${i}]` : 'event';
@@ -43,12 +53,12 @@ export function validateEvents(input: unknown, maxEventBytes: number): Validated
     if (event.data === undefined) {
       throw new ValidationError(`${where}.data is missing: expected a JSON value (use null for "no data")`);
     }
-    checkJson(event.data, `${where}.data`, []);
+    checkJson(event.data, `${where}.data`);
     if (event.metadata !== undefined) {
       if (event.metadata === null || typeof event.metadata !== 'object' || Array.isArray(event.metadata)) {
         throw new ValidationError(`${where}.metadata is ${describe(event.metadata)}: expected a JSON object`);
       }
-      checkJson(event.metadata, `${where}.metadata`, []);
+      checkJson(event.metadata, `${where}.metadata`);
     }
     const key = event.idempotencyKey;
     if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > MAX_NAME_LENGTH)) {
@@ -68,11 +78,19 @@ export function validateEvents(input: unknown, maxEventBytes: number): Validated
       }
     }
     streams.add(stream);
-    parts[i] =
-      `{"stream":${JSON.stringify(stream)},"type":${JSON.stringify(type)},"data":${data},"metadata":${metadata}` +
-      (key === undefined ? '}' : `,"idempotency_key":${JSON.stringify(key)}}`);
+    events[i] = { stream, type, data, metadata, idempotencyKey: key };
   }
-  return { json: `[${parts.join(',')}]`, count: list.length, streams: [...streams] };
+  return { json: () => toAppendEventsJson(events), events, count: list.length, streams: [...streams] };
+}
+
+/** The array `append_events` takes, from validated events (built only for that path). */
+function toAppendEventsJson(events: ValidatedEvent[]): string {
+  const parts = events.map(
+    ({ stream, type, data, metadata, idempotencyKey: key }) =>
+      `{"stream":${JSON.stringify(stream)},"type":${JSON.stringify(type)},"data":${data},"metadata":${metadata}` +
+      (key === undefined ? '}' : `,"idempotency_key":${JSON.stringify(key)}}`),
+  );
+  return `[${parts.join(',')}]`;
 }
 
 /** `expectedVersion` as `append_events` takes it: one value per stream. */
@@ -121,12 +139,53 @@ function checkName(value: unknown, where: string): string {
   return value;
 }
 
+function checkJson(value: unknown, path: string): void {
+  if (isJson(value, [])) return;
+  explainJson(value, path, []);
+  throw new ValidationError(`${path} is not plain JSON`); // explainJson names the reason first
+}
+
+/**
+ * The fast check, without building paths: true when `value` is plain JSON by the rules of
+ * explainJson below, which runs only to name the bad value once this says no.
+ */
+function isJson(value: unknown, ancestors: object[]): boolean {
+  switch (typeof value) {
+    case 'string':
+      return !value.includes('\u0000');
+    case 'boolean':
+      return true;
+    case 'number':
+      return Number.isFinite(value);
+    case 'object':
+      break;
+    default:
+      return false;
+  }
+  if (value === null) return true;
+  const object = value as Record<string, unknown>;
+  if (typeof object.toJSON === 'function') return true;
+  if (value instanceof Map || value instanceof Set || ancestors.includes(object)) return false;
+  ancestors.push(object);
+  if (Array.isArray(object)) {
+    for (const item of object) if (!isJson(item, ancestors)) return false;
+  } else {
+    for (const key in object) {
+      if (!Object.hasOwn(object, key)) continue;
+      const child = object[key];
+      if (key.includes('\u0000') || (child !== undefined && !isJson(child, ancestors))) return false;
+    }
+  }
+  ancestors.pop();
+  return true;
+}
+
 /**
  * Rejects what JSON.stringify would silently drop or change (functions, undefined in
  * arrays, NaN) or cannot write (BigInt, cycles), and what jsonb cannot store (NUL).
  * `ancestors` holds the objects on the current path: a cycle, not a shared reference.
  */
-function checkJson(value: unknown, path: string, ancestors: object[]): void {
+function explainJson(value: unknown, path: string, ancestors: object[]): void {
   switch (typeof value) {
     case 'string':
       if (value.includes('\u0000')) {
@@ -168,7 +227,7 @@ function checkJson(value: unknown, path: string, ancestors: object[]): void {
   }
   ancestors.push(object);
   if (Array.isArray(object)) {
-    for (let i = 0; i < object.length; i++) checkJson(object[i], `${path}[${i}]`, ancestors);
+    for (let i = 0; i < object.length; i++) explainJson(object[i], `${path}[${i}]`, ancestors);
   } else {
     for (const key of Object.keys(object)) {
       if (key.includes('\u0000')) {
@@ -176,7 +235,7 @@ function checkJson(value: unknown, path: string, ancestors: object[]): void {
       }
       const child = object[key];
       // An undefined property is left out, as JSON.stringify does (optional fields).
-      if (child !== undefined) checkJson(child, `${path}.${key}`, ancestors);
+      if (child !== undefined) explainJson(child, `${path}.${key}`, ancestors);
     }
   }
   ancestors.pop();

@@ -232,4 +232,55 @@ describe('events.append', () => {
     });
     assert.ok(conflicts > 0, 'the writers did contend');
   });
+
+  it('large batches (the COPY path) follow the same rules: caller transaction, order, versions', async () => {
+    const batch = (tag: string, n = 1200) =>
+      Array.from({ length: n }, (_, i) => ({ stream: `copy-${i % 7}`, type: 'Bulk', data: { tag, i } }));
+    const client = await t.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await t.app.events.append(batch('rolled-back'), { client });
+      await client.query('ROLLBACK');
+      assert.equal(await count("data->>'tag' = 'rolled-back'"), 0);
+
+      await client.query('BEGIN');
+      const inTx = await t.app.events.append(batch('in-tx'), { client });
+      await client.query('COMMIT');
+      // An idle client: the append opens and commits its own transaction on it.
+      const idle = await t.app.events.append(batch('idle'), { client });
+      assert.equal(await count("data->>'tag' = ANY('{in-tx,idle}')"), 2400);
+      for (const stored of [inTx, idle]) {
+        assert.deepEqual(
+          stored.map((e) => (e.data as { i: number }).i),
+          Array.from({ length: 1200 }, (_, i) => i),
+        );
+        for (let i = 1; i < stored.length; i++) assert.ok(stored[i]!.position > stored[i - 1]!.position);
+      }
+      const fromDb = await t.app.events.get(idle[5]!.position);
+      assert.deepEqual({ ...fromDb, duplicate: false }, idle[5]);
+    } finally {
+      client.release();
+    }
+  });
+
+  it('concurrent large and single appends to the same streams keep versions contiguous', async () => {
+    await Promise.all([
+      ...Array.from({ length: 4 }, (_, w) =>
+        t.app.events.append(
+          Array.from({ length: 1500 }, (_, i) => ({ stream: `mix-${i % 3}`, type: 'T', data: { w, i } })),
+        ),
+      ),
+      ...Array.from({ length: 4 }, async (_, w) => {
+        for (let i = 0; i < 30; i++)
+          await t.app.events.append({ stream: `mix-${i % 3}`, type: 'T', data: { w, i } });
+      }),
+    ]);
+    for (const stream of ['mix-0', 'mix-1', 'mix-2']) {
+      const versions = (await t.app.events.stream(stream)).map((e) => e.streamVersion);
+      assert.deepEqual(
+        versions,
+        Array.from({ length: 2040 }, (_, i) => i + 1),
+      );
+    }
+  });
 });

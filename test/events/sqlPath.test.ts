@@ -26,6 +26,15 @@ const SCRIPT: Step[] = [
     ],
     expected: { a: 2, b: 'any' },
   },
+  // Large enough for the TypeScript path's COPY; streams old and new, tabs and backslashes.
+  {
+    events: Array.from({ length: 1500 }, (_, i) => ({
+      stream: ['a', 'b', 'new\tstream', `many-${i % 40}`][i % 4]!,
+      type: i % 2 ? 'T' : 'Ty\\pe',
+      data: { i, text: 'line\nbreak \\ "quoted"\ttab' },
+    })),
+  },
+  { events: [{ stream: 'a', type: 'T', data: 'after bulk' }], expected: { a: 378 } },
 ];
 
 describe('append_events() in SQL behaves like app.events.append()', () => {
