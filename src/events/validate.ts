@@ -125,6 +125,20 @@ function checkExpected(value: unknown, where: string): void {
   throw new ValidationError(`${where} is ${describe(value)}: expected a version >= 0, 'no_stream' or 'any'`);
 }
 
+/** A high surrogate not followed by a low one, or a low one not preceded by a high one. */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Text PostgreSQL can store: no NUL (jsonb and text refuse it), no lone surrogate (not UTF-8). */
+function storable(text: string): boolean {
+  return !text.includes('\u0000') && !LONE_SURROGATE.test(text);
+}
+
+function unstorable(text: string, where: string): string {
+  return text.includes('\u0000')
+    ? `${where} contains a NUL character (\\u0000), which PostgreSQL cannot store: remove it or encode the value (base64)`
+    : `${where} contains a lone UTF-16 surrogate (invalid Unicode), which PostgreSQL cannot store as UTF-8: fix the string or encode it`;
+}
+
 function checkName(value: unknown, where: string): string {
   if (typeof value !== 'string' || value.length === 0) {
     throw new ValidationError(
@@ -136,6 +150,7 @@ function checkName(value: unknown, where: string): string {
       `${where} is ${[...value].length} characters long: expected at most ${MAX_NAME_LENGTH} characters`,
     );
   }
+  if (!storable(value)) throw new ValidationError(unstorable(value, where));
   return value;
 }
 
@@ -149,10 +164,13 @@ function checkJson(value: unknown, path: string): void {
  * The fast check, without building paths: true when `value` is plain JSON by the rules of
  * explainJson below, which runs only to name the bad value once this says no.
  */
+/** Deeper than this is refused: JSON.stringify and PostgreSQL's parser would run out of stack. */
+const MAX_DEPTH = 512;
+
 function isJson(value: unknown, ancestors: object[]): boolean {
   switch (typeof value) {
     case 'string':
-      return !value.includes('\u0000');
+      return storable(value);
     case 'boolean':
       return true;
     case 'number':
@@ -166,6 +184,7 @@ function isJson(value: unknown, ancestors: object[]): boolean {
   const object = value as Record<string, unknown>;
   if (typeof object.toJSON === 'function') return true;
   if (value instanceof Map || value instanceof Set || ancestors.includes(object)) return false;
+  if (ancestors.length >= MAX_DEPTH) return false;
   ancestors.push(object);
   if (Array.isArray(object)) {
     for (const item of object) if (!isJson(item, ancestors)) return false;
@@ -173,7 +192,7 @@ function isJson(value: unknown, ancestors: object[]): boolean {
     for (const key in object) {
       if (!Object.hasOwn(object, key)) continue;
       const child = object[key];
-      if (key.includes('\u0000') || (child !== undefined && !isJson(child, ancestors))) return false;
+      if (!storable(key) || (child !== undefined && !isJson(child, ancestors))) return false;
     }
   }
   ancestors.pop();
@@ -188,11 +207,7 @@ function isJson(value: unknown, ancestors: object[]): boolean {
 function explainJson(value: unknown, path: string, ancestors: object[]): void {
   switch (typeof value) {
     case 'string':
-      if (value.includes('\u0000')) {
-        throw new ValidationError(
-          `${path} contains a NUL character (\\u0000), which PostgreSQL jsonb cannot store: remove it or encode the value (base64)`,
-        );
-      }
+      if (!storable(value)) throw new ValidationError(unstorable(value, path));
       return;
     case 'boolean':
       return;
@@ -225,14 +240,17 @@ function explainJson(value: unknown, path: string, ancestors: object[]): void {
       `${path} refers back to an enclosing object (a cycle): JSON cannot represent it`,
     );
   }
+  if (ancestors.length >= MAX_DEPTH) {
+    throw new ValidationError(
+      `${path.slice(0, 60)}… is nested more than ${MAX_DEPTH} levels deep: flatten the data`,
+    );
+  }
   ancestors.push(object);
   if (Array.isArray(object)) {
     for (let i = 0; i < object.length; i++) explainJson(object[i], `${path}[${i}]`, ancestors);
   } else {
     for (const key of Object.keys(object)) {
-      if (key.includes('\u0000')) {
-        throw new ValidationError(`${path} has a key containing a NUL character, which jsonb cannot store`);
-      }
+      if (!storable(key)) throw new ValidationError(unstorable(key, `a key of ${path}`));
       const child = object[key];
       // An undefined property is left out, as JSON.stringify does (optional fields).
       if (child !== undefined) explainJson(child, `${path}.${key}`, ancestors);
