@@ -356,7 +356,8 @@ async function main() {
           `${system.name}: ${JOBS} jobs at concurrency ${concurrency} (round ${round + 1})\n`,
         );
         const rate = await throughput(system, concurrency);
-        (row(system)[key] ??= []).push(rate);
+        const entry = row(system);
+        entry[key] = [...(entry[key] ?? []), rate];
       }
     }
   }
