@@ -167,7 +167,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     } else if (outcome.kind === 'failed') {
       const retryable = job.attempts < job.max_attempts && safeRetryOn(task, outcome.error);
       const retryIn = retryable ? backoffDelay(task.backoff, job.attempts) : null;
-      outcomes.fail(job, outcome.error, retryIn, run.transaction());
+      outcomes.fail(job, outcome.error, retryIn, run.takeTransaction());
     } else {
       outcomes.release(run);
     }
