@@ -22,7 +22,9 @@ describe('listen', () => {
       return client;
     };
     const received: string[] = [];
-    const subscription = listen(connect, [channel], silentLogger()).subscribe((n) => received.push(n.payload));
+    const subscription = listen(connect, [channel], silentLogger()).subscribe((n) =>
+      received.push(n.payload),
+    );
     try {
       const deliver = (payload: string) =>
         waitFor(`notification ${payload}`, async () => {
@@ -41,7 +43,9 @@ describe('listen', () => {
       subscription.unsubscribe();
     }
     await waitFor('the listener to disconnect', async () => {
-      const { rowCount } = await pool.query('SELECT 1 FROM pg_stat_activity WHERE application_name = $1', [name]);
+      const { rowCount } = await pool.query('SELECT 1 FROM pg_stat_activity WHERE application_name = $1', [
+        name,
+      ]);
       return rowCount === 0;
     });
   });
