@@ -137,6 +137,33 @@ describe('defer', () => {
     assert.equal(await jobCount(), before, 'the batch rolled back as a whole');
   });
 
+  it('deferMany without queueing locks (one set-based insert) keeps input order and the same defaults as defer', async () => {
+    const task = t.app.task('bulk', { queue: 'bulkq', priority: 2, retry: { attempts: 3 } }, async () => {});
+    const results = await task.deferMany(
+      Array.from({ length: 50 }, (_, n) => ({ args: { n }, ...(n === 7 ? { priority: 9, lock: 'L' } : {}) })),
+    );
+    const ids = results.map((r) => (r.enqueued ? r.id : 'x'));
+    const { rows } = await t.pool.query(
+      `SELECT id::text, args, queue, priority, max_attempts, lock FROM "${t.schema}".jobs WHERE id = ANY ($1::bigint[])`,
+      [ids],
+    );
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    ids.forEach((id, n) => assert.deepEqual(byId.get(id)?.args, { n }));
+    assert.deepEqual(
+      [byId.get(ids[0]!)?.queue, byId.get(ids[0]!)?.priority, byId.get(ids[0]!)?.max_attempts],
+      ['bulkq', 2, 3],
+    );
+    assert.deepEqual([byId.get(ids[7]!)?.priority, byId.get(ids[7]!)?.lock], [9, 'L']);
+    const single = await task.defer({ n: 'single' });
+    assert.ok(single.enqueued);
+    const one = (
+      await t.pool.query(`SELECT queue, priority, max_attempts FROM "${t.schema}".jobs WHERE id = $1`, [
+        single.id,
+      ])
+    ).rows[0];
+    assert.deepEqual(one, { queue: 'bulkq', priority: 2, max_attempts: 3 });
+  });
+
   it('joins the caller transaction: a rolled-back defer leaves no job, a committed one does', async () => {
     const task = t.app.task('in-tx', {}, async () => {});
     const client = new pg.Client({ connectionString: databaseUrl() });
