@@ -148,7 +148,10 @@ describe('defer', () => {
       [ids],
     );
     const byId = new Map(rows.map((r) => [r.id, r]));
-    ids.forEach((id, n) => assert.deepEqual(byId.get(id)?.args, { n }));
+    assert.deepEqual(
+      ids.map((id) => byId.get(id)?.args),
+      ids.map((_, n) => ({ n })),
+    );
     assert.deepEqual(
       [byId.get(ids[0]!)?.queue, byId.get(ids[0]!)?.priority, byId.get(ids[0]!)?.max_attempts],
       ['bulkq', 2, 3],
