@@ -37,6 +37,11 @@ export interface ClaimRequest {
  * rows we lock), so two workers can never take two jobs of one lock; the unique index
  * jobs_lock_doing is the backstop.
  *
+ * The claim commits without waiting for its WAL flush (synchronous_commit off for this
+ * statement's transaction only): a claim lost in a server crash just leaves the job
+ * `todo`, to run again — at-least-once either way — and the completion, which does wait,
+ * flushes the claim's WAL with its own. Saves a disk flush per claim round trip.
+ *
  * `id = ANY (ARRAY(...))` rather than a join with the CTE: the planner cannot estimate
  * the CTE and picked a hash join over the whole table (5 ms of a 10 ms claim of 500).
  */
@@ -48,6 +53,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
     `WITH picked AS (
        SELECT j.id FROM ${s}.jobs j
        WHERE j.status = 'todo'
+         AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
          AND j.run_at <= coalesce($4::timestamptz, now())
          AND ($1::text[] IS NULL OR j.queue = ANY ($1::text[]))
          AND (j.lock IS NULL OR (

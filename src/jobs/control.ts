@@ -112,7 +112,7 @@ export function makeJobControl(deps: {
         log.info({ jobs: done }, `retried ${done.length} job(s)`);
         return withSkipped(ids, done);
       }
-      const since = selection.since === undefined ? undefined : toDate(selection.since, '--since');
+      const since = selection.since === undefined ? undefined : toDate(selection.since, 'since');
       const done = await retryJobs(
         await deps.pool(),
         schema,

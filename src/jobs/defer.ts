@@ -1,5 +1,5 @@
 /**
- * Enqueueing. Both calls go through the schema's `defer_job()` function, so a job deferred
+ * Enqueueing. Both calls go through the schema's `defer_job()` / `defer_jobs()` functions, so a job deferred
  * from TypeScript, from psql, from another language or from a trigger obeys one set of
  * rules (queueing lock, task defaults, NOTIFY).
  */
@@ -80,21 +80,16 @@ export async function deferJob(db: Queryable, schema: string, job: JobSpec): Pro
   }
 }
 
-/**
- * Many jobs in one round trip and one statement: all or none. Each row goes through
- * defer_job() in input order, so results line up with the input and a queueing-lock
- * conflict inside the batch behaves as it would across two calls.
- */
+/** Many jobs in one round trip through defer_jobs(): all or none, results in input order. */
 export async function deferJobs(db: Queryable, schema: string, jobs: JobSpec[]): Promise<DeferResult[]> {
   if (jobs.length === 0) return [];
   const column = <K extends keyof JobSpec>(key: K) => jobs.map((job) => job[key]);
   try {
-    const { rows } = await db.query<{ id: string; enqueued: boolean }>(
-      `SELECT d.id::text, d.enqueued
-       FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[])
-         WITH ORDINALITY AS u(task, args, queue, run_at, priority, lock, queueing_lock, max_attempts, on_conflict, n)
-       CROSS JOIN LATERAL ${quoteSchema(schema)}.defer_job(u.task, u.args, u.queue, u.run_at, u.priority, u.lock, u.queueing_lock, u.max_attempts, u.on_conflict) d
-       ORDER BY u.n`,
+    const { rows } = await runPrepared<{ id: string; enqueued: boolean }>(
+      db,
+      `outbatch_defer_many_${schema}`,
+      `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs(
+         $1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[])`,
       [
         column('task'),
         column('args'),

@@ -29,6 +29,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   const releases: string[] = [];
   const returned = { released: 0, superseded: 0 };
   let flushing: Promise<void> | undefined;
+  // Jobs completing inside their own transaction (not batched): awaited on close.
+  const inTransaction = new Set<Promise<void>>();
   let closing = false;
 
   const schedule = () => {
@@ -135,9 +137,12 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
 
   return {
     succeed(run: RunningJob, durationMs: number) {
-      const client = run.transaction();
+      const client = run.takeTransaction();
       if (client) {
-        void succeedInTransaction(run, client, durationMs);
+        const committing = succeedInTransaction(run, client, durationMs).finally(() =>
+          inTransaction.delete(committing),
+        );
+        inTransaction.add(committing);
         return;
       }
       completions.push({
@@ -150,7 +155,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     },
     fail,
     release(run: RunningJob) {
-      const client = run.transaction();
+      const client = run.takeTransaction();
       if (client) void discardTransaction(client);
       releases.push(run.job.id);
       schedule();
@@ -158,6 +163,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     /** Writes what is pending and reports how many jobs went back to todo. */
     async close(): Promise<{ released: number; superseded: number }> {
       closing = true;
+      await Promise.all(inTransaction);
       while (flushing) await flushing;
       return returned;
     },

@@ -21,7 +21,7 @@ export async function registerWorker(
   await db.query(
     `INSERT INTO ${quoteSchema(schema)}.workers AS w (id, host, pid, queues, concurrency, stall_timeout_ms, started_at, last_seen_at)
      VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::timestamptz, now()), coalesce($7::timestamptz, now()))
-     ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at`,
+     ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, idle = true`,
     [worker.id, os.hostname(), process.pid, worker.queues, worker.concurrency, worker.stallTimeoutMs, now],
   );
 }
@@ -62,5 +62,18 @@ export async function registerTasks(db: Queryable, schema: string, tasks: Resolv
       sorted.map((t) => t.maxAttempts),
       sorted.map((t) => t.onStall),
     ],
+  );
+}
+
+/** Idle workers get a NOTIFY for new jobs; busy ones (last claim came back full) do not need one. */
+export async function setWorkerIdle(
+  db: Queryable,
+  schema: string,
+  workerId: string,
+  idle: boolean,
+): Promise<void> {
+  await db.query(
+    `UPDATE ${quoteSchema(schema)}.workers SET idle = $2 WHERE id = $1 AND idle IS DISTINCT FROM $2`,
+    [workerId, idle],
   );
 }

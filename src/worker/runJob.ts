@@ -111,6 +111,7 @@ export class RunningJob {
   // AbortController per job was a measurable share of a no-op job's cost.
   private controller: AbortController | undefined;
   private aborted = false;
+  private settled = false;
   private abortReason: unknown;
   private log: Logger | undefined;
   private readonly ctx: Context;
@@ -176,9 +177,16 @@ export class RunningJob {
     return this.log;
   }
 
-  /** The job's own transaction, if the handler opened one (committed with the completion). */
-  transaction(): pg.PoolClient | undefined {
-    return this.client;
+  /**
+   * Hands the job's transaction (if the handler opened one) to whoever writes the outcome,
+   * once. A transaction still opening when the outcome is decided (a timeout) is
+   * discarded as soon as it opens, so no connection is left in a transaction.
+   */
+  takeTransaction(): pg.PoolClient | undefined {
+    this.settled = true;
+    const client = this.client;
+    this.client = undefined;
+    return client;
   }
 
   openTransaction(): Promise<pg.PoolClient> {
@@ -189,6 +197,10 @@ export class RunningJob {
       } catch (error) {
         connection.release(error as Error);
         throw error;
+      }
+      if (this.settled) {
+        await discardTransaction(connection);
+        throw new Error('the job already ended (timed out or shut down); its transaction was discarded');
       }
       this.client = connection;
       this.ctx.tx = connection;

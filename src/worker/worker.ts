@@ -36,7 +36,7 @@ import { releaseJobs } from '../jobs/release.js';
 import type { ResolvedTask } from '../jobs/task.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
-import { heartbeat, registerTasks, registerWorker, unregisterWorker } from './registry.js';
+import { heartbeat, registerTasks, registerWorker, setWorkerIdle, unregisterWorker } from './registry.js';
 import { type Outcome, RunningJob, ShutdownAbort, unknownTaskError } from './runJob.js';
 
 export interface WorkerDeps {
@@ -74,6 +74,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const claims = new Set<Promise<void>>();
   let requested = 0; // jobs asked for by the claims in flight
   let backlog = false; // the last claim came back full: more is waiting
+  let idle = true; // as published in the workers table (registered idle)
   // Running average of handler time; sizes the prefetch so quick jobs are claimed in
   // big batches and slow ones only as slots free (no hoarding jobs others could run).
   let averageMs: number | undefined;
@@ -126,6 +127,18 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     backlog = claimed.length === limit;
     for (const job of claimed) buffer.push(job);
     pump();
+    if (backlog === idle) {
+      // Busy workers need no NOTIFY, and sparing it keeps deferring transactions from
+      // committing one at a time (schema/020). On becoming idle, claim once more after
+      // saying so, or a job committed in between would wait for the poll.
+      idle = !backlog;
+      try {
+        await setWorkerIdle(pool, schema, id, idle);
+      } catch (error) {
+        log.warn({ err: error }, 'could not publish the idle flag; polling covers it');
+      }
+      if (idle) pendingWake = true;
+    }
   }
 
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
@@ -155,7 +168,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     } else if (outcome.kind === 'failed') {
       const retryable = job.attempts < job.max_attempts && safeRetryOn(task, outcome.error);
       const retryIn = retryable ? backoffDelay(task.backoff, job.attempts) : null;
-      outcomes.fail(job, outcome.error, retryIn, run.transaction());
+      outcomes.fail(job, outcome.error, retryIn, run.takeTransaction());
       observe({ task: job.task, outcome: retryable ? 'retried' : 'failed', durationMs: outcome.durationMs });
     } else {
       outcomes.release(run);

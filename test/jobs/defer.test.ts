@@ -137,6 +137,36 @@ describe('defer', () => {
     assert.equal(await jobCount(), before, 'the batch rolled back as a whole');
   });
 
+  it('deferMany without queueing locks (one set-based insert) keeps input order and the same defaults as defer', async () => {
+    const task = t.app.task('bulk', { queue: 'bulkq', priority: 2, retry: { attempts: 3 } }, async () => {});
+    const results = await task.deferMany(
+      Array.from({ length: 50 }, (_, n) => ({ args: { n }, ...(n === 7 ? { priority: 9, lock: 'L' } : {}) })),
+    );
+    const ids = results.map((r) => (r.enqueued ? r.id : 'x'));
+    const { rows } = await t.pool.query(
+      `SELECT id::text, args, queue, priority, max_attempts, lock FROM "${t.schema}".jobs WHERE id = ANY ($1::bigint[])`,
+      [ids],
+    );
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    assert.deepEqual(
+      ids.map((id) => byId.get(id)?.args),
+      ids.map((_, n) => ({ n })),
+    );
+    assert.deepEqual(
+      [byId.get(ids[0]!)?.queue, byId.get(ids[0]!)?.priority, byId.get(ids[0]!)?.max_attempts],
+      ['bulkq', 2, 3],
+    );
+    assert.deepEqual([byId.get(ids[7]!)?.priority, byId.get(ids[7]!)?.lock], [9, 'L']);
+    const single = await task.defer({ n: 'single' });
+    assert.ok(single.enqueued);
+    const one = (
+      await t.pool.query(`SELECT queue, priority, max_attempts FROM "${t.schema}".jobs WHERE id = $1`, [
+        single.id,
+      ])
+    ).rows[0];
+    assert.deepEqual(one, { queue: 'bulkq', priority: 2, max_attempts: 3 });
+  });
+
   it('joins the caller transaction: a rolled-back defer leaves no job, a committed one does', async () => {
     const task = t.app.task('in-tx', {}, async () => {});
     const client = new pg.Client({ connectionString: databaseUrl() });
@@ -174,22 +204,42 @@ describe('defer', () => {
     assert.ok(soon.getTime() > Date.now() + 4 * 60_000 && later.getTime() > soon.getTime());
   });
 
-  it('sends one NOTIFY per queue on the schema channel for due jobs', async () => {
+  it('sends one NOTIFY per queue on the schema channel for due jobs, when an idle worker takes the queue', async () => {
     const listener = new pg.Client({ connectionString: databaseUrl() });
     await listener.connect();
     const seen: string[] = [];
     listener.on('notification', (n) => seen.push(`${n.channel}/${n.payload}`));
     await listener.query(`LISTEN "${t.schema}_jobs"`);
+    const settle = () => new Promise((resolve) => setTimeout(resolve, 300));
     const task = t.app.task('notify', { queue: 'nq' }, async () => {});
-    await task.deferMany([
-      { args: 1 },
-      { args: 2 },
-      { args: 3, queue: 'other' },
-      { args: 4, delay: { hours: 1 } },
-    ]);
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    await listener.end();
-    assert.deepEqual(seen.sort(), [`${t.schema}_jobs/nq`, `${t.schema}_jobs/other`]);
+    const batch = [{ args: 1 }, { args: 2 }, { args: 3, queue: 'other' }, { args: 4, delay: { hours: 1 } }];
+    try {
+      // No idle worker: nobody to wake, no NOTIFY (it would serialise deferring commits).
+      await task.deferMany(batch);
+      await settle();
+      assert.deepEqual(seen, []);
+      // An idle worker on every queue: one NOTIFY per queue with due jobs, from TS and from SQL.
+      await t.pool.query(
+        `INSERT INTO "${t.schema}".workers (id, host, pid, queues, concurrency, stall_timeout_ms, idle)
+         VALUES ('idle-1', 'h', 1, NULL, 1, 30000, true)`,
+      );
+      await task.deferMany(batch);
+      await settle();
+      assert.deepEqual(seen.sort(), [`${t.schema}_jobs/nq`, `${t.schema}_jobs/other`]);
+      seen.length = 0;
+      await viaSql({ task: 'notify', queue: 'sqlq' });
+      await settle();
+      assert.deepEqual(seen, [`${t.schema}_jobs/sqlq`]);
+      // The idle worker only takes queue "nq": jobs for other queues wake nobody.
+      seen.length = 0;
+      await t.pool.query(`UPDATE "${t.schema}".workers SET queues = '{nq}' WHERE id = 'idle-1'`);
+      await task.deferMany(batch);
+      await settle();
+      assert.deepEqual(seen, [`${t.schema}_jobs/nq`]);
+    } finally {
+      await listener.end();
+      await t.pool.query(`DELETE FROM "${t.schema}".workers WHERE id = 'idle-1'`);
+    }
   });
 
   it('rejects bad input with one line naming what was expected, and stores nothing', async () => {

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { OutbatchError, ValidationError } from '../../errors.js';
 import type { ActionResult } from '../../jobs/control.js';
 import type { JobSummary, TaskStats } from '../../jobs/inspect.js';
+import { toDate } from '../../jobs/options.js';
 import { runCommand } from '../context.js';
 import { table } from '../format.js';
 import { parseInteger } from './defer.js';
@@ -116,8 +117,9 @@ export function registerJobs(program: Command): void {
           throw new ValidationError('give job ids, or --failed to retry every failed job');
         if (!flags.failed && (flags.task || flags.since))
           throw new ValidationError('--task and --since go with --failed');
+        const since = flags.since === undefined ? undefined : toDate(flags.since, '--since');
         const result = await app.jobs.retry(
-          flags.failed ? { failed: true, task: flags.task, since: flags.since } : { ids },
+          flags.failed ? { failed: true, task: flags.task, since } : { ids },
         );
         print(formatAction('retried', result), result);
       }),
