@@ -16,7 +16,15 @@ import {
   showJob,
   type TaskStats,
 } from './inspect.js';
-import { type Actor, cancelJobs, deleteJobs, explainSkipped, retryJobs } from './operate.js';
+import {
+  type Actor,
+  cancelJobs,
+  deleteJobs,
+  explainSkipped,
+  type FailedFilter,
+  previewRetry,
+  retryJobs,
+} from './operate.js';
 import { toDate } from './options.js';
 
 export interface ActionResult {
@@ -26,15 +34,40 @@ export interface ActionResult {
   skipped: { id: string; reason: string }[];
 }
 
+/** `retry --failed`: by task, error text (case-insensitive substring), and when they failed. */
+export interface FailedSelection {
+  failed: true;
+  task?: string;
+  errorContains?: string;
+  since?: Date | string;
+  until?: Date | string;
+}
+
 export interface JobControl {
   list(filter?: { status?: string; task?: string; queue?: string; limit?: number }): Promise<JobSummary[]>;
   show(id: string | number): Promise<JobDetail | undefined>;
-  retry(
-    selection: { ids: (string | number)[] } | { failed: true; task?: string; since?: Date | string },
-  ): Promise<ActionResult>;
+  retry(selection: { ids: (string | number)[] } | FailedSelection): Promise<ActionResult>;
+  /** How many failed jobs of which task `retry` would take with this filter; changes nothing. */
+  previewRetry(selection: FailedSelection): Promise<{ task: string; count: number }[]>;
   cancel(ids: (string | number)[]): Promise<ActionResult>;
   delete(ids: (string | number)[]): Promise<ActionResult>;
   stats(): Promise<TaskStats[]>;
+}
+
+function failedFilter(selection: FailedSelection): FailedFilter {
+  const text = (value: unknown, name: string) => {
+    if (value !== undefined && (typeof value !== 'string' || value.length === 0)) {
+      throw new ValidationError(`${name} must be a non-empty string`);
+    }
+    return value as string | undefined;
+  };
+  return {
+    failed: true,
+    task: text(selection.task, 'task'),
+    errorContains: text(selection.errorContains, 'errorContains'),
+    since: selection.since === undefined ? undefined : toDate(selection.since, 'since'),
+    until: selection.until === undefined ? undefined : toDate(selection.until, 'until'),
+  };
 }
 
 export function checkJobId(id: unknown): string {
@@ -112,15 +145,12 @@ export function makeJobControl(deps: {
         log.info({ jobs: done }, `retried ${done.length} job(s)`);
         return withSkipped(ids, done);
       }
-      const since = selection.since === undefined ? undefined : toDate(selection.since, 'since');
-      const done = await retryJobs(
-        await deps.pool(),
-        schema,
-        { failed: true, task: selection.task, since },
-        actor(),
-      );
+      const done = await retryJobs(await deps.pool(), schema, failedFilter(selection), actor());
       log.info({ count: done.length, task: selection.task }, `retried ${done.length} failed job(s)`);
       return { done, skipped: [] };
+    },
+    async previewRetry(selection) {
+      return previewRetry(await deps.pool(), schema, failedFilter(selection));
     },
     async cancel(ids) {
       const checked = checkIds(ids);

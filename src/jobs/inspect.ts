@@ -42,9 +42,9 @@ export async function listJobs(db: Queryable, schema: string, filter: ListFilter
   const { rows } = await db.query<JobSummary>(
     `SELECT id::text, task, queue, state, priority, run_at, attempts, max_attempts, lock, queueing_lock,
             worker_id, last_error ->> 'message' AS error, created_at, updated_at
-     FROM ${quoteSchema(schema)}.job_states
+     FROM ${quoteSchema(schema)}.job_states j
      WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR task = $2) AND ($3::text IS NULL OR queue = $3)
-     ORDER BY id
+     ORDER BY j.id -- the bigint, not the id::text column of the same name
      LIMIT $4`,
     [filter.state ?? null, filter.task ?? null, filter.queue ?? null, filter.limit],
   );

@@ -11,7 +11,39 @@ export interface Actor {
 }
 
 /** Which failed jobs to retry: explicit ids (failed or cancelled), or every failed job matching a filter. */
-export type RetrySelection = { ids: string[] } | { failed: true; task?: string; since?: Date };
+export type RetrySelection = { ids: string[] } | FailedFilter;
+
+/** Failed jobs by task, error text (case-insensitive substring) and when they failed. */
+export interface FailedFilter {
+  failed: true;
+  task?: string;
+  errorContains?: string;
+  since?: Date;
+  until?: Date;
+}
+
+// Shared by the retry and its dry run (parameters $1-$4 in both), so both select the same jobs.
+const FAILED_MATCH = `j.status = 'failed' AND ($1::text IS NULL OR j.task = $1)
+  AND ($2::timestamptz IS NULL OR j.updated_at >= $2)
+  AND ($3::timestamptz IS NULL OR j.updated_at <= $3)
+  AND ($4::text IS NULL OR strpos(lower(j.last_error ->> 'message'), lower($4)) > 0)`;
+
+function filterParams(filter: FailedFilter | undefined): unknown[] {
+  return [filter?.task ?? null, filter?.since ?? null, filter?.until ?? null, filter?.errorContains ?? null];
+}
+
+/** What a `retry --failed` with this filter would retry, per task (changes nothing). */
+export async function previewRetry(db: Queryable, schema: string, filter: FailedFilter) {
+  const s = quoteSchema(schema);
+  const { rows } = await db.query<{ task: string; count: number }>(
+    `SELECT j.task, count(*)::int AS count FROM ${s}.jobs j
+     WHERE ${FAILED_MATCH}
+       AND NOT EXISTS (SELECT 1 FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
+     GROUP BY j.task ORDER BY j.task`,
+    filterParams(filter),
+  );
+  return rows;
+}
 
 /**
  * Back to `todo`, due now, with a fresh attempt budget (the error history is kept).
@@ -31,25 +63,23 @@ export async function retryJobs(
        UPDATE ${s}.jobs j
        SET status = 'todo', run_at = now(), attempts = 0, worker_id = NULL, started_at = NULL,
            finished_at = NULL, keep_until = NULL, updated_at = now()
-       WHERE CASE WHEN $1::bigint[] IS NOT NULL
-               THEN j.id = ANY ($1::bigint[]) AND j.status IN ('failed', 'cancelled')
-               ELSE j.status = 'failed' AND ($2::text IS NULL OR j.task = $2)
-                    AND ($3::timestamptz IS NULL OR j.updated_at >= $3)
+       WHERE CASE WHEN $5::bigint[] IS NOT NULL
+               THEN j.id = ANY ($5::bigint[]) AND j.status IN ('failed', 'cancelled')
+               ELSE ${FAILED_MATCH}
              END
          AND NOT EXISTS (
            SELECT 1 FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
        RETURNING j.id, j.task, j.queue
      ), audited AS (
        INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
-       SELECT $4, $5, 'jobs.retry', 'job:' || id, jsonb_build_object('task', task) FROM retried
+       SELECT $6, $7, 'jobs.retry', 'job:' || id, jsonb_build_object('task', task) FROM retried
      ), woken AS (
-       SELECT pg_notify($6, queue) FROM (SELECT DISTINCT queue FROM retried) q
+       SELECT pg_notify($8, queue) FROM (SELECT DISTINCT queue FROM retried) q
      )
      SELECT id::text FROM retried, (SELECT count(*) FROM woken) w ORDER BY id`,
     [
+      ...filterParams(byIds ? undefined : selection),
       byIds ? selection.ids : null,
-      byIds ? null : (selection.task ?? null),
-      byIds ? null : (selection.since ?? null),
       by.actor,
       by.host,
       `${schema}_jobs`,

@@ -5,6 +5,7 @@
  */
 import { DateTime, Duration, type DurationLikeObject } from 'luxon';
 import { ValidationError } from '../errors.js';
+import { checkJson } from '../json.js';
 
 /** Milliseconds, a luxon Duration, or an object such as `{ minutes: 5 }`. */
 export type DurationInput = number | Duration | DurationLikeObject;
@@ -106,6 +107,12 @@ export function toDate(value: unknown, what: string): Date {
 /** Job arguments go to a jsonb column: anything JSON can hold. `undefined` becomes `{}`. */
 export function argsToJson(args: unknown, task: string): string {
   if (args === undefined) return '{}';
+  // What JSON.stringify would silently drop (functions, NaN) or PostgreSQL refuse (NUL).
+  try {
+    checkJson(args, 'args');
+  } catch (error) {
+    throw new ValidationError(`arguments for task "${task}" cannot be stored: ${(error as Error).message}`);
+  }
   let json: string | undefined;
   try {
     json = JSON.stringify(args);

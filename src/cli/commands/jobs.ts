@@ -107,22 +107,60 @@ export function registerJobs(program: Command): void {
   jobs
     .command('retry [ids...]')
     .description('put failed (or cancelled) jobs back to todo with a fresh attempt budget')
-    .option('--failed', 'every failed job (narrow with --task and --since)')
+    .option('--failed', 'every failed job (narrow with --task, --error-contains, --since, --until)')
     .option('--task <name>', 'with --failed: only this task')
+    .option('--error-contains <text>', 'with --failed: only jobs whose last error contains this (any case)')
     .option('--since <time>', 'with --failed: only jobs that failed at or after this ISO time')
-    .action((ids: string[], flags: { failed?: boolean; task?: string; since?: string }, command: Command) =>
-      runCommand(command, async ({ app, print }) => {
-        if (ids.length > 0 && flags.failed) throw new ValidationError('give job ids or --failed, not both');
-        if (ids.length === 0 && !flags.failed)
-          throw new ValidationError('give job ids, or --failed to retry every failed job');
-        if (!flags.failed && (flags.task || flags.since))
-          throw new ValidationError('--task and --since go with --failed');
-        const since = flags.since === undefined ? undefined : toDate(flags.since, '--since');
-        const result = await app.jobs.retry(
-          flags.failed ? { failed: true, task: flags.task, since } : { ids },
-        );
-        print(formatAction('retried', result), result);
-      }),
+    .option('--until <time>', 'with --failed: only jobs that failed at or before this ISO time')
+    .option('--dry-run', 'with --failed: print how many of which task would be retried; change nothing')
+    .action(
+      (
+        ids: string[],
+        flags: {
+          failed?: boolean;
+          task?: string;
+          errorContains?: string;
+          since?: string;
+          until?: string;
+          dryRun?: boolean;
+        },
+        command: Command,
+      ) =>
+        runCommand(command, async ({ app, print }) => {
+          if (ids.length > 0 && flags.failed) throw new ValidationError('give job ids or --failed, not both');
+          if (ids.length === 0 && !flags.failed)
+            throw new ValidationError('give job ids, or --failed to retry every failed job');
+          if (
+            !flags.failed &&
+            (flags.task || flags.since || flags.until || flags.errorContains || flags.dryRun)
+          )
+            throw new ValidationError(
+              '--task, --error-contains, --since, --until and --dry-run go with --failed',
+            );
+          if (!flags.failed) {
+            const result = await app.jobs.retry({ ids });
+            print(formatAction('retried', result), result);
+            return;
+          }
+          const selection = {
+            failed: true as const,
+            task: flags.task,
+            errorContains: flags.errorContains,
+            since: flags.since === undefined ? undefined : toDate(flags.since, '--since'),
+            until: flags.until === undefined ? undefined : toDate(flags.until, '--until'),
+          };
+          if (flags.dryRun) {
+            const preview = await app.jobs.previewRetry(selection);
+            const total = preview.reduce((sum, entry) => sum + entry.count, 0);
+            print(
+              `dry run, nothing changed: ${total} failed job(s) would be retried${preview.length ? `: ${preview.map((p) => `${p.task} ${p.count}`).join(', ')}` : ''}`,
+              { dryRun: true, total, byTask: preview },
+            );
+            return;
+          }
+          const result = await app.jobs.retry(selection);
+          print(formatAction('retried', result), result);
+        }),
     );
 
   jobs
