@@ -7,13 +7,12 @@ import { type Migration, migrate } from './db/migrate.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
 import { type RedriveOptions, type RedriveResult, redrive } from './events/redrive.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
-import type { Handler, Task } from './jobs/task.js';
 import { silentLogger } from './log.js';
 import { makeProcessorControl, type ProcessorControl } from './processors/control.js';
 import type { Pipeline, ProcessorOptions } from './processors/definition.js';
 import { makeProcessors } from './processors/processors.js';
-import type { Schedule, ScheduleSpec } from './schedule/definition.js';
-import { makeScheduleRegistry } from './schedule/registry.js';
+import type { Schedule } from './schedule/definition.js';
+import { makeScheduleRegistry, type ScheduleRegistry } from './schedule/registry.js';
 import { runApp } from './worker/runApp.js';
 
 export interface AppOptions {
@@ -50,12 +49,7 @@ export interface App {
    */
   run: JobQueue['run'];
   /** A cron or `every` schedule whose ticks defer `target` with `args` plus `tick`; see README "Schedules". */
-  schedule(
-    name: string,
-    spec: ScheduleSpec,
-    target: Task | Handler,
-    args?: Record<string, unknown>,
-  ): Schedule;
+  schedule: ScheduleRegistry['schedule'];
   /** A batch processor over the event log; see README "Processors". */
   processor(
     name: string,
