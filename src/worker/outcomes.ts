@@ -101,16 +101,29 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     }
   }
 
-  /** Commits the handler's own transaction together with the completion, or fails the job. */
+  /**
+   * Commits the handler's own transaction together with the completion, or fails the job.
+   * If the job is no longer ours (this worker looked dead — a long GC pause, a frozen VM —
+   * and recovery gave the job to another worker), the effects are rolled back: the other
+   * run's effects are the ones that count. Found by ops/chaos/kill.ts (SIGSTOP).
+   */
   async function succeedInTransaction(run: RunningJob, client: pg.PoolClient, durationMs: number) {
     try {
-      await completeJobs(
+      const completed = await completeJobs(
         client,
         schema,
         workerId,
         [{ id: run.job.id, task: run.job.task, durationMs, keepForMs: run.task.keepSucceededForMs }],
         now(),
       );
+      if (completed === 0) {
+        await discardTransaction(client);
+        log.warn(
+          { jobId: run.job.id, task: run.job.task, attempt: run.job.attempts },
+          'job was recovered away from this worker (it looked dead) while running: its transaction is rolled back',
+        );
+        return;
+      }
       await client.query('COMMIT');
       client.release();
     } catch (error) {

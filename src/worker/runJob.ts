@@ -104,6 +104,8 @@ class Context implements JobContext {
 /** One claimed job being run. `outcome` settles once, and never rejects. */
 export class RunningJob {
   shuttingDown = false;
+  /** Its outcome has been handed to the outcome writer (or it was released at shutdown). */
+  settled = false;
   readonly outcome: Promise<Outcome>;
   private client: pg.PoolClient | undefined;
   private opening: Promise<pg.PoolClient> | undefined;

@@ -145,8 +145,12 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   }
 
   function finish(run: RunningJob, outcome: Outcome): void {
-    if (running.get(run.job.id) !== run) return; // already released at shutdown
-    running.delete(run.job.id);
+    if (run.settled) return; // already released at shutdown
+    run.settled = true;
+    // A job recovered away from us (we looked dead) may have been claimed by us again:
+    // the map then holds the newer run, and this older one must still be settled, or its
+    // transaction stays open for good (found by ops/chaos/kill.ts).
+    if (running.get(run.job.id) === run) running.delete(run.job.id);
     const { job, task } = run;
     if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
@@ -240,7 +244,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     await new Promise((resolve) => setImmediate(resolve)); // let settled outcomes reach finish()
     const unfinished = [...running.values()];
     running.clear();
-    for (const run of unfinished) outcomes.release(run);
+    for (const run of unfinished) {
+      run.settled = true;
+      outcomes.release(run);
+    }
     const written = await outcomes.close();
     log.info(
       {
