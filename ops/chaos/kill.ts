@@ -1,6 +1,6 @@
 /**
  * Kill test: CHAOS_JOBS jobs (half chaos-tx, half chaos-plain), CHAOS_WORKERS worker
- * processes, and every 1-3 s a random worker disturbed: SIGKILLed and restarted, or
+ * processes, and every 2-5 s a random (started) worker disturbed: SIGKILLed and restarted, or
  * (every CHAOS_PAUSE_EVERY-th time) SIGSTOPped past its stall timeout and resumed — a
  * GC pause or frozen VM, which lets recovery hand its jobs to others while it still
  * runs them. Then every job must have its effect, nothing may stay `doing`, and a job
@@ -18,6 +18,7 @@ import {
   sleep,
   spawnWorker,
   stopAll,
+  stopOnSignal,
   waitFor,
 } from './support.js';
 import { countJobs, createDeferredTable, deferJobs, jobsLeft } from './verify.js';
@@ -27,8 +28,8 @@ const WORKERS = envInt('CHAOS_WORKERS', 4);
 const CONCURRENCY = envInt('CHAOS_CONCURRENCY', 10);
 const STALL_MS = envInt('CHAOS_STALL_MS', 2_000);
 const JOB_MS = envInt('CHAOS_JOB_MS', 50);
-const EVERY_MIN_MS = envInt('CHAOS_KILL_MIN_MS', 1_000);
-const EVERY_MAX_MS = envInt('CHAOS_KILL_MAX_MS', 3_000);
+const EVERY_MIN_MS = envInt('CHAOS_KILL_MIN_MS', 2_000);
+const EVERY_MAX_MS = envInt('CHAOS_KILL_MAX_MS', 5_000);
 const PAUSE_EVERY = envInt('CHAOS_PAUSE_EVERY', 4); // 0: kills only
 const TIMEOUT_MS = envInt('CHAOS_TIMEOUT_S', 600) * 1_000;
 
@@ -36,6 +37,7 @@ const { schema, pool, drop } = await setupSchemas('kill');
 const checks = makeChecks('chaos:kill');
 const started = Date.now();
 const everyone: Proc[] = [];
+stopOnSignal(() => everyone);
 console.log(
   `kill test: ${JOBS} jobs, ${WORKERS} workers x concurrency ${CONCURRENCY}, stall timeout ${STALL_MS} ms, schema ${schema}`,
 );
@@ -67,8 +69,17 @@ try {
     return rows[0].n as number;
   };
 
+  // Only a worker that has started (registered) is disturbed: killing one still loading
+  // its modules tests nothing, and on a loaded machine would starve the run.
   const disturb = async () => {
-    const slot = Math.floor(Math.random() * slots.length);
+    const { rows: live } = await pool.query(`SELECT pid FROM "${schema}".workers WHERE pid = ANY ($1)`, [
+      slots.map((proc) => proc.child.pid),
+    ]);
+    const candidates = slots.flatMap((proc, i) =>
+      live.some((row) => row.pid === proc.child.pid) ? [i] : [],
+    );
+    if (candidates.length === 0) return;
+    const slot = candidates[Math.floor(Math.random() * candidates.length)]!;
     const victim = slots[slot]!;
     const pid = victim.child.pid!;
     const pause = PAUSE_EVERY > 0 && (kills + pauses + 1) % PAUSE_EVERY === 0;
@@ -171,26 +182,43 @@ try {
     c.duplicates.plain <= c.jobsRunMoreThanOnce,
     `${c.duplicates.plain} duplicated (at-least-once), ${c.jobsRunMoreThanOnce} jobs re-run`,
   );
-  const after = (how: string) => c.rerunsAfter[how] ?? 0;
+  const after = (match: (fate: string, mode: string) => boolean) =>
+    Object.entries(c.rerunsAfter)
+      .filter(([key]) => match(key.split('/')[0]!, key.split('/')[1]!))
+      .reduce((sum, [, n]) => sum + n, 0);
   checks.check(
     'every re-run follows a run on a killed, paused or stalled worker',
     c.unexplainedReruns === 0,
-    `${c.unexplainedReruns} unexplained; earlier runs by fate: ${JSON.stringify(c.rerunsAfter)}`,
+    `${c.unexplainedReruns} unexplained; earlier runs by fate/mode: ${JSON.stringify(c.rerunsAfter)}`,
   );
+  // In the job's transaction only a handler in flight can run again: at most concurrency per kill.
+  const txAfterKills = after((fate, mode) => fate === 'killed' && mode === 'tx');
+  // A worker that stalled falsely and was killed later has both fates on one pid, so the
+  // bound only holds cleanly on a run without false stalls; otherwise it is reported.
+  if (falseStallJobs === 0) {
+    checks.check(
+      'chaos-tx re-runs after kills within kills x concurrency',
+      txAfterKills <= kills * CONCURRENCY,
+      `${txAfterKills} <= ${kills} x ${CONCURRENCY}`,
+    );
+  } else {
+    console.log(
+      `note chaos-tx re-runs after kills: ${txAfterKills} (kills x concurrency = ${kills * CONCURRENCY}); not checked: ${falseStallJobs} jobs were recovered from live workers (false stalls), which may later have been killed too`,
+    );
+  }
+  // Otherwise also a job whose handler finished but whose (batched) completion was not yet
+  // written, or (paused) one claimed ahead: never more than the victims held.
+  const afterDisturbances = after((fate) => fate !== 'stalled' && fate !== 'undisturbed');
   checks.check(
-    're-runs after kills within kills x concurrency',
-    after('killed') <= kills * CONCURRENCY,
-    `${after('killed')} <= ${kills} x ${CONCURRENCY}`,
+    're-runs after kills and pauses within the jobs the victims held',
+    afterDisturbances <= inHand.killed + inHand.paused,
+    `${afterDisturbances} <= ${inHand.killed} + ${inHand.paused}`,
   );
-  checks.check(
-    're-runs after pauses within the jobs the paused workers held',
-    after('paused') <= inHand.paused,
-    `${after('paused')} <= ${inHand.paused}`,
-  );
+  const afterStalls = after((fate) => fate === 'stalled');
   checks.check(
     're-runs after false stalls within the jobs recovered from them',
-    after('stalled') <= falseStallJobs,
-    `${after('stalled')} <= ${falseStallJobs}`,
+    afterStalls <= falseStallJobs,
+    `${afterStalls} <= ${falseStallJobs}`,
   );
   checks.check('no worker crashed by itself', unexpectedExits.length === 0, unexpectedExits.join('\n'));
 } catch (error) {

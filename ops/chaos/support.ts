@@ -233,6 +233,7 @@ export async function stopAll(procs: Proc[], graceMs = 15_000): Promise<void> {
   await Promise.all(
     procs.map(async (proc) => {
       if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
+      proc.child.kill('SIGCONT'); // a paused process would not act on SIGTERM
       proc.child.kill('SIGTERM');
       const timer = setTimeout(() => proc.child.kill('SIGKILL'), graceMs);
       await proc.exited;
@@ -263,4 +264,18 @@ export function recoveryLog(procs: Proc[]) {
     }
   }
   return { recoveredFrom, rolledBackAway };
+}
+
+/** Ctrl-C or SIGTERM on a scenario: take its processes down with it instead of orphaning them. */
+export function stopOnSignal(procs: () => Proc[]): void {
+  const stop = (signal: NodeJS.Signals) => {
+    for (const proc of procs()) {
+      proc.child.kill('SIGCONT');
+      proc.child.kill('SIGKILL');
+    }
+    console.error(`${signal}: stopped; the scenario's schemas are left behind (names above)`);
+    process.exit(130);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
 }

@@ -63,7 +63,7 @@ export interface JobCounts {
   /** Re-runs where an earlier run was on a process that was neither disturbed nor seen stalled. */
   unexplainedReruns: number;
   jobsWithAttemptsAbove1: number;
-  /** Earlier runs of re-run jobs, by what happened to their process: killed, paused, stalled (false stall), undisturbed. */
+  /** Earlier runs of re-run jobs by `fate/mode`: what happened to their process (killed, paused, stalled, killed+paused, undisturbed) and the task's mode (tx, plain). */
   rerunsAfter: Record<string, number>;
   duplicates: { tx: number; plain: number };
   failedErrors: string[];
@@ -91,8 +91,10 @@ export async function countJobs(pool: pg.Pool, schema: string): Promise<JobCount
         WHERE NOT EXISTS (SELECT 1 FROM ${s}.disturbed k WHERE k.pid = e.pid))::int AS "unexplainedReruns",
       (SELECT count(*) FROM runs WHERE max_attempt > 1)::int AS "jobsWithAttemptsAbove1",
       (SELECT coalesce(jsonb_object_agg(how, n), '{}') FROM (
-         SELECT coalesce(k.how, 'undisturbed') AS how, count(*)::int AS n FROM earlier e
-         LEFT JOIN (SELECT DISTINCT ON (pid) pid, how FROM ${s}.disturbed ORDER BY pid, at) k ON k.pid = e.pid
+         SELECT coalesce(k.how, 'undisturbed') || '/' || d.mode AS how, count(*)::int AS n FROM earlier e
+         JOIN ${s}.deferred d ON d.job_id = e.job_id
+         LEFT JOIN (SELECT pid, string_agg(DISTINCT how, '+' ORDER BY how) AS how FROM ${s}.disturbed GROUP BY pid) k
+           ON k.pid = e.pid
          GROUP BY 1) x) AS "rerunsAfter",
       (SELECT count(*) FROM res WHERE mode = 'tx' AND n > 1)::int AS "dupTx",
       (SELECT count(*) FROM res WHERE mode = 'plain' AND n > 1)::int AS "dupPlain",
