@@ -20,10 +20,12 @@ export interface OutcomeWriterDeps {
   log: Logger;
   workerId: string;
   now: () => Date | null;
+  /** The task's retry decision for a failed attempt: wait in ms, or null for the dead letter. */
+  retryIn: (run: RunningJob, error: unknown) => number | null;
 }
 
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
-  const { pool, schema, log, workerId, now } = deps;
+  const { pool, schema, log, workerId, now, retryIn } = deps;
   const completions: Completion[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
   const releases: string[] = [];
@@ -127,8 +129,11 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       await client.query('COMMIT');
       client.release();
     } catch (error) {
+      // The COMMIT (or the completion inside it) failed, e.g. the connection died in a
+      // server restart: a failed attempt like any other, retried per the task's policy,
+      // not straight to the dead letter (found by ops/chaos/restart.ts).
       await discardTransaction(client);
-      fail(run.job, error, null);
+      fail(run.job, error, retryIn(run, error));
     }
   }
 

@@ -67,7 +67,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const buffer: ClaimedJob[] = [];
   const runDeps = { schema, pool, log, now: () => clock.now(), tasks };
   const running = new Map<string, RunningJob>();
-  const outcomes = makeOutcomeWriter({ pool, schema, log, workerId: id, now: dbNow });
+  const outcomes = makeOutcomeWriter({ pool, schema, log, workerId: id, now: dbNow, retryIn });
   const stopClaiming$ = new Subject<void>();
   const stopped$ = new Subject<void>();
   let stopping = false;
@@ -151,18 +151,23 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     // the map then holds the newer run, and this older one must still be settled, or its
     // transaction stays open for good (found by ops/chaos/kill.ts).
     if (running.get(run.job.id) === run) running.delete(run.job.id);
-    const { job, task } = run;
+    const { job } = run;
     if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
       outcomes.succeed(run, outcome.durationMs);
     } else if (outcome.kind === 'failed') {
-      const retryable = job.attempts < job.max_attempts && safeRetryOn(task, outcome.error);
-      const retryIn = retryable ? backoffDelay(task.backoff, job.attempts) : null;
-      outcomes.fail(job, outcome.error, retryIn, run.transaction());
+      outcomes.fail(job, outcome.error, retryIn(run, outcome.error), run.transaction());
     } else {
       outcomes.release(run);
     }
     if (!stopping) pump();
+  }
+
+  /** The wait before the next attempt after `error`, or null for the dead letter (budget spent, or retryOn said no). */
+  function retryIn(run: RunningJob, error: unknown): number | null {
+    const { job, task } = run;
+    const retryable = job.attempts < job.max_attempts && safeRetryOn(task, error);
+    return retryable ? backoffDelay(task.backoff, job.attempts) : null;
   }
 
   function safeRetryOn(task: ResolvedTask, error: unknown): boolean {

@@ -230,4 +230,43 @@ describe('outcomes', () => {
     assert.deepEqual(effects.rows, [{ attempt: 2 }]);
     await app.close();
   });
+
+  it('a ctx.tx job whose COMMIT loses its connection is retried, not dead-lettered', async () => {
+    // Found by ops/chaos/restart.ts: jobs committing during a server restart went straight
+    // to the dead letter ("terminating connection due to administrator command").
+    await t.pool.query(`CREATE TABLE "${t.schema}".commit_effects (job_id bigint, attempt int)`);
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    app.task(
+      'commit-lost',
+      { transaction: true, queue: 'commit', retry: { attempts: 3, backoff: { initial: 0, jitter: 0 } } },
+      async (_args, ctx) => {
+        await ctx.tx!.query(`INSERT INTO "${t.schema}".commit_effects VALUES ($1, $2)`, [
+          ctx.job.id,
+          ctx.job.attempt,
+        ]);
+        if (ctx.job.attempt > 1) return;
+        // The handler succeeds, but its connection dies before the completion and COMMIT.
+        const { rows } = await ctx.tx!.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+        await t.pool.query('SELECT pg_terminate_backend($1)', [rows[0]!.pid]);
+        await waitFor('the backend to be gone', async () => {
+          const gone = await t.pool.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [rows[0]!.pid]);
+          return gone.rows.length === 0;
+        });
+      },
+    );
+    const deferred = await app.defer('commit-lost', {});
+    assert.ok(deferred.enqueued);
+    await withWorker(
+      app,
+      async () => {
+        await waitFor('the job to complete', async () => (await job(deferred.id)) === undefined);
+      },
+      { queues: ['commit'] },
+    );
+    const effects = await t.pool.query(`SELECT attempt FROM "${t.schema}".commit_effects WHERE job_id = $1`, [
+      deferred.id,
+    ]);
+    assert.deepEqual(effects.rows, [{ attempt: 2 }]);
+    await app.close();
+  });
 });
