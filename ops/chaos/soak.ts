@@ -138,9 +138,9 @@ try {
   const { rows: digestRows } = await pool.query(`SELECT count(*)::int AS n FROM "${shop}".digests`);
 
   console.log(`\n${events.stored} events and ${jobs.deferred} jobs in ${seconds} s`);
-  console.log('RSS MiB (start / peak / end):');
+  console.log('RSS MiB (at spawn / after 30 s / peak / end):');
   for (const [name, r] of rssSeen)
-    console.log(`  ${name}: ${r.start} / ${r.peak} / ${r.last} (${r.samples} samples)`);
+    console.log(`  ${name}: ${r.start} / ${r.warm ?? '-'} / ${r.peak} / ${r.last} (${r.samples} samples)`);
   console.log('Tables (live / dead tuples, autovacuum runs, last autovacuum):');
   for (const [label, rows] of [
     ['start', bloat.start],
@@ -220,19 +220,25 @@ try {
     exits.every((code) => code === 0),
     `exit codes ${exits.join(', ')}`,
   );
-  const grew = [...rssSeen].filter(([, r]) => r.peak - r.start > RSS_GROWTH_MIB);
+  const grew = [...rssSeen].filter(([, r]) => r.peak - (r.warm ?? r.start) > RSS_GROWTH_MIB);
   checks.check(
-    `no process grew more than ${RSS_GROWTH_MIB} MiB`,
+    `no process grew more than ${RSS_GROWTH_MIB} MiB after its first 30 s`,
     grew.length === 0,
-    grew.map(([name, r]) => `${name} ${r.start} -> ${r.peak}`).join(', '),
+    grew.map(([name, r]) => `${name} ${r.warm ?? r.start} -> ${r.peak}`).join(', '),
   );
   const jobsEnd = bloatEnd.find((t) => t.table === 'jobs');
   const jobsStart = bloat.start.find((t) => t.table === 'jobs');
-  checks.check(
-    'autovacuum kept up with the jobs table',
-    (jobsEnd?.autovacuums ?? 0) > (jobsStart?.autovacuums ?? 0),
-    `autovacuum ran ${(jobsEnd?.autovacuums ?? 0) - (jobsStart?.autovacuums ?? 0)} times; dead at end ${jobsEnd?.dead}`,
-  );
+  const { rows: autovacuum } = await pool.query(`SELECT current_setting('autovacuum') AS setting`);
+  if (autovacuum[0].setting !== 'on') {
+    console.log(
+      `note autovacuum is ${autovacuum[0].setting} on this server: dead tuples in jobs peaked at ${bloat.peak.get('jobs')?.dead}, ${jobsEnd?.dead} at the end (reclaimed by page pruning only); not checked`,
+    );
+  } else
+    checks.check(
+      'autovacuum kept up with the jobs table',
+      (jobsEnd?.autovacuums ?? 0) > (jobsStart?.autovacuums ?? 0),
+      `autovacuum ran ${(jobsEnd?.autovacuums ?? 0) - (jobsStart?.autovacuums ?? 0)} times; dead at end ${jobsEnd?.dead}`,
+    );
   console.log(`\nsoak took ${seconds} s`);
 } catch (error) {
   checks.check('scenario ran to the end', false, String(error));

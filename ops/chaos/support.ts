@@ -165,20 +165,29 @@ export function rssMiB(pid: number | undefined): number | undefined {
   }
 }
 
-/** Start, peak and last RSS per named process, sampled on a timer. */
-export function sampleRss(procs: () => Proc[], everyMs = 1_000) {
-  const seen = new Map<string, { start: number; peak: number; last: number; samples: number }>();
+/**
+ * Start, warm, peak and last RSS per named process, sampled on a timer. `start` is taken at
+ * spawn (before the modules load), so `warm` (the first sample after `warmMs`) is the
+ * baseline that growth is measured from.
+ */
+export function sampleRss(procs: () => Proc[], everyMs = 1_000, warmMs = 30_000) {
+  const seen = new Map<
+    string,
+    { start: number; warm?: number; peak: number; last: number; samples: number; since: number }
+  >();
   const sample = () => {
     for (const proc of procs()) {
       const rss = rssMiB(proc.child.pid);
       if (rss === undefined) continue;
       const entry = seen.get(proc.name);
-      if (!entry) seen.set(proc.name, { start: rss, peak: rss, last: rss, samples: 1 });
-      else {
-        entry.peak = Math.max(entry.peak, rss);
-        entry.last = rss;
-        entry.samples += 1;
+      if (!entry) {
+        seen.set(proc.name, { start: rss, peak: rss, last: rss, samples: 1, since: Date.now() });
+        continue;
       }
+      if (entry.warm === undefined && Date.now() - entry.since >= warmMs) entry.warm = rss;
+      entry.peak = Math.max(entry.peak, rss);
+      entry.last = rss;
+      entry.samples += 1;
     }
   };
   const timer = setInterval(sample, everyMs);
