@@ -149,7 +149,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     run.settled = true;
     // A job recovered away from us (we looked dead) may have been claimed by us again:
     // the map then holds the newer run, and this older one must still be settled, or its
-    // transaction stays open for good (found by ops/chaos/kill.ts).
+    // transaction stays open for good (found with the SIGSTOP case of ops/chaos/kill.ts).
     if (running.get(run.job.id) === run) running.delete(run.job.id);
     const { job } = run;
     if (outcome.kind === 'succeeded') {
