@@ -20,10 +20,12 @@ export interface OutcomeWriterDeps {
   log: Logger;
   workerId: string;
   now: () => Date | null;
+  /** The task's retry decision for a failed attempt: wait in ms, or null for the dead letter. */
+  retryIn: (run: RunningJob, error: unknown) => number | null;
 }
 
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
-  const { pool, schema, log, workerId, now } = deps;
+  const { pool, schema, log, workerId, now, retryIn } = deps;
   const completions: Completion[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
   const releases: string[] = [];
@@ -103,21 +105,37 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     }
   }
 
-  /** Commits the handler's own transaction together with the completion, or fails the job. */
+  /**
+   * Commits the handler's own transaction together with the completion, or fails the job.
+   * If the job is no longer ours (this worker looked dead — a long GC pause, a frozen VM —
+   * and recovery gave the job to another worker), the effects are rolled back: the other
+   * run's effects are the ones that count. Found by ops/chaos/kill.ts (SIGSTOP).
+   */
   async function succeedInTransaction(run: RunningJob, client: pg.PoolClient, durationMs: number) {
     try {
-      await completeJobs(
+      const completed = await completeJobs(
         client,
         schema,
         workerId,
         [{ id: run.job.id, task: run.job.task, durationMs, keepForMs: run.task.keepSucceededForMs }],
         now(),
       );
+      if (completed === 0) {
+        await discardTransaction(client);
+        log.warn(
+          { jobId: run.job.id, task: run.job.task, attempt: run.job.attempts },
+          'job was recovered away from this worker (it looked dead) while running: its transaction is rolled back',
+        );
+        return;
+      }
       await client.query('COMMIT');
       client.release();
     } catch (error) {
+      // The COMMIT (or the completion inside it) failed, e.g. the connection died in a
+      // server restart: a failed attempt like any other, retried per the task's policy,
+      // not straight to the dead letter (found by ops/chaos/restart.ts).
       await discardTransaction(client);
-      fail(run.job, error, null);
+      fail(run.job, error, retryIn(run, error));
     }
   }
 

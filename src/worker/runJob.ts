@@ -104,6 +104,8 @@ class Context implements JobContext {
 /** One claimed job being run. `outcome` settles once, and never rejects. */
 export class RunningJob {
   shuttingDown = false;
+  /** Its outcome has been handed to the outcome writer (or it was released at shutdown). */
+  settled = false;
   readonly outcome: Promise<Outcome>;
   private client: pg.PoolClient | undefined;
   private opening: Promise<pg.PoolClient> | undefined;
@@ -111,7 +113,8 @@ export class RunningJob {
   // AbortController per job was a measurable share of a no-op job's cost.
   private controller: AbortController | undefined;
   private aborted = false;
-  private settled = false;
+  /** The transaction was handed over: one that finishes opening later is discarded. */
+  private transactionTaken = false;
   private abortReason: unknown;
   private log: Logger | undefined;
   private readonly ctx: Context;
@@ -183,7 +186,7 @@ export class RunningJob {
    * discarded as soon as it opens, so no connection is left in a transaction.
    */
   takeTransaction(): pg.PoolClient | undefined {
-    this.settled = true;
+    this.transactionTaken = true;
     const client = this.client;
     this.client = undefined;
     return client;
@@ -198,7 +201,7 @@ export class RunningJob {
         connection.release(error as Error);
         throw error;
       }
-      if (this.settled) {
+      if (this.transactionTaken) {
         await discardTransaction(connection);
         throw new Error('the job already ended (timed out or shut down); its transaction was discarded');
       }

@@ -67,7 +67,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const buffer: ClaimedJob[] = [];
   const runDeps = { schema, pool, log, now: () => clock.now(), tasks };
   const running = new Map<string, RunningJob>();
-  const outcomes = makeOutcomeWriter({ pool, schema, log, workerId: id, now: dbNow });
+  const outcomes = makeOutcomeWriter({ pool, schema, log, workerId: id, now: dbNow, retryIn });
   const stopClaiming$ = new Subject<void>();
   const stopped$ = new Subject<void>();
   let stopping = false;
@@ -158,18 +158,25 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   }
 
   function finish(run: RunningJob, outcome: Outcome): void {
-    if (running.get(run.job.id) !== run) return; // already released at shutdown
-    running.delete(run.job.id);
-    const { job, task } = run;
+    if (run.settled) return; // already released at shutdown
+    run.settled = true;
+    // A job recovered away from us (we looked dead) may have been claimed by us again:
+    // the map then holds the newer run, and this older one must still be settled, or its
+    // transaction stays open for good (found with the SIGSTOP case of ops/chaos/kill.ts).
+    if (running.get(run.job.id) === run) running.delete(run.job.id);
+    const { job } = run;
     if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
       outcomes.succeed(run, outcome.durationMs);
       observe({ task: job.task, outcome: 'succeeded', durationMs: outcome.durationMs });
     } else if (outcome.kind === 'failed') {
-      const retryable = job.attempts < job.max_attempts && safeRetryOn(task, outcome.error);
-      const retryIn = retryable ? backoffDelay(task.backoff, job.attempts) : null;
-      outcomes.fail(job, outcome.error, retryIn, run.takeTransaction());
-      observe({ task: job.task, outcome: retryable ? 'retried' : 'failed', durationMs: outcome.durationMs });
+      const wait = retryIn(run, outcome.error);
+      outcomes.fail(job, outcome.error, wait, run.takeTransaction());
+      observe({
+        task: job.task,
+        outcome: wait === null ? 'failed' : 'retried',
+        durationMs: outcome.durationMs,
+      });
     } else {
       outcomes.release(run);
     }
@@ -183,6 +190,13 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     } catch (error) {
       log.warn({ err: error }, 'onJobFinished threw');
     }
+  }
+
+  /** The wait before the next attempt after `error`, or null for the dead letter (budget spent, or retryOn said no). */
+  function retryIn(run: RunningJob, error: unknown): number | null {
+    const { job, task } = run;
+    const retryable = job.attempts < job.max_attempts && safeRetryOn(task, error);
+    return retryable ? backoffDelay(task.backoff, job.attempts) : null;
   }
 
   function safeRetryOn(task: ResolvedTask, error: unknown): boolean {
@@ -264,7 +278,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     await new Promise((resolve) => setImmediate(resolve)); // let settled outcomes reach finish()
     const unfinished = [...running.values()];
     running.clear();
-    for (const run of unfinished) outcomes.release(run);
+    for (const run of unfinished) {
+      run.settled = true;
+      outcomes.release(run);
+    }
     const written = await outcomes.close();
     log.info(
       {

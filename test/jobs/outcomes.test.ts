@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import pino from 'pino';
 import { type App, createApp } from '../../src/app.js';
+import { recoverStalledJobs } from '../../src/jobs/recover.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
 
@@ -167,6 +169,104 @@ describe('outcomes', () => {
       [deferred.id],
     );
     assert.equal(followUps.rows.length, 1);
+    await app.close();
+  });
+
+  it('ctx.tx of a job recovered away from a paused worker is rolled back, not committed beside the re-run', async () => {
+    // Found by ops/chaos/kill.ts: a worker SIGSTOPped past its stall timeout, then resumed,
+    // committed its handler's transaction although another worker had re-run the job.
+    await t.pool.query(`CREATE TABLE "${t.schema}".paused_effects (job_id bigint, attempt int)`);
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => lines.push(line) });
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema, logger });
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let firstStarted = false;
+    app.task('paused', { transaction: true, queue: 'paused' }, async (_args, ctx) => {
+      await ctx.tx!.query(`INSERT INTO "${t.schema}".paused_effects VALUES ($1, $2)`, [
+        ctx.job.id,
+        ctx.job.attempt,
+      ]);
+      if (ctx.job.attempt === 1) {
+        firstStarted = true;
+        await gate; // "paused": another worker's recovery takes the job meanwhile
+      }
+    });
+    const deferred = await app.defer('paused', {});
+    assert.ok(deferred.enqueued);
+    await withWorker(
+      app,
+      async () => {
+        await waitFor('the first attempt to start', async () => firstStarted);
+        // Recovery as another worker runs it once this one has been silent too long
+        // (made silent inside the transaction, so a heartbeat cannot slip in between).
+        const client = await t.pool.connect();
+        let recovered: Awaited<ReturnType<typeof recoverStalledJobs>>;
+        try {
+          await client.query('BEGIN');
+          await client.query(`UPDATE "${t.schema}".workers SET last_seen_at = now() - interval '2 hours'`);
+          recovered = await recoverStalledJobs(client, t.schema, null);
+          await client.query('COMMIT');
+        } finally {
+          client.release();
+        }
+        assert.deepEqual(
+          recovered.map((r) => [r.id, r.reason]),
+          [[deferred.id, 'retry']],
+        );
+        await waitFor('the re-run to complete', async () => (await job(deferred.id)) === undefined);
+        release();
+        await waitFor('the paused attempt to give up its transaction', async () =>
+          lines.some((line) => line.includes('recovered away from this worker')),
+        );
+      },
+      { queues: ['paused'] },
+    );
+    const effects = await t.pool.query(`SELECT attempt FROM "${t.schema}".paused_effects WHERE job_id = $1`, [
+      deferred.id,
+    ]);
+    assert.deepEqual(effects.rows, [{ attempt: 2 }]);
+    await app.close();
+  });
+
+  it('a ctx.tx job whose COMMIT loses its connection is retried, not dead-lettered', async () => {
+    // Found by ops/chaos/restart.ts: jobs committing during a server restart went straight
+    // to the dead letter ("terminating connection due to administrator command").
+    await t.pool.query(`CREATE TABLE "${t.schema}".commit_effects (job_id bigint, attempt int)`);
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    app.task(
+      'commit-lost',
+      { transaction: true, queue: 'commit', retry: { attempts: 3, backoff: { initial: 0, jitter: 0 } } },
+      async (_args, ctx) => {
+        await ctx.tx!.query(`INSERT INTO "${t.schema}".commit_effects VALUES ($1, $2)`, [
+          ctx.job.id,
+          ctx.job.attempt,
+        ]);
+        if (ctx.job.attempt > 1) return;
+        // The handler succeeds, but its connection dies before the completion and COMMIT.
+        const { rows } = await ctx.tx!.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+        await t.pool.query('SELECT pg_terminate_backend($1)', [rows[0]!.pid]);
+        await waitFor('the backend to be gone', async () => {
+          const gone = await t.pool.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [rows[0]!.pid]);
+          return gone.rows.length === 0;
+        });
+      },
+    );
+    const deferred = await app.defer('commit-lost', {});
+    assert.ok(deferred.enqueued);
+    await withWorker(
+      app,
+      async () => {
+        await waitFor('the job to complete', async () => (await job(deferred.id)) === undefined);
+      },
+      { queues: ['commit'] },
+    );
+    const effects = await t.pool.query(`SELECT attempt FROM "${t.schema}".commit_effects WHERE job_id = $1`, [
+      deferred.id,
+    ]);
+    assert.deepEqual(effects.rows, [{ attempt: 2 }]);
     await app.close();
   });
 });
