@@ -81,15 +81,16 @@ export async function seedDashboard(
     "now() + interval '6 hours'",
   );
 
-  // An hour of outcomes per minute, with a burst of failures twenty minutes ago.
+  // An hour of outcomes per minute, with a burst of failures twenty minutes ago, and two
+  // minutes more at each end: the hour the API reads may start a minute or two later.
   await pool.query(
     `INSERT INTO ${s}.task_stats (task, minute, succeeded, retried, failed, duration_ms_sum, duration_ms_max)
      SELECT t.task, date_trunc('minute', now()) - m * interval '1 minute',
-            (t.base + 40 * sin(m / 6.0) + (m * 7 % 13))::int,
-            CASE WHEN m BETWEEN 18 AND 23 THEN 25 + m % 5 ELSE m % 4 END,
-            CASE WHEN m BETWEEN 19 AND 21 THEN 6 WHEN m % 17 = 0 THEN 1 ELSE 0 END,
+            (t.base + 40 * sin(a / 6.0) + (a * 7 % 13))::int,
+            CASE WHEN a BETWEEN 18 AND 23 THEN 25 + a % 5 ELSE a % 4 END,
+            CASE WHEN a BETWEEN 19 AND 21 THEN 6 WHEN a % 17 = 0 THEN 1 ELSE 0 END,
             t.base * 38.5, 410
-     FROM generate_series(0, 59) AS m, (VALUES ('send-email', 140), ('resize-image', 60)) AS t(task, base)`,
+     FROM generate_series(-2, 61) AS m, abs(m) AS a, (VALUES ('send-email', 140), ('resize-image', 60)) AS t(task, base)`,
   );
 
   // Schedules: one on time, one whose tick is 9 minutes overdue.
