@@ -25,6 +25,7 @@ import {
   spawnAppender,
   spawnWorker,
   stopAll,
+  stopOnSignal,
   waitFor,
 } from './support.js';
 import {
@@ -56,6 +57,7 @@ process.env.DATABASE_URL = url.toString();
 
 const checks = makeChecks('chaos:restart');
 const procs: Proc[] = [];
+stopOnSignal(() => procs);
 const serverUp = () =>
   waitFor(
     'the server to accept connections',

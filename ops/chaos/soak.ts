@@ -23,6 +23,7 @@ import {
   spawnAppender,
   spawnWorker,
   stopAll,
+  stopOnSignal,
   type TableStats,
   tableStats,
   waitFor,
@@ -49,6 +50,7 @@ const { schema, shop, pool, drop } = await setupSchemas('soak');
 const exportDir = mkdtempSync(path.join(os.tmpdir(), 'chaos-export-'));
 const checks = makeChecks('chaos:soak');
 const procs: Proc[] = [];
+stopOnSignal(() => procs);
 const started = Date.now();
 const elapsed = () => `${Math.round((Date.now() - started) / 1000)} s`;
 console.log(
