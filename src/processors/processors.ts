@@ -25,6 +25,9 @@ import { processorLock, processorTask } from './names.js';
 import { runProcessor } from './run.js';
 import { ensureProcessor, runnableVersions } from './store.js';
 
+/** Processor runs jump ahead of ordinary jobs (default priority 0). */
+const PROCESSOR_PRIORITY = 1_000;
+
 /** How often onAppend processors are also triggered without a NOTIFY (a missed one, a restart). */
 const SAFETY_POLL_MS = 30_000;
 
@@ -70,6 +73,9 @@ export function makeProcessors(deps: ProcessorDeps) {
       processorTask(def.name),
       {
         queue: def.queue,
+        // Runs are short and everything downstream waits on them: claim them before a job
+        // backlog (workers claim by priority, then due time).
+        priority: PROCESSOR_PRIORITY,
         // The poison budget is counted per event on the processor row; the job only spaces the runs.
         retry: {
           attempts: 1_000,
