@@ -46,6 +46,8 @@ BEGIN
   EXECUTE format('GRANT SELECT, INSERT, UPDATE ON %I.streams TO %I', s, appender);
   EXECUTE format('GRANT SELECT, INSERT ON %I.jobs TO %I', s, appender);
   EXECUTE format('GRANT SELECT ON %I.tasks TO %I', s, appender);
+  -- The insert trigger wakes workers only when one is idle: it reads the workers table.
+  EXECUTE format('GRANT SELECT ON %I.workers TO %I', s, appender);
   EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %I TO %I', s, appender);
 
   -- Worker: everything that runs, nothing that reshapes the schema. It never deletes or
