@@ -54,7 +54,9 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     const where = db.embedded ? `embedded PostgreSQL on 127.0.0.1:${db.embedded.port}` : 'your PostgreSQL';
     let appended = 0;
     const startedAt = Date.now();
-    const worker = app.run({ concurrency: 8, signal: stop.signal });
+    const worker = new AbortController();
+    options.signal.addEventListener('abort', () => worker.abort(), { once: true });
+    const running = app.run({ concurrency: 8, signal: worker.signal });
     const simulator = simulateShop(app, {
       signal: stop.signal,
       rate: options.rate,
@@ -102,7 +104,17 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       if (!stop.signal.aborted) render(await snapshot());
     }
     await simulator;
-    await worker;
+    if (!options.signal.aborted) {
+      // A timed run (--duration) lets the processors finish what was appended, so its summary
+      // is complete; Ctrl-C stops at once (the next start continues from the checkpoints).
+      for (let waited = 0; waited < 60_000 && !options.signal.aborted; waited += 250) {
+        const processors = await app.processors.status().catch(() => []);
+        if (processors.length > 0 && processors.every((p) => p.lagEvents === 0)) break;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    }
+    worker.abort();
+    await running;
     const summary = await snapshot();
     render(summary);
     return summary;

@@ -16,7 +16,7 @@ export function makeReadPool(app: App, log: Logger) {
         const pool = new pg.Pool({
           connectionString: db.url,
           max: 4,
-          connectionTimeoutMillis: 5_000,
+          connectionTimeoutMillis: 30_000,
           idleTimeoutMillis: 30_000,
           application_name: 'outbatch-dashboard',
           options: '-c jit=off',

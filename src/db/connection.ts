@@ -6,8 +6,13 @@ import { isRetryable, sqlState } from './retryable.js';
 export interface PoolOptions {
   /** Connections in the pool (default 10). */
   max?: number;
-  /** Give up connecting after this long; keeps "wrong host" errors quick (default 5 s). */
+  /** The first connection check gives up after this long, so a wrong host fails fast (default 5 s). */
   connectTimeoutMs?: number;
+  /**
+   * How long a query may wait for a pooled connection (busy pool) or for a new one (default
+   * 30 s). Longer than the check above: a loaded pool must not fail work that would succeed.
+   */
+  acquireTimeoutMs?: number;
   applicationName?: string;
 }
 
@@ -59,7 +64,7 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
   const pool = new pg.Pool({
     connectionString: databaseUrl,
     max: options.max ?? 10,
-    connectionTimeoutMillis: options.connectTimeoutMs ?? 5_000,
+    connectionTimeoutMillis: options.acquireTimeoutMs ?? 30_000,
     idleTimeoutMillis: 30_000,
     application_name: options.applicationName ?? 'outbatch',
   });
@@ -100,13 +105,15 @@ export function connectionFailure(error: unknown, databaseUrl: string): Connecti
   });
 }
 
-/** Opens and closes one connection, so a bad URL fails fast with a clear message. */
-export async function checkConnection(pool: pg.Pool, databaseUrl: string): Promise<void> {
-  let client: pg.PoolClient;
+/** Opens and closes one connection of its own, so a bad URL fails fast with a clear message. */
+export async function checkConnection(databaseUrl: string, timeoutMs = 5_000): Promise<void> {
+  const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: timeoutMs });
+  client.on('error', () => {});
   try {
-    client = await pool.connect();
+    await client.connect();
   } catch (error) {
     throw connectionFailure(error, databaseUrl);
+  } finally {
+    await client.end().catch(() => {});
   }
-  client.release();
 }

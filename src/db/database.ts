@@ -24,14 +24,13 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   const { log } = options;
   const embedded = options.databaseUrl ? undefined : await startEmbedded({ dataDir: options.dataDir, log });
   const url = options.databaseUrl ?? embedded!.url;
-  const pool = createPool(url, log, options);
   try {
-    await checkConnection(pool, url);
+    await checkConnection(url, options.connectTimeoutMs);
   } catch (error) {
-    await pool.end().catch(() => {});
     await embedded?.stop();
     throw error;
   }
+  const pool = createPool(url, log, options);
   let closing: Promise<void> | undefined;
   return {
     pool,
