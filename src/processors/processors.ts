@@ -25,6 +25,9 @@ import { processorLock, processorTask } from './names.js';
 import { runProcessor } from './run.js';
 import { ensureProcessor, runnableVersions } from './store.js';
 
+/** How soon a run that stopped with events held back by an open transaction looks again. */
+const HELD_BACK_RETRY_MS = 250;
+
 /** Processor runs jump ahead of ordinary jobs (default priority 0). */
 const PROCESSOR_PRIORITY = 1_000;
 
@@ -46,7 +49,7 @@ export function makeProcessors(deps: ProcessorDeps) {
   const definitions = new Map<string, ProcessorDefinition>();
 
   /** Defers one run per running version (deduped by the queueing lock). */
-  async function deferRuns(name: string, client?: Queryable): Promise<string | null> {
+  async function deferRuns(name: string, client?: Queryable, delayMs?: number): Promise<string | null> {
     const def = definitions.get(name)!;
     const db = client ?? (await deps.pool());
     let first: string | null = null;
@@ -55,7 +58,7 @@ export function makeProcessors(deps: ProcessorDeps) {
       const result = await deps.queue.defer(
         processorTask(name),
         { version },
-        { client: db, lock, queueingLock: lock, onConflict: 'ignore', queue: def.queue },
+        { client: db, lock, queueingLock: lock, onConflict: 'ignore', queue: def.queue, delay: delayMs },
       );
       first ??= result.enqueued ? result.id : result.existingId;
     }
@@ -94,6 +97,9 @@ export function makeProcessors(deps: ProcessorDeps) {
         ctx.log.debug({ processor: def.name, version: args.version, ...outcome }, 'processor run finished');
         // Out of time but not at the head: queue the continuation (it waits for our lock).
         if (outcome.stopped === 'budget') await deferRuns(def.name);
+        // Newer events are held back by an open transaction, and their NOTIFY is spent:
+        // look again shortly instead of waiting for the safety poll.
+        if (outcome.stopped === 'held') await deferRuns(def.name, undefined, HELD_BACK_RETRY_MS);
       },
     );
     definitions.set(def.name, def);

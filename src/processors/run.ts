@@ -15,7 +15,14 @@ import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { StoredEvent } from '../events/storedEvent.js';
 import type { Logger } from '../log.js';
 import type { ProcessorDefinition } from './definition.js';
-import { deadLetter, haltVersion, lockVersion, recordFailure, saveCheckpoint } from './store.js';
+import {
+  deadLetter,
+  haltVersion,
+  heldBackEvents,
+  lockVersion,
+  recordFailure,
+  saveCheckpoint,
+} from './store.js';
 
 export interface RunDeps {
   pool: pg.Pool;
@@ -26,7 +33,7 @@ export interface RunDeps {
 }
 
 export type RunOutcome =
-  | { stopped: 'head' | 'budget' | 'paused' | 'failed' | 'retired' | 'aborted'; processed: number }
+  | { stopped: 'head' | 'held' | 'budget' | 'paused' | 'failed' | 'retired' | 'aborted'; processed: number }
   | { stopped: 'halted'; processed: number; position: bigint };
 
 /** A pipeline failure on known events, as opposed to the database failing under us. */
@@ -76,11 +83,30 @@ export async function runProcessor(
       pageSize = def.batchSize;
       continue;
     }
+    if (step.kind === 'head' || (step.kind === 'page' && step.caughtUp)) {
+      if (step.kind === 'page') processed += step.count;
+      // At the gap-safe head, but newer events may be held back by an open transaction.
+      const row = (await processorStatusRow(deps, def, version)) ?? '0:0';
+      const held = await heldBackEvents(deps.pool, deps.q, row, def.types, def.streamPrefix);
+      return { stopped: held ? 'held' : 'head', processed };
+    }
     if (step.kind !== 'page') return { stopped: step.kind, processed };
     processed += step.count;
     if (pageSize === 1 && step.count > 0) pageSize = def.batchSize;
-    if (step.caughtUp) return { stopped: 'head', processed };
   }
+}
+
+async function processorStatusRow(
+  deps: RunDeps,
+  def: ProcessorDefinition,
+  version: number,
+): Promise<string | undefined> {
+  const { rows } = await deps.pool.query<{ checkpoint: string }>(
+    `SELECT checkpoint_tx::text || ':' || checkpoint_position::text AS checkpoint
+     FROM ${deps.q}.processors WHERE name = $1 AND version = $2`,
+    [def.name, version],
+  );
+  return rows[0]?.checkpoint;
 }
 
 type PageStep =

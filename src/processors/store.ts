@@ -186,3 +186,28 @@ export async function wakeProcessor(db: Queryable, q: string, name: string): Pro
   );
   return rows[0]?.n ?? 0;
 }
+
+/**
+ * Whether events after the checkpoint exist that a gap-safe read could not see yet (their
+ * transaction is above the oldest open one). A run that stops at the head with such events
+ * held back must look again soon: their append NOTIFY has already been spent.
+ */
+export async function heldBackEvents(
+  db: Queryable,
+  q: string,
+  checkpoint: string,
+  types: string[] | null,
+  streamPrefix: string | null,
+): Promise<boolean> {
+  const [tx, position] = checkpoint.split(':');
+  const { rows } = await db.query<{ held: boolean }>(
+    `SELECT EXISTS (
+       SELECT 1 FROM ${q}.events
+       WHERE (tx_id, position) > ($1::text::xid8, $2::bigint)
+         AND ($3::text[] IS NULL OR type = ANY ($3::text[]))
+         AND ($4::text IS NULL OR starts_with(stream, $4::text))
+     ) AS held`,
+    [tx, position, types, streamPrefix],
+  );
+  return rows[0]?.held ?? false;
+}
