@@ -86,8 +86,7 @@ export async function runProcessor(
     if (step.kind === 'head' || (step.kind === 'page' && step.caughtUp)) {
       if (step.kind === 'page') processed += step.count;
       // At the gap-safe head, but newer events may be held back by an open transaction.
-      const row = (await processorStatusRow(deps, def, version)) ?? '0:0';
-      const held = await heldBackEvents(deps.pool, deps.q, row, def.types, def.streamPrefix);
+      const held = await heldBackEvents(deps.pool, deps.q, step.checkpoint, def.types, def.streamPrefix);
       return { stopped: held ? 'held' : 'head', processed };
     }
     if (step.kind !== 'page') return { stopped: step.kind, processed };
@@ -96,22 +95,11 @@ export async function runProcessor(
   }
 }
 
-async function processorStatusRow(
-  deps: RunDeps,
-  def: ProcessorDefinition,
-  version: number,
-): Promise<string | undefined> {
-  const { rows } = await deps.pool.query<{ checkpoint: string }>(
-    `SELECT checkpoint_tx::text || ':' || checkpoint_position::text AS checkpoint
-     FROM ${deps.q}.processors WHERE name = $1 AND version = $2`,
-    [def.name, version],
-  );
-  return rows[0]?.checkpoint;
-}
-
+/** `checkpoint`: where the version stands after the page (or at the head). */
 type PageStep =
-  | { kind: 'page'; count: number; caughtUp: boolean }
-  | { kind: 'head' | 'paused' | 'failed' | 'retired' };
+  | { kind: 'page'; count: number; caughtUp: boolean; checkpoint: string }
+  | { kind: 'head'; checkpoint: string }
+  | { kind: 'paused' | 'failed' | 'retired' };
 
 async function runPage(
   deps: RunDeps,
@@ -153,8 +141,8 @@ async function runPage(
         deps.clock.now(),
       );
     }
-    if (page.events.length === 0) return { kind: 'head' };
-    return { kind: 'page', count: page.events.length, caughtUp: page.caughtUp };
+    if (page.events.length === 0) return { kind: 'head', checkpoint: page.checkpoint };
+    return { kind: 'page', count: page.events.length, caughtUp: page.caughtUp, checkpoint: page.checkpoint };
   });
 }
 
