@@ -29,7 +29,7 @@ describe('the demo (npm start)', () => {
     const first = await runCli(args);
     assert.equal(first.code, 0, first.stderr);
     const summary = JSON.parse(first.stdout);
-    assert.ok(summary.appended > 0);
+    assert.ok(summary.appended > 0, `nothing appended: ${first.stdout}${first.stderr}`);
     assert.deepEqual(
       summary.processors.map((p: { name: string }) => p.name),
       ['customer-digests', 'orders-export', 'revenue-by-customer-day'],

@@ -45,8 +45,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
   const stop = new AbortController();
   const onAbort = () => stop.abort();
   options.signal.addEventListener('abort', onAbort, { once: true });
-  const timer =
-    options.durationSeconds === undefined ? undefined : setTimeout(onAbort, options.durationSeconds * 1000);
+  let timer: NodeJS.Timeout | undefined;
   const tty = Boolean(options.out.isTTY);
   try {
     await prepareShop(app, options.shopSchema);
@@ -57,6 +56,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     const worker = new AbortController();
     options.signal.addEventListener('abort', () => worker.abort(), { once: true });
     const running = app.run({ concurrency: 8, signal: worker.signal });
+    // --duration counts simulated traffic, not start-up (migrations on a busy server can be slow).
+    if (options.durationSeconds !== undefined) timer = setTimeout(onAbort, options.durationSeconds * 1000);
     const simulator = simulateShop(app, {
       signal: stop.signal,
       rate: options.rate,

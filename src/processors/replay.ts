@@ -25,6 +25,8 @@ export interface ReplayOptions {
   dryRun?: boolean;
   /** Wait for a run in progress (default), or fail at once. */
   wait?: boolean;
+  /** Called once if the replay has to wait for a run in progress. */
+  onWait?: () => void;
   reason?: string;
   by: Actor;
 }
@@ -124,8 +126,9 @@ export function makeReplay(deps: { pool: () => Promise<pg.Pool>; q: string; log:
     if (options.dryRun) return plan;
     // The page transaction holds the processor row, so the rewind below is atomic with
     // respect to pages anyway; waiting keeps a run from finishing on the old range.
-    while (await isRunning(db, name, row.version)) {
+    for (let waited = false; await isRunning(db, name, row.version); waited = true) {
       if (options.wait === false) throw new ProcessorBusyError(name, row.version);
+      if (!waited) options.onWait?.();
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     const parts = parseCheckpoint(checkpoint);

@@ -80,7 +80,9 @@ describe('worker processes', () => {
     const jobs = Array.from({ length: total }, (_, n) => ({ args: { n } }));
     const { pool } = await t.app.database();
     await pool.query(`DELETE FROM "${t.schema}".runs`);
-    const workers = [start(), start(), start()];
+    // Not a stall test: a generous stall timeout, so a starved machine's late heartbeat
+    // does not hand a running job to another worker (at-least-once, by design).
+    const workers = [0, 1, 2].map(() => start(['--stall-timeout', '60s']));
     // Deferred in chunks while the workers start, so claims race with inserts.
     const record = t.app.task('record', {}, async () => {});
     for (let i = 0; i < total; i += 500) await record.deferMany(jobs.slice(i, i + 500));

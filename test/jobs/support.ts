@@ -6,19 +6,52 @@ import { CLI, databaseUrl, ROOT } from '../helpers.js';
 
 export const FIXTURE_APP = path.join(ROOT, 'test', 'fixtures', 'jobs-app.ts');
 
-/** Polls until `check` returns a truthy value; fails the test with `what` after `timeoutMs`. */
+/**
+ * Polls until `check` returns a truthy value; fails the test with `what` after `timeoutMs`,
+ * adding what `explain` reports (the state a flaky run needs to be understood).
+ */
 export async function waitFor<T>(
   what: string,
   check: () => Promise<T>,
   timeoutMs = 20_000,
+  explain?: () => Promise<unknown>,
 ): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
     if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) {
+      const state = explain
+        ? `\n${JSON.stringify(await explain().catch((error) => String(error)), null, 1)}`
+        : '';
+      throw new Error(`timed out waiting for ${what}${state}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+}
+
+/**
+ * A processor's row, its run jobs, and the transactions that hold the read horizon back:
+ * what a processor test prints when it times out.
+ */
+export async function processorState(pool: pg.Pool, schema: string, name: string): Promise<unknown> {
+  const q = `"${schema}"`;
+  const [processor, jobs, horizon] = await Promise.all([
+    pool.query(`SELECT * FROM ${q}.processors WHERE name = $1`, [name]),
+    pool.query(
+      `SELECT id, status, attempts, run_at, lock, queueing_lock, error->>'message' AS error
+       FROM ${q}.jobs WHERE task = $1 ORDER BY id DESC LIMIT 10`,
+      [`processor:${name}`],
+    ),
+    pool.query(
+      `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+              (SELECT max(tx_id)::text FROM ${q}.events) AS newest_event_tx,
+              (SELECT json_agg(json_build_object('pid', pid, 'xid', backend_xid::text, 'since', xact_start,
+                        'state', state, 'query', left(query, 120)))
+               FROM pg_stat_activity WHERE backend_xid IS NOT NULL) AS writers`,
+    ),
+  ]);
+  return { processor: processor.rows, jobs: jobs.rows, horizon: horizon.rows[0] };
 }
 
 export async function createRunsTable(pool: pg.Pool, schema: string): Promise<void> {

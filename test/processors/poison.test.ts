@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import type { Observable } from 'rxjs';
 import { bulkWrite, type ProcessorOptions, type StoredEvent } from '../../src/index.js';
 import { isolatedApp, runCli, type TestApp } from '../helpers.js';
-import { waitFor } from '../jobs/support.js';
+import { processorState, waitFor } from '../jobs/support.js';
 
 let t: TestApp;
 let q: string;
@@ -72,10 +72,15 @@ describe('poison events', () => {
   it("onPoison 'halt': stops at the event after the budget, keeps what came before, resumes after reset-failed", async () => {
     const stored = await appendOrders('halt', 25, 12);
     const poison = stored[12]!.position.toString();
-    const [status] = await waitFor('the processor to halt', async () => {
-      const list = await t.app.processors.status('poison-halt');
-      return list[0]?.state === 'failed' ? list : undefined;
-    });
+    const [status] = await waitFor(
+      'the processor to halt',
+      async () => {
+        const list = await t.app.processors.status('poison-halt');
+        return list[0]?.state === 'failed' ? list : undefined;
+      },
+      undefined,
+      () => processorState(t.pool, t.schema, 'poison-halt'),
+    );
     assert.equal(status!.failedPosition, poison);
     assert.equal(status!.failingAttempts, 2);
     assert.match(status!.lastError ?? '', /cannot handle order 12/);
@@ -84,7 +89,12 @@ describe('poison events', () => {
 
     fixed = true;
     await t.app.processors.resetFailed('poison-halt');
-    await waitFor('the processor to finish', async () => (await seen('poison-halt')).length === 25);
+    await waitFor(
+      'the processor to finish',
+      async () => (await seen('poison-halt')).length === 25,
+      undefined,
+      () => processorState(t.pool, t.schema, 'poison-halt'),
+    );
     assert.deepEqual(
       await seen('poison-halt'),
       stored.map((event) => event.position.toString()),
@@ -94,10 +104,15 @@ describe('poison events', () => {
 
   it("onPoison 'skip': dead-letters the event and moves on; every other event exactly once", async () => {
     const stored = await appendOrders('skip', 25, 7);
-    await waitFor('the processor to finish', async () => {
-      const [status] = await t.app.processors.status('poison-skip');
-      return status?.lagEvents === 0 && status.deadLetters === 1;
-    });
+    await waitFor(
+      'the processor to finish',
+      async () => {
+        const [status] = await t.app.processors.status('poison-skip');
+        return status?.lagEvents === 0 && status.deadLetters === 1;
+      },
+      undefined,
+      () => processorState(t.pool, t.schema, 'poison-skip'),
+    );
     const want = stored.filter((_, n) => n !== 7).map((event) => event.position.toString());
     assert.deepEqual(await seen('poison-skip'), want);
     const { rows } = await t.pool.query(

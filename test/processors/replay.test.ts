@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { concatMap, timer } from 'rxjs';
+import { concatMap, from, timer } from 'rxjs';
 import { REVENUE_OPTIONS, revenuePipeline } from '../../pipelines/shop/revenue.js';
 import { createShopTables } from '../../pipelines/shop/tables.js';
 import { type App, createApp, createLogger } from '../../src/index.js';
-import { databaseUrl, runCli, uniqueSchema } from '../helpers.js';
+import { databaseUrl, runCli, startCli, uniqueSchema } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 
 const pool = new pg.Pool({ connectionString: databaseUrl(), max: 6 });
@@ -15,6 +15,8 @@ const NAME = 'revenue-by-customer-day';
 let app: App;
 /** Per version, how long each page takes: a slow version shows the other is never blocked. */
 const slowMs: Record<number, number> = {};
+/** While set, every page waits for it: a run stays in progress as long as a test needs. */
+let gate: Promise<void> | undefined;
 const controller = new AbortController();
 let running: Promise<void>;
 let orderNo = 0;
@@ -68,10 +70,19 @@ before(async () => {
   app.processor(
     NAME,
     { ...REVENUE_OPTIONS, batchSize: 200, trigger: { onAppend: { debounce: { milliseconds: 20 } } } },
-    (events$, ctx) => timer(slowMs[ctx.version] ?? 0).pipe(concatMap(() => pipeline(events$, ctx))),
+    (events$, ctx) =>
+      from(gate ?? Promise.resolve()).pipe(
+        concatMap(() => timer(slowMs[ctx.version] ?? 0)),
+        concatMap(() => pipeline(events$, ctx)),
+      ),
   );
   app.task('audit-orders', {}, async () => {});
   running = app.run({ concurrency: 4, signal: controller.signal, pollInterval: 50 });
+  // status() knows a processor once a worker has recorded it; app.run does that as it starts.
+  await waitFor('the worker to record the processor', async () => {
+    const { rows } = await pool.query(`SELECT count(*)::int AS n FROM "${schema}".processors`);
+    return rows[0].n === 1;
+  });
   await appendOrders(3000);
   await waitFor('the projection to catch up', caughtUp());
 });
@@ -144,15 +155,27 @@ describe('replay', () => {
     await app.processors.pause(NAME);
     await pool.query(`TRUNCATE "${shop}".revenue`);
     await app.processors.replay(NAME, { from: 'start' });
-    slowMs[1] = 300;
+    let release = () => {};
+    gate = new Promise((resolve) => {
+      release = resolve;
+    });
     await app.processors.resume(NAME);
     await waitFor('a run to be in progress', async () => (await status()).state === 'running');
     const busy = await cli(['replay', NAME, '--from', 'start', '--yes', '--no-wait', '--detach']);
     assert.equal(busy.code, 1);
     assert.match(busy.stderr.trim(), /is running a batch: try again, or leave out --no-wait/);
-    const waited = await cli(['replay', NAME, '--from', 'start', '--yes', '--detach']);
+    const waiting = startCli(['replay', NAME, '--from', 'start', '--yes', '--detach', '--schema', schema]);
+    await waitFor(
+      'the replay to wait for the run',
+      async () =>
+        waiting.output().includes('waiting for the batch processor "revenue-by-customer-day" is running'),
+      undefined,
+      async () => waiting.output(),
+    );
+    gate = undefined;
+    release();
+    const waited = await waiting.result;
     assert.equal(waited.code, 0, waited.stderr);
-    slowMs[1] = 0;
     await waitFor('the replay to finish', caughtUp());
     const twice = (await expected()).map((row) => ({
       ...row,

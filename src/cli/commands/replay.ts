@@ -135,7 +135,13 @@ export function registerReplay(program: Command): void {
           return;
         }
         await confirm(`replay ${describePlan(plan)}?`, flags.yes);
-        const applied = await app.processors.replay(name, options);
+        const applied = await app.processors.replay(name, {
+          ...options,
+          onWait: () =>
+            process.stderr.write(
+              `waiting for the batch processor "${name}" is running to finish (--no-wait fails instead)\n`,
+            ),
+        });
         if (!flags.detach) await follow(ctx, name, applied.version, applied.events, applied.through);
         print(`replayed: ${describePlan(applied)}`, applied);
       }),
