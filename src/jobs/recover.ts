@@ -24,6 +24,8 @@ export async function recoverStalledJobs(
   db: Queryable,
   schema: string,
   now: Date | null,
+  /** The recovering worker: never its own jobs, which it knows are running (a late heartbeat of its own is not a death). */
+  self: string | null = null,
 ): Promise<RecoveredJob[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<RecoveredJob>(
@@ -31,6 +33,7 @@ export async function recoverStalledJobs(
        SELECT j.id, j.worker_id, j.queueing_lock, j.task, j.attempts, j.max_attempts
        FROM ${s}.jobs j
        WHERE j.status = 'doing'
+         AND j.worker_id IS DISTINCT FROM $2
          AND NOT EXISTS (
            SELECT 1 FROM ${s}.workers w
            WHERE w.id = j.worker_id
@@ -88,7 +91,7 @@ export async function recoverStalledJobs(
        SET retried = t.retried + excluded.retried, failed = t.failed + excluded.failed
      )
      SELECT * FROM updated`,
-    [now],
+    [now, self],
   );
   return rows;
 }

@@ -211,7 +211,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const channel = `${schema}_jobs`;
 
   async function maintain(): Promise<void> {
-    const recovered = await recoverStalledJobs(pool, schema, dbNow());
+    const recovered = await recoverStalledJobs(pool, schema, dbNow(), id);
     for (const job of recovered) {
       log.warn(
         { jobId: job.id, task: job.task, deadWorker: job.worker, reason: job.reason, status: job.status },
