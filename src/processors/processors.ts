@@ -5,7 +5,18 @@
  * a queueing lock, so a burst of triggers queues at most one run behind the current one.
  */
 import type pg from 'pg';
-import { auditTime, catchError, defer, EMPTY, exhaustMap, filter, merge, type Observable, timer } from 'rxjs';
+import {
+  auditTime,
+  catchError,
+  defer,
+  EMPTY,
+  exhaustMap,
+  filter,
+  merge,
+  type Observable,
+  retry,
+  timer,
+} from 'rxjs';
 import type { Clock } from '../clock.js';
 import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
@@ -33,6 +44,9 @@ const PROCESSOR_PRIORITY = 1_000;
 
 /** How often onAppend processors are also triggered without a NOTIFY (a missed one, a restart). */
 const SAFETY_POLL_MS = 30_000;
+
+/** A trigger that could not defer its runs (database busy or away) tries again after 250 ms, doubling up to 5 s. */
+const TRIGGER_RETRY_MS = { initial: 250, max: 5_000 };
 
 export interface ProcessorDeps {
   schema: string;
@@ -143,11 +157,16 @@ export function makeProcessors(deps: ProcessorDeps) {
     ).pipe(
       auditTime(debounce),
       // exhaustMap: a trigger still deferring absorbs the next wake; its runs will see those events.
+      // A failed trigger is retried, not dropped: its append's NOTIFY is spent, and the
+      // next wake-up might be the safety poll, 30 s away.
       exhaustMap(() =>
         defer(() => trigger()).pipe(
-          catchError((error) => {
-            deps.log.warn({ err: error }, 'could not trigger processors; the next append retries');
-            return EMPTY;
+          retry({
+            delay: (error, count) => {
+              const delayMs = Math.min(TRIGGER_RETRY_MS.max, TRIGGER_RETRY_MS.initial * 2 ** (count - 1));
+              deps.log.warn({ err: error, retryInMs: delayMs }, 'could not trigger processors; trying again');
+              return timer(delayMs);
+            },
           }),
         ),
       ),

@@ -78,7 +78,7 @@ describe('poison events', () => {
         const list = await t.app.processors.status('poison-halt');
         return list[0]?.state === 'failed' ? list : undefined;
       },
-      undefined,
+      60_000,
       () => processorState(t.pool, t.schema, 'poison-halt'),
     );
     assert.equal(status!.failedPosition, poison);
@@ -92,7 +92,7 @@ describe('poison events', () => {
     await waitFor(
       'the processor to finish',
       async () => (await seen('poison-halt')).length === 25,
-      undefined,
+      60_000,
       () => processorState(t.pool, t.schema, 'poison-halt'),
     );
     assert.deepEqual(
@@ -110,7 +110,7 @@ describe('poison events', () => {
         const [status] = await t.app.processors.status('poison-skip');
         return status?.lagEvents === 0 && status.deadLetters === 1;
       },
-      undefined,
+      60_000,
       () => processorState(t.pool, t.schema, 'poison-skip'),
     );
     const want = stored.filter((_, n) => n !== 7).map((event) => event.position.toString());
