@@ -100,9 +100,11 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
     let rows: (EventRow & { duplicate: boolean })[];
     try {
       const copied = expected === undefined ? await viaCopy(batch, options.client) : undefined;
-      rows = copied
-        ? copied.map((row) => Object.assign(row, { duplicate: false }))
-        : await run(options.client ?? (await deps.pool()));
+      if (copied) {
+        const stored = copied.map((event) => Object.assign(event, { duplicate: false }));
+        return Array.isArray(input) ? stored : stored[0];
+      }
+      rows = await run(options.client ?? (await deps.pool()));
     } catch (error) {
       const conflict = appendFailure(error);
       // On our own connection the failed statement rolled back alone: once more sees the

@@ -39,7 +39,7 @@ async function eventAt(db: Queryable, q: string, position: bigint) {
 /** The first event (in readers' order) recorded at or after `at`, if any. */
 async function firstAtOrAfter(db: Queryable, q: string, at: Date) {
   const { rows } = await db.query<{ tx_id: string; position: string }>(
-    `SELECT tx_id::text, position::text FROM ${q}.events WHERE recorded_at >= $1 ORDER BY tx_id, position LIMIT 1`,
+    `SELECT tx_id::text, position::text FROM ${q}.events e WHERE recorded_at >= $1 ORDER BY e.tx_id, e.position LIMIT 1`,
     [at],
   );
   return rows[0] ? { txId: rows[0].tx_id, position: BigInt(rows[0].position) } : undefined;

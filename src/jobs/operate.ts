@@ -76,7 +76,7 @@ export async function retryJobs(
      ), woken AS (
        SELECT pg_notify($8, queue) FROM (SELECT DISTINCT queue FROM retried) q
      )
-     SELECT id::text FROM retried, (SELECT count(*) FROM woken) w ORDER BY id`,
+     SELECT retried.id::text FROM retried, (SELECT count(*) FROM woken) w ORDER BY retried.id`,
     [
       ...filterParams(byIds ? undefined : selection),
       byIds ? selection.ids : null,
@@ -100,7 +100,7 @@ export async function cancelJobs(db: Queryable, schema: string, ids: string[], b
        INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
        SELECT $2, $3, 'jobs.cancel', 'job:' || id, jsonb_build_object('task', task) FROM cancelled
      )
-     SELECT id::text FROM cancelled ORDER BY id`,
+     SELECT id::text FROM cancelled ORDER BY cancelled.id`,
     [ids, by.actor, by.host],
   );
   return rows.map((row) => row.id);
@@ -117,7 +117,7 @@ export async function deleteJobs(db: Queryable, schema: string, ids: string[], b
        INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
        SELECT $2, $3, 'jobs.delete', 'job:' || id, jsonb_build_object('task', task, 'status', status) FROM deleted
      )
-     SELECT id::text FROM deleted ORDER BY id`,
+     SELECT id::text FROM deleted ORDER BY deleted.id`,
     [ids, by.actor, by.host],
   );
   return rows.map((row) => row.id);

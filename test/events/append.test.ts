@@ -263,6 +263,37 @@ describe('events.append', () => {
     }
   });
 
+  it('concurrent large appends to different streams return the positions the events were stored at', async () => {
+    // Their COPYs draw from the position sequence at once, so a batch's positions may
+    // interleave with another's: what each append returns must still match the table.
+    const appended = await Promise.all(
+      Array.from({ length: 4 }, (_, w) =>
+        t.app.events.append(
+          Array.from({ length: 3000 }, (_, i) => ({
+            stream: `apart-${w}-${i % 5}`,
+            type: 'T',
+            data: { w, i },
+          })),
+        ),
+      ),
+    );
+    const { rows } = await t.pool.query(
+      `SELECT position::text, stream, stream_version, data FROM "${t.schema}".events WHERE stream LIKE 'apart-%'`,
+    );
+    const stored = new Map(rows.map((row) => [row.position, row]));
+    assert.equal(stored.size, 12_000);
+    for (const batch of appended) {
+      for (const event of batch) {
+        const row = stored.get(event.position.toString());
+        assert.deepEqual(
+          { stream: row.stream, version: Number(row.stream_version), data: row.data },
+          { stream: event.stream, version: event.streamVersion, data: event.data },
+        );
+        assert.equal(event.checkpoint, `${event.txId}:${event.position}`);
+      }
+    }
+  });
+
   it('concurrent large and single appends to the same streams keep versions contiguous', async () => {
     await Promise.all([
       ...Array.from({ length: 4 }, (_, w) =>

@@ -42,6 +42,17 @@ describe('app.jobs', () => {
     );
   });
 
+  it('returns the ids it acted on in numeric order (9 before 10), for cancel, retry and delete', async () => {
+    const ids = await insert(`(task) SELECT 'bulk' FROM generate_series(1, 12)`);
+    await t.pool.query(`SELECT setval(pg_get_serial_sequence('"${t.schema}".jobs', 'id'), 1000)`);
+    const more = await insert(`(task) SELECT 'bulk' FROM generate_series(1, 3)`);
+    const all = [...ids, ...more];
+    const numeric = [...all].sort((a, b) => Number(a) - Number(b));
+    assert.deepEqual((await t.app.jobs.cancel([...all].reverse())).done, numeric);
+    assert.deepEqual((await t.app.jobs.retry({ ids: all })).done, numeric);
+    assert.deepEqual((await t.app.jobs.delete(all)).done, numeric);
+  });
+
   it('rejects bad ids, states and limits before touching anything', async () => {
     await assert.rejects(t.app.jobs.cancel(['1; drop table jobs']), ValidationError);
     await assert.rejects(t.app.jobs.delete([]), /no job ids given/);
