@@ -79,6 +79,30 @@ async function rawSingle() {
   }
 }
 
+/**
+ * The same rows outbatch writes (streams cycling over 100, versions 1, 2, 3… counted here):
+ * the (stream, stream_version) index then takes inserts where outbatch's do, not only at
+ * its right edge as with a fresh stream per row. The like-for-like baseline.
+ */
+async function rawSingleSameRows() {
+  const client = await pool.connect();
+  const t = tag++;
+  const versions = new Map<string, number>();
+  try {
+    for (let i = 0; i < SINGLES; i++) {
+      const stream = `raw1s-${t}-${i % 100}`;
+      const version = (versions.get(stream) ?? 0) + 1;
+      versions.set(stream, version);
+      await client.query(
+        `INSERT INTO ${q}.events (stream, stream_version, type, data) VALUES ($1, $2, 'OrderPlaced', $3)`,
+        [stream, version, dataJson(i)],
+      );
+    }
+  } finally {
+    client.release();
+  }
+}
+
 async function rawMultiRow() {
   const client = await pool.connect();
   const t = tag++;
@@ -109,6 +133,30 @@ async function rawCopy() {
       // COPY text format: JSON has no tabs or newlines here; backslashes must be doubled.
       for (let i = base; i < base + 10_000; i++) {
         lines.push(`rawc-${t}-${i}\t1\tOrderPlaced\t${dataJson(i).replace(/\\/g, '\\\\')}\n`);
+      }
+      await pipeline(
+        Readable.from([lines.join('')]),
+        client.query(copyFrom(`COPY ${q}.events (stream, stream_version, type, data) FROM STDIN`)),
+      );
+    }
+  } finally {
+    client.release();
+  }
+}
+
+/** COPY of the same rows outbatch's bulk case writes (streams cycling over 1,000). */
+async function rawCopySameRows() {
+  const client = await pool.connect();
+  const t = tag++;
+  const versions = new Map<string, number>();
+  try {
+    for (let base = 0; base < BULK_TOTAL; base += 10_000) {
+      const lines: string[] = [];
+      for (let i = base; i < base + 10_000; i++) {
+        const stream = `rawcs-${t}-${i % 1000}`;
+        const version = (versions.get(stream) ?? 0) + 1;
+        versions.set(stream, version);
+        lines.push(`${stream}\t${version}\tOrderPlaced\t${dataJson(i).replace(/\\/g, '\\\\')}\n`);
       }
       await pipeline(
         Readable.from([lines.join('')]),
@@ -246,15 +294,17 @@ try {
   );
   const single = (name: string, run: () => Promise<void>) => ({ name, events: () => SINGLES, run });
   const bulk = (name: string, run: () => Promise<void>) => ({ name, events: () => BULK_TOTAL, run });
-  const [rawSingleRate, rawNotifyRate, obSingleRate, sqlSingleRate] = await measure([
+  const [rawSingleRate, rawSameRate, rawNotifyRate, obSingleRate, sqlSingleRate] = await measure([
     single('raw single-row INSERT per transaction', rawSingle),
+    single('raw single-row INSERT, same rows', rawSingleSameRows),
     single('raw single-row INSERT + pg_notify', rawSingleNotify),
     single('outbatch append(event)', outbatchSingle),
     single('append_events() from SQL, one event', sqlSingle),
   ]);
-  const [rawMultiRate, rawCopyRate, obBulkRate, obKeyedRate, sqlBulkRate] = await measure([
+  const [rawMultiRate, rawCopyRate, rawCopySameRate, obBulkRate, obKeyedRate, sqlBulkRate] = await measure([
     bulk('raw 1000-row multi-row INSERT', rawMultiRow),
     bulk('raw COPY (10k rows per COPY)', rawCopy),
+    bulk('raw COPY, same rows', rawCopySameRows),
     bulk('outbatch append(10k events) [COPY]', outbatchBulk),
     bulk('outbatch append(10k keyed) [SQL fn]', outbatchBulkKeyed),
     bulk('append_events() from SQL, 10k events', sqlBulk),
@@ -272,7 +322,13 @@ try {
   process.stdout.write(
     `single append / raw single INSERT   ${ratio(obSingleRate, rawSingleRate)} (>= 90%)\n`,
   );
+  process.stdout.write(
+    `single append / raw INSERT, same rows ${ratio(obSingleRate, rawSameRate)} (like for like)\n`,
+  );
   process.stdout.write(`bulk append / raw COPY              ${ratio(obBulkRate, rawCopyRate)} (>= 60%)\n`);
+  process.stdout.write(
+    `bulk append / raw COPY, same rows  ${ratio(obBulkRate, rawCopySameRate)} (like for like)\n`,
+  );
   process.stdout.write(`bulk append / raw multi-row INSERT  ${ratio(obBulkRate, rawMultiRate)}\n`);
   process.stdout.write(`read() / raw keyset scan            ${ratio(obReadRate, rawReadRate)} (>= 80%)\n`);
   process.stdout.write(`single append / raw INSERT + notify  ${ratio(obSingleRate, rawNotifyRate)}\n`);

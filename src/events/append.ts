@@ -100,10 +100,7 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
     let rows: (EventRow & { duplicate: boolean })[];
     try {
       const copied = expected === undefined ? await viaCopy(batch, options.client) : undefined;
-      if (copied) {
-        const stored = copied.map((event) => Object.assign(event, { duplicate: false }));
-        return Array.isArray(input) ? stored : stored[0];
-      }
+      if (copied) return Array.isArray(input) ? copied : copied[0];
       rows = await run(options.client ?? (await deps.pool()));
     } catch (error) {
       const conflict = appendFailure(error);

@@ -61,7 +61,10 @@ export function makeCopyAppend(deps: { schema: string }) {
     return rows.map((row) => BigInt(row.at));
   }
 
-  return async function copyAppend(client: pg.ClientBase, events: ValidatedEvent[]): Promise<StoredEvent[]> {
+  return async function copyAppend(
+    client: pg.ClientBase,
+    events: ValidatedEvent[],
+  ): Promise<(StoredEvent & { duplicate: false })[]> {
     const counts = new Map<string, number>();
     for (const e of events) counts.set(e.stream, (counts.get(e.stream) ?? 0) + 1);
     const bumped = await client.query<{
@@ -83,14 +86,15 @@ export function makeCopyAppend(deps: { schema: string }) {
       next.set(e.stream, version + 1);
       versions[i] = version;
       lines[i] =
-        `${copyText(e.stream)}\t${version}\t${copyText(e.type)}\t${copyText(e.data)}` +
-        (withMetadata ? `\t${copyText(e.metadata)}\n` : '\n');
+        `${copyText(e.stream)}\t${version}\t${copyText(e.type)}\t${copyJson(e.data)}` +
+        (withMetadata ? `\t${copyJson(e.metadata)}\n` : '\n');
     }
     await pipeline(Readable.from([lines.join('')]), client.query(copyFrom(copySql(withMetadata))));
     const { floor, tx_id, recorded_at } = bumped.rows[0]!;
     const positions = await positionsAfter(client, floor, events.length);
     const txId = BigInt(tx_id);
     return events.map((e, i) => ({
+      duplicate: false,
       position: positions[i]!,
       txId,
       stream: e.stream,
@@ -113,6 +117,11 @@ export function copyCapable(db: Queryable): pg.ClientBase | undefined {
   if (!(db instanceof pg.Client)) return undefined;
   const status = db.getTransactionStatus?.();
   return status === 'T' || status === 'I' ? db : undefined;
+}
+
+/** JSON text from JSON.stringify: control characters are already escaped, only backslashes need doubling. */
+function copyJson(json: string): string {
+  return json.includes('\\') ? json.replace(/\\/g, '\\\\') : json;
 }
 
 // COPY text format: backslash, tab, newline and carriage return are escaped.
