@@ -168,7 +168,7 @@ describe('replay', () => {
     await waitFor(
       'the replay to wait for the run',
       async () =>
-        waiting.output().includes('waiting for the batch processor "revenue-by-customer-day" is running'),
+        waiting.output().includes('processor "revenue-by-customer-day" is running a batch: waiting for it'),
       undefined,
       async () => waiting.output(),
     );

@@ -139,7 +139,7 @@ export function registerReplay(program: Command): void {
           ...options,
           onWait: () =>
             process.stderr.write(
-              `waiting for the batch processor "${name}" is running to finish (--no-wait fails instead)\n`,
+              `processor "${name}" is running a batch: waiting for it to finish (--no-wait fails instead)\n`,
             ),
         });
         if (!flags.detach) await follow(ctx, name, applied.version, applied.events, applied.through);
