@@ -8,12 +8,11 @@ import type { App } from '../app.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { ValidationError } from '../errors.js';
 import { checkJobId } from '../jobs/control.js';
+import { type JobState, STATES } from '../jobs/inspect.js';
 import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
 import { processorStatus } from '../processors/status.js';
 import {
   countJobs,
-  DASHBOARD_STATES,
-  type DashboardState,
   lastEventPosition,
   listJobPage,
   listWorkers,
@@ -52,17 +51,17 @@ function integerParam(query: Query, name: string, min: number, max: number, fall
   return Number(text);
 }
 
-function stateParam(query: Query): DashboardState {
+function stateParam(query: Query): JobState {
   const state = query.get('state');
   if (state === null) {
-    throw new ValidationError(`state is required: expected one of ${DASHBOARD_STATES.join(', ')}`);
+    throw new ValidationError(`state is required: expected one of ${STATES.join(', ')}`);
   }
-  if (!DASHBOARD_STATES.includes(state as DashboardState)) {
+  if (!STATES.includes(state as JobState)) {
     throw new ValidationError(
-      `state ${JSON.stringify(state)} is invalid: expected one of ${DASHBOARD_STATES.join(', ')}`,
+      `state ${JSON.stringify(state)} is invalid: expected one of ${STATES.join(', ')}`,
     );
   }
-  return state as DashboardState;
+  return state as JobState;
 }
 
 function nameParam(query: Query, name: string): string | undefined {

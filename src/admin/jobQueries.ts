@@ -4,23 +4,13 @@
  * scale up from the planner's statistics past that; lists are keyset pages by id.
  */
 import type { Queryable } from '../db/queryable.js';
+import type { JobState } from '../jobs/inspect.js';
 
 /** Rows read per stored status when counting; beyond it the counts are estimates. */
 export const COUNT_CAP = 5_000;
 
-export const DASHBOARD_STATES = [
-  'todo',
-  'scheduled',
-  'doing',
-  'dirty',
-  'failed',
-  'cancelled',
-  'succeeded',
-] as const;
-export type DashboardState = (typeof DASHBOARD_STATES)[number];
-
 /** The stored status a derived state lives in: lets the list query use that status' index. */
-export const STORED_STATUS: Record<DashboardState, string> = {
+export const STORED_STATUS: Record<JobState, string> = {
   todo: 'todo',
   scheduled: 'todo',
   doing: 'doing',
@@ -31,7 +21,7 @@ export const STORED_STATUS: Record<DashboardState, string> = {
 };
 
 export interface JobCount {
-  state: DashboardState;
+  state: JobState;
   queue: string;
   task: string;
   count: number;
@@ -41,7 +31,7 @@ export interface JobCount {
 
 interface CountRow {
   status: string;
-  state: DashboardState;
+  state: JobState;
   queue: string;
   task: string;
   n: number;
@@ -106,7 +96,7 @@ export interface JobRow {
   id: string;
   task: string;
   queue: string;
-  state: DashboardState;
+  state: JobState;
   priority: number;
   attempts: number;
   max_attempts: number;
@@ -121,7 +111,7 @@ export interface JobRow {
 }
 
 export interface JobPageQuery {
-  state: DashboardState;
+  state: JobState;
   queue?: string;
   task?: string;
   /** Keyset: only ids below this one (newest first). */
