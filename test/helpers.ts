@@ -2,9 +2,11 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type App, type AppOptions, createApp } from '../src/app.js';
+import { createLogger, type Logger } from '../src/log.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -85,4 +87,16 @@ export function startCli(
 
 export function createTestApp(options: AppOptions): App {
   return createApp({ databaseUrl: databaseUrl(), ...options });
+}
+
+/** A JSON logger whose lines the test can read back (`lines`, one string per record). */
+export function captureLog(level = 'info'): { log: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(String(chunk));
+      done();
+    },
+  });
+  return { log: createLogger({ level, destination: stream, pretty: false }), lines };
 }

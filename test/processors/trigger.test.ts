@@ -3,28 +3,19 @@
  * the append that woke it is processed without waiting for the 30 s safety poll.
  */
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { bulkWrite, createLogger, type StoredEvent } from '../../src/index.js';
-import { isolatedApp, type TestApp } from '../helpers.js';
+import { bulkWrite, type StoredEvent } from '../../src/index.js';
+import { captureLog, isolatedApp, type TestApp } from '../helpers.js';
 import { processorState, waitFor } from '../jobs/support.js';
 
 let t: TestApp;
 let q: string;
-const lines: string[] = [];
+const { log, lines } = captureLog('warn');
 const controller = new AbortController();
 let running: Promise<void>;
 
 before(async () => {
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      lines.push(String(chunk));
-      done();
-    },
-  });
-  t = await isolatedApp('trigger', {
-    logger: createLogger({ level: 'warn', destination: stream, pretty: false }),
-  });
+  t = await isolatedApp('trigger', { logger: log });
   q = `"${t.schema}"`;
   await t.pool.query(`CREATE TABLE ${q}.seen (position bigint)`);
   t.app.processor('counter', { trigger: { onAppend: { debounce: { milliseconds: 10 } } } }, (events$, ctx) =>

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import type { Clock } from '../../src/clock.js';
@@ -7,7 +6,7 @@ import { createLogger } from '../../src/log.js';
 import { defineSchedule, type ScheduleSpec } from '../../src/schedule/definition.js';
 import { makeScheduler, type ScheduledTask } from '../../src/schedule/scheduler.js';
 import { ticksBetween } from '../../src/schedule/ticks.js';
-import { isolatedApp, type TestApp } from '../helpers.js';
+import { captureLog, isolatedApp, type TestApp } from '../helpers.js';
 
 let t: TestApp;
 let q: string;
@@ -24,17 +23,6 @@ after(async () => {
   for (const pool of pools) await pool.end();
   await t.cleanup();
 });
-
-function capture() {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk, _e, done) {
-      lines.push(String(chunk));
-      done();
-    },
-  });
-  return { log: createLogger({ level: 'info', destination: stream, pretty: false }), lines };
-}
 
 /** A scheduler on its own pool whose "job" is a row in `fired`, written in the tick's transaction. */
 function scheduler(
@@ -101,7 +89,7 @@ describe('scheduler', () => {
   it('after a 3-hour outage enqueues only the latest missed tick by default, and logs the skipped ones once', async () => {
     let now = new Date('2026-05-01T09:00:00Z');
     const clock: Clock = { now: () => now };
-    const { log, lines } = capture();
+    const { log, lines } = captureLog();
     const s = scheduler(clock, { 'outage-default': { every: { minutes: 1 } } }, log);
     await s.runOnce();
     now = new Date('2026-05-01T12:00:30Z');
@@ -133,7 +121,7 @@ describe('scheduler', () => {
   it('warns when a tick is enqueued later than lateAfter', async () => {
     let now = new Date('2026-05-02T00:00:00Z');
     const clock: Clock = { now: () => now };
-    const { log, lines } = capture();
+    const { log, lines } = captureLog();
     const s = scheduler(clock, { late: { every: { minutes: 10 }, lateAfter: { seconds: 30 } } }, log);
     await s.runOnce();
     now = new Date('2026-05-02T00:12:00Z');
