@@ -64,38 +64,32 @@ async function measure(cases: Case[]): Promise<number[]> {
 
 // --- writes -----------------------------------------------------------------------------
 
-async function rawSingle() {
-  const client = await pool.connect();
-  const t = tag++;
-  try {
-    for (let i = 0; i < SINGLES; i++) {
-      await client.query(
-        `INSERT INTO ${q}.events (stream, stream_version, type, data) VALUES ($1, 1, 'OrderPlaced', $2)`,
-        [`raw1-${t}-${i}`, dataJson(i)],
-      );
-    }
-  } finally {
-    client.release();
-  }
-}
-
 /**
- * The same rows outbatch writes (streams cycling over 100, versions 1, 2, 3… counted here):
- * the (stream, stream_version) index then takes inserts where outbatch's do, not only at
- * its right edge as with a fresh stream per row. The like-for-like baseline.
+ * Stream and version of row i in one raw case: a fresh stream per row (version 1), or, with
+ * `cycle`, the rows outbatch writes — streams cycling over `cycle`, versions 1, 2, 3… counted
+ * here. The second is the like-for-like baseline: the (stream, stream_version) index then
+ * takes inserts where outbatch's do, not only at its right edge.
  */
-async function rawSingleSameRows() {
-  const client = await pool.connect();
+function rawRows(prefix: string, cycle?: number): (i: number) => [string, number] {
   const t = tag++;
   const versions = new Map<string, number>();
+  return (i) => {
+    if (cycle === undefined) return [`${prefix}-${t}-${i}`, 1];
+    const stream = `${prefix}-${t}-${i % cycle}`;
+    const version = (versions.get(stream) ?? 0) + 1;
+    versions.set(stream, version);
+    return [stream, version];
+  };
+}
+
+async function rawSingle(cycle?: number) {
+  const client = await pool.connect();
+  const row = rawRows(cycle === undefined ? 'raw1' : 'raw1s', cycle);
   try {
     for (let i = 0; i < SINGLES; i++) {
-      const stream = `raw1s-${t}-${i % 100}`;
-      const version = (versions.get(stream) ?? 0) + 1;
-      versions.set(stream, version);
       await client.query(
         `INSERT INTO ${q}.events (stream, stream_version, type, data) VALUES ($1, $2, 'OrderPlaced', $3)`,
-        [stream, version, dataJson(i)],
+        [...row(i), dataJson(i)],
       );
     }
   } finally {
@@ -124,38 +118,15 @@ async function rawMultiRow() {
   }
 }
 
-async function rawCopy() {
+async function rawCopy(cycle?: number) {
   const client = await pool.connect();
-  const t = tag++;
+  const row = rawRows(cycle === undefined ? 'rawc' : 'rawcs', cycle);
   try {
     for (let base = 0; base < BULK_TOTAL; base += 10_000) {
       const lines: string[] = [];
       // COPY text format: JSON has no tabs or newlines here; backslashes must be doubled.
       for (let i = base; i < base + 10_000; i++) {
-        lines.push(`rawc-${t}-${i}\t1\tOrderPlaced\t${dataJson(i).replace(/\\/g, '\\\\')}\n`);
-      }
-      await pipeline(
-        Readable.from([lines.join('')]),
-        client.query(copyFrom(`COPY ${q}.events (stream, stream_version, type, data) FROM STDIN`)),
-      );
-    }
-  } finally {
-    client.release();
-  }
-}
-
-/** COPY of the same rows outbatch's bulk case writes (streams cycling over 1,000). */
-async function rawCopySameRows() {
-  const client = await pool.connect();
-  const t = tag++;
-  const versions = new Map<string, number>();
-  try {
-    for (let base = 0; base < BULK_TOTAL; base += 10_000) {
-      const lines: string[] = [];
-      for (let i = base; i < base + 10_000; i++) {
-        const stream = `rawcs-${t}-${i % 1000}`;
-        const version = (versions.get(stream) ?? 0) + 1;
-        versions.set(stream, version);
+        const [stream, version] = row(i);
         lines.push(`${stream}\t${version}\tOrderPlaced\t${dataJson(i).replace(/\\/g, '\\\\')}\n`);
       }
       await pipeline(
@@ -295,16 +266,16 @@ try {
   const single = (name: string, run: () => Promise<void>) => ({ name, events: () => SINGLES, run });
   const bulk = (name: string, run: () => Promise<void>) => ({ name, events: () => BULK_TOTAL, run });
   const [rawSingleRate, rawSameRate, rawNotifyRate, obSingleRate, sqlSingleRate] = await measure([
-    single('raw single-row INSERT per transaction', rawSingle),
-    single('raw single-row INSERT, same rows', rawSingleSameRows),
+    single('raw single-row INSERT per transaction', () => rawSingle()),
+    single('raw single-row INSERT, same rows', () => rawSingle(100)),
     single('raw single-row INSERT + pg_notify', rawSingleNotify),
     single('outbatch append(event)', outbatchSingle),
     single('append_events() from SQL, one event', sqlSingle),
   ]);
   const [rawMultiRate, rawCopyRate, rawCopySameRate, obBulkRate, obKeyedRate, sqlBulkRate] = await measure([
     bulk('raw 1000-row multi-row INSERT', rawMultiRow),
-    bulk('raw COPY (10k rows per COPY)', rawCopy),
-    bulk('raw COPY, same rows', rawCopySameRows),
+    bulk('raw COPY (10k rows per COPY)', () => rawCopy()),
+    bulk('raw COPY, same rows', () => rawCopy(1000)),
     bulk('outbatch append(10k events) [COPY]', outbatchBulk),
     bulk('outbatch append(10k keyed) [SQL fn]', outbatchBulkKeyed),
     bulk('append_events() from SQL, 10k events', sqlBulk),
