@@ -26,11 +26,13 @@ before(async () => {
     ),
   );
   running = t.app.run({ concurrency: 2, signal: controller.signal, pollInterval: 50 });
+  // The worker registers itself once the processors are recorded and their first runs
+  // deferred; with no job left, that first run is over.
   await waitFor('the first run to finish', async () => {
     const { rows } = await t.pool.query(
-      `SELECT (SELECT count(*) FROM ${q}.processors)::int AS processors, (SELECT count(*) FROM ${q}.jobs)::int AS jobs`,
+      `SELECT (SELECT count(*) FROM ${q}.workers)::int AS workers, (SELECT count(*) FROM ${q}.jobs)::int AS jobs`,
     );
-    return rows[0].processors === 1 && rows[0].jobs === 0;
+    return rows[0].workers === 1 && rows[0].jobs === 0;
   });
 });
 
