@@ -154,7 +154,16 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       running.set(job.id, run);
       void run.outcome.then((outcome) => finish(run, outcome));
     }
-    if (!stopping && buffer.length < Math.max(settings.concurrency, target() / 2)) wake();
+    // Claim more only when there is reason to: the last claim came back full, or a wake-up
+    // (NOTIFY, poll tick) is waiting. An empty claim must not start another, or an idle
+    // worker claims in a loop (it did: ~8,000 empty claims a second).
+    if (
+      !stopping &&
+      (backlog || pendingWake) &&
+      buffer.length < Math.max(settings.concurrency, target() / 2)
+    ) {
+      wake();
+    }
   }
 
   function finish(run: RunningJob, outcome: Outcome): void {

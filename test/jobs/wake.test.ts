@@ -1,0 +1,95 @@
+/**
+ * How an idle worker waits: for a NOTIFY or its poll tick, never by claiming in a loop.
+ * (It did loop: every empty claim started the next one, ~8,000 a second per worker.)
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createApp } from '../../src/app.js';
+import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
+import { waitFor } from './support.js';
+
+let t: TestApp;
+before(async () => {
+  t = await isolatedApp('jobs_wake');
+});
+after(async () => t.cleanup());
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Scans of the jobs table so far, as PostgreSQL's statistics count them (flushed when a backend exits). */
+async function jobsTableScans(): Promise<number> {
+  const { rows } = await t.pool.query(
+    `SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS scans
+     FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'jobs'`,
+    [t.schema],
+  );
+  return Number(rows[0].scans);
+}
+
+describe('an idle worker', () => {
+  it('claims once per poll tick, not in a loop', async () => {
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    app.task('never-deferred', {}, async () => {});
+    const before = await jobsTableScans();
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 2, pollInterval: 250, signal: controller.signal });
+    await sleep(3_000);
+    controller.abort();
+    await running;
+    await app.close(); // its backends exit, which flushes their statistics
+    const scans = await waitFor('the worker backends to flush their statistics', async () => {
+      const now = await jobsTableScans();
+      return now > before ? now - before : 0;
+    });
+    // About 12 poll ticks, plus start-up and a few maintenance passes; looping was ~20,000.
+    assert.ok(scans < 300, `an idle worker scanned the jobs table ${scans} times in 3 s`);
+  });
+
+  it('runs a deferred job on its NOTIFY, without waiting for a poll tick', async () => {
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    let ran = 0;
+    const task = app.task('woken', {}, async () => {
+      ran += 1;
+    });
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 2, pollInterval: { minutes: 10 }, signal: controller.signal });
+    try {
+      // Let the worker finish its start-up claims and publish itself idle.
+      await waitFor('the worker to be idle', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM "${t.schema}".workers WHERE idle`,
+        );
+        return rows[0].n > 0;
+      });
+      await sleep(200);
+      for (let i = 0; i < 3; i += 1) {
+        await task.defer({ i });
+        await waitFor(`job ${i + 1} to run (the poll tick is 10 minutes away)`, async () => ran === i + 1);
+        await sleep(100);
+      }
+      assert.equal(ran, 3);
+    } finally {
+      controller.abort();
+      await running;
+      await app.close();
+    }
+  });
+
+  it('runs a job scheduled a moment ahead once it is due, on the poll tick', async () => {
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    let ran = 0;
+    const task = app.task('scheduled-soon', {}, async () => {
+      ran += 1;
+    });
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 2, pollInterval: 100, signal: controller.signal });
+    try {
+      await task.defer({}, { runAt: new Date(Date.now() + 500) });
+      await waitFor('the scheduled job to run', async () => ran === 1);
+    } finally {
+      controller.abort();
+      await running;
+      await app.close();
+    }
+  });
+});
