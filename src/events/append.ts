@@ -11,7 +11,14 @@ import {
 } from '../errors.js';
 import { COPY_FROM, copyCapable, makeCopyAppend } from './appendCopy.js';
 import { eventsChannel } from './follow.js';
-import { EVENT_COLUMNS, type EventRow, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import {
+  EVENT_COLUMNS,
+  type EventRow,
+  EXTRA_COLUMN,
+  queryEvents,
+  type StoredEvent,
+  toStoredEvent,
+} from './storedEvent.js';
 import { expectedVersions, type NewEvent, type ValidatedBatch, validateEvents } from './validate.js';
 
 export interface AppendOptions {
@@ -92,12 +99,14 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
     // ONE_EVENT runs as a named (prepared) statement where node-postgres allows it: parsing
     // and planning its CTE on every call cost a measurable share of a single append.
     const name = text === ONE_EVENT && `outbatch_append_one_${deps.schema}`;
-    const run = async (db: Queryable) =>
-      (name && (db instanceof pg.Pool || db instanceof pg.Client)
-        ? await db.query<EventRow & { duplicate: boolean }>({ name, text, values })
-        : await db.query<EventRow & { duplicate: boolean }>(text, values)
-      ).rows;
-    let rows: (EventRow & { duplicate: boolean })[];
+    const run = (db: Queryable) =>
+      queryEvents(
+        db,
+        text,
+        values,
+        name && (db instanceof pg.Pool || db instanceof pg.Client) ? name : undefined,
+      );
+    let rows: EventRow[];
     try {
       const copied = expected === undefined ? await viaCopy(batch, options.client) : undefined;
       if (copied) return Array.isArray(input) ? copied : copied[0];
@@ -111,7 +120,9 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
         throw appendFailure(again);
       });
     }
-    const stored = rows.map((row) => Object.assign(toStoredEvent(row), { duplicate: row.duplicate }));
+    const stored = rows.map((row) =>
+      Object.assign(toStoredEvent(row), { duplicate: row[EXTRA_COLUMN] as boolean }),
+    );
     return Array.isArray(input) ? stored : stored[0];
   }
   return append as Append;

@@ -29,7 +29,7 @@ export function makeCopyAppend(deps: { schema: string }) {
       RETURNING s.stream, s.version
     )
     SELECT b.stream, b.version::text AS version,
-           pg_current_xact_id()::text AS tx_id, now() AS recorded_at,
+           pg_current_xact_id()::text AS tx_id, floor(extract(epoch FROM now()) * 1000)::int8 AS recorded_at_ms,
            (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
             FROM ${q}.events_position_seq)::text AS floor,
            (SELECT pg_notify('${eventsChannel(deps.schema)}', '')) AS notified
@@ -71,7 +71,7 @@ export function makeCopyAppend(deps: { schema: string }) {
       stream: string;
       version: string;
       tx_id: string;
-      recorded_at: Date;
+      recorded_at_ms: string;
       floor: string;
     }>(BUMP, [[...counts.keys()], [...counts.values()]]);
     const next = new Map<string, number>();
@@ -90,7 +90,8 @@ export function makeCopyAppend(deps: { schema: string }) {
         (withMetadata ? `\t${copyJson(e.metadata)}\n` : '\n');
     }
     await pipeline(Readable.from([lines.join('')]), client.query(copyFrom(copySql(withMetadata))));
-    const { floor, tx_id, recorded_at } = bumped.rows[0]!;
+    const { floor, tx_id, recorded_at_ms } = bumped.rows[0]!;
+    const recordedAt = Number(recorded_at_ms);
     const positions = await positionsAfter(client, floor, events.length);
     const txId = BigInt(tx_id);
     return events.map((e, i) => ({
@@ -102,7 +103,7 @@ export function makeCopyAppend(deps: { schema: string }) {
       type: e.type,
       data: JSON.parse(e.data),
       metadata: e.metadata === '{}' ? {} : JSON.parse(e.metadata),
-      recordedAt: recorded_at,
+      recordedAt: new Date(recordedAt),
       idempotencyKey: null,
       checkpoint: `${tx_id}:${positions[i]}`,
     }));

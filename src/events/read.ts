@@ -9,7 +9,7 @@ import {
   START_CHECKPOINT,
 } from './checkpoint.js';
 import { checkLimit, type EventFilter, filterParams } from './filter.js';
-import { EVENT_COLUMNS, type EventRow, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import { EVENT_COLUMNS, EXTRA_COLUMN, queryEvents, type StoredEvent, toStoredEvent } from './storedEvent.js';
 
 export interface ReadOptions extends EventFilter {
   /** Read events after this checkpoint (default: from the start). */
@@ -54,23 +54,23 @@ export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string 
     const limit = checkLimit(options.limit ?? 1000);
     const [types, prefix] = filterParams(options);
     const db = options.client ?? (await deps.pool());
-    const { rows } = await db.query<EventRow & { xmin: string | null }>(sql, [
+    const rows = await queryEvents(db, sql, [
       after.txId.toString(),
       after.position.toString(),
       types,
       prefix,
       limit,
     ]);
-    // The last row carries the snapshot's xmin (one statement, so one snapshot).
-    const at = rows.findIndex((row) => row.xmin !== null);
-    const [horizon] = rows.splice(at, 1);
+    // One row, with no position, carries the snapshot's xmin (one statement, so one snapshot).
+    const at = rows.findLastIndex((row) => row[0] === null);
+    const xmin = rows.splice(at, 1)[0]![EXTRA_COLUMN] as string;
     const events = rows.map(toStoredEvent);
     const last = events.at(-1);
     let next = last ? { txId: last.txId, position: last.position } : after;
     const caughtUp = events.length < limit;
     // Everything matching below xmin was in this page, so the reader may skip to the
     // horizon: a filter that matches rarely does not rescan the same events every time.
-    if (caughtUp) next = laterCheckpoint(next, horizonCheckpoint(BigInt(horizon!.xmin!)));
+    if (caughtUp) next = laterCheckpoint(next, horizonCheckpoint(BigInt(xmin)));
     return { events, checkpoint: formatCheckpoint(next), caughtUp };
   };
 }

@@ -29,6 +29,23 @@ describe('events.append', () => {
     assert.equal(stored.checkpoint, `${stored.txId}:${stored.position}`);
   });
 
+  it('returns the recorded time the database stored, to the millisecond, on every path and on read', async () => {
+    const one = await t.app.events.append({ stream: 'time-1', type: 'T', data: {} }); // one statement
+    const few = await t.app.events.append([{ stream: 'time-2', type: 'T', data: {} }]); // the SQL function
+    const many = await t.app.events.append(
+      Array.from({ length: 1500 }, (_, i) => ({ stream: `time-3-${i % 7}`, type: 'T', data: { i } })), // COPY
+    );
+    for (const event of [one, few[0]!, many[0]!, many.at(-1)!]) {
+      const { rows } = await t.pool.query(
+        `SELECT floor(extract(epoch FROM recorded_at) * 1000)::float8 AS ms FROM "${t.schema}".events WHERE position = $1`,
+        [event.position.toString()],
+      );
+      assert.equal(event.recordedAt.getTime(), rows[0].ms, `event ${event.position}`);
+      const read = await t.app.events.get(event.position);
+      assert.equal(read?.recordedAt.getTime(), rows[0].ms);
+    }
+  });
+
   it('stores a batch in input order, in one transaction, with contiguous versions per stream', async () => {
     const stored = await t.app.events.append([
       { stream: 'batch-a', type: 'T', data: 1 },
