@@ -124,8 +124,9 @@ export function makeReplay(deps: { pool: () => Promise<pg.Pool>; q: string; log:
       applied: false,
     };
     if (options.dryRun) return plan;
-    // The page transaction holds the processor row, so the rewind below is atomic with
-    // respect to pages anyway; waiting keeps a run from finishing on the old range.
+    // A page in flight that sees the moved checkpoint rolls back (saveCheckpoint), so the
+    // rewind below is atomic with respect to pages anyway; waiting keeps a run from
+    // finishing on the old range.
     for (let waited = false; await isRunning(db, name, row.version); waited = true) {
       if (options.wait === false) throw new ProcessorBusyError(name, row.version);
       if (!waited) options.onWait?.();

@@ -22,6 +22,7 @@ import {
   lockVersion,
   recordFailure,
   saveCheckpoint,
+  type VersionRow,
 } from './store.js';
 
 export interface RunDeps {
@@ -48,6 +49,9 @@ class PageFailed extends Error {
 
 class Aborted extends Error {}
 
+/** The version's row changed under the page (a rewind, pause or halt): the page rolls back. */
+class RowChanged extends Error {}
+
 export async function runProcessor(
   deps: RunDeps,
   def: ProcessorDefinition,
@@ -58,14 +62,20 @@ export async function runProcessor(
   const deadline = deps.clock.now().getTime() + def.maxRunTimeMs;
   let processed = 0;
   let pageSize = def.batchSize;
+  // The version's row as this run's last page left it; undefined: lock and read it again.
+  let known: VersionRow | undefined;
   while (true) {
     if (signal.aborted) return { stopped: 'aborted', processed };
     if (deps.clock.now().getTime() >= deadline) return { stopped: 'budget', processed };
     let step: PageStep;
     try {
-      step = await runPage(deps, def, version, pageSize, signal, log);
+      step = await runPage(deps, def, version, known, pageSize, signal, log);
     } catch (error) {
       if (error instanceof Aborted) return { stopped: 'aborted', processed };
+      if (error instanceof RowChanged) {
+        known = undefined;
+        continue;
+      }
       if (!(error instanceof PageFailed)) throw error; // the database: the job retries the run
       if (error.events.length > 1) {
         // Which event is it? Re-run the page one event at a time; those before it commit.
@@ -79,6 +89,8 @@ export async function runProcessor(
       const outcome = await onEventFailure(deps, def, version, error.events[0]!, error.failure, log);
       if (outcome === 'retry') throw error.failure;
       if (outcome === 'halted') return { stopped: 'halted', processed, position: error.events[0]!.position };
+      known = undefined;
+      if (outcome === 'changed') continue;
       processed += 1; // skipped and dead-lettered; the checkpoint moved past it
       pageSize = def.batchSize;
       continue;
@@ -86,31 +98,39 @@ export async function runProcessor(
     if (step.kind === 'head' || (step.kind === 'page' && step.caughtUp)) {
       if (step.kind === 'page') processed += step.count;
       // At the gap-safe head, but newer events may be held back by an open transaction.
-      const held = await heldBackEvents(deps.pool, deps.q, step.checkpoint, def.types, def.streamPrefix);
+      const held = await heldBackEvents(deps.pool, deps.q, step.row.checkpoint, def.types, def.streamPrefix);
       return { stopped: held ? 'held' : 'head', processed };
     }
     if (step.kind !== 'page') return { stopped: step.kind, processed };
+    known = step.row;
     processed += step.count;
     if (pageSize === 1 && step.count > 0) pageSize = def.batchSize;
   }
 }
 
-/** `checkpoint`: where the version stands after the page (or at the head). */
+/** `row`: the version's row as the page left it (its checkpoint is where the version now stands). */
 type PageStep =
-  | { kind: 'page'; count: number; caughtUp: boolean; checkpoint: string }
-  | { kind: 'head'; checkpoint: string }
+  | { kind: 'page'; count: number; caughtUp: boolean; row: VersionRow }
+  | { kind: 'head'; row: VersionRow }
   | { kind: 'paused' | 'failed' | 'retired' };
 
+/**
+ * One page in one transaction: read after the checkpoint, the pipeline, the new checkpoint.
+ * Only a run's first page locks the version's row; later pages start from the row as the
+ * previous page left it, and saveCheckpoint checks that nothing changed it meanwhile (one
+ * round trip less per page; a rewind or a pause in between rolls the page back).
+ */
 async function runPage(
   deps: RunDeps,
   def: ProcessorDefinition,
   version: number,
+  known: VersionRow | undefined,
   limit: number,
   signal: AbortSignal,
   log: Logger,
 ): Promise<PageStep> {
   return withTransaction(deps.pool, async (tx) => {
-    const row = await lockVersion(tx, deps.q, def.name, version);
+    const row = known ?? (await lockVersion(tx, deps.q, def.name, version));
     if (!row) return { kind: 'retired' };
     if (row.failed) return { kind: 'failed' };
     if (row.paused) return { kind: 'paused' };
@@ -131,18 +151,21 @@ async function runPage(
       }
     }
     if (page.checkpoint !== row.checkpoint) {
-      await saveCheckpoint(
+      const saved = await saveCheckpoint(
         tx,
         deps.q,
         def.name,
         version,
+        parseCheckpoint(row.checkpoint),
         parseCheckpoint(page.checkpoint),
         page.events.length,
         deps.clock.now(),
       );
+      if (!saved) throw new RowChanged();
     }
-    if (page.events.length === 0) return { kind: 'head', checkpoint: page.checkpoint };
-    return { kind: 'page', count: page.events.length, caughtUp: page.caughtUp, checkpoint: page.checkpoint };
+    const after = { ...row, checkpoint: page.checkpoint };
+    if (page.events.length === 0) return { kind: 'head', row: after };
+    return { kind: 'page', count: page.events.length, caughtUp: page.caughtUp, row: after };
   });
 }
 
@@ -161,7 +184,8 @@ async function applyPipeline(
 /**
  * Counts a failed run on one event. Under the retry budget the run is retried with
  * backoff (the job's); past it, `halt` marks the processor failed and `skip` moves the
- * event to the dead-letter table and the checkpoint past it.
+ * event to the dead-letter table and the checkpoint past it — unless the version was
+ * paused, halted or rewound meanwhile (`changed`: the run reads its row again).
  */
 async function onEventFailure(
   deps: RunDeps,
@@ -170,7 +194,7 @@ async function onEventFailure(
   event: StoredEvent,
   failure: unknown,
   log: Logger,
-): Promise<'retry' | 'halted' | 'skipped'> {
+): Promise<'retry' | 'halted' | 'skipped' | 'changed'> {
   const message = errorMessage(failure);
   const now = deps.clock.now();
   const attempts = await recordFailure(deps.pool, deps.q, def.name, version, event.position, message, now);
@@ -189,9 +213,9 @@ async function onEventFailure(
     );
     return 'halted';
   }
-  await withTransaction(deps.pool, async (tx) => {
+  const skipped = await withTransaction(deps.pool, async (tx) => {
     const row = await lockVersion(tx, deps.q, def.name, version);
-    if (!row) return;
+    if (!row || row.paused || row.failed) return false;
     // Skip only if this event is still the next one: a rewind meanwhile must not be jumped over.
     const next = await deps.read({
       after: row.checkpoint,
@@ -200,7 +224,7 @@ async function onEventFailure(
       limit: 1,
       client: tx,
     });
-    if (next.events[0]?.position !== event.position) return;
+    if (next.events[0]?.position !== event.position) return false;
     await deadLetter(tx, deps.q, {
       processor: def.name,
       version,
@@ -212,16 +236,19 @@ async function onEventFailure(
       stack: failure instanceof Error ? (failure.stack ?? null) : null,
       attempts,
     });
-    await saveCheckpoint(
+    // The row is locked: nothing can have changed it since.
+    return saveCheckpoint(
       tx,
       deps.q,
       def.name,
       version,
+      parseCheckpoint(row.checkpoint),
       { txId: event.txId, position: event.position },
       1,
       now,
     );
   });
+  if (!skipped) return 'changed'; // paused, halted or rewound meanwhile: the run looks again
   log.error(
     { err: failure, position: event.position.toString(), attempts },
     `processor "${def.name}" skipped event ${event.position} after ${attempts} attempts (dead-lettered)`,

@@ -41,8 +41,8 @@ export async function runnableVersions(db: Queryable, q: string, name: string): 
 }
 
 /**
- * Locks the version's row for the page's transaction. Besides the job lock, this is what
- * makes a rewind or a pause wait for the page in flight instead of racing it.
+ * Locks the version's row, in the transaction of a run's first page (and of the page after
+ * anything changed it). Later pages do not read it again: saveCheckpoint checks it instead.
  */
 export async function lockVersion(
   db: Queryable,
@@ -61,25 +61,44 @@ export async function lockVersion(
   return rows[0];
 }
 
-/** Moves the checkpoint, in the page's transaction; a page that passed clears the failure streak. */
+/**
+ * Moves the checkpoint from `from` to `to`, in the page's transaction; a page that passed
+ * clears the failure streak. Only if the row is still as the run last saw it: at `from`,
+ * not paused, failed or retired. False otherwise (a rewind, a pause or a halt came in while
+ * the page ran): the caller rolls the page back. The UPDATE waits for a change in flight
+ * and then re-checks, so a page and an operator's change never both win.
+ */
 export async function saveCheckpoint(
   db: Queryable,
   q: string,
   name: string,
   version: number,
-  checkpoint: { txId: bigint; position: bigint },
+  from: { txId: bigint; position: bigint },
+  to: { txId: bigint; position: bigint },
   processed: number,
   now: Date,
-): Promise<void> {
-  await db.query(
+): Promise<boolean> {
+  const { rowCount } = await db.query(
     `UPDATE ${q}.processors
      SET checkpoint_tx = $3::text::xid8, checkpoint_position = $4, events_processed = events_processed + $5,
          last_run_at = $6,
          failing_attempts = CASE WHEN $5 > 0 THEN 0 ELSE failing_attempts END,
          failing_position = CASE WHEN $5 > 0 THEN NULL ELSE failing_position END
-     WHERE name = $1 AND version = $2`,
-    [name, version, checkpoint.txId.toString(), checkpoint.position.toString(), processed, now],
+     WHERE name = $1 AND version = $2
+       AND checkpoint_tx = $7::text::xid8 AND checkpoint_position = $8
+       AND NOT paused AND failed_at IS NULL AND retired_at IS NULL`,
+    [
+      name,
+      version,
+      to.txId.toString(),
+      to.position.toString(),
+      processed,
+      now,
+      from.txId.toString(),
+      from.position.toString(),
+    ],
   );
+  return rowCount === 1;
 }
 
 /** Counts one more failed run on `position`; returns how many in a row failed on it. */

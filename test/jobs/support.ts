@@ -39,7 +39,7 @@ export async function processorState(pool: pg.Pool, schema: string, name: string
   const [processor, jobs, horizon] = await Promise.all([
     pool.query(`SELECT * FROM ${q}.processors WHERE name = $1`, [name]),
     pool.query(
-      `SELECT id, status, attempts, run_at, lock, queueing_lock, error->>'message' AS error
+      `SELECT id, status, attempts, run_at, lock, queueing_lock, last_error->>'message' AS error
        FROM ${q}.jobs WHERE task = $1 ORDER BY id DESC LIMIT 10`,
       [`processor:${name}`],
     ),
