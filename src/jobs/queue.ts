@@ -8,7 +8,7 @@ import type { Database } from '../db/database.js';
 import { assertMigrated } from '../db/migrate.js';
 import { ValidationError } from '../errors.js';
 import type { WorkerOptions } from '../worker/options.js';
-import { startWorker } from '../worker/worker.js';
+import { startWorker, type Worker } from '../worker/worker.js';
 import { type JobControl, makeJobControl } from './control.js';
 import { type DeferResult, deferJob } from './defer.js';
 import {
@@ -49,6 +49,8 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
   const pool = async () => (await database()).pool;
   const now = () => clock.now();
   const injectedClock = clock !== systemClock;
+  let worker: Worker | undefined; // while run() runs
+  const deferredFor = (runAt: Date) => worker?.wakeAt(runAt);
 
   return {
     task(name, options, handler) {
@@ -61,13 +63,15 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       if (tasks.has(name))
         throw new ValidationError(`task "${name}" is already registered: task names are unique per app`);
       tasks.set(name, resolved);
-      return makeTask(resolved, { schema, pool, now, injectedClock });
+      return makeTask(resolved, { schema, pool, now, injectedClock, deferredFor });
     },
 
     async defer(task, args, options = {}) {
       const name = typeof task === 'string' ? task : task?.name;
       const spec = toJobSpec(name, args, options, tasks.get(name), now, injectedClock);
-      return deferJob(options.client ?? (await pool()), schema, spec);
+      const result = await deferJob(options.client ?? (await pool()), schema, spec);
+      if (spec.runAt) deferredFor(spec.runAt);
+      return result;
     },
 
     async run(options = {}) {
@@ -76,15 +80,19 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       await assertMigrated(db.pool, schema);
       if (tasks.size === 0)
         log.warn('worker starting with no tasks registered: every job it claims will fail as unknown');
-      const worker = startWorker(
+      const started = startWorker(
         { pool: db.pool, databaseUrl: db.url, schema, log, clock, tasks },
         workerOptions,
       );
-      await worker.started;
+      worker = started; // before it has started: a job deferred meanwhile is still woken for
+      await started.started.catch((error) => {
+        worker = undefined;
+        throw error;
+      });
       let onSignal: ((name: NodeJS.Signals) => void) | undefined;
       try {
         await new Promise<void>((resolve) => {
-          const stop = () => void worker.stop().then(resolve);
+          const stop = () => void started.stop().then(resolve);
           if (signal) {
             if (signal.aborted) stop();
             else signal.addEventListener('abort', stop, { once: true });
@@ -107,6 +115,7 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
           process.on('SIGTERM', onSignal);
         });
       } finally {
+        worker = undefined;
         if (onSignal) {
           process.off('SIGINT', onSignal);
           process.off('SIGTERM', onSignal);

@@ -200,6 +200,8 @@ export interface TaskEnv {
   now: () => Date;
   /** A test clock: jobs default to due at its time, not the database's (which the worker then ignores). */
   injectedClock: boolean;
+  /** Told of each job deferred for later, so a worker in this process can claim it when due. */
+  deferredFor: (runAt: Date) => void;
 }
 
 export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
@@ -208,7 +210,9 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
     options: resolved,
     async defer(args, options = {}) {
       const spec = toJobSpec(resolved.name, args, options, resolved, env.now, env.injectedClock);
-      return deferJob(options.client ?? (await env.pool()), env.schema, spec);
+      const result = await deferJob(options.client ?? (await env.pool()), env.schema, spec);
+      if (spec.runAt) env.deferredFor(spec.runAt);
+      return result;
     },
     async deferMany(jobs, options = {}) {
       if (!Array.isArray(jobs)) {
@@ -223,7 +227,9 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
         const { args, ...rest } = job;
         return toJobSpec(resolved.name, args, rest, resolved, env.now, env.injectedClock);
       });
-      return deferJobs(options.client ?? (await env.pool()), env.schema, specs);
+      const result = await deferJobs(options.client ?? (await env.pool()), env.schema, specs);
+      for (const spec of specs) if (spec.runAt) env.deferredFor(spec.runAt);
+      return result;
     },
   };
 }

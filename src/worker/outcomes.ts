@@ -22,10 +22,15 @@ export interface OutcomeWriterDeps {
   now: () => Date | null;
   /** The task's retry decision for a failed attempt: wait in ms, or null for the dead letter. */
   retryIn: (run: RunningJob, error: unknown) => number | null;
+  /**
+   * Called once an outcome that frees a lock is written: jobs waiting for that lock can be
+   * claimed now, and no NOTIFY says so (a processor's next run waits behind its current one).
+   */
+  onLockFreed: () => void;
 }
 
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
-  const { pool, schema, log, workerId, now, retryIn } = deps;
+  const { pool, schema, log, workerId, now, retryIn, onLockFreed } = deps;
   const completions: Completion[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
   const releases: string[] = [];
@@ -34,6 +39,13 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   // Jobs completing inside their own transaction (not batched): awaited on close.
   const inTransaction = new Set<Promise<void>>();
   let closing = false;
+  // Pending outcomes of jobs holding a lock, by id: writing them frees the lock.
+  const holdingLock = new Set<string>();
+  const written = (ids: string[]) => {
+    let freed = false;
+    for (const id of ids) if (holdingLock.delete(id)) freed = true;
+    if (freed) onLockFreed();
+  };
 
   const schedule = () => {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flushAll).finally(() => {
@@ -66,6 +78,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       await write('completing jobs', async () => {
         await completeJobs(pool, schema, workerId, batch, now());
       });
+      written(batch.map((completion) => completion.id));
     }
     while (failures.length > 0) {
       const batch = failures.splice(0, MAX_BATCH);
@@ -94,6 +107,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
           else log.error({ ...fields, stack: failure.error.stack }, 'job failed for good (dead letter)');
         }
       });
+      written(batch.map(({ job }) => job.id));
     }
     while (releases.length > 0) {
       const batch = releases.splice(0, MAX_BATCH);
@@ -130,6 +144,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       }
       await client.query('COMMIT');
       client.release();
+      if (run.job.lock !== null) onLockFreed();
     } catch (error) {
       // The COMMIT (or the completion inside it) failed, e.g. the connection died in a
       // server restart: a failed attempt like any other, retried per the task's policy,
@@ -141,6 +156,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
 
   function fail(job: ClaimedJob, error: unknown, retryInMs: number | null, client?: pg.PoolClient) {
     if (client) void discardTransaction(client);
+    if (job.lock !== null) holdingLock.add(job.id);
     const { message, stack } = describeError(error);
     failures.push({
       job,
@@ -163,6 +179,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         inTransaction.add(committing);
         return;
       }
+      if (run.job.lock !== null) holdingLock.add(run.job.id);
       completions.push({
         id: run.job.id,
         task: run.job.task,

@@ -54,6 +54,8 @@ export interface Worker {
   readonly started: Promise<void>;
   /** Graceful shutdown; resolves once every claimed job is finished or returned. */
   stop(): Promise<void>;
+  /** A job this process deferred becomes due at `at`: claim then, not at the next poll tick. */
+  wakeAt(at: Date): void;
 }
 
 export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Worker {
@@ -67,7 +69,16 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const buffer: ClaimedJob[] = [];
   const runDeps = { schema, pool, log, now: () => clock.now(), tasks };
   const running = new Map<string, RunningJob>();
-  const outcomes = makeOutcomeWriter({ pool, schema, log, workerId: id, now: dbNow, retryIn });
+  // A written outcome that frees a lock may make a waiting job claimable: claim again.
+  const outcomes = makeOutcomeWriter({
+    pool,
+    schema,
+    log,
+    workerId: id,
+    now: dbNow,
+    retryIn,
+    onLockFreed: () => wake(),
+  });
   const stopClaiming$ = new Subject<void>();
   const stopped$ = new Subject<void>();
   let stopping = false;
@@ -141,6 +152,22 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     }
   }
 
+  /**
+   * Jobs due soon that this process knows of (a retry's backoff, a job it deferred with a
+   * delay) wake the claimer when due: no NOTIFY announces a job becoming due, and the poll
+   * tick may be far. Only sooner than the poll tick; the timers go with the worker.
+   */
+  const timers = new Set<NodeJS.Timeout>();
+  function wakeIn(ms: number): void {
+    if (stopping || ms >= settings.pollIntervalMs) return;
+    // A few ms late: run_at was written from this clock, and the claim compares with the database's.
+    const timeout = setTimeout(() => {
+      timers.delete(timeout);
+      wake();
+    }, Math.max(0, ms) + 5);
+    timers.add(timeout);
+  }
+
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
   function pump(): void {
     while (running.size < settings.concurrency && buffer.length > 0) {
@@ -181,6 +208,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     } else if (outcome.kind === 'failed') {
       const wait = retryIn(run, outcome.error);
       outcomes.fail(job, outcome.error, wait, run.takeTransaction());
+      if (wait !== null) wakeIn(wait);
       observe({
         task: job.task,
         outcome: wait === null ? 'failed' : 'retried',
@@ -255,6 +283,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   async function shutdown(): Promise<void> {
     stopping = true;
     stopClaiming$.next();
+    for (const timeout of timers) clearTimeout(timeout);
+    timers.clear();
     await Promise.all(claims);
     const waiting = buffer.splice(0);
     log.info(
@@ -355,5 +385,6 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     id,
     started,
     stop,
+    wakeAt: (at) => wakeIn(at.getTime() - clock.now().getTime()),
   };
 }

@@ -75,17 +75,72 @@ describe('an idle worker', () => {
     }
   });
 
-  it('runs a job scheduled a moment ahead once it is due, on the poll tick', async () => {
+  it('claims a job waiting for a lock as soon as the holder finishes, without waiting for a poll tick', async () => {
     const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
-    let ran = 0;
-    const task = app.task('scheduled-soon', {}, async () => {
-      ran += 1;
+    const order: string[] = [];
+    const task = app.task('locked', {}, async (args: { name: string }) => {
+      order.push(args.name);
+      await sleep(100);
     });
     const controller = new AbortController();
-    const running = app.run({ concurrency: 2, pollInterval: 100, signal: controller.signal });
+    const running = app.run({ concurrency: 4, pollInterval: { minutes: 10 }, signal: controller.signal });
     try {
-      await task.defer({}, { runAt: new Date(Date.now() + 500) });
-      await waitFor('the scheduled job to run', async () => ran === 1);
+      await waitFor('the worker to be idle', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM "${t.schema}".workers WHERE idle`,
+        );
+        return rows[0].n > 0;
+      });
+      // One NOTIFY wakes the worker; b, c and d then wait for the lock, which no NOTIFY announces.
+      for (const name of ['a', 'b', 'c', 'd']) await task.defer({ name }, { lock: 'account:1' });
+      await waitFor(
+        'the four same-lock jobs to run (the poll tick is 10 minutes away)',
+        async () => order.length === 4,
+      );
+      assert.deepEqual(order, ['a', 'b', 'c', 'd']);
+    } finally {
+      controller.abort();
+      await running;
+      await app.close();
+    }
+  });
+
+  it('runs a job this process deferred for a moment later when it is due, and a retry when its backoff ends', async () => {
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    let ran = 0;
+    let attempts = 0;
+    const later = app.task('later', {}, async () => {
+      ran += 1;
+    });
+    const flaky = app.task(
+      'flaky',
+      { retry: { attempts: 3, backoff: { initial: 200, factor: 1 } } },
+      async () => {
+        attempts += 1;
+        if (attempts < 3) throw new Error(`attempt ${attempts} fails`);
+      },
+    );
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 2, pollInterval: { minutes: 10 }, signal: controller.signal });
+    try {
+      await waitFor('the worker to be idle', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM "${t.schema}".workers WHERE idle`,
+        );
+        return rows[0].n > 0;
+      });
+      await later.defer({}, { delay: 300 });
+      await waitFor('the delayed job to run (the poll tick is 10 minutes away)', async () => ran === 1);
+      await flaky.defer({});
+      await waitFor('the third attempt (the poll tick is 10 minutes away)', async () => attempts === 3);
+      // Succeeded rows are deleted (no keepSucceededFor): the job is gone once it passed.
+      await waitFor('the flaky job to succeed', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM "${t.schema}".jobs WHERE task = 'flaky'`,
+        );
+        return rows[0].n === 0;
+      });
+      assert.equal(attempts, 3);
     } finally {
       controller.abort();
       await running;
