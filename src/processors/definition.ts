@@ -33,7 +33,7 @@ export interface ProcessorOptions {
   types?: string[];
   /** Only streams starting with this (default: all). */
   streamPrefix?: string;
-  /** Events per page (default 500, at most 10,000). */
+  /** Events per page (default 1000, at most 10,000). */
   batchSize?: number;
   trigger: Trigger;
   /** Runs that may fail on the same event before `onPoison` applies, and the backoff between them. */
@@ -103,7 +103,7 @@ export function defineProcessor(
   if (streamPrefix !== undefined && (typeof streamPrefix !== 'string' || streamPrefix.length === 0)) {
     throw new ValidationError(`processor "${name}": streamPrefix must be a non-empty string`);
   }
-  const batchSize = options.batchSize ?? 500;
+  const batchSize = options.batchSize ?? 1000;
   if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 10_000) {
     throw new ValidationError(
       `processor "${name}": batchSize ${String(batchSize)} is invalid: use a whole number from 1 to 10000`,
