@@ -90,22 +90,25 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
     const batch = validateEvents(input, deps.maxEventBytes);
     const expected = expectedVersions(options.expectedVersion, batch.streams);
     if (batch.count === 0) return [];
-    const one =
-      batch.count === 1 && expected === undefined ? (Array.isArray(input) ? input[0] : input) : undefined;
-    const [text, values] =
-      one && one.idempotencyKey === undefined
-        ? [ONE_EVENT, [one.stream, one.type, JSON.stringify(one.data), JSON.stringify(one.metadata ?? {})]]
-        : [sql, [batch.json(), expected === undefined ? null : JSON.stringify(expected)]];
+    // One event without a key: ONE_EVENT, with the JSON text validation already produced.
+    const first = batch.events[0]!;
+    const single = batch.count === 1 && expected === undefined && first.idempotencyKey === undefined;
     // ONE_EVENT runs as a named (prepared) statement where node-postgres allows it: parsing
     // and planning its CTE on every call cost a measurable share of a single append.
-    const name = text === ONE_EVENT && `outbatch_append_one_${deps.schema}`;
-    const run = (db: Queryable) =>
-      queryEvents(
+    const name = single && `outbatch_append_one_${deps.schema}`;
+    // The SQL function's arguments are built only if it runs (not for COPY: ~3 ms per 10k).
+    let values: unknown[] | undefined = single
+      ? [first.stream, first.type, first.data, first.metadata]
+      : undefined;
+    const run = (db: Queryable) => {
+      values ??= [batch.json(), expected === undefined ? null : JSON.stringify(expected)];
+      return queryEvents(
         db,
-        text,
+        single ? ONE_EVENT : sql,
         values,
         name && (db instanceof pg.Pool || db instanceof pg.Client) ? name : undefined,
       );
+    };
     let rows: EventRow[];
     try {
       const copied = expected === undefined ? await viaCopy(batch, options.client) : undefined;
