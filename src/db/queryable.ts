@@ -1,4 +1,4 @@
-import type { QueryArrayConfig, QueryArrayResult, QueryResult, QueryResultRow } from 'pg';
+import type { QueryResult, QueryResultRow } from 'pg';
 
 /**
  * What every operation needs to run SQL: a pool, or a caller's client inside
@@ -7,6 +7,4 @@ import type { QueryArrayConfig, QueryArrayResult, QueryResult, QueryResultRow } 
  */
 export interface Queryable {
   query<R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]): Promise<QueryResult<R>>;
-  /** Rows as arrays (`rowMode: 'array'`): what the event reads use, a third cheaper per row to build. */
-  query<R extends unknown[] = unknown[]>(config: QueryArrayConfig<unknown[]>): Promise<QueryArrayResult<R>>;
 }

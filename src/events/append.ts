@@ -1,4 +1,4 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 import { sqlState } from '../db/retryable.js';
@@ -102,12 +102,7 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
       : undefined;
     const run = (db: Queryable) => {
       values ??= [batch.json(), expected === undefined ? null : JSON.stringify(expected)];
-      return queryEvents(
-        db,
-        single ? ONE_EVENT : sql,
-        values,
-        name && (db instanceof pg.Pool || db instanceof pg.Client) ? name : undefined,
-      );
+      return queryEvents(db, single ? ONE_EVENT : sql, values, name || undefined);
     };
     let rows: EventRow[];
     try {

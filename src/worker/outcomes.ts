@@ -27,10 +27,12 @@ export interface OutcomeWriterDeps {
    * claimed now, and no NOTIFY says so (a processor's next run waits behind its current one).
    */
   onLockFreed: () => void;
+  /** Called once a failed attempt is written back as a retry due in `retryInMs`. */
+  onRetryWritten: (retryInMs: number) => void;
 }
 
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
-  const { pool, schema, log, workerId, now, retryIn, onLockFreed } = deps;
+  const { pool, schema, log, workerId, now, retryIn, onLockFreed, onRetryWritten } = deps;
   const completions: Completion[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
   const releases: string[] = [];
@@ -100,9 +102,10 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
             attempt: job.attempts,
             error: failure.error.message,
           };
-          if (row.status === 'todo')
+          if (row.status === 'todo') {
             log.warn({ ...fields, retryInMs: failure.retryInMs }, 'job failed; will retry');
-          else if (row.supersededBy)
+            if (failure.retryInMs !== null) onRetryWritten(failure.retryInMs);
+          } else if (row.supersededBy)
             log.error({ ...fields, supersededBy: row.supersededBy }, 'job failed; superseded, not retried');
           else log.error({ ...fields, stack: failure.error.stack }, 'job failed for good (dead letter)');
         }

@@ -78,6 +78,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     now: dbNow,
     retryIn,
     onLockFreed: () => wake(),
+    // Armed once the retry is written: its run_at is the database's now() then, plus the wait.
+    onRetryWritten: (retryInMs) => wakeIn(retryInMs),
   });
   const stopClaiming$ = new Subject<void>();
   const stopped$ = new Subject<void>();
@@ -122,19 +124,25 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     }
   };
 
+  let claimFailures = 0; // in a row
   async function claimOnce(limit: number): Promise<void> {
     requested += limit;
     let claimed: ClaimedJob[];
     try {
       claimed = await claimJobs(pool, schema, { queues: settings.queues, limit, workerId: id, now: dbNow() });
     } catch (error) {
-      // A lock race (unique jobs_lock_doing) or a lost connection: the next wake-up retries.
-      log.warn({ err: error, retryable: isRetryable(error) }, 'claiming jobs failed; will retry');
+      // A lock race (unique jobs_lock_doing) or a lost connection: claim again soon, backing
+      // off from 50 ms (the poll tick takes over beyond it); a NOTIFY may come sooner.
+      claimFailures += 1;
+      const retryInMs = Math.min(50 * 2 ** (claimFailures - 1), settings.pollIntervalMs);
+      log.warn({ err: error, retryable: isRetryable(error), retryInMs }, 'claiming jobs failed; will retry');
       backlog = false;
+      wakeIn(retryInMs);
       return;
     } finally {
       requested -= limit;
     }
+    claimFailures = 0;
     backlog = claimed.length === limit;
     for (const job of claimed) buffer.push(job);
     pump();
@@ -155,17 +163,44 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   /**
    * Jobs due soon that this process knows of (a retry's backoff, a job it deferred with a
    * delay) wake the claimer when due: no NOTIFY announces a job becoming due, and the poll
-   * tick may be far. Only sooner than the poll tick; the timers go with the worker.
+   * tick may be far. Only sooner than the poll tick. One timer, for the earliest due time;
+   * due times are kept in 10 ms buckets, so ten thousand delayed defers are a few buckets.
+   * Each wakes twice, 5 ms and 100 ms after its due time: a claim must not come too early
+   * for a job whose run_at the database's clock (a little behind ours, or a write still in
+   * flight) has not reached yet.
    */
-  const timers = new Set<NodeJS.Timeout>();
+  const due = new Set<number>(); // buckets of performance.now() / 10 ms
+  let dueTimer: NodeJS.Timeout | undefined;
+  let timerBucket = Number.POSITIVE_INFINITY;
+  let ready = false; // registered: claims may start (the first one takes whatever was due before)
   function wakeIn(ms: number): void {
     if (stopping || ms >= settings.pollIntervalMs) return;
-    // A few ms late: run_at was written from this clock, and the claim compares with the database's.
-    const timeout = setTimeout(() => {
-      timers.delete(timeout);
-      wake();
-    }, Math.max(0, ms) + 5);
-    timers.add(timeout);
+    const at = performance.now() + Math.max(0, ms);
+    due.add(Math.ceil((at + 5) / 10));
+    due.add(Math.ceil((at + 100) / 10));
+    armTimer();
+  }
+  function armTimer(): void {
+    let next = Number.POSITIVE_INFINITY;
+    for (const bucket of due) if (bucket < next) next = bucket;
+    if (next === Number.POSITIVE_INFINITY || next >= timerBucket) return;
+    clearTimeout(dueTimer);
+    timerBucket = next;
+    dueTimer = setTimeout(onTimer, Math.max(0, next * 10 - performance.now()));
+  }
+  function onTimer(): void {
+    dueTimer = undefined;
+    timerBucket = Number.POSITIVE_INFINITY;
+    const now = performance.now();
+    for (const bucket of due) if (bucket * 10 <= now + 1) due.delete(bucket);
+    if (ready) wake();
+    armTimer();
+  }
+  function clearTimers(): void {
+    clearTimeout(dueTimer);
+    dueTimer = undefined;
+    timerBucket = Number.POSITIVE_INFINITY;
+    due.clear();
   }
 
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
@@ -208,7 +243,6 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     } else if (outcome.kind === 'failed') {
       const wait = retryIn(run, outcome.error);
       outcomes.fail(job, outcome.error, wait, run.takeTransaction());
-      if (wait !== null) wakeIn(wait);
       observe({
         task: job.task,
         outcome: wait === null ? 'failed' : 'retried',
@@ -283,8 +317,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   async function shutdown(): Promise<void> {
     stopping = true;
     stopClaiming$.next();
-    for (const timeout of timers) clearTimeout(timeout);
-    timers.clear();
+    clearTimers();
     await Promise.all(claims);
     const waiting = buffer.splice(0);
     log.info(
@@ -372,8 +405,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     )
       .pipe(takeUntil(stopClaiming$))
       .subscribe(() => wake());
+    ready = true;
     wake();
   })();
+  // A worker that failed to start claims nothing, and its timers must not keep the process up.
+  started.catch(() => {
+    stopping = true;
+    clearTimers();
+  });
 
   let stopped: Promise<void> | undefined;
   const stop = () => {

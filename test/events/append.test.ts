@@ -31,7 +31,10 @@ describe('events.append', () => {
 
   it('returns the recorded time the database stored, to the millisecond, on every path and on read', async () => {
     const one = await t.app.events.append({ stream: 'time-1', type: 'T', data: {} }); // one statement
-    const few = await t.app.events.append([{ stream: 'time-2', type: 'T', data: {} }]); // the SQL function
+    const few = await t.app.events.append([
+      { stream: 'time-2', type: 'T', data: {} },
+      { stream: 'time-2', type: 'T', data: {} },
+    ]); // the SQL function
     const many = await t.app.events.append(
       Array.from({ length: 1500 }, (_, i) => ({ stream: `time-3-${i % 7}`, type: 'T', data: { i } })), // COPY
     );

@@ -79,6 +79,32 @@ describe('events: read, stream, head, follow', () => {
     }
   });
 
+  it('reads and appends through a client that is not node-postgres’ own (object rows)', async () => {
+    // A wrapper around another driver, or an instrumented client: only query(text, values).
+    const wrapped = { query: (text: string, values?: unknown[]) => t.pool.query(text, values) };
+    const direct = await t.app.events.read({ limit: 3 });
+    const viaWrapper = await t.app.events.read({ client: wrapped, limit: 3 });
+    assert.deepEqual(viaWrapper, direct);
+    const stored = await t.app.events.append(
+      [
+        { stream: 'wrapped-1', type: 'T', data: { n: 1 } },
+        { stream: 'wrapped-1', type: 'T', data: { n: 2 } },
+      ],
+      { client: wrapped },
+    );
+    assert.deepEqual(
+      stored.map((e) => [e.streamVersion, e.data, typeof e.position]),
+      [
+        [1, { n: 1 }, 'bigint'],
+        [2, { n: 2 }, 'bigint'],
+      ],
+    );
+    assert.deepEqual(
+      await t.app.events.stream('wrapped-1', { client: wrapped }),
+      await t.app.events.stream('wrapped-1'),
+    );
+  });
+
   it('stream(), head() and get()', async () => {
     const stream = await t.app.events.stream('order-0');
     assert.deepEqual(

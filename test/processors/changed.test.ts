@@ -85,8 +85,12 @@ describe('a page in flight when an operator changes the processor', () => {
     await waitFor(
       'the run to stop on the pause',
       async () => {
-        const s = await status();
-        return s.state === 'paused' ? s : undefined;
+        // 'paused' shows as soon as the pause commits: wait for the run itself to end.
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM ${q}.jobs WHERE lock = $1 AND status = 'doing'`,
+          [`processor:${NAME}@1`],
+        );
+        return (await status()).state === 'paused' && rows[0].n === 0;
       },
       20_000,
       () => processorState(t.pool, t.schema, NAME),
