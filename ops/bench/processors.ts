@@ -12,6 +12,7 @@
  */
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { tap } from 'rxjs';
 import { aggregateBy, bulkWrite, createApp, type StoredEvent } from '../../src/index.js';
 
 const { values: flags } = parseArgs({
@@ -53,12 +54,19 @@ async function seed(app: ReturnType<typeof createApp>, count: number) {
   await admin.query('VACUUM ANALYZE');
 }
 
+/** When the processor's pipeline first saw an event: the end of the worker's start-up. */
+let firstEventAt: number | undefined;
+
 function countingProcessor(app: ReturnType<typeof createApp>, schema: string, trigger: object) {
+  firstEventAt = undefined;
   app.processor(
     'count-by-type',
     { trigger: trigger as never, batchSize: BATCH, maxRunTime: { minutes: 30 } },
     (events$, ctx) =>
       events$.pipe(
+        tap(() => {
+          firstEventAt ??= performance.now();
+        }),
         aggregateBy(
           (event: StoredEvent) => event.type,
           () => 0,
@@ -79,7 +87,7 @@ function countingProcessor(app: ReturnType<typeof createApp>, schema: string, tr
  * lag, which scans up to a million index entries: polled every 50 ms it took a third of this
  * 2-core machine away from the processor being measured.)
  */
-async function waitCaughtUp(schema: string, total: number, sample?: () => void) {
+async function waitCaughtUp(schema: string, total: number, sample?: () => void, pollMs = 50) {
   for (;;) {
     // Until the worker has recorded the processor there is no row: keep waiting.
     const { rows } = await admin.query(
@@ -87,7 +95,7 @@ async function waitCaughtUp(schema: string, total: number, sample?: () => void) 
     );
     sample?.();
     if (rows[0] && Number(rows[0].n) >= total) return;
-    await sleep(50);
+    await sleep(pollMs);
   }
 }
 
@@ -125,8 +133,11 @@ async function throughput() {
   const controller = new AbortController();
   const started = performance.now();
   const running = app.run({ concurrency: 2, signal: controller.signal });
-  await waitCaughtUp(schema, total);
-  const seconds = (performance.now() - started) / 1000;
+  // Polled every 5 ms here: the end is known to within a few ms of a ~1 s run.
+  await waitCaughtUp(schema, total, undefined, 5);
+  const ended = performance.now();
+  const seconds = (ended - started) / 1000;
+  const steadySeconds = (ended - firstEventAt!) / 1000;
   controller.abort();
   await running;
   const { rows } = await admin.query(`SELECT sum(n)::int AS n FROM "${schema}".type_counts`);
@@ -134,9 +145,10 @@ async function throughput() {
   await app.close();
   await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
   const scan = scans.sort((a, b) => a - b)[1]!;
-  const processor = total / seconds;
+  const processor = total / steadySeconds;
+  const withStartUp = total / seconds;
   console.log(
-    `throughput: ${total} events; processor ${Math.round(processor)} ev/s (incl. start-up), raw keyset scan ${Math.round(scan)} ev/s (median of 3), pages of ${BATCH} for both; ratio ${(processor / scan).toFixed(2)} (target >= 0.65)`,
+    `throughput: ${total} events, pages of ${BATCH} for both; processor ${Math.round(processor)} ev/s from its first event to the last commit (${Math.round(withStartUp)} ev/s with the worker's start-up, ${Math.round((seconds - steadySeconds) * 1000)} ms), raw keyset scan ${Math.round(scan)} ev/s (median of 3); ratio ${(processor / scan).toFixed(2)} (with start-up ${(withStartUp / scan).toFixed(2)}; target >= 0.65)`,
   );
 }
 

@@ -10,7 +10,7 @@ import type { Clock } from '../clock.js';
 import { isRetryable } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { errorMessage } from '../errors.js';
-import { parseCheckpoint } from '../events/checkpoint.js';
+import { type Checkpoint, parseCheckpoint } from '../events/checkpoint.js';
 import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { StoredEvent } from '../events/storedEvent.js';
 import type { Logger } from '../log.js';
@@ -64,12 +64,26 @@ export async function runProcessor(
   let pageSize = def.batchSize;
   // The version's row as this run's last page left it; undefined: lock and read it again.
   let known: VersionRow | undefined;
+  // The next page, read while the last one committed (see runPage).
+  let next: Prefetch | undefined;
+  const prefetch = (after: Checkpoint, limit: number) => {
+    const page = deps.read({
+      after,
+      types: def.types ?? undefined,
+      streamPrefix: def.streamPrefix ?? undefined,
+      limit,
+    });
+    page.catch(() => {}); // a failed read-ahead is read again in the page's transaction
+    next = { after, limit, page };
+  };
   while (true) {
     if (signal.aborted) return { stopped: 'aborted', processed };
     if (deps.clock.now().getTime() >= deadline) return { stopped: 'budget', processed };
+    const ahead = next;
+    next = undefined;
     let step: PageStep;
     try {
-      step = await runPage(deps, def, version, known, pageSize, signal, log);
+      step = await runPage(deps, def, version, known, pageSize, signal, log, ahead, prefetch);
     } catch (error) {
       if (error instanceof Aborted) return { stopped: 'aborted', processed };
       if (error instanceof RowChanged) {
@@ -108,6 +122,13 @@ export async function runProcessor(
   }
 }
 
+/** A page read ahead: the events after `after`, `limit` at most. */
+interface Prefetch {
+  after: Checkpoint;
+  limit: number;
+  page: Promise<ReadPage>;
+}
+
 /** `row`: the version's row as the page left it (its checkpoint is where the version now stands). */
 type PageStep =
   | { kind: 'page'; count: number; caughtUp: boolean; row: VersionRow }
@@ -119,6 +140,13 @@ type PageStep =
  * Only a run's first page locks the version's row; later pages start from the row as the
  * previous page left it, and saveCheckpoint checks that nothing changed it meanwhile (one
  * round trip less per page; a rewind or a pause in between rolls the page back).
+ *
+ * Once the pipeline has drained a full page, the next page is read on another connection
+ * while this one saves the checkpoint and commits: Node parses the next rows while the
+ * server flushes the commit. Still one page in the pipeline at a time, and the read-ahead
+ * is used only if the next page starts where this one ends (the check on save makes that
+ * safe: a gap-safe read below the snapshot's xmin never changes, and the checkpoint it
+ * continues from is the one the next page's save must find).
  */
 async function runPage(
   deps: RunDeps,
@@ -128,19 +156,27 @@ async function runPage(
   limit: number,
   signal: AbortSignal,
   log: Logger,
+  ahead: Prefetch | undefined,
+  prefetch: (after: Checkpoint, limit: number) => void,
 ): Promise<PageStep> {
   return withTransaction(deps.pool, async (tx) => {
     const row = known ?? (await lockVersion(tx, deps.q, def.name, version));
     if (!row) return { kind: 'retired' };
     if (row.failed) return { kind: 'failed' };
     if (row.paused) return { kind: 'paused' };
-    const page = await deps.read({
-      after: row.checkpoint,
-      types: def.types ?? undefined,
-      streamPrefix: def.streamPrefix ?? undefined,
-      limit,
-      client: tx,
-    });
+    const readAhead =
+      known && ahead?.after === row.checkpoint && ahead.limit === limit
+        ? await ahead.page.catch(() => undefined)
+        : undefined;
+    const page =
+      readAhead ??
+      (await deps.read({
+        after: row.checkpoint,
+        types: def.types ?? undefined,
+        streamPrefix: def.streamPrefix ?? undefined,
+        limit,
+        client: tx,
+      }));
     if (page.events.length > 0) {
       try {
         await applyPipeline(def, page.events, { tx, log, signal, processor: def.name, version });
@@ -150,6 +186,7 @@ async function runPage(
         throw new PageFailed(page.events, error);
       }
     }
+    if (!page.caughtUp) prefetch(page.checkpoint, limit);
     if (page.checkpoint !== row.checkpoint) {
       const saved = await saveCheckpoint(
         tx,
