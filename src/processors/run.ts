@@ -10,7 +10,12 @@ import type { Clock } from '../clock.js';
 import { isRetryable } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { errorMessage } from '../errors.js';
-import { type Checkpoint, parseCheckpoint } from '../events/checkpoint.js';
+import {
+  type Checkpoint,
+  type CheckpointParts,
+  laterCheckpoint,
+  parseCheckpoint,
+} from '../events/checkpoint.js';
 import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { StoredEvent } from '../events/storedEvent.js';
 import type { Logger } from '../log.js';
@@ -62,6 +67,8 @@ export async function runProcessor(
   const deadline = deps.clock.now().getTime() + def.maxRunTimeMs;
   let processed = 0;
   let pageSize = def.batchSize;
+  // After a failed page: one event per page through its last event, to find the failing one.
+  let isolateThrough: CheckpointParts | undefined;
   // The version's row as this run's last page left it; undefined: lock and read it again.
   let known: VersionRow | undefined;
   // The next page, read while the last one committed (see runPage).
@@ -98,6 +105,8 @@ export async function runProcessor(
           'page failed; isolating the failing event',
         );
         pageSize = 1;
+        const last = error.events.at(-1)!;
+        isolateThrough = { txId: last.txId, position: last.position };
         continue;
       }
       const outcome = await onEventFailure(deps, def, version, error.events[0]!, error.failure, log);
@@ -107,6 +116,7 @@ export async function runProcessor(
       if (outcome === 'changed') continue;
       processed += 1; // skipped and dead-lettered; the checkpoint moved past it
       pageSize = def.batchSize;
+      isolateThrough = undefined;
       continue;
     }
     if (step.kind === 'head' || (step.kind === 'page' && step.caughtUp)) {
@@ -118,7 +128,12 @@ export async function runProcessor(
     if (step.kind !== 'page') return { stopped: step.kind, processed };
     known = step.row;
     processed += step.count;
-    if (pageSize === 1 && step.count > 0) pageSize = def.batchSize;
+    // Past the failed page without a failure (it was the database, or a flaky effect): full pages again.
+    const at = parseCheckpoint(step.row.checkpoint);
+    if (isolateThrough && laterCheckpoint(at, isolateThrough) === at) {
+      isolateThrough = undefined;
+      pageSize = def.batchSize;
+    }
   }
 }
 
