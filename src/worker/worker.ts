@@ -34,6 +34,7 @@ import { pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { recoverStalledJobs } from '../jobs/recover.js';
 import { releaseJobs } from '../jobs/release.js';
 import type { ResolvedTask } from '../jobs/task.js';
+import { makeDueTimer } from './dueTimer.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
 import { heartbeat, registerTasks, registerWorker, setWorkerIdle, unregisterWorker } from './registry.js';
@@ -160,48 +161,13 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     }
   }
 
-  /**
-   * Jobs due soon that this process knows of (a retry's backoff, a job it deferred with a
-   * delay) wake the claimer when due: no NOTIFY announces a job becoming due, and the poll
-   * tick may be far. Only sooner than the poll tick. One timer, for the earliest due time;
-   * due times are kept in 10 ms buckets, so ten thousand delayed defers are a few buckets.
-   * Each wakes twice, 5 ms and 100 ms after its due time: a claim must not come too early
-   * for a job whose run_at the database's clock (a little behind ours, or a write still in
-   * flight) has not reached yet.
-   */
-  const due = new Set<number>(); // buckets of performance.now() / 10 ms
-  let dueTimer: NodeJS.Timeout | undefined;
-  let timerBucket = Number.POSITIVE_INFINITY;
   let ready = false; // registered: claims may start (the first one takes whatever was due before)
-  function wakeIn(ms: number): void {
-    if (stopping || ms >= settings.pollIntervalMs) return;
-    const at = performance.now() + Math.max(0, ms);
-    due.add(Math.ceil((at + 5) / 10));
-    due.add(Math.ceil((at + 100) / 10));
-    armTimer();
-  }
-  function armTimer(): void {
-    let next = Number.POSITIVE_INFINITY;
-    for (const bucket of due) if (bucket < next) next = bucket;
-    if (next === Number.POSITIVE_INFINITY || next >= timerBucket) return;
-    clearTimeout(dueTimer);
-    timerBucket = next;
-    dueTimer = setTimeout(onTimer, Math.max(0, next * 10 - performance.now()));
-  }
-  function onTimer(): void {
-    dueTimer = undefined;
-    timerBucket = Number.POSITIVE_INFINITY;
-    const now = performance.now();
-    for (const bucket of due) if (bucket * 10 <= now + 1) due.delete(bucket);
+  const dueTimer = makeDueTimer(settings.pollIntervalMs, () => {
     if (ready) wake();
-    armTimer();
-  }
-  function clearTimers(): void {
-    clearTimeout(dueTimer);
-    dueTimer = undefined;
-    timerBucket = Number.POSITIVE_INFINITY;
-    due.clear();
-  }
+  });
+  const wakeIn = (ms: number) => {
+    if (!stopping) dueTimer.wakeIn(ms);
+  };
 
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
   function pump(): void {
@@ -317,7 +283,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   async function shutdown(): Promise<void> {
     stopping = true;
     stopClaiming$.next();
-    clearTimers();
+    dueTimer.clear();
     await Promise.all(claims);
     const waiting = buffer.splice(0);
     log.info(
@@ -411,7 +377,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // A worker that failed to start claims nothing, and its timers must not keep the process up.
   started.catch(() => {
     stopping = true;
-    clearTimers();
+    dueTimer.clear();
   });
 
   let stopped: Promise<void> | undefined;
