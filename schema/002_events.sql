@@ -28,10 +28,17 @@ CREATE TABLE streams (
   version bigint NOT NULL CHECK (version >= 0)
 );
 
--- append_events_batch: the batch path of append_events below (any count but one), with
--- nested loops off: a cached generic plan once nest-looped a 10k batch into seconds
--- (ops/bench/RESULTS.md). Call append_events, not this.
-CREATE FUNCTION append_events_batch(events jsonb, expected_versions jsonb)
+-- append_events(events, expected_versions): the outbox for any language and for triggers.
+--   events: a JSON array of {"stream", "type", "data", "metadata"?, "idempotency_key"?}
+--   expected_versions: optional JSON object {"<stream>": <version> | "no_stream" | "any"}
+-- Returns one row per input element, in input order: the stored event, with
+-- duplicate = true when an event with that idempotency key was already stored (by an
+-- earlier call or earlier in this array). A stream that moved raises SQLSTATE OB409 with
+-- DETAIL {"stream", "expected", "actual"}. One NOTIFY <schema>_events per transaction.
+-- Run it in READ COMMITTED (the default): two transactions appending the same new
+-- idempotency key at the same moment make the later one fail with a unique violation on
+-- events_idempotency_key_key, and a retry returns the stored event.
+CREATE FUNCTION append_events(events jsonb, expected_versions jsonb DEFAULT NULL)
 RETURNS TABLE (
   "position" bigint,
   tx_id xid8,
@@ -46,9 +53,6 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
--- Row estimates for jsonb_array_elements and unnest of a variable are guesses (100, 10),
--- so a cached plan may nest-loop 10,000 x 10,000 rows; hash joins are right at any size.
-SET enable_nestloop = off
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -59,6 +63,15 @@ DECLARE
   at integer;
   expected bigint;
 BEGIN
+  IF events IS NULL OR jsonb_typeof(events) <> 'array' THEN
+    RAISE EXCEPTION 'append_events: events must be a JSON array of {"stream", "type", "data"} objects'
+      USING ERRCODE = '22023';
+  END IF;
+  IF expected_versions IS NOT NULL AND jsonb_typeof(expected_versions) <> 'object' THEN
+    RAISE EXCEPTION 'append_events: expected_versions must be a JSON object {"<stream>": <version> | "no_stream" | "any"}'
+      USING ERRCODE = '22023';
+  END IF;
+
   -- Which elements are new: the first of each idempotency key, unless already stored.
   -- Their count per stream bumps the stream rows (in stream order, so two batches over the
   -- same streams lock them in the same order and cannot deadlock each other).
@@ -147,14 +160,10 @@ BEGIN
     WHERE i.key IS NOT NULL AND i.ord <> i.first_ord
     UNION ALL
     -- Stored by an earlier call (this statement's snapshot does not see its own inserts).
-    -- A subquery per key, so the lookup is an index probe even with nested loops off.
-    SELECT d.ord, (d.s)."position", (d.s).tx_id, (d.s).stream, (d.s).stream_version, (d.s).type,
-           (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, true
-    FROM (
-      SELECT i.ord, (SELECT s FROM events s WHERE s.idempotency_key = i.key) AS s
-      FROM input i WHERE i.key IS NOT NULL
-    ) d
-    WHERE d.s IS NOT NULL
+    SELECT i.ord, s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data,
+           s.metadata, s.recorded_at, s.idempotency_key, true
+    FROM input i JOIN events s ON s.idempotency_key = i.key
+    WHERE i.key IS NOT NULL
   ) r
   ORDER BY r.ord;
 
@@ -163,101 +172,5 @@ BEGIN
     -- one, so a transaction that appends many times still wakes followers once, at commit.
     PERFORM pg_notify(current_schema() || '_events', '');
   END IF;
-END;
-$fn$;
-
--- append_events(events, expected_versions): the outbox for any language and for triggers.
---   events: a JSON array of {"stream", "type", "data", "metadata"?, "idempotency_key"?}
---   expected_versions: optional JSON object {"<stream>": <version> | "no_stream" | "any"}
--- Returns one row per input element, in input order: the stored event, with
--- duplicate = true when an event with that idempotency key was already stored (by an
--- earlier call or earlier in this array). A stream that moved raises SQLSTATE OB409 with
--- DETAIL {"stream", "expected", "actual"}. One NOTIFY <schema>_events per transaction.
--- Run it in READ COMMITTED (the default): two transactions appending the same new
--- idempotency key at the same moment make the later one fail with a unique violation on
--- events_idempotency_key_key, and a retry returns the stored event.
--- One event takes a path of three plain statements; batches go to append_events_batch.
-CREATE FUNCTION append_events(events jsonb, expected_versions jsonb DEFAULT NULL)
-RETURNS TABLE (
-  "position" bigint,
-  tx_id xid8,
-  stream text,
-  stream_version bigint,
-  type text,
-  data jsonb,
-  metadata jsonb,
-  recorded_at timestamptz,
-  idempotency_key text,
-  duplicate boolean
-)
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-AS $fn$
-#variable_conflict use_column
-DECLARE
-  e jsonb;
-  want jsonb;
-  expected bigint;
-  version_after bigint;
-  other text;
-BEGIN
-  IF events IS NULL OR jsonb_typeof(events) <> 'array' THEN
-    RAISE EXCEPTION 'append_events: events must be a JSON array of {"stream", "type", "data"} objects'
-      USING ERRCODE = '22023';
-  END IF;
-  IF expected_versions IS NOT NULL AND jsonb_typeof(expected_versions) <> 'object' THEN
-    RAISE EXCEPTION 'append_events: expected_versions must be a JSON object {"<stream>": <version> | "no_stream" | "any"}'
-      USING ERRCODE = '22023';
-  END IF;
-  IF jsonb_array_length(events) <> 1 THEN
-    RETURN QUERY SELECT * FROM append_events_batch(events, expected_versions);
-    RETURN;
-  END IF;
-
-  -- One event: the common case from services, in as few statements as it takes.
-  e := events->0;
-  IF e->>'idempotency_key' IS NOT NULL THEN
-    RETURN QUERY
-    SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
-           s.recorded_at, s.idempotency_key, true
-    FROM events s WHERE s.idempotency_key = e->>'idempotency_key';
-    IF FOUND THEN
-      RETURN;
-    END IF;
-  END IF;
-  IF expected_versions IS NOT NULL AND expected_versions <> '{}'::jsonb THEN
-    FOR other IN SELECT k FROM jsonb_object_keys(expected_versions) AS k WHERE k IS DISTINCT FROM e->>'stream' LOOP
-      RAISE EXCEPTION 'append_events: expected_versions names stream "%" but no event is for it', other
-        USING ERRCODE = '22023';
-    END LOOP;
-    want := expected_versions->(e->>'stream');
-    IF want = '"any"'::jsonb THEN
-      expected := NULL;
-    ELSIF want = '"no_stream"'::jsonb THEN
-      expected := 0;
-    ELSIF jsonb_typeof(want) = 'number' AND want::numeric >= 0 AND want::numeric = trunc(want::numeric) THEN
-      expected := want::bigint;
-    ELSE
-      RAISE EXCEPTION 'append_events: expected version % for stream "%" is invalid: use a version >= 0, "no_stream" or "any"',
-        want, e->>'stream' USING ERRCODE = '22023';
-    END IF;
-  END IF;
-  INSERT INTO streams AS s (stream, version) VALUES (e->>'stream', 1)
-  ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = s.version + 1
-  RETURNING s.version INTO version_after;
-  IF expected IS NOT NULL AND version_after - 1 <> expected THEN
-    RAISE EXCEPTION 'stream "%" is at version %, expected %', e->>'stream', version_after - 1,
-      CASE WHEN want = '"no_stream"'::jsonb THEN 'no stream' ELSE want::text END
-      USING ERRCODE = 'OB409',
-            DETAIL = jsonb_build_object('stream', e->>'stream', 'expected', want,
-                                        'actual', version_after - 1)::text;
-  END IF;
-  RETURN QUERY
-  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key)
-  VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
-          e->>'idempotency_key')
-  RETURNING n."position", n.tx_id, n.stream, n.stream_version, n.type, n.data, n.metadata,
-            n.recorded_at, n.idempotency_key, false;
-  PERFORM pg_notify(current_schema() || '_events', '');
 END;
 $fn$;
