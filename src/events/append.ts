@@ -95,14 +95,14 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
     const single = batch.count === 1 && expected === undefined && first.idempotencyKey === undefined;
     // ONE_EVENT runs as a named (prepared) statement where node-postgres allows it: parsing
     // and planning its CTE on every call cost a measurable share of a single append.
-    const name = single && `outbatch_append_one_${deps.schema}`;
+    const name = single ? `outbatch_append_one_${deps.schema}` : undefined;
     // The SQL function's arguments are built only if it runs (not for COPY: ~3 ms per 10k).
     let values: unknown[] | undefined = single
       ? [first.stream, first.type, first.data, first.metadata]
       : undefined;
     const run = (db: Queryable) => {
       values ??= [batch.json(), expected === undefined ? null : JSON.stringify(expected)];
-      return queryEvents(db, single ? ONE_EVENT : sql, values, name || undefined);
+      return queryEvents(db, single ? ONE_EVENT : sql, values, name);
     };
     let rows: EventRow[];
     try {

@@ -10,14 +10,16 @@ import { ValidationError } from '../errors.js';
 import type { WorkerOptions } from '../worker/options.js';
 import { startWorker, type Worker } from '../worker/worker.js';
 import { type JobControl, makeJobControl } from './control.js';
-import { type DeferResult, deferJob } from './defer.js';
+import type { DeferResult } from './defer.js';
 import {
   type DeferOptions,
+  deferSpec,
   type Handler,
   makeTask,
   type ResolvedTask,
   resolveTask,
   type Task,
+  type TaskEnv,
   type TaskOptions,
   toJobSpec,
 } from './task.js';
@@ -50,7 +52,13 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
   const now = () => clock.now();
   const injectedClock = clock !== systemClock;
   let worker: Worker | undefined; // while run() runs
-  const deferredFor = (runAt: Date) => worker?.wakeAt(runAt);
+  const env: TaskEnv = {
+    schema,
+    pool,
+    now,
+    injectedClock,
+    deferredFor: (runAt) => worker?.wakeAt(runAt),
+  };
 
   return {
     task(name, options, handler) {
@@ -63,15 +71,13 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       if (tasks.has(name))
         throw new ValidationError(`task "${name}" is already registered: task names are unique per app`);
       tasks.set(name, resolved);
-      return makeTask(resolved, { schema, pool, now, injectedClock, deferredFor });
+      return makeTask(resolved, env);
     },
 
     async defer(task, args, options = {}) {
       const name = typeof task === 'string' ? task : task?.name;
       const spec = toJobSpec(name, args, options, tasks.get(name), now, injectedClock);
-      const result = await deferJob(options.client ?? (await pool()), schema, spec);
-      if (spec.runAt) deferredFor(spec.runAt);
-      return result;
+      return deferSpec(env, spec, options.client);
     },
 
     async run(options = {}) {

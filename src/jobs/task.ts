@@ -204,15 +204,20 @@ export interface TaskEnv {
   deferredFor: (runAt: Date) => void;
 }
 
+/** Defers one job; a worker in this process is told when it falls due. */
+export async function deferSpec(env: TaskEnv, spec: JobSpec, client?: Queryable): Promise<DeferResult> {
+  const result = await deferJob(client ?? (await env.pool()), env.schema, spec);
+  if (spec.runAt) env.deferredFor(spec.runAt);
+  return result;
+}
+
 export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
   return {
     name: resolved.name,
     options: resolved,
     async defer(args, options = {}) {
       const spec = toJobSpec(resolved.name, args, options, resolved, env.now, env.injectedClock);
-      const result = await deferJob(options.client ?? (await env.pool()), env.schema, spec);
-      if (spec.runAt) env.deferredFor(spec.runAt);
-      return result;
+      return deferSpec(env, spec, options.client);
     },
     async deferMany(jobs, options = {}) {
       if (!Array.isArray(jobs)) {

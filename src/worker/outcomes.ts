@@ -33,7 +33,8 @@ export interface OutcomeWriterDeps {
 
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   const { pool, schema, log, workerId, now, retryIn, onLockFreed, onRetryWritten } = deps;
-  const completions: Completion[] = [];
+  // With the job's lock: writing the completion of a job that held one frees it.
+  const completions: (Completion & { lock: string | null })[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
   const releases: string[] = [];
   const returned = { released: 0, superseded: 0 };
@@ -41,13 +42,6 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   // Jobs completing inside their own transaction (not batched): awaited on close.
   const inTransaction = new Set<Promise<void>>();
   let closing = false;
-  // Pending outcomes of jobs holding a lock, by id: writing them frees the lock.
-  const holdingLock = new Set<string>();
-  const written = (ids: string[]) => {
-    let freed = false;
-    for (const id of ids) if (holdingLock.delete(id)) freed = true;
-    if (freed) onLockFreed();
-  };
 
   const schedule = () => {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flushAll).finally(() => {
@@ -80,7 +74,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       await write('completing jobs', async () => {
         await completeJobs(pool, schema, workerId, batch, now());
       });
-      written(batch.map((completion) => completion.id));
+      if (batch.some((completion) => completion.lock !== null)) onLockFreed();
     }
     while (failures.length > 0) {
       const batch = failures.splice(0, MAX_BATCH);
@@ -110,7 +104,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
           else log.error({ ...fields, stack: failure.error.stack }, 'job failed for good (dead letter)');
         }
       });
-      written(batch.map(({ job }) => job.id));
+      if (batch.some(({ job }) => job.lock !== null)) onLockFreed();
     }
     while (releases.length > 0) {
       const batch = releases.splice(0, MAX_BATCH);
@@ -159,7 +153,6 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
 
   function fail(job: ClaimedJob, error: unknown, retryInMs: number | null, client?: pg.PoolClient) {
     if (client) void discardTransaction(client);
-    if (job.lock !== null) holdingLock.add(job.id);
     const { message, stack } = describeError(error);
     failures.push({
       job,
@@ -182,9 +175,9 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         inTransaction.add(committing);
         return;
       }
-      if (run.job.lock !== null) holdingLock.add(run.job.id);
       completions.push({
         id: run.job.id,
+        lock: run.job.lock,
         task: run.job.task,
         durationMs,
         keepForMs: run.task.keepSucceededForMs,
