@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createApp } from '../../src/app.js';
+import { type App, createApp } from '../../src/app.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
 
@@ -15,6 +15,27 @@ before(async () => {
 after(async () => t.cleanup());
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Runs `app`'s worker with a 10-minute poll tick (so only the wake-up under test can start a
+ * job in time) around `body`, which starts once the worker has finished its start-up claims
+ * and published itself idle.
+ */
+async function whileIdleWorkerRuns(app: App, concurrency: number, body: () => Promise<void>): Promise<void> {
+  const controller = new AbortController();
+  const running = app.run({ concurrency, pollInterval: { minutes: 10 }, signal: controller.signal });
+  try {
+    await waitFor('the worker to be idle', async () => {
+      const { rows } = await t.pool.query(`SELECT count(*)::int AS n FROM "${t.schema}".workers WHERE idle`);
+      return rows[0].n > 0;
+    });
+    await body();
+  } finally {
+    controller.abort();
+    await running;
+    await app.close();
+  }
+}
 
 /** Scans of the jobs table so far, as PostgreSQL's statistics count them (flushed when a backend exits). */
 async function jobsTableScans(): Promise<number> {
@@ -51,16 +72,7 @@ describe('an idle worker', () => {
     const task = app.task('woken', {}, async () => {
       ran += 1;
     });
-    const controller = new AbortController();
-    const running = app.run({ concurrency: 2, pollInterval: { minutes: 10 }, signal: controller.signal });
-    try {
-      // Let the worker finish its start-up claims and publish itself idle.
-      await waitFor('the worker to be idle', async () => {
-        const { rows } = await t.pool.query(
-          `SELECT count(*)::int AS n FROM "${t.schema}".workers WHERE idle`,
-        );
-        return rows[0].n > 0;
-      });
+    await whileIdleWorkerRuns(app, 2, async () => {
       await sleep(200);
       for (let i = 0; i < 3; i += 1) {
         await task.defer({ i });
@@ -68,11 +80,7 @@ describe('an idle worker', () => {
         await sleep(100);
       }
       assert.equal(ran, 3);
-    } finally {
-      controller.abort();
-      await running;
-      await app.close();
-    }
+    });
   });
 
   it('claims a job waiting for a lock as soon as the holder finishes, without waiting for a poll tick', async () => {
@@ -82,15 +90,7 @@ describe('an idle worker', () => {
       order.push(args.name);
       await sleep(100);
     });
-    const controller = new AbortController();
-    const running = app.run({ concurrency: 4, pollInterval: { minutes: 10 }, signal: controller.signal });
-    try {
-      await waitFor('the worker to be idle', async () => {
-        const { rows } = await t.pool.query(
-          `SELECT count(*)::int AS n FROM "${t.schema}".workers WHERE idle`,
-        );
-        return rows[0].n > 0;
-      });
+    await whileIdleWorkerRuns(app, 4, async () => {
       // One NOTIFY wakes the worker; b, c and d then wait for the lock, which no NOTIFY announces.
       for (const name of ['a', 'b', 'c', 'd']) await task.defer({ name }, { lock: 'account:1' });
       await waitFor(
@@ -98,11 +98,7 @@ describe('an idle worker', () => {
         async () => order.length === 4,
       );
       assert.deepEqual(order, ['a', 'b', 'c', 'd']);
-    } finally {
-      controller.abort();
-      await running;
-      await app.close();
-    }
+    });
   });
 
   it('runs a job this process deferred for a moment later when it is due, and a retry when its backoff ends', async () => {
@@ -120,15 +116,7 @@ describe('an idle worker', () => {
         if (attempts < 3) throw new Error(`attempt ${attempts} fails`);
       },
     );
-    const controller = new AbortController();
-    const running = app.run({ concurrency: 2, pollInterval: { minutes: 10 }, signal: controller.signal });
-    try {
-      await waitFor('the worker to be idle', async () => {
-        const { rows } = await t.pool.query(
-          `SELECT count(*)::int AS n FROM "${t.schema}".workers WHERE idle`,
-        );
-        return rows[0].n > 0;
-      });
+    await whileIdleWorkerRuns(app, 2, async () => {
       await later.defer({}, { delay: 300 });
       await waitFor('the delayed job to run (the poll tick is 10 minutes away)', async () => ran === 1);
       await flaky.defer({});
@@ -141,10 +129,6 @@ describe('an idle worker', () => {
         return rows[0].n === 0;
       });
       assert.equal(attempts, 3);
-    } finally {
-      controller.abort();
-      await running;
-      await app.close();
-    }
+    });
   });
 });
