@@ -129,10 +129,12 @@ export async function runProcessor(
     known = step.row;
     processed += step.count;
     // Past the failed page without a failure (it was the database, or a flaky effect): full pages again.
-    const at = parseCheckpoint(step.row.checkpoint);
-    if (isolateThrough && laterCheckpoint(at, isolateThrough) === at) {
-      isolateThrough = undefined;
-      pageSize = def.batchSize;
+    if (isolateThrough) {
+      const at = parseCheckpoint(step.row.checkpoint);
+      if (laterCheckpoint(at, isolateThrough) === at) {
+        isolateThrough = undefined;
+        pageSize = def.batchSize;
+      }
     }
   }
 }
