@@ -32,12 +32,16 @@ import {
   type ProcessorDefinition,
   type ProcessorOptions,
 } from './definition.js';
+import {
+  HELD_BACK_MAX_MS,
+  HELD_RUNS_BEFORE_LOG,
+  heldBackDelayMs,
+  heldBackStreak,
+  heldRunsOf,
+} from './heldBack.js';
 import { processorLock, processorTask } from './names.js';
 import { runProcessor } from './run.js';
-import { ensureProcessor, runnableVersions } from './store.js';
-
-/** How soon a run that stopped with events held back by an open transaction looks again. */
-const HELD_BACK_RETRY_MS = 250;
+import { ensureProcessor, oldestOpenTransaction, runnableVersions } from './store.js';
 
 /** Processor runs jump ahead of ordinary jobs (default priority 0). */
 const PROCESSOR_PRIORITY = 1_000;
@@ -59,24 +63,80 @@ export interface ProcessorDeps {
   schedules: ScheduleRegistry;
 }
 
+/** A run's job arguments: the version, and how many runs in a row before it were held back. */
+interface RunArgs {
+  version: number;
+  heldRuns?: number;
+}
+
 export function makeProcessors(deps: ProcessorDeps) {
   const definitions = new Map<string, ProcessorDefinition>();
 
-  /** Defers one run per running version (deduped by the queueing lock). */
-  async function deferRuns(name: string, client?: Queryable, delayMs?: number): Promise<string | null> {
+  /**
+   * Defers one run of one version (deduped by the queueing lock: a run already waiting
+   * absorbs this one, and keeps its own delay and arguments).
+   */
+  async function deferRun(
+    def: ProcessorDefinition,
+    db: Queryable,
+    args: RunArgs,
+    delayMs?: number,
+  ): Promise<string> {
+    const lock = processorLock(def.name, args.version);
+    const result = await deps.queue.defer(processorTask(def.name), args, {
+      client: db,
+      lock,
+      queueingLock: lock,
+      onConflict: 'ignore',
+      queue: def.queue,
+      delay: delayMs,
+    });
+    return result.enqueued ? result.id : result.existingId;
+  }
+
+  /** Defers one run per running version. */
+  async function deferRuns(name: string, client?: Queryable): Promise<string | null> {
     const def = definitions.get(name)!;
     const db = client ?? (await deps.pool());
     let first: string | null = null;
     for (const version of await runnableVersions(db, deps.q, name)) {
-      const lock = processorLock(name, version);
-      const result = await deps.queue.defer(
-        processorTask(name),
-        { version },
-        { client: db, lock, queueingLock: lock, onConflict: 'ignore', queue: def.queue, delay: delayMs },
-      );
-      first ??= result.enqueued ? result.id : result.existingId;
+      const id = await deferRun(def, db, { version });
+      first ??= id;
     }
     return first;
+  }
+
+  /**
+   * Newer events are held back by an open transaction, and their NOTIFY is spent: look
+   * again, sooner than the safety poll but later each time the hold persists (see
+   * heldBack.ts), and say so once per hold, when it has lasted long enough to matter.
+   */
+  async function onHeldBack(def: ProcessorDefinition, args: RunArgs, processed: number, log: Logger) {
+    const pool = await deps.pool();
+    const streak = heldBackStreak(heldRunsOf(args), processed);
+    const delayMs = heldBackDelayMs(streak);
+    if (streak === HELD_RUNS_BEFORE_LOG) {
+      // Only to name the holder in the log: failing to find it must not fail the run.
+      const oldest = await oldestOpenTransaction(pool).catch(() => null);
+      const holder =
+        oldest === null
+          ? 'could not look it up'
+          : oldest === undefined
+            ? 'no session holds one: a prepared transaction?'
+            : `pid ${oldest.pid}${oldest.ageSeconds === null ? '' : `, open ${oldest.ageSeconds} s`}`;
+      log.warn(
+        {
+          processor: def.name,
+          version: args.version,
+          // Not `pid`: pino's own field, the worker's process.
+          holderPid: oldest?.pid,
+          holderAgeSeconds: oldest?.ageSeconds,
+          heldRuns: streak,
+        },
+        `processor "${def.name}" is held back by an open transaction (${holder}): its newer events wait until it ends; looking again every ${HELD_BACK_MAX_MS / 1000} s at most`,
+      );
+    }
+    await deferRun(def, pool, { version: args.version, heldRuns: streak }, delayMs);
   }
 
   function define(name: string, options: ProcessorOptions, pipeline: Pipeline) {
@@ -86,7 +146,7 @@ export function makeProcessors(deps: ProcessorDeps) {
         `processor "${def.name}" is defined twice: processor names are unique per app`,
       );
     }
-    deps.queue.task<{ version: number }>(
+    deps.queue.task<RunArgs>(
       processorTask(def.name),
       {
         queue: def.queue,
@@ -111,9 +171,13 @@ export function makeProcessors(deps: ProcessorDeps) {
         ctx.log.debug({ processor: def.name, version: args.version, ...outcome }, 'processor run finished');
         // Out of time but not at the head: queue the continuation (it waits for our lock).
         if (outcome.stopped === 'budget') await deferRuns(def.name);
-        // Newer events are held back by an open transaction, and their NOTIFY is spent:
-        // look again shortly instead of waiting for the safety poll.
-        if (outcome.stopped === 'held') await deferRuns(def.name, undefined, HELD_BACK_RETRY_MS);
+        if (outcome.stopped === 'held') await onHeldBack(def, args, outcome.processed, ctx.log);
+        else if (heldRunsOf(args) >= HELD_RUNS_BEFORE_LOG) {
+          ctx.log.info(
+            { processor: def.name, version: args.version, heldRuns: heldRunsOf(args) },
+            `processor "${def.name}" reads on: the open transaction that held it back ended`,
+          );
+        }
       },
     );
     definitions.set(def.name, def);

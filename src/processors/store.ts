@@ -230,3 +230,22 @@ export async function heldBackEvents(
   );
   return rows[0]?.held ?? false;
 }
+
+/**
+ * The session whose transaction is oldest cluster-wide (it keeps `pg_snapshot_xmin`, hence
+ * gap-safe reads, behind): for the one log line a long hold deserves. Without
+ * pg_read_all_stats another role's `xact_start` is hidden, so the age may be null; a
+ * prepared transaction has no session and is not found here.
+ */
+export async function oldestOpenTransaction(
+  db: Queryable,
+): Promise<{ pid: number; ageSeconds: number | null } | undefined> {
+  const { rows } = await db.query<{ pid: number; ageSeconds: number | null }>(
+    `SELECT pid, round(extract(epoch FROM now() - xact_start))::int AS "ageSeconds"
+     FROM pg_stat_activity
+     WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+     ORDER BY age(backend_xid) DESC
+     LIMIT 1`,
+  );
+  return rows[0];
+}
