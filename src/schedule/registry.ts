@@ -4,9 +4,10 @@
  */
 
 import type { Queryable } from '../db/queryable.js';
-import { ValidationError } from '../errors.js';
+import { errorMessage, ValidationError } from '../errors.js';
 import type { DeferResult } from '../jobs/defer.js';
 import type { Handler, Task, TaskOptions } from '../jobs/task.js';
+import { checkJson } from '../json.js';
 import { defineSchedule, type Schedule, type ScheduleSpec } from './definition.js';
 import type { ScheduledTask } from './scheduler.js';
 
@@ -31,6 +32,21 @@ export interface ScheduleRegistry {
   entries(): ScheduledTask[];
 }
 
+/**
+ * The args as the JSON they will be sent as, taken once: a later change to the caller's
+ * object cannot make the ticks' args differ from (or fail) what was validated.
+ */
+function argsAsJson(schedule: string, args: Record<string, unknown>): Record<string, unknown> {
+  try {
+    return JSON.parse(JSON.stringify(args));
+  } catch (error) {
+    // checkJson lets objects with toJSON through (Dates); their toJSON may still throw.
+    throw new ValidationError(
+      `schedule "${schedule}": args cannot be written as JSON: ${errorMessage(error)}`,
+    );
+  }
+}
+
 export function makeScheduleRegistry(queue: ScheduleQueue): ScheduleRegistry {
   const entries = new Map<string, ScheduledTask>();
   const add = (entry: ScheduledTask) => {
@@ -49,6 +65,9 @@ export function makeScheduleRegistry(queue: ScheduleQueue): ScheduleRegistry {
           `schedule "${schedule.name}": args must be an object (the job gets them plus "tick")`,
         );
       }
+      // Checked here, not at the first tick: args a defer refuses would fail every pass.
+      checkJson(args, `schedule "${schedule.name}": args`);
+      const tickArgs = argsAsJson(schedule.name, args);
       if (entries.has(schedule.name)) {
         throw new ValidationError(
           `schedule "${schedule.name}" is defined twice: schedule names are unique per app`,
@@ -68,7 +87,7 @@ export function makeScheduleRegistry(queue: ScheduleQueue): ScheduleRegistry {
           // Due at its tick: catch-up ticks run oldest first.
           const result = await queue.defer(
             task,
-            { ...args, tick: tick.toISOString() },
+            { ...tickArgs, tick: tick.toISOString() },
             { client, runAt: tick },
           );
           return result.enqueued ? result.id : result.existingId;

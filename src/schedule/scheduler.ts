@@ -10,6 +10,7 @@ import { catchError, defer, EMPTY, exhaustMap, type Observable, timer } from 'rx
 import type { Clock } from '../clock.js';
 import type { Queryable } from '../db/queryable.js';
 import { withTransaction } from '../db/transaction.js';
+import { errorMessage } from '../errors.js';
 import type { Schedule } from './definition.js';
 import { advanceSchedule, claimTicks, recordTickJob, touchSchedule } from './store.js';
 import { planDue } from './ticks.js';
@@ -32,7 +33,10 @@ export interface SchedulerDeps {
 }
 
 export interface Scheduler {
-  /** One pass over every schedule; returns the ticks enqueued by this call. */
+  /**
+   * One pass over every schedule; returns the ticks enqueued by this call. A schedule
+   * whose pass fails is logged and left for the next pass; the others still run.
+   */
   runOnce(): Promise<{ schedule: string; tick: Date }[]>;
   /** Passes every `intervalMs` until unsubscribed. */
   run$(intervalMs?: number): Observable<unknown>;
@@ -44,29 +48,31 @@ export function makeScheduler({ pool, q, log, clock, schedules }: SchedulerDeps)
   async function runSchedule(entry: ScheduledTask): Promise<Date[]> {
     const { schedule } = entry;
     const now = clock.now();
-    const enqueued = await withTransaction(pool, async (client) => {
+    const { enqueued, skipped } = await withTransaction(pool, async (client) => {
       const { since } = await touchSchedule(client, q, schedule, entry.task, now);
       const plan = planDue(schedule, since, now);
-      if (plan.skipped.count > 0) {
-        slog.warn(
-          {
-            schedule: schedule.name,
-            skipped: plan.skipped.count,
-            from: plan.skipped.first?.toISOString(),
-            to: plan.skipped.last?.toISOString(),
-          },
-          `schedule "${schedule.name}": skipped ${plan.skipped.capped ? 'at least ' : ''}${plan.skipped.count} missed tick(s) from ${plan.skipped.first?.toISOString()} to ${plan.skipped.last?.toISOString()} (outside its catch-up window)`,
-        );
-      }
       const last = plan.enqueue.at(-1) ?? plan.skipped.last;
-      if (!last) return [];
+      if (!last) return { enqueued: [], skipped: plan.skipped };
       const claimed = await claimTicks(client, q, schedule.name, plan.enqueue, now);
       for (const tick of claimed) {
         await recordTickJob(client, q, schedule.name, tick, await entry.enqueue(client, tick));
       }
       await advanceSchedule(client, q, schedule.name, last, now);
-      return claimed;
+      return { enqueued: claimed, skipped: plan.skipped };
     });
+    // Logged once committed: a pass that rolls back skipped nothing, and the next one
+    // would report the same ticks again.
+    if (skipped.count > 0) {
+      slog.warn(
+        {
+          schedule: schedule.name,
+          skipped: skipped.count,
+          from: skipped.first?.toISOString(),
+          to: skipped.last?.toISOString(),
+        },
+        `schedule "${schedule.name}": skipped ${skipped.capped ? 'at least ' : ''}${skipped.count} missed tick(s) from ${skipped.first?.toISOString()} to ${skipped.last?.toISOString()} (outside its catch-up window)`,
+      );
+    }
     for (const tick of enqueued) {
       const lateMs = now.getTime() - tick.getTime();
       if (lateMs > schedule.lateAfterMs) {
@@ -82,7 +88,22 @@ export function makeScheduler({ pool, q, log, clock, schedules }: SchedulerDeps)
   async function runOnce() {
     const done: { schedule: string; tick: Date }[] = [];
     for (const entry of schedules) {
-      for (const tick of await runSchedule(entry)) done.push({ schedule: entry.schedule.name, tick });
+      const name = entry.schedule.name;
+      // Each schedule's pass stands alone: one that throws (args the defer refuses, a
+      // database error on its rows) must not hold back the schedules after it. Its
+      // transaction rolled back, so its due ticks are still unclaimed and the next pass
+      // tries them again; it is logged on every failed pass, here and nowhere else.
+      let ticks: Date[];
+      try {
+        ticks = await runSchedule(entry);
+      } catch (error) {
+        slog.error(
+          { err: error, schedule: name, task: entry.task },
+          `schedule "${name}": enqueueing its due ticks failed (trying again on the next pass): ${errorMessage(error).split('\n')[0]}`,
+        );
+        continue;
+      }
+      for (const tick of ticks) done.push({ schedule: name, tick });
     }
     return done;
   }
@@ -94,6 +115,8 @@ export function makeScheduler({ pool, q, log, clock, schedules }: SchedulerDeps)
       return timer(0, intervalMs).pipe(
         exhaustMap(() =>
           defer(() => runOnce()).pipe(
+            // runOnce isolates each schedule's failure; this only keeps the timer alive
+            // should anything else in a pass throw.
             catchError((error) => {
               slog.error({ err: error }, 'scheduler pass failed; retrying on the next interval');
               return EMPTY;

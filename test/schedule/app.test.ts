@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Clock } from '../../src/clock.js';
+import { ValidationError } from '../../src/errors.js';
 import { isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 
@@ -62,6 +63,28 @@ describe('app.schedule', () => {
       () => t.app.schedule('args', { every: { minutes: 1 } }, noop, [1] as never),
       /schedule "args": args must be an object/,
     );
+  });
+
+  it('refuses args that are not JSON when the schedule is defined, naming the schedule and the value', () => {
+    const noop = async () => {};
+    const every = { every: { minutes: 1 } };
+    const refused = (name: string, args: Record<string, unknown>) => {
+      try {
+        t.app.schedule(name, every, noop, args);
+      } catch (error) {
+        assert.ok(error instanceof ValidationError, String(error));
+        assert.equal(error.message.split('\n').length, 1);
+        return error.message;
+      }
+      assert.fail(`schedule "${name}" was accepted`);
+    };
+    assert.match(refused('big', { count: 10n }), /^schedule "big": args\.count is a BigInt \(10n\)/);
+    const cycle: Record<string, unknown> = { a: 1 };
+    cycle.self = cycle;
+    assert.match(refused('cycle', cycle), /^schedule "cycle": args\.self refers back to an enclosing object/);
+    assert.match(refused('fn', { run: () => {} }), /^schedule "fn": args\.run is a function/);
+    // Refused before it was recorded: the name is still free.
+    t.app.schedule('big', every, noop, { count: '10' });
   });
 });
 

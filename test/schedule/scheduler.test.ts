@@ -134,6 +134,64 @@ describe('scheduler', () => {
     );
   });
 
+  it('a schedule whose enqueue throws is logged and retried, and does not stop the schedules after it', async () => {
+    let now = new Date('2026-07-01T00:00:00Z');
+    const clock: Clock = { now: () => now };
+    const { log, lines } = captureLog();
+    const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 2 });
+    pools.push(pool);
+    let refusals = 2;
+    const failing: ScheduledTask = {
+      schedule: defineSchedule('iso-failing', { every: { minutes: 1 } }),
+      task: 'record',
+      async enqueue(client, tick) {
+        if (refusals > 0) {
+          refusals -= 1;
+          throw new Error('defer refused');
+        }
+        const { rows } = await client.query(
+          `INSERT INTO ${q}.fired (schedule, tick) VALUES ('iso-failing', $1) RETURNING id::text`,
+          [tick],
+        );
+        return rows[0]!.id;
+      },
+    };
+    const healthy: ScheduledTask = {
+      schedule: defineSchedule('iso-healthy', { every: { minutes: 1 } }),
+      task: 'record',
+      async enqueue(client, tick) {
+        const { rows } = await client.query(
+          `INSERT INTO ${q}.fired (schedule, tick) VALUES ('iso-healthy', $1) RETURNING id::text`,
+          [tick],
+        );
+        return rows[0]!.id;
+      },
+    };
+    // The failing schedule comes first: before the fix its error ended the whole pass.
+    const s = makeScheduler({ pool, q, log, clock, schedules: [failing, healthy] });
+    await s.runOnce(); // first sight: records both schedules
+    now = new Date('2026-07-01T00:01:10Z');
+    assert.deepEqual(await s.runOnce(), [
+      { schedule: 'iso-healthy', tick: new Date('2026-07-01T00:01:00Z') },
+    ]);
+    now = new Date('2026-07-01T00:02:10Z');
+    await s.runOnce();
+    assert.deepEqual(await fired('iso-healthy'), ['2026-07-01T00:01:00.000Z', '2026-07-01T00:02:00.000Z']);
+    assert.deepEqual(await fired('iso-failing'), []);
+    const records = lines
+      .map((line) => JSON.parse(line))
+      .filter((record) => record.schedule === 'iso-failing');
+    const failures = records.filter((record) => record.level === 50);
+    assert.equal(failures.length, 2, 'one line per failed pass');
+    assert.match(failures[0].msg, /^schedule "iso-failing": .*defer refused$/);
+    assert.equal(records.length, 2, 'a rolled-back pass reports no skipped ticks');
+
+    // The failed passes claimed nothing: once enqueue works, the due tick is enqueued.
+    now = new Date('2026-07-01T00:02:20Z');
+    await s.runOnce();
+    assert.deepEqual(await fired('iso-failing'), ['2026-07-01T00:02:00.000Z']);
+  });
+
   it('a new schedule does not enqueue ticks from before it first appeared', async () => {
     const now = new Date('2026-06-01T12:30:00Z');
     const s = scheduler({ now: () => now }, { fresh: { cron: '0 * * * *' } });
