@@ -43,13 +43,24 @@ export class EmbeddedServerError extends OutbatchError {
   }
 }
 
+/** One line of text for any thrown value; never throws (a null-prototype object holding a BigInt defeats both String and JSON). */
 export function errorMessage(error: unknown): string {
-  if (error instanceof Error) return error.message;
-  if (typeof error === 'string') return error;
   try {
-    return JSON.stringify(error) ?? String(error);
+    if (error instanceof Error) return String(error.message);
+    if (typeof error === 'string') return error;
+    const json = JSON.stringify(error);
+    if (json !== undefined) return json;
   } catch {
+    // BigInt, a cycle, a throwing getter or toJSON: try the plainer ways below
+  }
+  try {
     return String(error);
+  } catch {
+    try {
+      return `${Object.prototype.toString.call(error)} with keys ${Object.keys(error as object).join(', ')}`;
+    } catch {
+      return 'a value that cannot be printed';
+    }
   }
 }
 

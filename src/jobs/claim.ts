@@ -21,6 +21,12 @@ export interface ClaimedJob {
 export interface ClaimRequest {
   /** Queues to take from; null takes every queue. */
   queues: string[] | null;
+  /**
+   * Tasks the claiming worker can run; null takes every task (tools and tests). A worker
+   * passes its own: in a rolling deploy an old worker must leave a new task's jobs to the
+   * workers that know it, not dead-letter them as unknown.
+   */
+  tasks: string[] | null;
   limit: number;
   workerId: string;
   /** An injected clock's time; null uses the database's clock (production). */
@@ -42,6 +48,11 @@ export interface ClaimRequest {
  * `todo`, to run again — at-least-once either way — and the completion, which does wait,
  * flushes the claim's WAL with its own. Saves a disk flush per claim round trip.
  *
+ * If the reply is lost (the connection dies after the server committed), the jobs are
+ * `doing` for a worker that does not know it holds them: the worker reconciles
+ * (`releaseOrphans`) before its next claim, and periodically. If the server refuses the
+ * statement (a lock race on jobs_lock_doing), nothing was claimed; the worker claims again.
+ *
  * `id = ANY (ARRAY(...))` rather than a join with the CTE: the planner cannot estimate
  * the CTE and picked a hash join over the whole table (5 ms of a 10 ms claim of 500).
  */
@@ -56,6 +67,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
          AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
          AND j.run_at <= coalesce($4::timestamptz, now())
          AND ($1::text[] IS NULL OR j.queue = ANY ($1::text[]))
+         AND ($5::text[] IS NULL OR j.task = ANY ($5::text[]))
          AND (j.lock IS NULL OR (
            NOT EXISTS (SELECT 1 FROM ${s}.jobs d WHERE d.lock = j.lock AND d.status = 'doing')
            AND NOT EXISTS (
@@ -73,7 +85,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
      RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
                j.queueing_lock, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
                (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms`,
-    [request.queues, request.limit, request.workerId, request.now],
+    [request.queues, request.limit, request.workerId, request.now, request.tasks],
   );
   // UPDATE ... RETURNING does not keep the picked order.
   // Ids are decimal strings: shorter is smaller, same length compares as text.

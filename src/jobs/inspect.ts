@@ -113,3 +113,37 @@ export async function jobStats(db: Queryable, schema: string): Promise<TaskStats
     max_duration_ms: row.max_ms === null ? null : Math.round(row.max_ms * 100) / 100,
   }));
 }
+
+export interface TaskWithoutWorker {
+  task: string;
+  /** Due `todo` jobs of the task. */
+  waiting: number;
+}
+
+/**
+ * Per task, the due `todo` jobs that no live worker knows: no worker heartbeating within
+ * its own stall timeout lists the task (migration 024). A live worker with NULL tasks is
+ * an older build that claims every task, so while one lives nothing is reported and the
+ * scan is skipped (the one-time `everything` check). Scheduled jobs are left out: a job
+ * due tomorrow is not stuck yet. Otherwise this reads every due todo row (an anti-join
+ * against the few known task names): what a scrape costs grows with the backlog.
+ */
+export async function jobsWithoutWorker(db: Queryable, schema: string): Promise<TaskWithoutWorker[]> {
+  const s = quoteSchema(schema);
+  const { rows } = await db.query<TaskWithoutWorker>(
+    `WITH live AS (
+       SELECT w.tasks FROM ${s}.workers w
+       WHERE w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond'
+     ), known AS (
+       SELECT DISTINCT unnest(tasks) AS task FROM live
+     )
+     SELECT j.task, count(*)::int AS waiting
+     FROM ${s}.jobs j
+     WHERE j.status = 'todo' AND j.run_at <= now()
+       AND NOT EXISTS (SELECT 1 FROM live WHERE live.tasks IS NULL)
+       AND NOT EXISTS (SELECT 1 FROM known k WHERE k.task = j.task)
+     GROUP BY j.task
+     ORDER BY j.task`,
+  );
+  return rows;
+}

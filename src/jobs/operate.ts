@@ -32,60 +32,127 @@ function filterParams(filter: FailedFilter | undefined): unknown[] {
   return [filter?.task ?? null, filter?.since ?? null, filter?.until ?? null, filter?.errorContains ?? null];
 }
 
-/** What a `retry --failed` with this filter would retry, per task (changes nothing). */
-export async function previewRetry(db: Queryable, schema: string, filter: FailedFilter) {
+export interface RetryPreview {
+  task: string;
+  /** Jobs that would go back to todo. */
+  count: number;
+  /** Matching jobs that would be left alone: their queueing lock has a waiting job, or a newer match. */
+  skipped: number;
+}
+
+/**
+ * What a `retry --failed` with this filter would do, per task (changes nothing): the
+ * same choice as retryJobs, newest match per queueing lock unless one is already waiting.
+ */
+export async function previewRetry(db: Queryable, schema: string, filter: FailedFilter): Promise<RetryPreview[]> {
   const s = quoteSchema(schema);
-  const { rows } = await db.query<{ task: string; count: number }>(
-    `SELECT j.task, count(*)::int AS count FROM ${s}.jobs j
-     WHERE ${FAILED_MATCH}
-       AND NOT EXISTS (SELECT 1 FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
-     GROUP BY j.task ORDER BY j.task`,
+  const { rows } = await db.query<RetryPreview>(
+    `SELECT task, count(*) FILTER (WHERE chosen)::int AS count, count(*) FILTER (WHERE NOT chosen)::int AS skipped
+     FROM (
+       SELECT j.task,
+              j.queueing_lock IS NULL
+              OR (j.id = max(j.id) OVER (PARTITION BY j.queueing_lock)
+                  AND NOT EXISTS (SELECT 1 FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo'))
+                AS chosen
+       FROM ${s}.jobs j
+       WHERE ${FAILED_MATCH}
+     ) m
+     GROUP BY task ORDER BY task`,
     filterParams(filter),
   );
   return rows;
 }
 
+export interface RetryOutcome {
+  /** Ids put back to todo, in numeric order. */
+  retried: string[];
+  /** Selected jobs left failed because of their queueing lock, with the reason. */
+  skipped: { id: string; reason: string }[];
+}
+
+/** SQLSTATE of a unique index refusing a row: here, a second waiting job for one queueing lock. */
+const UNIQUE_VIOLATION = '23505';
+
 /**
  * Back to `todo`, due now, with a fresh attempt budget (the error history is kept).
- * A job whose queueing lock already has a waiting job is left alone (it would be a
- * duplicate). Wakes workers with one NOTIFY per queue.
+ * Only one job per queueing lock may wait (unique index jobs_queueing_lock_todo), so
+ * per lock the newest selected job (highest id: the last one deferred, with the latest
+ * args) is retried, the others are reported skipped, and none is retried while a job
+ * with that lock already waits. Wakes workers with one NOTIFY per queue.
+ *
+ * One statement: all of it or nothing. A job with the same queueing lock deferred by
+ * someone else between this statement's snapshot and its update still trips the unique
+ * index; the statement then changed nothing and is run again, and sees that job waiting
+ * (on a pool; inside a caller's transaction the error aborts it and is passed on).
  */
 export async function retryJobs(
   db: Queryable,
   schema: string,
   selection: RetrySelection,
   by: Actor,
-): Promise<string[]> {
+): Promise<RetryOutcome> {
   const s = quoteSchema(schema);
   const byIds = 'ids' in selection;
-  const { rows } = await db.query<{ id: string }>(
-    `WITH retried AS (
-       UPDATE ${s}.jobs j
-       SET status = 'todo', run_at = now(), attempts = 0, worker_id = NULL, started_at = NULL,
-           finished_at = NULL, keep_until = NULL, updated_at = now()
-       WHERE CASE WHEN $5::bigint[] IS NOT NULL
-               THEN j.id = ANY ($5::bigint[]) AND j.status IN ('failed', 'cancelled')
-               ELSE ${FAILED_MATCH}
-             END
-         AND NOT EXISTS (
-           SELECT 1 FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
-       RETURNING j.id, j.task, j.queue
-     ), audited AS (
-       INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
-       SELECT $6, $7, 'jobs.retry', 'job:' || id, jsonb_build_object('task', task) FROM retried
-     ), woken AS (
-       SELECT pg_notify($8, queue) FROM (SELECT DISTINCT queue FROM retried) q
-     )
-     SELECT retried.id::text FROM retried, (SELECT count(*) FROM woken) w ORDER BY retried.id`,
-    [
-      ...filterParams(byIds ? undefined : selection),
-      byIds ? selection.ids : null,
-      by.actor,
-      by.host,
-      `${schema}_jobs`,
-    ],
-  );
-  return rows.map((row) => row.id);
+  const statement = () =>
+    db.query<{ id: string; reason: string | null }>(
+      `WITH selected AS (
+         SELECT j.id, j.queueing_lock,
+                max(j.id) OVER (PARTITION BY j.queueing_lock) AS newest,
+                (SELECT q.id FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo') AS waiting
+         FROM ${s}.jobs j
+         WHERE CASE WHEN $5::bigint[] IS NOT NULL
+                 THEN j.id = ANY ($5::bigint[]) AND j.status IN ('failed', 'cancelled')
+                 ELSE ${FAILED_MATCH}
+               END
+       ), retried AS (
+         UPDATE ${s}.jobs j
+         SET status = 'todo', run_at = now(), attempts = 0, worker_id = NULL, started_at = NULL,
+             finished_at = NULL, keep_until = NULL, updated_at = now()
+         FROM selected c
+         WHERE j.id = c.id AND c.waiting IS NULL AND (c.queueing_lock IS NULL OR c.id = c.newest)
+           -- Re-checked on the row's latest version if someone changed it meanwhile.
+           AND j.status IN ('failed', 'cancelled')
+         RETURNING j.id, j.task, j.queue
+       ), audited AS (
+         INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
+         SELECT $6, $7, 'jobs.retry', 'job:' || id, jsonb_build_object('task', task) FROM retried
+       ), woken AS (
+         SELECT pg_notify($8, queue) FROM (SELECT DISTINCT queue FROM retried) q
+       )
+       SELECT o.id::text, o.reason FROM (
+         SELECT retried.id, NULL::text AS reason FROM retried, (SELECT count(*) FROM woken) w
+         UNION ALL
+         SELECT c.id,
+                CASE WHEN c.waiting IS NOT NULL
+                  THEN format('queueing lock "%s" already has a waiting job %s', c.queueing_lock, c.waiting)
+                  ELSE format('newer job %s with queueing lock "%s" was retried instead', c.newest, c.queueing_lock)
+                END
+         FROM selected c
+         WHERE c.queueing_lock IS NOT NULL AND (c.waiting IS NOT NULL OR c.id <> c.newest)
+       ) o
+       ORDER BY o.id`,
+      [
+        ...filterParams(byIds ? undefined : selection),
+        byIds ? selection.ids : null,
+        by.actor,
+        by.host,
+        `${schema}_jobs`,
+      ],
+    );
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const { rows } = await statement();
+      return {
+        retried: rows.filter((row) => row.reason === null).map((row) => row.id),
+        skipped: rows.flatMap((row) => (row.reason === null ? [] : [{ id: row.id, reason: row.reason }])),
+      };
+    } catch (error) {
+      const { code, constraint } = error as { code?: string; constraint?: string };
+      const raced = code === UNIQUE_VIOLATION && constraint === 'jobs_queueing_lock_todo';
+      // Each race needs a new defer that committed meanwhile: three in a row is not a race.
+      if (!raced || attempt >= 3) throw error;
+    }
+  }
 }
 
 /** Waiting jobs (todo or scheduled) become `cancelled`; running ones are not touched. */
@@ -130,22 +197,10 @@ export async function explainSkipped(
   ids: string[],
 ): Promise<Map<string, string>> {
   if (ids.length === 0) return new Map();
-  const { rows } = await db.query<{ id: string; state: string; holder: string | null }>(
-    `SELECT j.id::text, j.state,
-            (SELECT q.id::text FROM ${quoteSchema(schema)}.jobs q
-             WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo' AND q.id <> j.id LIMIT 1) AS holder
-     FROM ${quoteSchema(schema)}.job_states j WHERE j.id = ANY ($1::bigint[])`,
+  const { rows } = await db.query<{ id: string; state: string }>(
+    `SELECT j.id::text, j.state FROM ${quoteSchema(schema)}.job_states j WHERE j.id = ANY ($1::bigint[])`,
     [ids],
   );
-  const found = new Map(rows.map((row) => [row.id, row]));
-  return new Map(
-    ids.map((id) => {
-      const row = found.get(id);
-      if (!row) return [id, 'not found'];
-      if (row.holder && (row.state === 'failed' || row.state === 'cancelled')) {
-        return [id, `job ${row.holder} with the same queueing lock is already waiting`];
-      }
-      return [id, `it is ${row.state}`];
-    }),
-  );
+  const found = new Map(rows.map((row) => [row.id, row.state]));
+  return new Map(ids.map((id) => [id, found.has(id) ? `it is ${found.get(id)}` : 'not found']));
 }

@@ -86,10 +86,7 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       await assertMigrated(db.pool, schema);
       if (tasks.size === 0)
         log.warn('worker starting with no tasks registered: every job it claims will fail as unknown');
-      const started = startWorker(
-        { pool: db.pool, databaseUrl: db.url, schema, log, clock, tasks },
-        workerOptions,
-      );
+      const started = startWorker({ databaseUrl: db.url, schema, log, clock, tasks }, workerOptions);
       worker = started; // before it has started: a job deferred meanwhile is still woken for
       await started.started.catch((error) => {
         worker = undefined;

@@ -1,6 +1,7 @@
 /** Recovery of dirty jobs: `doing`, but their worker stopped heartbeating. */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
+import { ERRORS_KEPT } from './fail.js';
 
 export interface RecoveredJob {
   id: string;
@@ -26,6 +27,14 @@ export async function recoverStalledJobs(
   now: Date | null,
   /** The recovering worker: never its own jobs, which it knows are running (a late heartbeat of its own is not a death). */
   self: string | null = null,
+  /**
+   * Since when the recovering worker's own heartbeats have succeeded without a break (the
+   * database's time); null judges without it (tools, tests). A worker is judged dead only
+   * if it stayed silent for its stall timeout *while we were connected*: after an outage
+   * longer than the stall timeout every heartbeat is stale, and the first worker back must
+   * not take the running jobs of the others, which are alive and reconnecting.
+   */
+  upSince: Date | null = null,
 ): Promise<RecoveredJob[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<RecoveredJob>(
@@ -38,6 +47,8 @@ export async function recoverStalledJobs(
            SELECT 1 FROM ${s}.workers w
            WHERE w.id = j.worker_id
              AND w.last_seen_at > coalesce($1::timestamptz, now()) - w.stall_timeout_ms * interval '1 millisecond')
+         AND ($3::timestamptz IS NULL OR $3::timestamptz <= coalesce($1::timestamptz, now()) - coalesce(
+           (SELECT w.stall_timeout_ms FROM ${s}.workers w WHERE w.id = j.worker_id), 0) * interval '1 millisecond')
        FOR UPDATE OF j SKIP LOCKED
      ), judged AS (
        SELECT st.*,
@@ -73,7 +84,8 @@ export async function recoverStalledJobs(
                  WHEN 'attempts_spent' THEN '; failed (no attempts left)'
                  ELSE '; failed as superseded by a waiting job with the same queueing lock' END,
              'attempt', j.attempts, 'at', coalesce($1::timestamptz, now()), 'stalled', true),
-           errors = j.errors || jsonb_build_array(jsonb_build_object(
+           errors = CASE WHEN jsonb_array_length(j.errors) >= $4 THEN j.errors - 0 ELSE j.errors END
+             || jsonb_build_array(jsonb_build_object(
              'message', 'worker stopped heartbeating (' || d.reason || ')',
              'attempt', j.attempts, 'at', coalesce($1::timestamptz, now()), 'worker', d.worker_id)),
            worker_id = NULL,
@@ -91,7 +103,7 @@ export async function recoverStalledJobs(
        SET retried = t.retried + excluded.retried, failed = t.failed + excluded.failed
      )
      SELECT * FROM updated`,
-    [now, self],
+    [now, self, upSince, ERRORS_KEPT],
   );
   return rows;
 }

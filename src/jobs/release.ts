@@ -1,39 +1,87 @@
-/** Shutdown: jobs this worker claimed but did not finish go back to `todo`, attempt not counted. */
+/** Jobs a worker holds but will not run go back to `todo`, the attempt not counted: at shutdown, and orphans of a lost claim reply. */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 
+export interface Released {
+  released: number;
+  superseded: number;
+}
+
 /**
- * As with a retry, a job whose queueing lock has a newer waiting job cannot go back to
- * `todo`; it fails as superseded so neither blocks the other.
+ * As with a retry, a job whose queueing lock already has a waiting job cannot go back to
+ * `todo`; it fails as superseded so neither blocks the other. Of several released jobs
+ * with one queueing lock, the newest goes back and the others are superseded by it (all
+ * going back would fail on the unique index, every time).
+ *
+ * `$1` selects the jobs to release (NULL: all of this worker's); `$3` the jobs to keep.
+ * Reply lost: writing it again finds the rows no longer `doing` for this worker. Refused:
+ * the caller logs it; the jobs stay `doing` under a live worker that does not run them,
+ * and the next reconcile pass (or, once the worker stops heartbeating, recovery) takes them.
  */
+async function returnToTodo(
+  db: Queryable,
+  schema: string,
+  workerId: string,
+  release: string[] | null,
+  keep: string[],
+): Promise<Released> {
+  const s = quoteSchema(schema);
+  const { rows } = await db.query<{ status: string }>(
+    `WITH input AS (
+       SELECT j.id, j.queueing_lock,
+              (SELECT t.id FROM ${s}.jobs t
+               WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS waiting
+       FROM ${s}.jobs j
+       WHERE j.status = 'doing' AND j.worker_id = $2
+         AND ($1::bigint[] IS NULL OR j.id = ANY ($1::bigint[]))
+         AND NOT (j.id = ANY ($3::bigint[]))
+       FOR UPDATE OF j
+     ), decided AS (
+       SELECT i.id,
+              coalesce(i.waiting, CASE WHEN i.queueing_lock IS NOT NULL
+                THEN nullif(first_value(i.id) OVER (PARTITION BY i.queueing_lock ORDER BY i.id DESC), i.id) END)
+                AS superseded_by
+       FROM input i
+     )
+     UPDATE ${s}.jobs j
+     SET status = CASE WHEN d.superseded_by IS NULL THEN 'todo' ELSE 'failed' END,
+         attempts = CASE WHEN d.superseded_by IS NULL THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
+         last_error = CASE WHEN d.superseded_by IS NULL THEN j.last_error ELSE jsonb_build_object(
+           'message', 'not run (worker shut down, or its claim reply was lost); not requeued: superseded by job '
+             || d.superseded_by || ' with the same queueing lock', 'supersededBy', d.superseded_by::text) END,
+         finished_at = CASE WHEN d.superseded_by IS NULL THEN NULL ELSE now() END,
+         worker_id = NULL, started_at = NULL, updated_at = now()
+     FROM decided d
+     WHERE j.id = d.id
+     RETURNING j.status`,
+    [release, workerId, keep],
+  );
+  const superseded = rows.filter((row) => row.status === 'failed').length;
+  return { released: rows.length - superseded, superseded };
+}
+
+/** Shutdown: the jobs this worker claimed and did not finish. */
 export async function releaseJobs(
   db: Queryable,
   schema: string,
   workerId: string,
   ids: string[],
-): Promise<{ released: number; superseded: number }> {
+): Promise<Released> {
   if (ids.length === 0) return { released: 0, superseded: 0 };
-  const s = quoteSchema(schema);
-  const { rows } = await db.query<{ status: string }>(
-    `WITH input AS (
-       SELECT j.id,
-              (SELECT t.id FROM ${s}.jobs t
-               WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS superseded_by
-       FROM ${s}.jobs j
-       WHERE j.id = ANY ($1::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
-     )
-     UPDATE ${s}.jobs j
-     SET status = CASE WHEN i.superseded_by IS NULL THEN 'todo' ELSE 'failed' END,
-         attempts = CASE WHEN i.superseded_by IS NULL THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
-         last_error = CASE WHEN i.superseded_by IS NULL THEN j.last_error ELSE jsonb_build_object(
-           'message', 'worker shut down before the job finished; not requeued: superseded by job ' || i.superseded_by
-             || ' with the same queueing lock', 'supersededBy', i.superseded_by::text) END,
-         worker_id = NULL, started_at = NULL, updated_at = now()
-     FROM input i
-     WHERE j.id = i.id
-     RETURNING j.status`,
-    [ids, workerId],
-  );
-  const superseded = rows.filter((row) => row.status === 'failed').length;
-  return { released: rows.length - superseded, superseded };
+  return returnToTodo(db, schema, workerId, ids, []);
+}
+
+/**
+ * Reconciling: jobs `doing` for this worker that it does not hold — a claim committed
+ * whose reply never arrived. `held` must list every job the worker has in hand (buffered,
+ * running, or with an outcome not yet written), and no claim of this worker may be in
+ * flight, or a job about to arrive would be handed to another worker while it runs here.
+ */
+export async function releaseOrphans(
+  db: Queryable,
+  schema: string,
+  workerId: string,
+  held: string[],
+): Promise<Released> {
+  return returnToTodo(db, schema, workerId, null, held);
 }

@@ -9,6 +9,8 @@ export interface WorkerInfo {
   queues: string[] | null;
   concurrency: number;
   stallTimeoutMs: number;
+  /** The tasks this worker runs: it claims only their jobs. */
+  tasks: string[];
 }
 
 /** Inserts or refreshes this worker's row; heartbeat calls it again if the row was pruned. */
@@ -19,25 +21,38 @@ export async function registerWorker(
   now: Date | null,
 ): Promise<void> {
   await db.query(
-    `INSERT INTO ${quoteSchema(schema)}.workers AS w (id, host, pid, queues, concurrency, stall_timeout_ms, started_at, last_seen_at)
-     VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::timestamptz, now()), coalesce($7::timestamptz, now()))
+    `INSERT INTO ${quoteSchema(schema)}.workers AS w (id, host, pid, queues, concurrency, stall_timeout_ms, started_at, last_seen_at, tasks)
+     VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::timestamptz, now()), coalesce($7::timestamptz, now()), $8)
      ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, idle = true`,
-    [worker.id, os.hostname(), process.pid, worker.queues, worker.concurrency, worker.stallTimeoutMs, now],
+    [
+      worker.id,
+      os.hostname(),
+      process.pid,
+      worker.queues,
+      worker.concurrency,
+      worker.stallTimeoutMs,
+      now,
+      worker.tasks,
+    ],
   );
 }
 
-/** Returns false when the row is gone (pruned while we were unreachable). */
+/**
+ * The database's time of the beat, or null when the row is gone (pruned while we were
+ * unreachable). Reply lost: the beat may have landed; the next one says for sure.
+ */
 export async function heartbeat(
   db: Queryable,
   schema: string,
   workerId: string,
   now: Date | null,
-): Promise<boolean> {
-  const { rowCount } = await db.query(
-    `UPDATE ${quoteSchema(schema)}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1`,
+): Promise<Date | null> {
+  const { rows } = await db.query<{ at: Date }>(
+    `UPDATE ${quoteSchema(schema)}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
+     RETURNING last_seen_at AS at`,
     [workerId, now],
   );
-  return (rowCount ?? 0) > 0;
+  return rows[0]?.at ?? null;
 }
 
 export async function unregisterWorker(db: Queryable, schema: string, workerId: string): Promise<void> {

@@ -224,11 +224,46 @@ export async function discardTransaction(client: pg.PoolClient): Promise<void> {
   client.release(true);
 }
 
-/** An error as stored in the job row: message and stack, whatever was thrown. */
+const MESSAGE_MAX = 2_000;
+const STACK_MAX = 8_000;
+
+/**
+ * An error as stored in the job row: message and stack, whatever was thrown. Never throws
+ * (a throwing getter, a BigInt, a null prototype), and the text is one jsonb can hold
+ * (PostgreSQL refuses NUL and lone surrogates in jsonb) and of bounded size: a refused or
+ * huge failure must not stand in front of every other outcome.
+ */
 export function describeError(error: unknown): { message: string; stack?: string } {
-  if (error instanceof Error) return { message: error.message || error.name, stack: error.stack };
-  if (error === undefined) return { message: 'handler threw undefined' };
-  return { message: `handler threw a non-Error: ${errorMessage(error)}` };
+  let message: string;
+  let stack: string | undefined;
+  if (error instanceof Error) {
+    message = attempt(() => error.message) || attempt(() => error.name) || 'Error';
+    stack = attempt(() => error.stack);
+  } else if (error === undefined) {
+    message = 'handler threw undefined';
+  } else {
+    message = `handler threw a non-Error: ${errorMessage(error)}`;
+  }
+  return stack
+    ? { message: storable(message, MESSAGE_MAX), stack: storable(stack, STACK_MAX) }
+    : { message: storable(message, MESSAGE_MAX) };
+}
+
+function attempt(read: () => unknown): string | undefined {
+  try {
+    const value = read();
+    return value === undefined || value === null ? undefined : errorMessage(value);
+  } catch {
+    return undefined;
+  }
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/** Text jsonb accepts, at most `max` characters (plus a note of what was cut). */
+export function storable(text: string, max: number): string {
+  const capped = text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
+  return capped.replace(/\u0000/g, '\uFFFD').replace(LONE_SURROGATE, '\uFFFD');
 }
 
 export function unknownTaskError(name: string, known: Iterable<string>): Error {

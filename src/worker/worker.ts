@@ -1,47 +1,38 @@
 /**
- * The worker process loop: wake on NOTIFY (or a poll tick), claim a batch, run handlers
- * with bounded concurrency, and write outcomes back in batches; heartbeat, recover dirty
- * jobs, and shut down gracefully.
+ * The worker: claimed jobs wait in `buffer` until a slot frees, handlers run with bounded
+ * concurrency, outcomes are written back in batches, and a graceful shutdown returns what
+ * was not finished. The claim slot lives in claimLoop.ts, heartbeat and maintenance in
+ * upkeep.ts.
  *
- * Local state machine (why it is not one RxJS pipeline): claimed jobs wait in `buffer`
- * until a slot frees; when the buffer runs low a claim is requested. A wake-up that
- * arrives while a claim is in flight is remembered (`pendingWake`) and causes one more
- * claim, so a NOTIFY is never lost to a claim that started before its commit.
+ * Connections: the worker's control work (claims, outcomes, heartbeat, recovery) has a
+ * small pool of its own, and handlers (`ctx.tx`, `ctx.transaction`, `ctx.defer`) another,
+ * sized from `concurrency`. Sharing one pool, handlers that held every connection for
+ * longer than the stall timeout starved the heartbeat, and other workers recovered jobs
+ * that were still running: each ran up to its `attempts` times.
  */
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import type pg from 'pg';
 import type { Logger } from 'pino';
-import {
-  catchError,
-  EMPTY,
-  exhaustMap,
-  filter,
-  from,
-  interval,
-  merge,
-  Subject,
-  takeUntil,
-  timer,
-} from 'rxjs';
+import { catchError, EMPTY, filter, interval, merge, Subject, takeUntil } from 'rxjs';
 import type { Clock } from '../clock.js';
 import { systemClock } from '../clock.js';
+import { createPool } from '../db/connection.js';
 import { listen } from '../db/listen.js';
-import { isRetryable } from '../db/retryable.js';
 import { backoffDelay } from '../jobs/backoff.js';
-import { type ClaimedJob, claimJobs } from '../jobs/claim.js';
-import { pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
-import { recoverStalledJobs } from '../jobs/recover.js';
+import type { ClaimedJob } from '../jobs/claim.js';
 import { releaseJobs } from '../jobs/release.js';
 import type { ResolvedTask } from '../jobs/task.js';
-import { makeDueTimer } from './dueTimer.js';
+import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
-import { heartbeat, registerTasks, registerWorker, setWorkerIdle, unregisterWorker } from './registry.js';
+import { registerTasks, registerWorker, unregisterWorker } from './registry.js';
 import { type Outcome, RunningJob, ShutdownAbort, unknownTaskError } from './runJob.js';
+import { makeUpkeep } from './upkeep.js';
+
+/** Connections for claims, outcome batches, heartbeat and maintenance: each at most one at a time. */
+const CONTROL_CONNECTIONS = 4;
 
 export interface WorkerDeps {
-  pool: pg.Pool;
   databaseUrl: string;
   schema: string;
   log: Logger;
@@ -61,34 +52,37 @@ export interface Worker {
 
 export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Worker {
   const settings = resolveWorkerOptions(options);
-  const { pool, schema, clock, tasks } = deps;
+  const { schema, clock, tasks } = deps;
   const id = `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   const log = deps.log.child({ component: 'worker', workerId: id });
   // The database clock is the one truth in production; an injected clock overrides it.
   const dbNow = () => (clock === systemClock ? null : clock.now());
+  const control = createPool(deps.databaseUrl, log, {
+    max: CONTROL_CONNECTIONS,
+    applicationName: 'outbatch-control',
+  });
+  const handlers = createPool(deps.databaseUrl, log, {
+    max: settings.concurrency,
+    applicationName: 'outbatch-handler',
+  });
 
   const buffer: ClaimedJob[] = [];
-  const runDeps = { schema, pool, log, now: () => clock.now(), tasks };
+  const runDeps = { schema, pool: handlers, log, now: () => clock.now(), tasks };
   const running = new Map<string, RunningJob>();
-  // A written outcome that frees a lock may make a waiting job claimable: claim again.
   const outcomes = makeOutcomeWriter({
-    pool,
+    pool: control,
     schema,
     log,
     workerId: id,
     now: dbNow,
     retryIn,
-    onLockFreed: () => wake(),
+    // A written outcome that frees a lock may make a waiting job claimable: claim again.
+    onLockFreed: () => claims.wake(),
     // Armed once the retry is written: its run_at is the database's now() then, plus the wait.
-    onRetryWritten: (retryInMs) => wakeIn(retryInMs),
+    onRetryWritten: (retryInMs) => claims.wakeIn(retryInMs),
   });
   const stopClaiming$ = new Subject<void>();
-  const stopped$ = new Subject<void>();
   let stopping = false;
-  const claims = new Set<Promise<void>>();
-  let requested = 0; // jobs asked for by the claims in flight
-  let backlog = false; // the last claim came back full: more is waiting
-  let idle = true; // as published in the workers table (registered idle)
   // Running average of handler time; sizes the prefetch so quick jobs are claimed in
   // big batches and slow ones only as slots free (no hoarding jobs others could run).
   let averageMs: number | undefined;
@@ -102,72 +96,40 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         : Math.ceil((settings.concurrency * settings.prefetchWindowMs) / Math.max(averageMs, 0.001));
     return Math.min(2 * settings.batchSize, free + prefetch);
   };
-  const claimSize = () => Math.min(settings.batchSize, Math.max(0, target() - buffer.length - requested));
 
-  /**
-   * One claim in flight at a time (two overlapping claims measured no faster: the
-   * database, not this process, is the limit). A full claim means a backlog: claim again
-   * as soon as there is room. A wake-up during a claim is remembered and claims once more.
-   */
-  let pendingWake = false;
-  const wake = () => {
-    if (stopping) return;
-    pendingWake = true;
-    while (claims.size < 1) {
-      const limit = claimSize();
-      if (limit === 0) return;
-      pendingWake = false;
-      const claim = claimOnce(limit).finally(() => {
-        claims.delete(claim);
-        if (pendingWake || backlog) wake();
-      });
-      claims.add(claim);
-    }
-  };
-
-  let claimFailures = 0; // in a row
-  async function claimOnce(limit: number): Promise<void> {
-    requested += limit;
-    let claimed: ClaimedJob[];
-    try {
-      claimed = await claimJobs(pool, schema, { queues: settings.queues, limit, workerId: id, now: dbNow() });
-    } catch (error) {
-      // A lock race (unique jobs_lock_doing) or a lost connection: claim again soon, backing
-      // off from 50 ms (the poll tick takes over beyond it); a NOTIFY may come sooner.
-      claimFailures += 1;
-      const retryInMs = Math.min(50 * 2 ** (claimFailures - 1), settings.pollIntervalMs);
-      log.warn({ err: error, retryable: isRetryable(error), retryInMs }, 'claiming jobs failed; will retry');
-      backlog = false;
-      wakeIn(retryInMs);
-      return;
-    } finally {
-      requested -= limit;
-    }
-    claimFailures = 0;
-    backlog = claimed.length === limit;
-    for (const job of claimed) buffer.push(job);
-    pump();
-    if (backlog === idle) {
-      // Busy workers need no NOTIFY, and sparing it keeps deferring transactions from
-      // committing one at a time (schema/020). On becoming idle, claim once more after
-      // saying so, or a job committed in between would wait for the poll.
-      idle = !backlog;
-      try {
-        await setWorkerIdle(pool, schema, id, idle);
-      } catch (error) {
-        log.warn({ err: error }, 'could not publish the idle flag; polling covers it');
-      }
-      if (idle) pendingWake = true;
-    }
-  }
-
-  let ready = false; // registered: claims may start (the first one takes whatever was due before)
-  const dueTimer = makeDueTimer(settings.pollIntervalMs, () => {
-    if (ready) wake();
+  const claims = makeClaimLoop({
+    control,
+    schema,
+    log,
+    workerId: id,
+    settings,
+    tasks: [...tasks.keys()],
+    dbNow,
+    room: () => (stopping ? 0 : target() - buffer.length),
+    held: () => [...buffer.map((job) => job.id), ...running.keys(), ...outcomes.unwritten()],
+    onClaimed: (jobs) => {
+      for (const job of jobs) buffer.push(job);
+      pump();
+    },
   });
-  const wakeIn = (ms: number) => {
-    if (!stopping) dueTimer.wakeIn(ms);
+
+  const info = {
+    id,
+    queues: settings.queues,
+    concurrency: settings.concurrency,
+    stallTimeoutMs: settings.stallTimeoutMs,
+    tasks: [...tasks.keys()],
   };
+  const upkeep = makeUpkeep({
+    control,
+    schema,
+    log,
+    info,
+    settings,
+    dbNow,
+    onRecovered: () => claims.wake(),
+    reconcile: () => claims.reconcile(),
+  });
 
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
   function pump(): void {
@@ -175,6 +137,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       const job = buffer.shift()!;
       const task = tasks.get(job.task);
       if (!task) {
+        // Claims take only this worker's tasks; this is a guard, not a path.
         outcomes.fail(job, unknownTaskError(job.task, tasks.keys()), null);
         continue;
       }
@@ -185,12 +148,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     // Claim more only when there is reason to: the last claim came back full, or a wake-up
     // (NOTIFY, poll tick) is waiting. An empty claim must not start another, or an idle
     // worker claims in a loop (it did: ~8,000 empty claims a second).
-    if (
-      !stopping &&
-      (backlog || pendingWake) &&
-      buffer.length < Math.max(settings.concurrency, target() / 2)
-    ) {
-      wake();
+    if (!stopping && claims.wantsMore() && buffer.length < Math.max(settings.concurrency, target() / 2)) {
+      claims.wake();
     }
   }
 
@@ -247,44 +206,11 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
 
   const channel = `${schema}_jobs`;
 
-  async function maintain(): Promise<void> {
-    const recovered = await recoverStalledJobs(pool, schema, dbNow(), id);
-    for (const job of recovered) {
-      log.warn(
-        { jobId: job.id, task: job.task, deadWorker: job.worker, reason: job.reason, status: job.status },
-        job.reason === 'retry'
-          ? 'recovered a dirty job (its worker stopped heartbeating): back to todo'
-          : `recovered a dirty job (its worker stopped heartbeating): failed (${job.reason})`,
-      );
-    }
-    if (recovered.length > 0) wake();
-    await purgeSucceeded(pool, schema, dbNow());
-    await pruneWorkers(pool, schema, dbNow());
-  }
-
-  async function beat(): Promise<void> {
-    if (!(await heartbeat(pool, schema, id, dbNow()))) {
-      log.warn('worker row was pruned while we were unreachable; registering again');
-      await registerWorker(pool, schema, workerInfo(), dbNow());
-    }
-  }
-
-  const workerInfo = () => ({
-    id,
-    queues: settings.queues,
-    concurrency: settings.concurrency,
-    stallTimeoutMs: settings.stallTimeoutMs,
-  });
-
-  const logFailure = (what: string) => (error: unknown) => {
-    log.warn({ err: error }, `${what} failed; will try again`);
-  };
-
   async function shutdown(): Promise<void> {
     stopping = true;
     stopClaiming$.next();
-    dueTimer.clear();
-    await Promise.all(claims);
+    upkeep.stopMaintenance();
+    await claims.close();
     const waiting = buffer.splice(0);
     log.info(
       { running: running.size, unstarted: waiting.length, shutdownTimeoutMs: settings.shutdownTimeoutMs },
@@ -293,7 +219,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         : 'shutting down: stopped claiming',
     );
     const release = await releaseJobs(
-      pool,
+      control,
       schema,
       id,
       waiting.map((job) => job.id),
@@ -329,33 +255,27 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       },
       `worker stopped: ${release.released + written.released} unfinished job(s) returned to todo without counting the attempt`,
     );
-    stopped$.next();
-    await unregisterWorker(pool, schema, id).catch(logFailure('unregistering the worker'));
+    // No beat may land after the row is deleted, or it would register a ghost worker.
+    await upkeep.stopHeartbeat();
+    await unregisterWorker(control, schema, id).catch((error) => {
+      log.warn({ err: error }, 'unregistering the worker failed; its row is pruned later');
+    });
+    await closePools();
   }
 
+  const closePools = () =>
+    Promise.all([control.end(), handlers.end()]).catch((error) => {
+      log.warn({ err: error }, 'closing the worker connections failed');
+    });
+
   const started = (async () => {
-    await registerTasks(pool, schema, [...tasks.values()]);
-    await registerWorker(pool, schema, workerInfo(), dbNow());
+    await registerTasks(control, schema, [...tasks.values()]);
+    await registerWorker(control, schema, info, dbNow());
     log.info(
       { queues: settings.queues ?? 'all', concurrency: settings.concurrency, tasks: [...tasks.keys()] },
       'worker started',
     );
-
-    // exhaustMap: a heartbeat or maintenance pass still running when the next tick comes
-    // is not doubled up; the tick is dropped. Heartbeats go on during shutdown (until
-    // stopped$) so running handlers are not mistaken for dead ones.
-    timer(0, settings.heartbeatIntervalMs)
-      .pipe(
-        exhaustMap(() => from(beat().catch(logFailure('heartbeat')))),
-        takeUntil(stopped$),
-      )
-      .subscribe();
-    timer(0, settings.recoverIntervalMs)
-      .pipe(
-        exhaustMap(() => from(maintain().catch(logFailure('recovering dirty jobs')))),
-        takeUntil(stopClaiming$),
-      )
-      .subscribe();
+    upkeep.start();
     const queues = settings.queues === null ? null : new Set(settings.queues);
     merge(
       listen({ url: deps.databaseUrl, channels: [channel], log }).pipe(
@@ -370,14 +290,15 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       interval(settings.pollIntervalMs),
     )
       .pipe(takeUntil(stopClaiming$))
-      .subscribe(() => wake());
-    ready = true;
-    wake();
+      .subscribe(() => claims.wake());
+    claims.open();
   })();
-  // A worker that failed to start claims nothing, and its timers must not keep the process up.
+  // A worker that failed to start claims nothing, and its timers and connections must
+  // not keep the process up.
   started.catch(() => {
     stopping = true;
-    dueTimer.clear();
+    void claims.close();
+    void closePools();
   });
 
   let stopped: Promise<void> | undefined;
@@ -390,6 +311,6 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     id,
     started,
     stop,
-    wakeAt: (at) => wakeIn(at.getTime() - clock.now().getTime()),
+    wakeAt: (at) => claims.wakeIn(at.getTime() - clock.now().getTime()),
   };
 }

@@ -75,7 +75,7 @@ describe('outcomes', () => {
     await app.close();
   });
 
-  it('handles retryOn, non-Error throws, unknown tasks and timeouts without stopping the worker', async () => {
+  it('handles retryOn, non-Error throws and timeouts without stopping the worker', async () => {
     const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
     let lateRejections = 0;
     app.task('picky', { retry: { attempts: 5, retryOn: (e) => !(e instanceof TypeError) } }, async () => {
@@ -92,7 +92,7 @@ describe('outcomes', () => {
     });
     app.task('fine', {}, async () => {});
     const ids: Record<string, string> = {};
-    for (const name of ['picky', 'weird', 'stubborn', 'nobody-home']) {
+    for (const name of ['picky', 'weird', 'stubborn']) {
       const result = await app.defer(name, {});
       assert.ok(result.enqueued);
       ids[name] = result.id;
@@ -113,7 +113,6 @@ describe('outcomes', () => {
     assert.equal(await message('picky'), 'not worth retrying');
     assert.equal(await message('weird'), 'handler threw a non-Error: a plain string');
     assert.equal(await message('stubborn'), 'job exceeded its timeout of 50 ms');
-    assert.match(await message('nobody-home'), /unknown task "nobody-home": no handler is registered/);
     await app.close();
   });
 

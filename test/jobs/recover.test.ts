@@ -16,9 +16,9 @@ describe('recovery of stalled jobs sharing a queueing lock', () => {
   // hit the one-todo-per-queueing-lock index, so recovery failed forever.
   it('returns the newest to todo and fails the others as superseded', async () => {
     const first = await t.app.defer('sync', {}, { queueingLock: 'customer-7' });
-    await claimJobs(t.pool, t.schema, { queues: null, limit: 1, workerId: 'dead', now: null });
+    await claimJobs(t.pool, t.schema, { tasks: null, queues: null, limit: 1, workerId: 'dead', now: null });
     const second = await t.app.defer('sync', {}, { queueingLock: 'customer-7' });
-    await claimJobs(t.pool, t.schema, { queues: null, limit: 1, workerId: 'dead', now: null });
+    await claimJobs(t.pool, t.schema, { tasks: null, queues: null, limit: 1, workerId: 'dead', now: null });
     const recovered = await recoverStalledJobs(t.pool, t.schema, null);
     const byId = Object.fromEntries(recovered.map((job) => [job.id, [job.status, job.reason]]));
     assert.ok(first.enqueued && second.enqueued);
@@ -36,7 +36,13 @@ describe('recovery by a worker whose own heartbeat is late', () => {
       `INSERT INTO "${t.schema}".workers (id, host, pid, queues, concurrency, stall_timeout_ms, last_seen_at)
        VALUES ('slow', 'host', 1, NULL, 1, 1000, now() - interval '1 minute')`,
     );
-    await claimJobs(t.pool, t.schema, { queues: ['late'], limit: 1, workerId: 'slow', now: null });
+    await claimJobs(t.pool, t.schema, {
+      tasks: null,
+      queues: ['late'],
+      limit: 1,
+      workerId: 'slow',
+      now: null,
+    });
     assert.deepEqual(await recoverStalledJobs(t.pool, t.schema, null, 'slow'), []);
     const recovered = await recoverStalledJobs(t.pool, t.schema, null, 'other');
     assert.deepEqual(

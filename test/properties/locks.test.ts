@@ -93,6 +93,7 @@ describe('locks and queueing locks (property)', () => {
             );
           } else if (step.op === 'claim') {
             const claimed = await claimJobs(t.pool, t.schema, {
+              tasks: null,
               queues: null,
               limit: step.limit,
               workerId: workerId(step.worker),
@@ -145,6 +146,7 @@ describe('locks and queueing locks (property)', () => {
         );
         for (let round = 0; round < 200; round++) {
           const claimed = await claimJobs(t.pool, t.schema, {
+            tasks: null,
             queues: null,
             limit: 5,
             workerId: 'drain',

@@ -1,0 +1,172 @@
+/**
+ * The worker's claim slot: one claim (or reconcile) in flight at a time, started by a
+ * wake-up — a NOTIFY, a poll tick, a freed lock, a known due time — or by a full claim
+ * (a backlog). A wake-up that arrives while the slot is busy is remembered (`pendingWake`)
+ * and claims once more, so a NOTIFY is never lost to a claim that started before its commit.
+ *
+ * Reconciling shares the slot, because it must never overlap a claim: it returns to `todo`
+ * the jobs `doing` for this worker that the worker does not hold, and a claim in flight
+ * holds jobs the worker does not know of yet.
+ */
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { isRetryable } from '../db/retryable.js';
+import { type ClaimedJob, claimJobs } from '../jobs/claim.js';
+import { releaseOrphans } from '../jobs/release.js';
+import { makeDueTimer } from './dueTimer.js';
+import type { WorkerSettings } from './options.js';
+import { setWorkerIdle } from './registry.js';
+
+export interface ClaimLoopDeps {
+  control: pg.Pool;
+  schema: string;
+  log: Logger;
+  workerId: string;
+  settings: WorkerSettings;
+  /** The tasks this worker runs: it claims no other. */
+  tasks: string[];
+  dbNow: () => Date | null;
+  /** How many more jobs the worker wants in hand now. */
+  room: () => number;
+  /** Every job the worker holds: buffered, running, or with its outcome not yet written. */
+  held: () => string[];
+  onClaimed: (jobs: ClaimedJob[]) => void;
+}
+
+export interface ClaimLoop {
+  /** Claim now, or as soon as the slot is free. */
+  wake(): void;
+  wakeIn(ms: number): void;
+  /** Reconcile before the next claim. */
+  reconcile(): void;
+  /** Claims may begin (the worker is registered). */
+  open(): void;
+  /** The last claim came back full, or a wake-up waits: worth claiming again when room frees. */
+  wantsMore(): boolean;
+  /** Stops claiming; resolves once the slot is free. */
+  close(): Promise<void>;
+}
+
+export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
+  const { control, schema, log, workerId, settings, tasks, dbNow } = deps;
+  let slot: Promise<void> | undefined;
+  let pendingWake = false;
+  let reconcileWanted = false;
+  let backlog = false; // the last claim came back full: more is waiting
+  let idle = true; // as published in the workers table (registered idle)
+  let opened = false;
+  let closed = false;
+  let failures = 0; // claims or reconciles failed in a row
+
+  const dueTimer = makeDueTimer(settings.pollIntervalMs, () => wake());
+
+  function wake(): void {
+    pendingWake = true;
+    next();
+  }
+
+  function next(): void {
+    if (slot || closed || !opened) return;
+    let work: Promise<void>;
+    if (reconcileWanted) {
+      reconcileWanted = false;
+      work = reconcileOnce();
+    } else {
+      const limit = Math.min(settings.batchSize, Math.max(0, deps.room()));
+      if (limit === 0) return;
+      pendingWake = false;
+      work = claimOnce(limit);
+    }
+    slot = work.finally(() => {
+      slot = undefined;
+      // A wanted reconcile alone waits for the next wake-up: after a failure that is the
+      // retry timer, so an unreachable server is not asked in a loop.
+      if (pendingWake || backlog) next();
+    });
+  }
+
+  /** After a failure: try again soon, backing off from 50 ms (the poll tick takes over beyond it). */
+  function retrySoon(what: string, error: unknown): void {
+    failures += 1;
+    const retryInMs = Math.min(50 * 2 ** (failures - 1), settings.pollIntervalMs);
+    log.warn({ err: error, retryable: isRetryable(error), retryInMs }, `${what} failed; will retry`);
+    backlog = false;
+    pendingWake = false;
+    dueTimer.wakeIn(retryInMs);
+  }
+
+  async function claimOnce(limit: number): Promise<void> {
+    let claimed: ClaimedJob[];
+    try {
+      claimed = await claimJobs(control, schema, {
+        queues: settings.queues,
+        tasks,
+        limit,
+        workerId,
+        now: dbNow(),
+      });
+    } catch (error) {
+      // Refused (a lock race on jobs_lock_doing): nothing was claimed. Lost reply: the
+      // claim may have committed, leaving jobs `doing` for us that we do not know of —
+      // reconcile before the next claim.
+      reconcileWanted = true;
+      retrySoon('claiming jobs', error);
+      return;
+    }
+    failures = 0;
+    backlog = claimed.length === limit;
+    deps.onClaimed(claimed);
+    if (backlog === idle) {
+      // Busy workers need no NOTIFY, and sparing it keeps deferring transactions from
+      // committing one at a time (schema/020). On becoming idle, claim once more after
+      // saying so, or a job committed in between would wait for the poll.
+      idle = !backlog;
+      try {
+        await setWorkerIdle(control, schema, workerId, idle);
+      } catch (error) {
+        log.warn({ err: error }, 'could not publish the idle flag; polling covers it');
+      }
+      if (idle) pendingWake = true;
+    }
+  }
+
+  async function reconcileOnce(): Promise<void> {
+    try {
+      const { released, superseded } = await releaseOrphans(control, schema, workerId, deps.held());
+      failures = 0;
+      pendingWake = true; // the claim the reconcile went before
+      if (released + superseded > 0) {
+        log.warn(
+          { released, superseded },
+          `reconciled: ${released + superseded} job(s) marked doing for this worker that it was not running (a claim whose reply was lost) went back to todo without counting the attempt`,
+        );
+      }
+    } catch (error) {
+      // Reply lost: it may have run; running it again is harmless. It is tried again
+      // before the next claim.
+      reconcileWanted = true;
+      retrySoon('reconciling claimed jobs', error);
+    }
+  }
+
+  return {
+    wake,
+    wakeIn(ms) {
+      if (!closed) dueTimer.wakeIn(ms);
+    },
+    reconcile() {
+      reconcileWanted = true;
+      next();
+    },
+    open() {
+      opened = true;
+      wake();
+    },
+    wantsMore: () => backlog || pendingWake,
+    async close() {
+      closed = true;
+      dueTimer.clear();
+      while (slot) await slot;
+    },
+  };
+}

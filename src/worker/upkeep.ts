@@ -1,0 +1,120 @@
+/**
+ * The worker's upkeep, on the control pool beside the claim loop: the heartbeat that
+ * keeps its jobs from looking dirty, and the maintenance pass — recovering other workers'
+ * dirty jobs, reconciling its own, purging kept rows, pruning silent workers.
+ */
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { exhaustMap, from, Subject, takeUntil, timer } from 'rxjs';
+import { pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
+import { recoverStalledJobs } from '../jobs/recover.js';
+import type { WorkerSettings } from './options.js';
+import { heartbeat, registerWorker, type WorkerInfo } from './registry.js';
+
+export interface UpkeepDeps {
+  control: pg.Pool;
+  schema: string;
+  log: Logger;
+  info: WorkerInfo;
+  settings: WorkerSettings;
+  dbNow: () => Date | null;
+  /** Recovery put jobs back to `todo`: claim. */
+  onRecovered: () => void;
+  /** Ask the claim loop to reconcile this worker's own jobs. */
+  reconcile: () => void;
+}
+
+export interface Upkeep {
+  start(): void;
+  /** Ends the maintenance passes (at the start of shutdown: no recovering while we stop). */
+  stopMaintenance(): void;
+  /** Ends the heartbeat and waits for a beat in flight, so none lands after unregistering. */
+  stopHeartbeat(): Promise<void>;
+}
+
+export function makeUpkeep(deps: UpkeepDeps): Upkeep {
+  const { control, schema, log, info, settings, dbNow } = deps;
+  const maintenanceStopped$ = new Subject<void>();
+  const heartbeatStopped$ = new Subject<void>();
+  let heartbeatStopped = false;
+  let beating: Promise<void> | undefined;
+  // The database's time since which our beats have succeeded without a break, and when
+  // (monotonic, local) the last one succeeded: recovery judges others only from there.
+  let upSince: Date | null = null;
+  let lastBeat = Number.NEGATIVE_INFINITY;
+
+  async function beat(): Promise<void> {
+    try {
+      const at = await heartbeat(control, schema, info.id, dbNow());
+      if (at === null) {
+        // Our row is gone. At shutdown that is our own unregister: never insert it again.
+        if (heartbeatStopped) return;
+        log.warn('worker row was pruned while we were unreachable; registering again');
+        await registerWorker(control, schema, info, dbNow());
+        upSince = null; // we were away long enough to be pruned: start the window again
+        return;
+      }
+      upSince ??= at;
+      lastBeat = performance.now();
+    } catch (error) {
+      upSince = null;
+      throw error;
+    }
+  }
+
+  async function maintain(): Promise<void> {
+    deps.reconcile();
+    // Recovering others needs a fresh beat of our own, and a stall window's worth of
+    // being connected (recoverStalledJobs): a worker cut off from the database must not
+    // judge the others by their stale heartbeats.
+    if (upSince !== null && performance.now() - lastBeat < 2 * settings.heartbeatIntervalMs) {
+      const recovered = await recoverStalledJobs(control, schema, dbNow(), info.id, upSince);
+      for (const job of recovered) {
+        log.warn(
+          { jobId: job.id, task: job.task, deadWorker: job.worker, reason: job.reason, status: job.status },
+          job.reason === 'retry'
+            ? 'recovered a dirty job (its worker stopped heartbeating): back to todo'
+            : `recovered a dirty job (its worker stopped heartbeating): failed (${job.reason})`,
+        );
+      }
+      if (recovered.length > 0) deps.onRecovered();
+    }
+    await purgeSucceeded(control, schema, dbNow());
+    await pruneWorkers(control, schema, dbNow());
+  }
+
+  const logFailure = (what: string) => (error: unknown) => {
+    log.warn({ err: error }, `${what} failed; will try again`);
+  };
+
+  return {
+    start() {
+      // exhaustMap: a beat or pass still running when the next tick comes is not doubled
+      // up; the tick is dropped. Beats go on during shutdown (until stopHeartbeat) so
+      // running handlers are not mistaken for dead ones.
+      timer(0, settings.heartbeatIntervalMs)
+        .pipe(
+          exhaustMap(() => {
+            beating = beat().catch(logFailure('heartbeat'));
+            return from(beating);
+          }),
+          takeUntil(heartbeatStopped$),
+        )
+        .subscribe();
+      timer(0, settings.recoverIntervalMs)
+        .pipe(
+          exhaustMap(() => from(maintain().catch(logFailure('recovering dirty jobs')))),
+          takeUntil(maintenanceStopped$),
+        )
+        .subscribe();
+    },
+    stopMaintenance() {
+      maintenanceStopped$.next();
+    },
+    async stopHeartbeat() {
+      heartbeatStopped = true;
+      heartbeatStopped$.next();
+      await beating;
+    },
+  };
+}
