@@ -124,6 +124,9 @@ export interface PruneResult {
  * table in its own statement (and transaction), so a large backlog is worked off over
  * several maintenance passes and no pass holds row locks or a long transaction for long.
  * Only rows past their retention are deleted; nothing else reads them (see each statement).
+ * Faults: a batch whose reply was lost was deleted or not, and the next pass finds what is
+ * left; a refused statement throws (the caller's pass fails and the next one tries again),
+ * except a missing DELETE grant, which is an outcome (`denied`) and not worth a retry.
  */
 export async function pruneHistory(
   db: Queryable,
