@@ -61,10 +61,11 @@ export async function runDoctor(
     };
   });
   await check('tx id horizon', async () => {
+    // The check reads stored_tx_ids (events, processor checkpoints, dead letters).
     const { rows } = await pool.query<{ exists: boolean }>('SELECT to_regclass($1) IS NOT NULL AS exists', [
-      `"${schema}".events`,
+      `"${schema}".stored_tx_ids`,
     ]);
-    if (!rows[0]!.exists) return { ok: true, detail: 'no events table yet' };
+    if (!rows[0]!.exists) return { ok: true, detail: 'no stored_tx_ids view yet (migration 010)' };
     // Throws TxIdHorizonError (after a logical restore), whose message says what to do.
     const horizon = await checkTxIdHorizon(pool, schema);
     return {

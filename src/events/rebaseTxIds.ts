@@ -1,11 +1,15 @@
 import os from 'node:os';
 import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
+import { assertMigrated } from '../db/migrate.js';
 import { withTransaction } from '../db/transaction.js';
 
 export interface RebaseResult {
   distinctIds: number;
   eventsUpdated: number;
+  /** Processor versions whose checkpoint moved (every version: active, retired, paused, failed). */
+  checkpointsUpdated: number;
+  deadLettersUpdated: number;
   /** Transaction ids consumed to move the server past the rebased range. */
   consumed: number;
   highestNew: bigint;
@@ -16,10 +20,10 @@ const MARGIN = 1000n;
 const CONSUME_CHUNK = 10_000n;
 
 /**
- * The documented way out of a TxIdHorizonError: an order-preserving rewrite of the stored
- * tx ids into 3…k+2 (k distinct ids), first consuming transaction ids while the server is
- * not yet past that range. Stop workers first; appenders wait on a table lock meanwhile.
- * Audited in audit_log.
+ * The documented way out of a TxIdHorizonError: an order-preserving rewrite of every stored
+ * tx id (events, processor checkpoints, dead letters: the stored_tx_ids view) into 3…k+2
+ * (k distinct ids), first consuming transaction ids while the server is not yet past that
+ * range. Stop workers first; appenders wait on a table lock meanwhile. Audited in audit_log.
  */
 export async function rebaseTxIds(
   pool: pg.Pool,
@@ -27,6 +31,9 @@ export async function rebaseTxIds(
   onProgress?: (consumed: number, total: number) => void,
 ): Promise<RebaseResult> {
   const q = quoteSchema(schema);
+  // A schema restored from an older outbatch would run an older rebase_tx_ids(), one that
+  // leaves processor checkpoints behind: refuse until it is migrated.
+  await assertMigrated(pool, schema);
   const { rows } = await pool.query<{ k: string; next: string }>(
     `SELECT (SELECT count(DISTINCT tx_id) FROM ${q}.stored_tx_ids)::text AS k,
             pg_snapshot_xmax(pg_current_snapshot())::text AS next`,
@@ -51,8 +58,16 @@ export async function rebaseTxIds(
     }
   }
   return withTransaction(pool, async (client) => {
-    const result = await client.query<{ distinct_ids: string; events_updated: string; highest_new: string }>(
-      `SELECT distinct_ids::text, events_updated::text, highest_new::text FROM ${q}.rebase_tx_ids()`,
+    const result = await client.query<{
+      distinct_ids: string;
+      events_updated: string;
+      checkpoints_updated: string;
+      dead_letters_updated: string;
+      highest_new: string;
+    }>(
+      `SELECT distinct_ids::text, events_updated::text, checkpoints_updated::text, dead_letters_updated::text,
+              highest_new::text
+       FROM ${q}.rebase_tx_ids()`,
     );
     const row = result.rows[0]!;
     await client.query(
@@ -62,6 +77,8 @@ export async function rebaseTxIds(
     return {
       distinctIds: Number(row.distinct_ids),
       eventsUpdated: Number(row.events_updated),
+      checkpointsUpdated: Number(row.checkpoints_updated),
+      deadLettersUpdated: Number(row.dead_letters_updated),
       consumed: Number(consumed),
       highestNew: BigInt(row.highest_new),
     };

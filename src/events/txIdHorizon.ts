@@ -3,7 +3,7 @@ import type { Queryable } from '../db/queryable.js';
 import { TxIdHorizonError } from '../errors.js';
 
 export interface TxIdHorizon {
-  /** Highest tx_id stored in events (0 when there are none). */
+  /** Highest transaction id stored: events, processor checkpoints, dead letters (0 when none). */
   highestStored: bigint;
   /** The id the server gives the next transaction. */
   nextServer: bigint;
@@ -11,11 +11,14 @@ export interface TxIdHorizon {
 
 /**
  * Reads both sides without taking a transaction id (pg_current_xact_id() would assign
- * one): the snapshot's xmax is the next id the server hands out.
+ * one): the snapshot's xmax is the next id the server hands out. The stored side is every
+ * table of stored_tx_ids, not only events: a restored schema whose events were pruned still
+ * has checkpoints ahead of the server, and they would skip every new event. ORDER BY …
+ * LIMIT 1 is answered from the top of each branch (an index scan on events).
  */
 export async function readTxIdHorizon(db: Queryable, schema: string): Promise<TxIdHorizon> {
   const { rows } = await db.query<{ highest: string | null; next: string }>(
-    `SELECT (SELECT tx_id FROM ${quoteSchema(schema)}.events ORDER BY tx_id DESC LIMIT 1)::text AS highest,
+    `SELECT (SELECT tx_id FROM ${quoteSchema(schema)}.stored_tx_ids ORDER BY tx_id DESC LIMIT 1)::text AS highest,
             pg_snapshot_xmax(pg_current_snapshot())::text AS next`,
   );
   return { highestStored: BigInt(rows[0]!.highest ?? '0'), nextServer: BigInt(rows[0]!.next) };
@@ -30,7 +33,7 @@ export async function checkTxIdHorizon(db: Queryable, schema: string): Promise<T
   const horizon = await readTxIdHorizon(db, schema);
   if (horizon.highestStored >= horizon.nextServer) {
     throw new TxIdHorizonError(
-      `schema "${schema}" stores transaction ids up to ${horizon.highestStored} but this server is at ${horizon.nextServer} (was the database restored with pg_dump?): new events would be skipped by readers; stop the workers and run "outbatch events rebase-tx-ids --yes" (see README, "Restoring from a logical backup")`,
+      `schema "${schema}" stores transaction ids up to ${horizon.highestStored} but this server is at ${horizon.nextServer} (was the database restored with pg_dump?): new events would be skipped by readers and processors; stop the workers and run "outbatch events rebase-tx-ids --yes" (see README, "Restoring from a logical backup")`,
       horizon.highestStored,
       horizon.nextServer,
     );

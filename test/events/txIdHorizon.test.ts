@@ -76,7 +76,10 @@ describe('transaction ids after a logical restore', () => {
     assert.match(refused.stderr, /run it again with --yes/);
     const rebase = await runCli(['events', 'rebase-tx-ids', '--yes'], env);
     assert.equal(rebase.code, 0, rebase.stderr);
-    assert.match(rebase.stdout, /^rebased 6 transaction id\(s\) on 7 event\(s\) to 3\.\.8/);
+    assert.match(
+      rebase.stdout,
+      /^rebased 6 transaction id\(s\) on 7 event\(s\), 0 processor checkpoint\(s\) and 0 dead letter\(s\) to 3\.\.8/,
+    );
 
     await checkTxIdHorizon(t.pool, t.schema);
     // The old order is kept (the event appended before the rebase sorts by its own, lower id).
@@ -84,6 +87,76 @@ describe('transaction ids after a logical restore', () => {
     assert.deepEqual(await readOrder(t), [7, 1, 2, 3, 4, 5, 6, 8]);
     const audit = await t.pool.query(`SELECT action FROM "${t.schema}".audit_log`);
     assert.deepEqual(audit.rows, [{ action: 'events.rebase-tx-ids' }]);
+  });
+
+  it('ranks processor checkpoints and dead letters with the events, whatever the version state', async () => {
+    const u = await isolatedApp('ev_horizon_checkpoints');
+    const q = `"${u.schema}"`;
+    const far = (n: number) => (9_000_000_000n + BigInt(n)).toString();
+    try {
+      // Events pruned: the checkpoints alone must still be seen ahead of the server.
+      await u.pool.query(
+        `INSERT INTO ${q}.processors (name, version, active, checkpoint_tx, checkpoint_position, paused, failed_at, retired_at)
+         VALUES ('p', 1, false, $1::xid8, 1, false, NULL, now()),               -- retired, at an event
+                ('p', 2, true, $2::xid8, 9223372036854775807, false, NULL, NULL), -- between two events
+                ('q', 1, true, '0', 0, true, NULL, NULL),                          -- paused, at the start
+                ('r', 1, true, $3::xid8, 9223372036854775807, false, now(), NULL), -- failed, before all
+                ('s', 1, true, $4::xid8, 9223372036854775807, false, NULL, NULL)   -- ahead of all`,
+        [far(100), far(150), far(50), far(400)],
+      );
+      await assert.rejects(checkTxIdHorizon(u.pool, u.schema), TxIdHorizonError);
+
+      const events = await u.pool.query<{ position: string }>(
+        `INSERT INTO ${q}.events (tx_id, stream, stream_version, type, data)
+         VALUES ($1::xid8, 'a', 1, 'T', '{}'), ($2::xid8, 'b', 1, 'T', '{}'),
+                ($3::xid8, 'c', 1, 'T', '{}'), ($3::xid8, 'd', 1, 'T', '{}')
+         RETURNING position::text`,
+        [far(100), far(200), far(300)],
+      );
+      const poisoned = events.rows[1]!.position;
+      await u.pool.query(
+        `INSERT INTO ${q}.processor_dead_letters (processor, version, position, tx_id, stream, type, error, attempts)
+         VALUES ('p', 2, $1, $2::xid8, 'b', 'T', 'boom', 1)`,
+        [poisoned, far(200)],
+      );
+
+      const result = await u.app.events.rebaseTxIds();
+      // 50 < 100 < 150 < 200 < 300 < 400 become 3..8; 0 stays 0.
+      assert.deepEqual(
+        { ...result, consumed: 0 },
+        {
+          distinctIds: 6,
+          eventsUpdated: 4,
+          checkpointsUpdated: 4,
+          deadLettersUpdated: 1,
+          consumed: 0,
+          highestNew: 8n,
+        },
+      );
+      const processors = await u.pool.query(
+        `SELECT name || '@' || version AS key, checkpoint_tx::text AS tx FROM ${q}.processors ORDER BY name, version`,
+      );
+      assert.deepEqual(processors.rows, [
+        { key: 'p@1', tx: '4' },
+        { key: 'p@2', tx: '5' },
+        { key: 'q@1', tx: '0' },
+        { key: 'r@1', tx: '3' },
+        { key: 's@1', tx: '8' },
+      ]);
+      const stored = await u.pool.query(
+        `SELECT e.tx_id::text AS event, d.tx_id::text AS letter
+         FROM ${q}.events e LEFT JOIN ${q}.processor_dead_letters d USING (position) ORDER BY e.position`,
+      );
+      assert.deepEqual(stored.rows, [
+        { event: '4', letter: null },
+        { event: '6', letter: '6' },
+        { event: '7', letter: null },
+        { event: '7', letter: null },
+      ]);
+      await checkTxIdHorizon(u.pool, u.schema);
+    } finally {
+      await u.cleanup();
+    }
   });
 
   it('consumes transaction ids first when the server is not yet past the rebased range', async () => {

@@ -91,7 +91,7 @@ export function registerEvents(program: Command): void {
   events
     .command('rebase-tx-ids')
     .description(
-      'after a pg_dump restore: rewrite stored transaction ids, in order, below the server (stop workers first)',
+      'after a pg_dump restore: rewrite stored transaction ids (events, processor checkpoints, dead letters), in order, below the server (stop workers first)',
     )
     .option('--yes', 'really rewrite them')
     .action((flags: { yes?: boolean }, command: Command) =>
@@ -105,7 +105,7 @@ export function registerEvents(program: Command): void {
           if (!json) process.stderr.write(`consumed ${done}/${total} transaction ids\n`);
         });
         print(
-          `rebased ${result.distinctIds} transaction id(s) on ${result.eventsUpdated} event(s) to 3..${result.highestNew}` +
+          `rebased ${result.distinctIds} transaction id(s) on ${result.eventsUpdated} event(s), ${result.checkpointsUpdated} processor checkpoint(s) and ${result.deadLettersUpdated} dead letter(s) to 3..${result.highestNew}` +
             (result.consumed ? ` (consumed ${result.consumed} transaction ids first)` : '') +
             '; checkpoints kept outside this database must be taken again (see README)',
           result,
