@@ -1,5 +1,5 @@
 /**
- * `npm run chaos`: the kill test, the database restart and the soak, one after the other
+ * `npm run chaos`: the kill test, the database restart, the soak and the fault test, one after the other
  * (each is its own process; sizes from the same CHAOS_* variables). Exits non-zero if any failed.
  * Never part of `npm test`: the full sizes take many minutes and the restart takes the server down.
  */
@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { ROOT } from './support.js';
 
-const scenarios = (process.env.CHAOS_SCENARIOS ?? 'kill,restart,soak').split(',');
+const scenarios = (process.env.CHAOS_SCENARIOS ?? 'kill,restart,soak,faults').split(',');
 const failed: string[] = [];
 for (const name of scenarios) {
   console.log(`\n=== chaos:${name} ===`);

@@ -105,9 +105,15 @@ function track(name: string, child: ChildProcess): Proc {
   return { child, name, output: () => output, exited, killed: false };
 }
 
-/** `outbatch worker --app ops/chaos/app.ts` as its own process. */
-export function spawnWorker(name: string, schema: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'worker', '--app', CHAOS_APP, ...args], {
+/** `outbatch worker --app ops/chaos/app.ts` (or another worker module) as its own process. */
+export function spawnWorker(
+  name: string,
+  schema: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  appModule = CHAOS_APP,
+): Proc {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'worker', '--app', appModule, ...args], {
     cwd: ROOT,
     env: { ...process.env, DATABASE_URL: databaseUrl(), OUTBATCH_SCHEMA: schema, LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -207,3 +207,91 @@ export async function checkProjection(pool: pg.Pool, schema: string, shop: strin
     await app.close();
   }
 }
+
+export interface KeptTaskCounts {
+  task: string;
+  total: number;
+  succeeded: number;
+  failed: number;
+  todo: number;
+  doing: number;
+  /** Failed with their attempts spent (attempts >= max_attempts). */
+  spent: number;
+  /** Failed as superseded by a waiting job with the same queueing lock. */
+  superseded: number;
+  /** Failed jobs whose last_error has no non-empty text message. */
+  unreadable: number;
+  /** Failed jobs whose last message still holds the task's name (the poison handlers' own text). */
+  ownText: number;
+  /** Failed by recovery (`stalled` in last_error): their worker looked dead, not their handler's error. */
+  byRecovery: number;
+  maxAttempts: number;
+  /** Largest last_error and errors (all attempts) as stored, in bytes. */
+  lastErrorBytes: number;
+  errorsBytes: number;
+  /** A few distinct last messages, cut at 160 characters. */
+  messages: string[];
+}
+
+/**
+ * Per task, the end state of jobs whose rows are kept (`keepSucceededFor`): what finished
+ * how, and whether the failures left readable text behind.
+ */
+export async function countKeptJobs(
+  pool: pg.Pool,
+  schema: string,
+  tasks: string[],
+): Promise<KeptTaskCounts[]> {
+  const { rows } = await pool.query(
+    `SELECT t.task,
+            count(j.id)::int AS total,
+            count(*) FILTER (WHERE j.status = 'succeeded')::int AS succeeded,
+            count(*) FILTER (WHERE j.status = 'failed')::int AS failed,
+            count(*) FILTER (WHERE j.status = 'todo')::int AS todo,
+            count(*) FILTER (WHERE j.status = 'doing')::int AS doing,
+            count(*) FILTER (WHERE j.status = 'failed' AND j.attempts >= j.max_attempts)::int AS spent,
+            count(*) FILTER (WHERE j.status = 'failed' AND j.last_error ? 'supersededBy')::int AS superseded,
+            count(*) FILTER (WHERE j.status = 'failed' AND (jsonb_typeof(j.last_error -> 'message') IS DISTINCT FROM 'string'
+                                                           OR j.last_error ->> 'message' = ''))::int AS unreadable,
+            count(*) FILTER (WHERE j.status = 'failed' AND strpos(j.last_error ->> 'message', j.task) > 0)::int AS "ownText",
+            count(*) FILTER (WHERE j.status = 'failed' AND j.last_error @> '{"stalled": true}')::int AS "byRecovery",
+            coalesce(max(j.attempts), 0)::int AS "maxAttempts",
+            coalesce(max(octet_length(j.last_error::text)), 0)::int AS "lastErrorBytes",
+            coalesce(max(octet_length(j.errors::text)), 0)::int AS "errorsBytes",
+            coalesce((SELECT array_agg(m) FROM (
+               SELECT DISTINCT left(x.last_error ->> 'message', 160) AS m FROM "${schema}".jobs x
+               WHERE x.task = t.task AND x.status = 'failed' LIMIT 4) d), '{}') AS messages
+     FROM unnest($1::text[]) AS t(task)
+     LEFT JOIN "${schema}".jobs j ON j.task = t.task
+     GROUP BY t.task ORDER BY t.task`,
+    [tasks],
+  );
+  return rows;
+}
+
+/** Queueing-lock pairs (`locked-pair`): how many exist, and how many lost both jobs to the dead letter. */
+export async function countLockedPairs(pool: pg.Pool, schema: string) {
+  const { rows } = await pool.query(
+    `SELECT count(*)::int AS pairs,
+            count(*) FILTER (WHERE jobs = 2)::int AS "withPartner",
+            count(*) FILTER (WHERE succeeded = 0 AND todo_doing = 0)::int AS "noneSucceeded"
+     FROM (SELECT args ->> 'pair' AS pair, count(*) AS jobs,
+                  count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                  count(*) FILTER (WHERE status IN ('todo', 'doing')) AS todo_doing
+           FROM "${schema}".jobs WHERE task = 'locked-pair' GROUP BY 1) p`,
+  );
+  return rows[0] as { pairs: number; withPartner: number; noneSucceeded: number };
+}
+
+/** Every event against the rows a processor wrote for it (`processed (position)`, no unique key). */
+export async function countProcessed(pool: pg.Pool, schema: string) {
+  const s = `"${schema}"`;
+  const { rows } = await pool.query(`
+    WITH p AS (SELECT position, count(*) AS n FROM ${s}.processed GROUP BY 1)
+    SELECT (SELECT count(*) FROM ${s}.events)::int AS events,
+           (SELECT count(*) FROM ${s}.processed)::int AS rows,
+           (SELECT count(*) FROM ${s}.events e WHERE NOT EXISTS (SELECT 1 FROM p WHERE p.position = e.position))::int AS missing,
+           (SELECT count(*) FROM p WHERE n > 1)::int AS duplicated,
+           (SELECT count(*) FROM p WHERE NOT EXISTS (SELECT 1 FROM ${s}.events e WHERE e.position = p.position))::int AS extra`);
+  return rows[0] as { events: number; rows: number; missing: number; duplicated: number; extra: number };
+}
