@@ -1,5 +1,10 @@
 /** Worker settings, checked once at start. */
 import { ValidationError } from '../errors.js';
+import {
+  type HistoryRetention,
+  type HistoryRetentionOptions,
+  resolveHistoryRetention,
+} from '../jobs/maintenance.js';
 import { checkInteger, checkQueue, type DurationInput, toMilliseconds } from '../jobs/options.js';
 
 export interface WorkerOptions {
@@ -21,6 +26,8 @@ export interface WorkerOptions {
   recoverInterval?: DurationInput;
   /** On shutdown, running handlers get this long (default 30 s). */
   shutdownTimeout?: DurationInput;
+  /** How long maintenance keeps task_stats, schedule_ticks and audit_log rows (default 30, 7 and 90 days). */
+  historyRetention?: HistoryRetentionOptions;
   /** Observer called once per finished job (metrics); jobs returned at shutdown are not reported. */
   onJobFinished?: (event: JobFinished) => void;
 }
@@ -41,6 +48,7 @@ export interface WorkerSettings {
   heartbeatIntervalMs: number;
   recoverIntervalMs: number;
   shutdownTimeoutMs: number;
+  historyRetention: HistoryRetention;
 }
 
 export function resolveWorkerOptions(options: WorkerOptions): WorkerSettings {
@@ -75,5 +83,6 @@ export function resolveWorkerOptions(options: WorkerOptions): WorkerSettings {
     heartbeatIntervalMs,
     recoverIntervalMs: positive(options.recoverInterval, heartbeatIntervalMs, 'recoverInterval'),
     shutdownTimeoutMs: toMilliseconds(options.shutdownTimeout ?? 30_000, 'shutdownTimeout'),
+    historyRetention: resolveHistoryRetention(options.historyRetention),
   };
 }

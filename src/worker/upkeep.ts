@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { exhaustMap, from, Subject, takeUntil, timer } from 'rxjs';
-import { pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
+import { pruneHistory, pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { recoverStalledJobs } from '../jobs/recover.js';
 import type { WorkerSettings } from './options.js';
 import { heartbeat, registerWorker, type WorkerInfo } from './registry.js';
@@ -42,6 +42,7 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
   // (monotonic, local) the last one succeeded: recovery judges others only from there.
   let upSince: Date | null = null;
   let lastBeat = Number.NEGATIVE_INFINITY;
+  let auditDenialLogged = false;
 
   async function beat(): Promise<void> {
     try {
@@ -81,6 +82,13 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
     }
     await purgeSucceeded(control, schema, dbNow());
     await pruneWorkers(control, schema, dbNow());
+    const pruned = await pruneHistory(control, schema, dbNow(), settings.historyRetention);
+    if (pruned.auditLog === 'denied' && !auditDenialLogged) {
+      auditDenialLogged = true;
+      log.info(
+        'audit_log is not pruned: this role may not delete from it (ops/sql/roles.sql); its owner can',
+      );
+    }
   }
 
   const logFailure = (what: string) => (error: unknown) => {

@@ -1,0 +1,410 @@
+/**
+ * Single faults that once stranded or repeated work (issue: no stranded work under any
+ * single fault): a refused outcome, a lost claim reply, a lost COMMIT reply, handlers
+ * holding every connection, an unknown task, an odd thrown value, a heartbeat racing
+ * shutdown, stale heartbeats after an outage. Each checks by counting runs and rows.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { type App, createApp } from '../../src/app.js';
+import { type FaultProxy, startFaultProxy } from '../faultProxy.js';
+import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
+import { waitFor } from '../jobs/support.js';
+
+let t: TestApp;
+before(async () => {
+  t = await isolatedApp('worker_faults');
+  await t.pool.query(`CREATE TABLE "${t.schema}".runs (job text NOT NULL, label text)`);
+  await t.pool.query(`CREATE TABLE "${t.schema}".effects (job text NOT NULL)`);
+});
+after(async () => t.cleanup());
+
+const FAST = { pollInterval: 50, heartbeatInterval: 100, recoverInterval: 100, stallTimeout: 3_600_000 };
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A handler's first line: one row per run, written outside any job transaction. */
+const recordRun = (jobId: string, label = '') =>
+  t.pool.query(`INSERT INTO "${t.schema}".runs VALUES ($1, $2)`, [jobId, label]);
+const runsOf = async (jobId: string) =>
+  Number(
+    (await t.pool.query(`SELECT count(*) FROM "${t.schema}".runs WHERE job = $1`, [jobId])).rows[0].count,
+  );
+const row = async (id: string) =>
+  (await t.pool.query(`SELECT * FROM "${t.schema}".jobs WHERE id = $1`, [id])).rows[0] as
+    | { status: string; attempts: number; last_error: { message: string; stack?: string } | null }
+    | undefined;
+
+/** Runs `app`'s worker around `body`, then stops it gracefully. */
+async function withWorker(app: App, body: () => Promise<void>, options: Record<string, unknown> = {}) {
+  const controller = new AbortController();
+  const running = app.run({ ...FAST, ...options, signal: controller.signal });
+  try {
+    await waitFor(
+      'the worker to register',
+      async () => (await t.pool.query(`SELECT 1 FROM "${t.schema}".workers`)).rowCount,
+    );
+    await body();
+  } finally {
+    controller.abort();
+    await running;
+    await app.close();
+  }
+}
+
+const newApp = (url = databaseUrl(), options: Record<string, unknown> = {}) =>
+  createApp({ databaseUrl: url, schema: t.schema, ...options });
+
+/** A gate the handlers wait at until the test opens it. */
+function gate() {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { open, opened };
+}
+
+async function deferred(app: App, task: string, args: unknown = {}, options = {}): Promise<string> {
+  const result = await app.defer(task, args, options);
+  assert.ok(result.enqueued);
+  return result.id;
+}
+
+describe('a refused outcome is isolated', () => {
+  it('two running jobs of one queueing lock failing together: newest back to todo, other superseded; a success beside them is written', async () => {
+    const app = newApp();
+    const release = gate();
+    app.task(
+      'shared-ql',
+      { retry: { attempts: 3, backoff: { initial: { seconds: 60 } } } },
+      async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+        await release.opened;
+        throw new Error('both fail');
+      },
+    );
+    app.task('bystander', { keepSucceededFor: { minutes: 5 } }, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+      await release.opened;
+    });
+    await withWorker(
+      app,
+      async () => {
+        const older = await deferred(app, 'shared-ql', {}, { queueingLock: 'ql-1' });
+        await waitFor('the first job to run', async () => (await runsOf(older)) === 1);
+        // Allowed: the first one is doing, not todo.
+        const newer = await deferred(app, 'shared-ql', {}, { queueingLock: 'ql-1' });
+        const bystander = await deferred(app, 'bystander');
+        await waitFor(
+          'all three to run',
+          async () => (await runsOf(newer)) === 1 && (await runsOf(bystander)) === 1,
+        );
+        release.open();
+        await waitFor(
+          'the bystander to be recorded',
+          async () => (await row(bystander))?.status === 'succeeded',
+        );
+        await waitFor('the newest to be back in todo', async () => (await row(newer))?.status === 'todo');
+        const superseded = (await row(older))!;
+        assert.equal(superseded.status, 'failed');
+        assert.match(superseded.last_error!.message, new RegExp(`superseded by job ${newer}`));
+      },
+      { concurrency: 4 },
+    );
+  });
+
+  it('running jobs of one queueing lock returned at shutdown: the newest goes back, the others are superseded', async () => {
+    const app = newApp();
+    const started = gate();
+    let count = 0;
+    app.task('held-at-stop', {}, async (_a, ctx) => {
+      if (++count === 2) started.open();
+      await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve));
+      throw new Error('stopped');
+    });
+    let older = '';
+    let newer = '';
+    await withWorker(
+      app,
+      async () => {
+        older = await deferred(app, 'held-at-stop', {}, { queueingLock: 'ql-stop' });
+        await waitFor('the first job to run', async () => count === 1);
+        newer = await deferred(app, 'held-at-stop', {}, { queueingLock: 'ql-stop' });
+        await started.opened;
+      },
+      { concurrency: 4 },
+    );
+    assert.equal((await row(newer))?.status, 'todo');
+    assert.equal((await row(newer))?.attempts, 0, 'returned uncounted');
+    assert.equal((await row(older))?.status, 'failed');
+    await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE id = ANY ($1::bigint[])`, [[older, newer]]);
+  });
+
+  it('errors jsonb cannot hold (NUL, lone surrogates), huge ones, and odd thrown values are stored; the worker goes on', async () => {
+    const app = newApp();
+    const oddValue = Object.assign(Object.create(null), { n: 1n });
+    const throwingGetter = new Error('hidden');
+    Object.defineProperty(throwingGetter, 'message', {
+      get() {
+        throw new Error('no message for you');
+      },
+    });
+    const thrown: Record<string, () => unknown> = {
+      nul: () => new Error('bad \u0000 byte'),
+      surrogate: () => new Error('lone \ud800 surrogate'),
+      huge: () => new Error('x'.repeat(5_000_000)),
+      parse: () => {
+        try {
+          JSON.parse('{"a": "\u0000"}');
+        } catch (error) {
+          return error;
+        }
+      },
+      bigint: () => oddValue,
+      getter: () => throwingGetter,
+    };
+    app.task('poison', { retry: { attempts: 1 } }, async (args: { kind: string }) => {
+      throw thrown[args.kind]!();
+    });
+    app.task('fine', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    await withWorker(app, async () => {
+      const ids: Record<string, string> = {};
+      for (const kind of Object.keys(thrown)) ids[kind] = await deferred(app, 'poison', { kind });
+      const fine = await deferred(app, 'fine');
+      for (const [kind, id] of Object.entries(ids)) {
+        await waitFor(
+          `the ${kind} job to be dead-lettered`,
+          async () => (await row(id))?.status === 'failed',
+        );
+      }
+      await waitFor('the healthy job', async () => (await row(fine)) === undefined);
+      assert.equal(await runsOf(fine), 1);
+      const message = async (kind: string) => (await row(ids[kind]!))!.last_error!.message;
+      assert.equal(await message('nul'), 'bad \ufffd byte');
+      assert.equal(await message('surrogate'), 'lone \ufffd surrogate');
+      assert.ok((await message('huge')).length < 3_000);
+      assert.match(await message('huge'), /more characters\)$/);
+      assert.match(await message('bigint'), /^handler threw a non-Error: /);
+      assert.ok(await message('getter'));
+    });
+  });
+
+  it('an outcome the server refuses even alone is recorded as a failure that says so; the rest are written', async () => {
+    // A trigger stands in for whatever makes the server refuse one job's outcome.
+    const s = `"${t.schema}"`;
+    await t.pool.query(`
+      CREATE FUNCTION ${s}.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF TG_OP = 'DELETE' AND OLD.args ->> 'refuse' = 'success' THEN
+          RAISE EXCEPTION 'this success is refused';
+        END IF;
+        IF TG_OP = 'UPDATE' AND NEW.last_error ->> 'message' LIKE 'refuse me%' THEN
+          RAISE EXCEPTION 'this failure is refused';
+        END IF;
+        RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+      END $$;
+      CREATE TRIGGER refuse_poison BEFORE UPDATE OR DELETE ON ${s}.jobs
+      FOR EACH ROW EXECUTE FUNCTION ${s}.refuse_poison();`);
+    try {
+      const app = newApp();
+      const release = gate();
+      app.task('refusable', { retry: { attempts: 1 } }, async (args: { refuse?: string }, ctx) => {
+        await recordRun(ctx.job.id);
+        await release.opened;
+        if (args.refuse === 'failure') throw new Error('refuse me, please');
+      });
+      await withWorker(
+        app,
+        async () => {
+          const refusedSuccess = await deferred(app, 'refusable', { refuse: 'success' });
+          const refusedFailure = await deferred(app, 'refusable', { refuse: 'failure' });
+          const plain = await Promise.all([1, 2, 3].map(() => deferred(app, 'refusable', {})));
+          await waitFor('all five to run', async () => {
+            const { rows } = await t.pool.query(
+              `SELECT count(DISTINCT job)::int AS n FROM ${s}.runs WHERE job = ANY ($1)`,
+              [[refusedSuccess, refusedFailure, ...plain]],
+            );
+            return rows[0].n === 5;
+          });
+          release.open();
+          for (const id of plain)
+            await waitFor(`job ${id} to complete`, async () => (await row(id)) === undefined);
+          await waitFor('the refused success', async () => (await row(refusedSuccess))?.status === 'failed');
+          await waitFor('the refused failure', async () => (await row(refusedFailure))?.status === 'failed');
+          assert.match(
+            (await row(refusedSuccess))!.last_error!.message,
+            /^outcome could not be recorded \(success\)/,
+          );
+          assert.match(
+            (await row(refusedFailure))!.last_error!.message,
+            /^outcome could not be recorded \(failure\)/,
+          );
+        },
+        { concurrency: 5 },
+      );
+    } finally {
+      await t.pool.query(`DROP TRIGGER refuse_poison ON ${s}.jobs; DROP FUNCTION ${s}.refuse_poison()`);
+    }
+  });
+});
+
+describe('lost replies', () => {
+  let proxy: FaultProxy;
+  before(async () => {
+    proxy = await startFaultProxy(databaseUrl());
+  });
+  after(async () => proxy.close());
+
+  it('a claim whose reply is lost: the job goes back to todo uncounted and runs once', async () => {
+    const app = newApp(proxy.url);
+    app.task('orphan', { keepSucceededFor: { minutes: 5 } }, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    // Armed before the worker starts: its first claim is the one that takes the job.
+    const { fired } = proxy.addRule({ match: 'outbatch_claim', action: 'lose-reply' });
+    const id = await deferred(app, 'orphan', {}, { lock: 'orphan-lock' });
+    const follower = await deferred(app, 'orphan', {}, { lock: 'orphan-lock' });
+    await withWorker(app, async () => {
+      await fired;
+      await waitFor('both to run', async () => (await row(follower))?.status === 'succeeded');
+      assert.equal((await row(id))?.status, 'succeeded');
+      assert.equal(await runsOf(id), 1);
+      assert.equal(await runsOf(follower), 1);
+      assert.equal((await row(id))?.attempts, 1, 'the lost claim is not counted');
+    });
+  });
+
+  it('a ctx.tx job whose COMMIT reply is lost: its effect is written once and it is not run again', async () => {
+    const app = newApp(proxy.url);
+    app.task('committing', { transaction: true, keepSucceededFor: { minutes: 5 } }, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+      await ctx.tx!.query(`INSERT INTO "${t.schema}".effects VALUES ($1)`, [ctx.job.id]);
+    });
+    await withWorker(app, async () => {
+      const { fired } = proxy.addRule({ match: /^COMMIT/, action: 'lose-reply' });
+      const id = await deferred(app, 'committing');
+      await fired;
+      await sleep(500); // a wrong re-run would start within the poll interval
+      await waitFor('the job to be settled', async () => (await row(id))?.status === 'succeeded');
+      const effects = await t.pool.query(
+        `SELECT count(*)::int AS n FROM "${t.schema}".effects WHERE job = $1`,
+        [id],
+      );
+      assert.equal(effects.rows[0].n, 1);
+      assert.equal(await runsOf(id), 1);
+    });
+  });
+});
+
+describe('connections', () => {
+  it('handlers holding every handler connection past the stall timeout: the heartbeat goes on, each job starts once', async () => {
+    const hold = 2_500;
+    const stall = { stallTimeout: 1_000, heartbeatInterval: 150, recoverInterval: 100, concurrency: 3 };
+    const apps = [newApp(databaseUrl(), { pool: { max: 3 } }), newApp(databaseUrl(), { pool: { max: 3 } })];
+    for (const app of apps) {
+      app.task('hog', { transaction: true }, async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+        await sleep(hold);
+      });
+    }
+    const ids = await Promise.all(Array.from({ length: 6 }, () => deferred(apps[0]!, 'hog')));
+    const controller = new AbortController();
+    const runs = apps.map((app) => app.run({ ...FAST, ...stall, signal: controller.signal }));
+    try {
+      for (const id of ids)
+        await waitFor(`job ${id} to finish`, async () => (await row(id)) === undefined, 30_000);
+    } finally {
+      controller.abort();
+      await Promise.all(runs);
+      await Promise.all(apps.map((app) => app.close()));
+    }
+    for (const id of ids) assert.equal(await runsOf(id), 1, `job ${id} started more than once`);
+  });
+});
+
+describe('workers and tasks', () => {
+  it('a worker claims only the tasks it knows; the job waits for a worker that knows it', async () => {
+    const old = newApp();
+    old.task('known', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    const newer = await deferred(old, 'brand-new-task');
+    const known = await deferred(old, 'known');
+    await withWorker(old, async () => {
+      await waitFor('the known job', async () => (await row(known)) === undefined);
+      await sleep(300);
+      assert.deepEqual(
+        { status: (await row(newer))?.status, attempts: (await row(newer))?.attempts },
+        { status: 'todo', attempts: 0 },
+      );
+    });
+    const upgraded = newApp();
+    upgraded.task('brand-new-task', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    await withWorker(upgraded, async () => {
+      await waitFor('the new task to run', async () => (await row(newer)) === undefined);
+    });
+    assert.equal(await runsOf(newer), 1);
+  });
+
+  it('a heartbeat in flight at shutdown never registers the stopped worker again', async () => {
+    for (let round = 0; round < 15; round++) {
+      const app = newApp();
+      app.task('idle', {}, async () => {});
+      const controller = new AbortController();
+      const running = app.run({ ...FAST, stallTimeout: 60, heartbeatInterval: 2, signal: controller.signal });
+      await waitFor(
+        'the worker to register',
+        async () => (await t.pool.query(`SELECT 1 FROM "${t.schema}".workers`)).rowCount,
+      );
+      await sleep(Math.random() * 20);
+      controller.abort();
+      await running;
+      await app.close();
+      await sleep(30);
+      const ghosts = await t.pool.query(`SELECT id FROM "${t.schema}".workers`);
+      assert.equal(
+        ghosts.rowCount,
+        0,
+        `round ${round}: a stopped worker is registered: ${JSON.stringify(ghosts.rows)}`,
+      );
+    }
+  });
+
+  it('after an outage, a worker back first does not take the running jobs of one whose heartbeat is merely stale', async () => {
+    const slow = newApp();
+    const release = gate();
+    slow.task('long', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+      await release.opened;
+    });
+    // The slow worker beats every 1.5 s: after the outage its next beat is up to 1.5 s away.
+    const stall = { stallTimeout: 2_000, heartbeatInterval: 200, recoverInterval: 100 };
+    const controller = new AbortController();
+    const slowRun = slow.run({ ...FAST, ...stall, heartbeatInterval: 1_500, signal: controller.signal });
+    const fresh = newApp();
+    fresh.task('long', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    let freshRun: Promise<void> | undefined;
+    try {
+      const id = await deferred(slow, 'long');
+      await waitFor('the job to start', async () => (await runsOf(id)) === 1);
+      // The outage, as the database saw it: the running worker's last beat is long ago.
+      await t.pool.query(`UPDATE "${t.schema}".workers SET last_seen_at = now() - interval '1 hour'`);
+      freshRun = fresh.run({ ...FAST, ...stall, signal: controller.signal });
+      await sleep(1_000); // the fresh worker's first passes, and the slow worker's next beats
+      assert.equal((await row(id))?.status, 'doing');
+      release.open();
+      await waitFor('the job to finish', async () => (await row(id)) === undefined);
+      assert.equal(await runsOf(id), 1);
+    } finally {
+      release.open();
+      controller.abort();
+      await Promise.all([slowRun, freshRun]);
+      await Promise.all([slow.close(), fresh.close()]);
+    }
+  });
+});
