@@ -11,8 +11,7 @@ import {
   throwError,
   timer,
 } from 'rxjs';
-import { listen } from '../db/listen.js';
-import { isRetryable } from '../db/retryable.js';
+import { isReconnectable, listen, reconnectDelayMs } from '../db/listen.js';
 import { ValidationError } from '../errors.js';
 import { type Checkpoint, parseCheckpoint, START_CHECKPOINT } from './checkpoint.js';
 import { checkLimit, type EventFilter, filterParams } from './filter.js';
@@ -37,7 +36,9 @@ export function eventsChannel(schema: string): string {
 /**
  * Every event after `after`, in the readers' order, then each new one as it becomes
  * readable; never completes. Wakes on NOTIFY (one per appending transaction), on
- * (re)connection of the LISTEN connection, and on a poll timer.
+ * (re)connection of the LISTEN connection, and on a poll timer. Rides out any outage
+ * `isReconnectable` calls transient (DNS, refused, reset, timeouts, restarts), on the
+ * reads and on the LISTEN connection; errors only on a refusal that needs a config change.
  */
 export function makeFollow(deps: {
   read: (options: ReadOptions) => Promise<ReadPage>;
@@ -56,12 +57,18 @@ export function makeFollow(deps: {
     const filter = { types: options.types, streamPrefix: options.streamPrefix };
     let checkpoint = after;
     let wokenWhileReading = false;
+    /** Failed reads since the last good one: the first of a run is logged as a warning. */
+    let readFailures = 0;
 
     async function* drain(): AsyncGenerator<StoredEvent> {
       do {
         wokenWhileReading = false;
         for (;;) {
           const page = await deps.read({ ...filter, after: checkpoint, limit: pageSize });
+          if (readFailures > 0) {
+            deps.log.info({ attempts: readFailures }, 'following events: reading works again');
+            readFailures = 0;
+          }
           for (const event of page.events) yield event;
           checkpoint = page.checkpoint;
           if (page.caughtUp) break;
@@ -84,10 +91,20 @@ export function makeFollow(deps: {
           // makes the running drain read once more instead.
           exhaustMap(() =>
             defer(drain).pipe(
-              // A dropped connection mid-drain resumes from the last whole page.
+              // A dropped connection mid-drain resumes from the last whole page, however
+              // long the database is away; only a refusal that needs a config change ends.
               retry({
-                delay: (error, attempt) =>
-                  isRetryable(error) ? timer(Math.min(10_000, 100 * 2 ** attempt)) : throwError(() => error),
+                delay: (error, attempt) => {
+                  if (!isReconnectable(error)) return throwError(() => error);
+                  const retryInMs = Math.round(reconnectDelayMs(attempt - 1, 100, 10_000));
+                  if (readFailures === 0) {
+                    deps.log.warn({ err: error, retryInMs }, 'following events: reading failed; retrying');
+                  } else {
+                    deps.log.debug({ err: error, retryInMs }, 'following events: reading still failing');
+                  }
+                  readFailures += 1;
+                  return timer(retryInMs);
+                },
               }),
             ),
           ),
