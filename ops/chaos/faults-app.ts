@@ -67,14 +67,15 @@ async function runStarted(id: string, ms: number): Promise<boolean> {
   while (Date.now() < deadline) {
     const { rowCount } = await pool.query(`SELECT 1 FROM "${schema}".runs WHERE job_id = $1`, [id]);
     if (rowCount) return true;
-    await sleep(10);
+    await sleep(100);
   }
   return false;
 }
 
+// Attempts enough that the random faults never spend them: the pair's outcome is the test.
 app.task(
   'locked-pair',
-  { retry: { attempts: 3, backoff: { initial: 50, factor: 1, jitter: 0 } }, keepSucceededFor: { hours: 1 } },
+  { retry: { attempts: 10, backoff: { initial: 50, factor: 1, jitter: 0 } }, keepSucceededFor: { hours: 1 } },
   async (args: { pair: number; role: 'first' | 'second' }, ctx) => {
     await started(ctx.job.id, ctx.job.attempt);
     if (ctx.job.attempt === 1) {

@@ -51,12 +51,14 @@ const HUGE = envInt('CHAOS_HUGE', 2); // poison-huge jobs: a few MB each, per at
 const PAIRS = envInt('CHAOS_PAIRS', 20);
 const FAULT_EVERY = envInt('CHAOS_FAULT_EVERY', 300);
 const WORKERS = envInt('CHAOS_WORKERS', 2);
+const LATE_WORKERS = envInt('CHAOS_LATE_WORKERS', 1); // started half-way through the faults
 const CONCURRENCY = envInt('CHAOS_CONCURRENCY', 10);
 const STALL_MS = envInt('CHAOS_STALL_MS', 5_000);
 const JOB_MS = envInt('CHAOS_JOB_MS', 30);
 const WAVES = Math.max(1, envInt('CHAOS_WAVES', 5));
 const MIN_FAULT_S = envInt('CHAOS_MIN_FAULT_S', 20);
-const TIMEOUT_S = envInt('CHAOS_TIMEOUT_S', 120); // of faults; then the drain
+const TIMEOUT_S = envInt('CHAOS_TIMEOUT_S', 900); // of faults; then the drain
+const STUCK_S = envInt('CHAOS_STUCK_S', 30); // no job finished this long: stop the faults
 const DRAIN_S = envInt('CHAOS_DRAIN_S', 60);
 
 // CHAOS_POISON_TASKS=poison-nul,poison-huge runs only those (to tell one poison's harm from another's).
@@ -66,11 +68,27 @@ const POISON_TASKS = (
   .split(',')
   .sort();
 const KEPT_TASKS = [...POISON_TASKS, 'locked-pair'];
+/**
+ * Besides the random faults, each wave arms one fault at each of these moments, the ones a
+ * worker must get right: a claim, completion or failure the server committed but whose
+ * reply was lost, a claim reply cut half-way, a COMMIT (of a `ctx.tx` job, an append or a
+ * processor page) whose reply was lost.
+ */
+const TARGETS: { name: string; match: string | RegExp; action: 'lose-reply' | 'cut-mid-reply' }[] = [
+  { name: 'claim', match: 'outbatch_claim_', action: 'lose-reply' },
+  { name: 'claim', match: 'outbatch_claim_', action: 'cut-mid-reply' },
+  { name: 'complete', match: 'outbatch_complete_', action: 'lose-reply' },
+  { name: 'fail', match: 'outbatch_fail_', action: 'lose-reply' },
+  { name: 'COMMIT', match: /^COMMIT/, action: 'lose-reply' },
+];
+const targeted: Record<string, { armed: number; fired: number }> = {};
 const WORKER_APP = `${ROOT}/ops/chaos/faults-app.ts`;
 
 const { schema, pool, drop } = await setupSchemas('faults');
 const checks = makeChecks('chaos:faults');
 const proxy = await startFaultProxy(databaseUrl());
+const lateProxy = await startFaultProxy(databaseUrl());
+let lateCut = ''; // the late worker's first statement, which was cut
 const direct = createApp({ databaseUrl: databaseUrl(), schema, logger: createLogger({ level: 'silent' }) });
 const everyone: Proc[] = [];
 stopOnSignal(() => everyone);
@@ -109,12 +127,12 @@ const progress = async () => {
 /** A dead worker is replaced (and counted as a failure): the run goes on so the counts show the rest. */
 const deaths: string[] = [];
 let serial = 0;
-const spawnOne = () =>
+const spawnOne = (url = proxy.url) =>
   spawnWorker(
     `worker-${++serial}`,
     schema,
     ['--stall-timeout', `${STALL_MS}ms`, '--concurrency', String(CONCURRENCY), '--shutdown-timeout', '5s'],
-    { DATABASE_URL: proxy.url, CHAOS_JOB_MS: String(JOB_MS), CHAOS_POOL_MAX: String(CONCURRENCY + 2) },
+    { DATABASE_URL: url, CHAOS_JOB_MS: String(JOB_MS), CHAOS_POOL_MAX: String(CONCURRENCY + 2) },
     WORKER_APP,
   );
 const workers: Proc[] = [];
@@ -124,7 +142,7 @@ const replaceDead = () => {
     deaths.push(
       `${proc.name} exited ${proc.child.exitCode ?? proc.child.signalCode}: ${proc.output().slice(-3_000)}`,
     );
-    workers[i] = spawnOne();
+    workers[i] = spawnOne(); // through the main proxy, even if it was a late one
     everyone.push(workers[i]!);
   }
 };
@@ -135,7 +153,7 @@ try {
     CREATE INDEX ON "${schema}".processed (position);`);
   await createDeferredTable(pool, schema);
   await deferJobs(pool, schema, JOBS);
-  workers.push(...Array.from({ length: WORKERS }, spawnOne));
+  workers.push(...Array.from({ length: WORKERS }, () => spawnOne()));
   everyone.push(...workers);
   // Poison and locked jobs are deferred by name: they take the retry budget the workers registered.
   await waitFor(
@@ -150,7 +168,10 @@ try {
     60_000,
   );
 
-  proxy.chaos({ everyMessages: FAULT_EVERY, actions: ['cut', 'lose-reply', 'cut-mid-reply'] });
+  // CHAOS_FAULT_EVERY=0 runs without random faults (a baseline for the timings).
+  if (FAULT_EVERY > 0)
+    proxy.chaos({ everyMessages: FAULT_EVERY, actions: ['cut', 'lose-reply', 'cut-mid-reply'] });
+  const faultsFrom = seconds();
   const batches = Math.ceil(EVENTS / APPENDERS / BATCH_SIZE);
   const appenders = Array.from({ length: APPENDERS }, (_, i) =>
     spawnAppender(i, schema, {
@@ -172,6 +193,14 @@ try {
     Math.floor((total * (wave + 1)) / WAVES) - Math.floor((total * wave) / WAVES);
   let deferredKept = 0;
   for (let wave = 0; wave < WAVES; wave++) {
+    for (const target of FAULT_EVERY > 0 ? TARGETS : []) {
+      const key = `${target.action} ${target.name}`;
+      targeted[key] ??= { armed: 0, fired: 0 };
+      targeted[key].armed += 1;
+      void proxy.addRule({ match: target.match, action: target.action }).fired.then(() => {
+        targeted[key]!.fired += 1;
+      });
+    }
     const counts: Record<string, number> = {
       'poison-nul': share(POISON, wave),
       'poison-bigint': share(POISON, wave),
@@ -186,22 +215,54 @@ try {
       const pair = deferredKept++;
       await direct.defer('locked-pair', { pair, role: 'first' }, { queueingLock: `pair-${pair}` });
     }
+    // A worker that starts while the faults go on (a deploy or a restart during a network
+    // incident) must come up by itself, not exit on its first lost connection: through a
+    // proxy of its own, its first statements are cut, then it gets the same random faults.
+    if (wave === Math.floor(WAVES / 2) && LATE_WORKERS > 0) {
+      const { fired } = lateProxy.addRule({
+        match: (m) => m.type === 'Q' || m.type === 'P',
+        action: 'cut',
+        times: 2,
+      });
+      void fired.then((m) => {
+        lateCut = m.text
+          .replace(/[^\x20-\x7e]+/g, ' ')
+          .trim()
+          .slice(0, 200);
+      });
+      if (FAULT_EVERY > 0) lateProxy.chaos({ everyMessages: FAULT_EVERY });
+      for (let i = 0; i < LATE_WORKERS; i++) {
+        const late = spawnOne(lateProxy.url);
+        workers.push(late);
+        everyone.push(late);
+      }
+    }
     replaceDead();
     await progress();
     await sleep(2_000);
   }
 
+  // The faults go on until the work is done; jobs that stop moving (stuck `doing` behind a
+  // fault, say) end them early, and the drain below then shows whether they ever finish.
+  let lastLeft = Number.POSITIVE_INFINITY;
+  let movedAt = Date.now();
   for (;;) {
     replaceDead();
     const left = await progress();
+    if (left < lastLeft) movedAt = Date.now();
+    lastLeft = left;
     if (appended && left === 0 && seconds() >= MIN_FAULT_S) break;
-    if (seconds() > TIMEOUT_S) {
-      console.log(`  still ${left} jobs left after ${TIMEOUT_S} s of faults: stopping the faults anyway`);
+    if (seconds() > TIMEOUT_S || (appended && Date.now() - movedAt > STUCK_S * 1_000)) {
+      console.log(`  still ${left} jobs left after ${seconds()} s of faults: stopping the faults anyway`);
       break;
     }
     await sleep(2_000);
   }
   proxy.stopChaos();
+  lateProxy.stopChaos();
+  // Jobs finished per second while the faults went on (against a CHAOS_FAULT_EVERY=0 run).
+  const jobsPerSecond =
+    Math.round(((JOBS + deferredKept - lastLeft) / Math.max(1, seconds() - faultsFrom)) * 10) / 10;
   const faultSeconds = seconds();
   const appenderReports = await reports;
 
@@ -243,7 +304,11 @@ try {
     JSON.stringify(
       {
         faults: proxy.injected,
+        lateWorkerFaults: lateProxy.injected,
+        lateWorkerFirstCut: lateCut,
+        targeted,
         faultSeconds,
+        jobsPerSecond,
         seconds: seconds(),
         drained,
         jobs,
@@ -269,7 +334,13 @@ try {
   for (const proc of workers) console.log(`--- ${proc.name} (last lines)\n${logSummary(proc.output())}`);
 
   const injected = Object.values(proxy.injected).reduce((a, b) => a + b, 0);
-  checks.check('faults were injected', injected > 0, JSON.stringify(proxy.injected));
+  checks.check(
+    'faults were injected',
+    injected > 0 || FAULT_EVERY === 0,
+    `${JSON.stringify(proxy.injected)}; at chosen moments (fired/armed): ${Object.entries(targeted)
+      .map(([key, t]) => `${key} ${t.fired}/${t.armed}`)
+      .join(', ')}`,
+  );
   checks.check('the workers drained after the faults stopped', drained, `within ${DRAIN_S} s`);
   checks.check(
     'nothing left doing or todo',
@@ -319,7 +390,7 @@ try {
     'every locked-pair job done, or superseded by its partner',
     locked.total > 0 && locked.succeeded + locked.superseded === locked.total && pairs.noneSucceeded === 0,
     `${locked.succeeded} done + ${locked.superseded} superseded of ${locked.total} (${pairs.pairs} pairs, ` +
-      `${pairs.withPartner} with a partner, ${pairs.noneSucceeded} with none done)`,
+      `${pairs.withPartner} with a partner, ${pairs.failedTogether} failed together on one worker, ${pairs.noneSucceeded} with none done)`,
   );
   checks.check(
     'every acknowledged batch stored, whole and once',
@@ -349,6 +420,7 @@ try {
 } finally {
   await stopAll(everyone, 5_000);
   await proxy.close();
+  await lateProxy.close();
   await direct.close();
   checks.finish();
   await drop();

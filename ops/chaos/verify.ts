@@ -269,18 +269,25 @@ export async function countKeptJobs(
   return rows;
 }
 
-/** Queueing-lock pairs (`locked-pair`): how many exist, and how many lost both jobs to the dead letter. */
+/**
+ * Queueing-lock pairs (`locked-pair`): how many exist, how many lost both jobs to the dead
+ * letter, and how many failed their first attempts on one worker within 50 ms of each other
+ * (so most likely written back in one batch: the moment the pair is there to test).
+ */
 export async function countLockedPairs(pool: pg.Pool, schema: string) {
   const { rows } = await pool.query(
     `SELECT count(*)::int AS pairs,
             count(*) FILTER (WHERE jobs = 2)::int AS "withPartner",
-            count(*) FILTER (WHERE succeeded = 0 AND todo_doing = 0)::int AS "noneSucceeded"
+            count(*) FILTER (WHERE succeeded = 0 AND todo_doing = 0)::int AS "noneSucceeded",
+            count(*) FILTER (WHERE jobs = 2 AND workers = 1 AND spread_ms < 50)::int AS "failedTogether"
      FROM (SELECT args ->> 'pair' AS pair, count(*) AS jobs,
                   count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-                  count(*) FILTER (WHERE status IN ('todo', 'doing')) AS todo_doing
+                  count(*) FILTER (WHERE status IN ('todo', 'doing')) AS todo_doing,
+                  count(DISTINCT errors -> 0 ->> 'worker') AS workers,
+                  extract(epoch FROM max((errors -> 0 ->> 'at')::timestamptz) - min((errors -> 0 ->> 'at')::timestamptz)) * 1000 AS spread_ms
            FROM "${schema}".jobs WHERE task = 'locked-pair' GROUP BY 1) p`,
   );
-  return rows[0] as { pairs: number; withPartner: number; noneSucceeded: number };
+  return rows[0] as { pairs: number; withPartner: number; noneSucceeded: number; failedTogether: number };
 }
 
 /** Every event against the rows a processor wrote for it (`processed (position)`, no unique key). */
