@@ -8,7 +8,7 @@ import type { App } from '../app.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { ValidationError } from '../errors.js';
 import { checkJobId } from '../jobs/control.js';
-import { type JobState, STATES } from '../jobs/inspect.js';
+import { type JobState, jobsWithoutWorker, STATES } from '../jobs/inspect.js';
 import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
 import { processorStatus } from '../processors/status.js';
 import {
@@ -16,6 +16,7 @@ import {
   lastEventPosition,
   listJobPage,
   listWorkers,
+  type OldestTransaction,
   oldestTransaction,
   throughput,
 } from './jobQueries.js';
@@ -73,6 +74,16 @@ function nameParam(query: Query, name: string): string | undefined {
   return value;
 }
 
+/**
+ * Another session's query text can hold personal data or secrets in literals, and this
+ * view is cluster-wide: without the action token it is withheld, the rest stays visible.
+ */
+function withQuery(tx: OldestTransaction | null, showQueries: boolean) {
+  if (!tx) return null;
+  if (showQueries || tx.query === null) return { ...tx, queryHidden: false };
+  return { ...tx, query: null, queryHidden: true };
+}
+
 /** `reads` serves every read; actions write through the app's own pool. */
 export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
   const q = quoteSchema(app.schema);
@@ -117,8 +128,12 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
       const minutes = integerParam(query, 'minutes', 1, 1440, 60);
       return { minutes: await throughput(await pool(), q, minutes) };
     },
-    async oldestTransaction() {
-      return { oldestTransaction: await oldestTransaction(await pool()) };
+    async oldestTransaction(options: { showQueries: boolean }) {
+      return { oldestTransaction: withQuery(await oldestTransaction(await pool()), options.showQueries) };
+    },
+    /** Tasks with due jobs that no live worker knows (migration 024's workers.tasks). */
+    async withoutWorker() {
+      return { withoutWorker: await jobsWithoutWorker(await pool(), app.schema) };
     },
     async head() {
       const [last, head] = await Promise.all([lastEventPosition(await pool(), q), app.events.head()]);
@@ -129,15 +144,16 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
       };
     },
     /** Everything the page shows but the job lists, in one round trip. */
-    async overview() {
-      const [counts, workers, schedules, processors, minutes, oldest, head] = await Promise.all([
+    async overview(options: { showQueries: boolean }) {
+      const [counts, workers, schedules, processors, minutes, oldest, head, orphaned] = await Promise.all([
         api.counts(),
         api.workers(),
         api.schedules(),
         api.processors(),
         api.throughput(new URLSearchParams()),
-        api.oldestTransaction(),
+        api.oldestTransaction(options),
         api.head(),
+        api.withoutWorker(),
       ]);
       return {
         generatedAt: new Date(),
@@ -149,18 +165,20 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
         throughput: minutes.minutes,
         ...oldest,
         events: head,
+        ...orphaned,
       };
     },
     /** What /metrics reads on each scrape. */
     async metricsSnapshot(): Promise<MetricsSnapshot> {
       const db = await pool();
-      const [jobs, processors, head, workers, schedules, oldest] = await Promise.all([
+      const [jobs, processors, head, workers, schedules, oldest, orphaned] = await Promise.all([
         countJobs(db, q, app.schema),
         processorStatus(db, q),
         lastEventPosition(db, q),
         listWorkers(db, q),
         scheduleViews(db, q),
         oldestTransaction(db),
+        jobsWithoutWorker(db, app.schema),
       ]);
       return {
         jobs,
@@ -169,19 +187,33 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
         workersAlive: workers.filter((w) => w.alive).length,
         schedules,
         oldestTransaction: oldest,
+        withoutWorker: orphaned,
       };
     },
 
     async jobAction(action: 'retry' | 'cancel' | 'delete', id: string, by: Actor) {
       const ids = [checkJobId(id)];
       const db = await writes();
+      type Outcome = { done: string[]; skipped: { id: string; reason: string }[] };
+      const changed = async (done: Promise<string[]>): Promise<Outcome> => ({
+        done: await done,
+        skipped: [],
+      });
       const run = {
-        retry: () => retryJobs(db, app.schema, { ids }, by),
-        cancel: () => cancelJobs(db, app.schema, ids, by),
-        delete: () => deleteJobs(db, app.schema, ids, by),
+        retry: async (): Promise<Outcome> => {
+          const { retried, skipped } = await retryJobs(db, app.schema, { ids }, by);
+          return { done: retried, skipped };
+        },
+        cancel: () => changed(cancelJobs(db, app.schema, ids, by)),
+        delete: () => changed(deleteJobs(db, app.schema, ids, by)),
       };
-      const done = await run[action]();
-      const reasons = done.length > 0 ? new Map<string, string>() : await explainSkipped(db, app.schema, ids);
+      const outcome = await run[action]();
+      const done = outcome.done;
+      // A retry skipped for its queueing lock says why; anything else left alone, by its state.
+      const reasons = new Map(outcome.skipped.map((skip) => [skip.id, skip.reason]));
+      if (done.length === 0 && reasons.size === 0) {
+        for (const [id, reason] of await explainSkipped(db, app.schema, ids)) reasons.set(id, reason);
+      }
       app.log.info(
         {
           component: 'dashboard',

@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { errorMessage } from '../errors.js';
+import type { TaskWithoutWorker } from '../jobs/inspect.js';
 import type { ProcessorStatus } from '../processors/status.js';
 import type { JobFinished } from '../worker/options.js';
 import type { JobCount, OldestTransaction } from './jobQueries.js';
@@ -21,6 +22,7 @@ export interface MetricsSnapshot {
   workersAlive: number;
   schedules: ScheduleView[];
   oldestTransaction: OldestTransaction | null;
+  withoutWorker: TaskWithoutWorker[];
 }
 
 export interface Metrics {
@@ -151,6 +153,23 @@ export function makeMetrics(deps: { snapshot: () => Promise<MetricsSnapshot>; lo
       const delta = snap.headPosition - lastHead;
       if (delta > 0n) this.inc(Number(delta));
       lastHead = snap.headPosition;
+    },
+  });
+
+  // Tasks reported once stay as 0 when known again, so an alert resolves on a value, not a gap.
+  const seenOrphanTasks = new Set<string>();
+  new Gauge({
+    name: 'outbatch_jobs_without_worker',
+    help: 'Due todo jobs of a task that no live worker lists (an older worker that claims every task counts as knowing it)',
+    labelNames: ['task'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const snap = await snapshot();
+      if (!snap) return;
+      const waiting = new Map(snap.withoutWorker.map((row) => [row.task, row.waiting]));
+      for (const task of waiting.keys()) seenOrphanTasks.add(task);
+      for (const task of seenOrphanTasks) this.set({ task }, waiting.get(task) ?? 0);
     },
   });
 

@@ -99,6 +99,7 @@ export function renderPage(options: { nonce: string; schema: string; actionsEnab
   <section id="failed-jobs"><h2>Failed jobs (dead letter)</h2><div class="body"></div></section>
   <section id="dirty-jobs"><h2>Dirty jobs (worker stopped heartbeating)</h2><div class="body"></div></section>
   <section class="half" id="workers"><h2>Workers</h2><div class="body"></div></section>
+  <section class="half" id="without-worker"><h2>Due jobs no live worker knows</h2><div class="body"></div></section>
   <section class="half" id="transaction"><h2>Oldest open transaction (holds back gap-safe reads)</h2><div class="body"></div></section>
   <section id="processors"><h2>Processors</h2><div class="body"></div></section>
   <section id="schedules"><h2>Schedules</h2><div class="body"></div></section>

@@ -75,7 +75,10 @@ function flash(text, ok) {
   f.className = 'show ' + (ok ? 'ok' : 'error');
 }
 async function getJson(path) {
-  var response = await fetch(path, { headers: { accept: 'application/json' } });
+  var headers = { accept: 'application/json' };
+  // Reads need no token; with it the server also shows other sessions' query text.
+  if (token()) headers.authorization = 'Bearer ' + token();
+  var response = await fetch(path, { headers: headers });
   var body = await response.json();
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
@@ -131,6 +134,7 @@ function tiles(o) {
   var sum = function (state) { return o.jobs.counts.filter(function (c) { return c.state === state; }).reduce(function (a, c) { return a + c.count; }, 0); };
   var est = function (state) { return o.jobs.counts.some(function (c) { return c.state === state && c.estimated; }) ? '~' : ''; };
   var alive = o.workers.filter(function (w) { return w.alive; }).length;
+  var orphaned = o.withoutWorker.reduce(function (a, t) { return a + t.waiting; }, 0);
   var tx = o.oldestTransaction;
   var tile = function (k, v, kind) { return el('div', { class: 'tile ' + (kind || ''), 'data-tile': k }, el('div', { class: 'v' }, v), el('div', { class: 'k' }, k)); };
   return [
@@ -140,6 +144,7 @@ function tiles(o) {
     tile('todo now', est('todo') + num(sum('todo')), sum('todo') > 1000 ? 'warn' : ''),
     tile('scheduled later', est('scheduled') + num(sum('scheduled'))),
     tile('workers alive', num(alive), alive ? '' : 'bad'),
+    tile('jobs no worker knows', num(orphaned), orphaned ? 'bad' : ''),
     tile('processors failed', num(o.processors.filter(function (p) { return p.state === 'failed'; }).length),
       o.processors.some(function (p) { return p.state === 'failed'; }) ? 'bad' : ''),
     tile('late schedules', num(o.schedules.filter(function (s) { return s.late; }).length), o.schedules.some(function (s) { return s.late; }) ? 'bad' : ''),
@@ -216,13 +221,22 @@ function workers(o) {
   }), 'no workers registered');
 }
 
+function withoutWorker(o) {
+  if (o.withoutWorker.length === 0) return el('div', { class: 'empty' }, 'every due job has a live worker that knows its task');
+  return table(['task', 'jobs waiting'], o.withoutWorker.map(function (t) {
+    return el('tr', { class: 'bad', 'data-task': t.task },
+      el('td', null, 'no live worker knows task ', el('code', null, t.task)), el('td', { class: 'num' }, num(t.waiting)));
+  }), '');
+}
+
 function transaction(o) {
   var tx = o.oldestTransaction;
   if (!tx) return el('div', { class: 'empty' }, 'no open transaction holds a transaction id: gap-safe reads are not held back');
   return table(['age', 'kind', 'pid', 'database', 'user', 'application', 'state', 'query'], [
     el('tr', { class: tx.age_seconds > 300 ? 'bad' : '' }, el('td', { class: 'num' }, age(tx.age_seconds)), el('td', null, tx.kind),
       el('td', { class: 'num' }, tx.pid === null ? '-' : tx.pid), el('td', null, tx.database || '-'), el('td', null, tx.user || '-'),
-      el('td', null, tx.application || '-'), el('td', null, tx.state || '-'), el('td', null, el('code', null, tx.query || '-')))], '');
+      el('td', null, tx.application || '-'), el('td', null, tx.state || '-'),
+      el('td', null, tx.queryHidden ? el('span', { class: 'muted' }, 'hidden: enter the dashboard token to see it') : el('code', null, tx.query || '-')))], '');
 }
 
 function processors(o) {
@@ -273,6 +287,7 @@ async function refresh() {
     fill('failed-jobs', jobTable(results[1].jobs, 'no failed jobs'));
     fill('dirty-jobs', jobTable(results[2].jobs, 'no dirty jobs: every running job has a live worker'));
     fill('workers', workers(o));
+    fill('without-worker', withoutWorker(o));
     fill('transaction', transaction(o));
     fill('processors', processors(o));
     fill('schedules', schedules(o));
@@ -292,8 +307,9 @@ document.getElementById('save-token').addEventListener('click', function () {
   if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value);
   input.value = '';
   showToken();
+  refresh();
 });
-document.getElementById('forget-token').addEventListener('click', function () { sessionStorage.removeItem(TOKEN_KEY); showToken(); });
+document.getElementById('forget-token').addEventListener('click', function () { sessionStorage.removeItem(TOKEN_KEY); showToken(); refresh(); });
 document.getElementById('browse-go').addEventListener('click', function () { browseBefore = null; refresh(); });
 document.getElementById('browse-newest').addEventListener('click', function () { browseBefore = null; refresh(); });
 document.getElementById('browse-older').addEventListener('click', function () { if (browseNext) { browseBefore = browseNext; refresh(); } });

@@ -1,6 +1,7 @@
 /**
  * The dashboard's HTTP server (node:http, no framework): the page, the JSON API,
- * /metrics and /healthz. Binds 127.0.0.1 unless told otherwise; actions need the token.
+ * /metrics and /healthz. Binds 127.0.0.1 unless told otherwise; answers only the Host
+ * names it is reached by (hostCheck.ts); actions need the token.
  */
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -10,6 +11,7 @@ import { errorMessage, ValidationError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { type Actor, makeApi, type Query } from './api.js';
 import { makeTokenCheck } from './auth.js';
+import { allowedHostsFromEnv, type HostCheck, makeHostCheck, parseAllowedHosts } from './hostCheck.js';
 import { type Metrics, makeMetrics } from './metrics.js';
 import { renderPage } from './page.js';
 import { makeReadPool } from './readPool.js';
@@ -22,6 +24,11 @@ export interface AdminServerOptions {
   port?: number;
   /** OUTBATCH_DASHBOARD_TOKEN; without one every action is refused. */
   token?: string;
+  /**
+   * Host names (optionally `name:port`) answered besides the bound address: the name a
+   * proxy or DNS presents the dashboard under. Default: OUTBATCH_DASHBOARD_ALLOWED_HOSTS.
+   */
+  allowedHosts?: string[];
   log?: Logger;
   /** Share the worker's metrics (its job counters); built here when not given. */
   metrics?: Metrics;
@@ -51,25 +58,34 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
   const api = makeApi(app, readPool.get);
   const metrics = options.metrics ?? makeMetrics({ snapshot: api.metricsSnapshot, log });
   const checkAction = makeTokenCheck(options.token);
+  const allowedHosts = options.allowedHosts
+    ? parseAllowedHosts(options.allowedHosts, 'allowedHosts')
+    : allowedHostsFromEnv();
+  // Set once listening (the port may be 0 until then); no request arrives before that.
+  let hostCheck: HostCheck | undefined;
+  const refusedHosts = new Set<string>();
 
   const noParams = (query: Query) => {
     const key = query.keys().next().value;
     if (key !== undefined) throw new ValidationError(`unknown parameter "${key}": this route takes none`);
   };
 
-  const none = (read: () => Promise<unknown>) => (query: Query) => {
+  /** Whether this request may see other sessions' query text: it carries the action token. */
+  type Viewer = { trusted: boolean };
+  const none = (read: (viewer: Viewer) => Promise<unknown>) => (query: Query, viewer: Viewer) => {
     noParams(query);
-    return read();
+    return read(viewer);
   };
-  const reads: Record<string, (query: Query) => Promise<unknown>> = {
-    '/api/overview': none(api.overview),
+  const reads: Record<string, (query: Query, viewer: Viewer) => Promise<unknown>> = {
+    '/api/overview': none(({ trusted }) => api.overview({ showQueries: trusted })),
     '/api/counts': none(api.counts),
     '/api/jobs': (query) => api.jobs(query),
     '/api/workers': none(api.workers),
     '/api/schedules': none(api.schedules),
     '/api/processors': none(api.processors),
     '/api/throughput': (query) => api.throughput(query),
-    '/api/transactions/oldest': none(api.oldestTransaction),
+    '/api/transactions/oldest': none(({ trusted }) => api.oldestTransaction({ showQueries: trusted })),
+    '/api/tasks/without-worker': none(api.withoutWorker),
     '/api/events/head': none(api.head),
   };
 
@@ -82,7 +98,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     const processorAction = /^\/api\/processors\/([^/]+)\/(pause|resume)$/.exec(path);
     if (read || jobRead) {
       if (method !== 'GET' && method !== 'HEAD') return json(405, { error: `${method} ${path}: use GET` });
-      if (read) return json(200, await read(url.searchParams));
+      if (read) return json(200, await read(url.searchParams, { trusted: checkAction(request).allowed }));
       noParams(url.searchParams);
       const job = await api.job(decodeURIComponent(jobRead![1]!));
       return job ? json(200, { job }) : json(404, { error: `job ${jobRead![1]} not found` });
@@ -116,6 +132,25 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       'X-Frame-Options': 'DENY',
       'Cache-Control': 'no-store',
     };
+    // /healthz is exempt: it says nothing, and probes address pods by whatever name they like.
+    const verdict =
+      url.pathname === '/healthz' ? { allowed: true as const } : hostCheck!.check(request.headers.host);
+    if (!verdict.allowed) {
+      // Once per host: a rebinding page polls, and the log must not fill with it.
+      if (refusedHosts.size < 100 && !refusedHosts.has(request.headers.host!)) {
+        refusedHosts.add(request.headers.host!);
+        log.warn(
+          { path: url.pathname, remote: request.socket.remoteAddress },
+          `request refused: ${verdict.error}`,
+        );
+      }
+      return send(
+        response,
+        421,
+        { ...base, 'Content-Type': 'application/json; charset=utf-8' },
+        JSON.stringify({ error: verdict.error }),
+      );
+    }
     if (url.pathname === '/' || url.pathname === '/index.html') {
       if (request.method !== 'GET' && request.method !== 'HEAD') {
         return send(response, 405, { ...base, 'Content-Type': 'application/json' }, '{"error":"use GET"}');
@@ -176,12 +211,24 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     });
     server.listen(options.port ?? 8080, host, () => {
       server.off('error', reject);
+      hostCheck = makeHostCheck({
+        bound: host,
+        port: (server.address() as AddressInfo).port,
+        allowed: allowedHosts,
+      });
       resolve();
     });
   });
   const { port } = server.address() as AddressInfo;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-  log.info({ url, actions: Boolean(options.token) }, `dashboard listening on ${url}`);
+  log.info({ url, actions: Boolean(options.token), allowedHosts }, `dashboard listening on ${url}`);
+  if (hostCheck!.acceptsAnyHost) {
+    // Chosen over refusing: behind a Service or proxy the name is not known here, and
+    // refusing would break every existing 0.0.0.0 deployment at upgrade.
+    log.warn(
+      `dashboard bound to ${host} with no allowed hosts: Host checking accepts any host, so a web page using DNS rebinding can read job data through a browser that reaches this address; list the names it is served under with --allowed-host or OUTBATCH_DASHBOARD_ALLOWED_HOSTS`,
+    );
+  }
   return {
     url,
     port,

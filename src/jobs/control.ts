@@ -11,10 +11,12 @@ import {
   type JobState,
   type JobSummary,
   jobStats,
+  jobsWithoutWorker,
   listJobs,
   STATES,
   showJob,
   type TaskStats,
+  type TaskWithoutWorker,
 } from './inspect.js';
 import {
   type Actor,
@@ -23,6 +25,7 @@ import {
   explainSkipped,
   type FailedFilter,
   previewRetry,
+  type RetryPreview,
   retryJobs,
 } from './operate.js';
 import { toDate } from './options.js';
@@ -43,15 +46,26 @@ export interface FailedSelection {
   until?: Date | string;
 }
 
+/** `stats()`: a task's counts, and how many of its due jobs no live worker knows. */
+export interface JobStats extends TaskStats {
+  withoutWorker: number;
+}
+
 export interface JobControl {
   list(filter?: { status?: string; task?: string; queue?: string; limit?: number }): Promise<JobSummary[]>;
   show(id: string | number): Promise<JobDetail | undefined>;
+  /**
+   * Per queueing lock only the newest selected job is retried, and none while a job with
+   * that lock waits; the others are in `skipped` with the reason.
+   */
   retry(selection: { ids: (string | number)[] } | FailedSelection): Promise<ActionResult>;
-  /** How many failed jobs of which task `retry` would take with this filter; changes nothing. */
-  previewRetry(selection: FailedSelection): Promise<{ task: string; count: number }[]>;
+  /** Per task, how many failed jobs `retry` would take with this filter and how many it would skip; changes nothing. */
+  previewRetry(selection: FailedSelection): Promise<RetryPreview[]>;
   cancel(ids: (string | number)[]): Promise<ActionResult>;
   delete(ids: (string | number)[]): Promise<ActionResult>;
-  stats(): Promise<TaskStats[]>;
+  stats(): Promise<JobStats[]>;
+  /** Per task, the due jobs no live worker knows (none while an older worker that claims every task lives). */
+  withoutWorker(): Promise<TaskWithoutWorker[]>;
 }
 
 function failedFilter(selection: FailedSelection): FailedFilter {
@@ -113,11 +127,21 @@ export function makeJobControl(deps: {
 }): JobControl {
   const { schema, log } = deps;
 
-  async function withSkipped(ids: string[], done: string[]): Promise<ActionResult> {
+  /** `explained`: skipped ids whose reason is already known (the queueing lock, from the retry). */
+  async function withSkipped(
+    ids: string[],
+    done: string[],
+    explained: ActionResult['skipped'] = [],
+  ): Promise<ActionResult> {
+    const known = new Map(explained.map((skip) => [skip.id, skip.reason]));
     const doneSet = new Set(done);
-    const left = ids.filter((id) => !doneSet.has(id));
+    const left = ids.filter((id) => !doneSet.has(id) && !known.has(id));
     const reasons = await explainSkipped(await deps.pool(), schema, left);
-    return { done, skipped: left.map((id) => ({ id, reason: reasons.get(id) ?? 'unknown' })) };
+    for (const id of left) known.set(id, reasons.get(id) ?? 'unknown');
+    return {
+      done,
+      skipped: ids.filter((id) => known.has(id)).map((id) => ({ id, reason: known.get(id)! })),
+    };
   }
 
   return {
@@ -141,13 +165,21 @@ export function makeJobControl(deps: {
     async retry(selection) {
       if ('ids' in selection) {
         const ids = checkIds(selection.ids);
-        const done = await retryJobs(await deps.pool(), schema, { ids }, actor());
-        log.info({ jobs: done }, `retried ${done.length} job(s)`);
-        return withSkipped(ids, done);
+        const { retried, skipped } = await retryJobs(await deps.pool(), schema, { ids }, actor());
+        log.info({ jobs: retried, skipped: skipped.length }, `retried ${retried.length} job(s)`);
+        return withSkipped(ids, retried, skipped);
       }
-      const done = await retryJobs(await deps.pool(), schema, failedFilter(selection), actor());
-      log.info({ count: done.length, task: selection.task }, `retried ${done.length} failed job(s)`);
-      return { done, skipped: [] };
+      const { retried, skipped } = await retryJobs(
+        await deps.pool(),
+        schema,
+        failedFilter(selection),
+        actor(),
+      );
+      log.info(
+        { count: retried.length, skipped: skipped.length, task: selection.task },
+        `retried ${retried.length} failed job(s)`,
+      );
+      return { done: retried, skipped };
     },
     async previewRetry(selection) {
       return previewRetry(await deps.pool(), schema, failedFilter(selection));
@@ -161,7 +193,13 @@ export function makeJobControl(deps: {
       return withSkipped(checked, await deleteJobs(await deps.pool(), schema, checked, actor()));
     },
     async stats() {
-      return jobStats(await deps.pool(), schema);
+      const db = await deps.pool();
+      const [stats, orphaned] = await Promise.all([jobStats(db, schema), jobsWithoutWorker(db, schema)]);
+      const waiting = new Map(orphaned.map((row) => [row.task, row.waiting]));
+      return stats.map((row) => ({ ...row, withoutWorker: waiting.get(row.task) ?? 0 }));
+    },
+    async withoutWorker() {
+      return jobsWithoutWorker(await deps.pool(), schema);
     },
   };
 }

@@ -126,7 +126,9 @@ export interface TaskWithoutWorker {
  * an older build that claims every task, so while one lives nothing is reported and the
  * scan is skipped (the one-time `everything` check). Scheduled jobs are left out: a job
  * due tomorrow is not stuck yet. Otherwise this reads every due todo row (an anti-join
- * against the few known task names): what a scrape costs grows with the backlog.
+ * against the few known task names), and every scrape pays it: measured 0.8-1.3 s at
+ * 500k due jobs on a busy 2-core test host, 5 ms while an older worker lives. No index
+ * leads with task for todo rows; one would make this a walk over distinct tasks.
  */
 export async function jobsWithoutWorker(db: Queryable, schema: string): Promise<TaskWithoutWorker[]> {
   const s = quoteSchema(schema);

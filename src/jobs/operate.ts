@@ -4,6 +4,7 @@
  */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
+import { sqlState } from '../db/retryable.js';
 
 export interface Actor {
   actor: string;
@@ -44,7 +45,11 @@ export interface RetryPreview {
  * What a `retry --failed` with this filter would do, per task (changes nothing): the
  * same choice as retryJobs, newest match per queueing lock unless one is already waiting.
  */
-export async function previewRetry(db: Queryable, schema: string, filter: FailedFilter): Promise<RetryPreview[]> {
+export async function previewRetry(
+  db: Queryable,
+  schema: string,
+  filter: FailedFilter,
+): Promise<RetryPreview[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<RetryPreview>(
     `SELECT task, count(*) FILTER (WHERE chosen)::int AS count, count(*) FILTER (WHERE NOT chosen)::int AS skipped
@@ -147,8 +152,9 @@ export async function retryJobs(
         skipped: rows.flatMap((row) => (row.reason === null ? [] : [{ id: row.id, reason: row.reason }])),
       };
     } catch (error) {
-      const { code, constraint } = error as { code?: string; constraint?: string };
-      const raced = code === UNIQUE_VIOLATION && constraint === 'jobs_queueing_lock_todo';
+      const raced =
+        sqlState(error) === UNIQUE_VIOLATION &&
+        (error as { constraint?: unknown }).constraint === 'jobs_queueing_lock_todo';
       // Each race needs a new defer that committed meanwhile: three in a row is not a race.
       if (!raced || attempt >= 3) throw error;
     }

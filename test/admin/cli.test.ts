@@ -107,4 +107,19 @@ describe('dashboard CLI', () => {
     assert.equal(result.code, 2);
     assert.equal(result.stderr.trim(), 'outbatch: --port "http" is invalid: expected a port from 0 to 65535');
   });
+
+  it('a bad --allowed-host exits 2 with one line naming it', async () => {
+    const result = await runCli(
+      ['--schema', t.schema, 'dashboard', '--allowed-host', 'ok.example', '--allowed-host', 'not a host'],
+      {
+        DATABASE_URL: databaseUrl(),
+      },
+    );
+    assert.equal(result.code, 2);
+    assert.match(
+      result.stderr.trim(),
+      /^outbatch: --allowed-host "not a host" is invalid: expected a host name or address/,
+    );
+    assert.equal(result.stderr.trim().split('\n').length, 1);
+  });
 });

@@ -189,6 +189,29 @@ describe('dashboard', () => {
     assert.ok(audit.rows.some((row) => row.action === 'jobs.cancel'));
   });
 
+  it('retry of a failed job whose queueing lock already has a waiting job: skipped, the reason names the lock and the waiting job', async () => {
+    const { rows } = await t.pool.query<{ id: string }>(
+      `INSERT INTO "${t.schema}".jobs (task, queueing_lock, status) VALUES ('sync', 'sync:7', 'failed'), ('sync', 'sync:7', 'todo')
+       RETURNING id::text`,
+    );
+    const [failed, waiting] = rows.map((r) => r.id);
+    try {
+      const response = await fetch(`${server.url}/api/jobs/${failed}/retry`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TOKEN}` },
+      });
+      assert.equal(response.status, 200);
+      assert.deepEqual(await response.json(), {
+        done: [],
+        skipped: [{ id: failed, reason: `queueing lock "sync:7" already has a waiting job ${waiting}` }],
+      });
+      assert.equal(await status(failed!), 'failed');
+    } finally {
+      // The /metrics test below counts the seeded failed jobs.
+      await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE queueing_lock = 'sync:7'`);
+    }
+  });
+
   it('the JSON API rejects bad parameters with 400 and a message naming them', async () => {
     const cases: [string, RegExp][] = [
       ['/api/jobs', /state is required/],

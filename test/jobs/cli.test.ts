@@ -101,6 +101,28 @@ describe('jobs cli', () => {
     );
   });
 
+  it('jobs stats says which task no live worker knows (human and --json)', async () => {
+    // A live worker that registered only task a (migration 024); b's job has nobody.
+    await t.pool.query(
+      `INSERT INTO "${t.schema}".workers (id, host, pid, concurrency, stall_timeout_ms, last_seen_at, tasks)
+       VALUES ('only-a', 'h', 1, 1, 30000, now(), '{a}')`,
+    );
+    try {
+      await t.app.defer('a', {});
+      await t.app.defer('b', {});
+      const human = await cli('jobs', 'stats');
+      assert.equal(human.code, 0, human.stderr);
+      assert.match(human.stdout, /^no live worker knows task b: 1 job\(s\) waiting$/m);
+      assert.doesNotMatch(human.stdout, /knows task a:/);
+      const json = await cli('jobs', 'stats', '--json');
+      const stats = JSON.parse(json.stdout) as { task: string; withoutWorker: number }[];
+      assert.equal(stats.find((s) => s.task === 'b')?.withoutWorker, 1);
+      assert.equal(stats.find((s) => s.task === 'a')?.withoutWorker, 0);
+    } finally {
+      await t.pool.query(`DELETE FROM "${t.schema}".workers WHERE id = 'only-a'`);
+    }
+  });
+
   it('bad input: one line, exit 2, nothing changed', async () => {
     const before = await snapshot();
     const cases: [string[], RegExp][] = [

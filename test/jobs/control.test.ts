@@ -9,6 +9,14 @@ before(async () => {
 });
 after(async () => t.cleanup());
 
+const statuses = async (ids: string[]) =>
+  (
+    await t.pool.query<{ status: string }>(
+      `SELECT status FROM "${t.schema}".jobs WHERE id = ANY ($1::bigint[]) ORDER BY array_position($1::bigint[], id)`,
+      [ids],
+    )
+  ).rows.map((r) => r.status);
+
 const insert = async (values: string) =>
   (await t.pool.query(`INSERT INTO "${t.schema}".jobs ${values} RETURNING id::text`)).rows.map(
     (r) => r.id as string,
@@ -24,7 +32,7 @@ describe('app.jobs', () => {
     const retry = await t.app.jobs.retry({ ids: [failed!, running!, '424242'] });
     assert.deepEqual(retry.done, []);
     assert.deepEqual(retry.skipped, [
-      { id: failed, reason: `job ${waiting} with the same queueing lock is already waiting` },
+      { id: failed, reason: `queueing lock "sync:1" already has a waiting job ${waiting}` },
       { id: running, reason: 'it is dirty' },
       { id: '424242', reason: 'not found' },
     ]);
@@ -40,6 +48,62 @@ describe('app.jobs', () => {
       (await t.app.jobs.list({ status: 'todo' })).map((j) => j.id),
       [failed],
     );
+  });
+
+  it('retry by ids: only the newest failed job per queueing lock goes back to todo, the older is skipped with why', async () => {
+    const [older, newer] = await insert(
+      `(task, queueing_lock, status, attempts) VALUES ('report', 'report:1', 'failed', 5), ('report', 'report:1', 'cancelled', 5)`,
+    );
+    const [plain] = await insert(`(task, status, attempts) VALUES ('report', 'failed', 5)`);
+    const result = await t.app.jobs.retry({ ids: [older!, plain!, newer!] });
+    assert.deepEqual(result, {
+      done: [newer, plain],
+      skipped: [
+        { id: older, reason: `newer job ${newer} with queueing lock "report:1" was retried instead` },
+      ],
+    });
+    assert.deepEqual(await statuses([older!, newer!, plain!]), ['failed', 'todo', 'todo']);
+    // Now one waits: retrying the older one again is skipped for that, not a unique violation.
+    assert.deepEqual((await t.app.jobs.retry({ ids: [older!] })).skipped, [
+      { id: older, reason: `queueing lock "report:1" already has a waiting job ${newer}` },
+    ]);
+  });
+
+  it('retry --failed: per queueing lock the newest, none while one waits; the dry run counts the same; audited once per retried job', async () => {
+    const [a1, a2, b1, b2, waiting, solo] = await insert(
+      `(task, queueing_lock, status, attempts) VALUES
+         ('digest', 'digest:a', 'failed', 5), ('digest', 'digest:a', 'failed', 5),
+         ('digest', 'digest:b', 'failed', 5), ('digest', 'digest:b', 'failed', 5),
+         ('digest', 'digest:b', 'todo', 0), ('digest', NULL, 'failed', 5)`,
+    );
+    const filter = { failed: true as const, task: 'digest' };
+    assert.deepEqual(await t.app.jobs.previewRetry(filter), [{ task: 'digest', count: 2, skipped: 3 }]);
+    const result = await t.app.jobs.retry(filter);
+    assert.deepEqual(result, {
+      done: [a2, solo],
+      skipped: [
+        { id: a1, reason: `newer job ${a2} with queueing lock "digest:a" was retried instead` },
+        { id: b1, reason: `queueing lock "digest:b" already has a waiting job ${waiting}` },
+        { id: b2, reason: `queueing lock "digest:b" already has a waiting job ${waiting}` },
+      ],
+    });
+    assert.deepEqual(await statuses([a1!, a2!, b1!, b2!, waiting!, solo!]), [
+      'failed',
+      'todo',
+      'failed',
+      'failed',
+      'todo',
+      'todo',
+    ]);
+    const audit = await t.pool.query<{ subject: string }>(
+      `SELECT subject FROM "${t.schema}".audit_log WHERE action = 'jobs.retry' AND subject = ANY ($1) ORDER BY id`,
+      [[a1, a2, b1, b2, solo].map((id) => `job:${id}`)],
+    );
+    assert.deepEqual(
+      audit.rows.map((r) => r.subject),
+      [`job:${a2}`, `job:${solo}`],
+    );
+    assert.deepEqual(await t.app.jobs.previewRetry(filter), [{ task: 'digest', count: 0, skipped: 3 }]);
   });
 
   it('returns the ids it acted on in numeric order (9 before 10), for cancel, retry and delete', async () => {

@@ -34,9 +34,10 @@ describe('outbatch jobs retry --failed', () => {
     const before = await states();
     const all = JSON.parse((await cli(['jobs', 'retry', '--failed', '--dry-run'])).stdout);
     assert.deepEqual(all.byTask, [
-      { task: 'charge-card', count: 1 },
-      { task: 'send-email', count: 3 },
+      { task: 'charge-card', count: 1, skipped: 0 },
+      { task: 'send-email', count: 3, skipped: 0 },
     ]);
+    assert.equal(all.skipped, 0);
     const timeouts = JSON.parse(
       (await cli(['jobs', 'retry', '--failed', '--error-contains', 'smtp timeout', '--dry-run'])).stdout,
     );
@@ -57,7 +58,7 @@ describe('outbatch jobs retry --failed', () => {
         ])
       ).stdout,
     );
-    assert.deepEqual(window.byTask, [{ task: 'send-email', count: 1 }]);
+    assert.deepEqual(window.byTask, [{ task: 'send-email', count: 1, skipped: 0 }]);
     assert.deepEqual(await states(), before);
   });
 
@@ -85,6 +86,56 @@ describe('outbatch jobs retry --failed', () => {
         ['charge-card', 'failed', 5, 1],
       ],
     );
+  });
+
+  it('two failed jobs with one queueing lock: the newest is retried, the older reported skipped with why (human and --json), no unique violation', async () => {
+    const insert = async (lock: string, status = 'failed') =>
+      (
+        await t.pool.query<{ id: string }>(
+          `INSERT INTO ${s}.jobs (task, queueing_lock, status, attempts) VALUES ('sync-crm', $1, $2, 5) RETURNING id::text`,
+          [lock, status],
+        )
+      ).rows[0]!.id;
+    const older = await insert('crm:1');
+    const newer = await insert('crm:1');
+    const filter = ['jobs', 'retry', '--failed', '--task', 'sync-crm'];
+
+    const human = await runCli([...filter, '--dry-run', '--schema', t.schema]);
+    assert.equal(human.code, 0, human.stderr);
+    assert.match(
+      human.stdout,
+      /1 failed job\(s\) would be retried: sync-crm 1\n1 would be skipped: only the newest job per queueing lock/,
+    );
+    assert.deepEqual(JSON.parse((await cli([...filter, '--dry-run'])).stdout).byTask, [
+      { task: 'sync-crm', count: 1, skipped: 1 },
+    ]);
+
+    const result = await runCli([...filter, '--schema', t.schema]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(
+      result.stdout.trim(),
+      `retried 1 job(s): ${newer}\nskipped job ${older}: newer job ${newer} with queueing lock "crm:1" was retried instead`,
+    );
+    const { rows } = await t.pool.query(
+      `SELECT id::text, status FROM ${s}.jobs WHERE task = 'sync-crm' ORDER BY id`,
+    );
+    assert.deepEqual(rows, [
+      { id: older, status: 'failed' },
+      { id: newer, status: 'todo' },
+    ]);
+
+    // A job with that lock is waiting now: by filter and by id, the older one is skipped for it.
+    const again = await cli(filter);
+    assert.equal(again.code, 0, again.stderr);
+    assert.deepEqual(JSON.parse(again.stdout), {
+      done: [],
+      skipped: [{ id: older, reason: `queueing lock "crm:1" already has a waiting job ${newer}` }],
+    });
+    const byId = await cli(['jobs', 'retry', older]);
+    assert.equal(byId.code, 0, byId.stderr);
+    assert.deepEqual(JSON.parse(byId.stdout).skipped, [
+      { id: older, reason: `queueing lock "crm:1" already has a waiting job ${newer}` },
+    ]);
   });
 
   it('rejects filters without --failed, and bad times, with one line', async () => {

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { ALLOWED_HOSTS_ENV, allowedHostsFromEnv, parseAllowedHosts } from '../../admin/hostCheck.js';
 import { startAdminServer } from '../../admin/server.js';
 import { ValidationError } from '../../errors.js';
 import { runCommand } from '../context.js';
@@ -6,6 +7,7 @@ import { runCommand } from '../context.js';
 export interface DashboardFlags {
   port: string;
   host: string;
+  allowedHost: string[];
 }
 
 export function parsePort(text: string, what = '--port'): number {
@@ -30,10 +32,23 @@ export function registerDashboard(program: Command): void {
       'address to bind (0.0.0.0 exposes it: put authentication in front)',
       '127.0.0.1',
     )
+    .option(
+      '--allowed-host <name>',
+      `a Host name (or name:port) to answer besides the bound address, e.g. the proxy's; repeatable, added to ${ALLOWED_HOSTS_ENV}`,
+      (value: string, previous: string[]) => [...previous, value],
+      [] as string[],
+    )
     .action((flags: DashboardFlags, command: Command) =>
       runCommand(command, async ({ app, signal, print }) => {
         const port = parsePort(flags.port);
-        const server = await startAdminServer({ app, host: flags.host, port, token: dashboardToken() });
+        const allowedHosts = [...parseAllowedHosts(flags.allowedHost), ...allowedHostsFromEnv()];
+        const server = await startAdminServer({
+          app,
+          host: flags.host,
+          port,
+          token: dashboardToken(),
+          allowedHosts,
+        });
         print(`dashboard on ${server.url} (Ctrl-C stops)`, { url: server.url });
         await new Promise<void>((resolve) => {
           if (signal.aborted) resolve();

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { OutbatchError, ValidationError } from '../../errors.js';
-import type { ActionResult } from '../../jobs/control.js';
-import type { JobSummary, TaskStats } from '../../jobs/inspect.js';
+import type { ActionResult, JobStats } from '../../jobs/control.js';
+import type { JobSummary } from '../../jobs/inspect.js';
 import { toDate } from '../../jobs/options.js';
 import { runCommand } from '../context.js';
 import { table } from '../format.js';
@@ -24,9 +24,13 @@ function formatList(jobs: JobSummary[]): string {
   );
 }
 
-function formatStats(stats: TaskStats[]): string {
+function formatStats(stats: JobStats[]): string {
   if (stats.length === 0) return 'no jobs and no statistics yet';
-  return table(
+  // Below the table, where a glance at the end of the output finds it.
+  const orphaned = stats
+    .filter((s) => s.withoutWorker > 0)
+    .map((s) => `no live worker knows task ${s.task}: ${s.withoutWorker} job(s) waiting`);
+  const grid = table(
     [
       'task',
       'todo',
@@ -54,6 +58,7 @@ function formatStats(stats: TaskStats[]): string {
       s.max_duration_ms === null ? '' : String(s.max_duration_ms),
     ]),
   );
+  return [grid, ...orphaned].join('\n');
 }
 
 function formatAction(verb: string, result: ActionResult): string {
@@ -112,7 +117,10 @@ export function registerJobs(program: Command): void {
     .option('--error-contains <text>', 'with --failed: only jobs whose last error contains this (any case)')
     .option('--since <time>', 'with --failed: only jobs that failed at or after this ISO time')
     .option('--until <time>', 'with --failed: only jobs that failed at or before this ISO time')
-    .option('--dry-run', 'with --failed: print how many of which task would be retried; change nothing')
+    .option(
+      '--dry-run',
+      'with --failed: print how many of which task would be retried (and skipped for their queueing lock); change nothing',
+    )
     .action(
       (
         ids: string[],
@@ -152,10 +160,17 @@ export function registerJobs(program: Command): void {
           if (flags.dryRun) {
             const preview = await app.jobs.previewRetry(selection);
             const total = preview.reduce((sum, entry) => sum + entry.count, 0);
-            print(
-              `dry run, nothing changed: ${total} failed job(s) would be retried${preview.length ? `: ${preview.map((p) => `${p.task} ${p.count}`).join(', ')}` : ''}`,
-              { dryRun: true, total, byTask: preview },
-            );
+            const skipped = preview.reduce((sum, entry) => sum + entry.skipped, 0);
+            const retried = preview.filter((p) => p.count > 0);
+            const lines = [
+              `dry run, nothing changed: ${total} failed job(s) would be retried${retried.length ? `: ${retried.map((p) => `${p.task} ${p.count}`).join(', ')}` : ''}`,
+            ];
+            if (skipped > 0) {
+              lines.push(
+                `${skipped} would be skipped: only the newest job per queueing lock is retried, and none while one with that lock is waiting`,
+              );
+            }
+            print(lines.join('\n'), { dryRun: true, total, skipped, byTask: preview });
             return;
           }
           const result = await app.jobs.retry(selection);
@@ -185,7 +200,9 @@ export function registerJobs(program: Command): void {
 
   jobs
     .command('stats')
-    .description('per task: jobs by state now, and succeeded/retried/failed counts and durations so far')
+    .description(
+      'per task: jobs by state now, succeeded/retried/failed counts and durations so far, and due jobs no live worker knows',
+    )
     .action((_flags, command: Command) =>
       runCommand(command, async ({ app, print }) => {
         const stats = await app.jobs.stats();
