@@ -14,6 +14,12 @@ export interface PoolOptions {
    */
   acquireTimeoutMs?: number;
   applicationName?: string;
+  /**
+   * A query with no answer for this long fails and its connection is discarded (default:
+   * none). A half-open connection — the peer gone without a FIN — otherwise hangs its
+   * query for good; TCP keepalive is on as well, to close such sockets.
+   */
+  queryTimeoutMs?: number;
 }
 
 /** `host:port` of a connection string, for messages; never includes the password. */
@@ -67,6 +73,9 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     connectionTimeoutMillis: options.acquireTimeoutMs ?? 30_000,
     idleTimeoutMillis: 30_000,
     application_name: options.applicationName ?? 'outbatch',
+    query_timeout: options.queryTimeoutMs,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 5_000,
   });
   pool.on('error', (error) => {
     log.warn(

@@ -1,3 +1,5 @@
+import pg from 'pg';
+
 /**
  * The one table that decides what is worth retrying. Everything that retries
  * (the worker loop, listeners, processors, appenders with `retry`) asks `isRetryable`.
@@ -39,4 +41,20 @@ export function isRetryable(error: unknown): boolean {
   if (typeof message === 'string' && CONNECTION_LOST.test(message)) return true;
   const cause = (error as { cause?: unknown }).cause;
   return cause !== undefined && cause !== error && isRetryable(cause);
+}
+
+/**
+ * How a statement that failed should be handled, for callers that must tell "try the same
+ * again" from "this will never be accepted". `connection`: no answer, or the server going
+ * away — every statement would fail alike, so retry as it is. `transient`: the server
+ * answered but may not next time (deadlock, lock or statement timeout, a cancel) — retry a
+ * few times. `refused`: the server will say the same again (bad data, a constraint, a
+ * trigger's exception, a permission) — isolate it.
+ */
+export function failureKind(error: unknown): 'connection' | 'transient' | 'refused' {
+  if (!(error instanceof pg.DatabaseError)) return isRetryable(error) ? 'connection' : 'transient';
+  const code = sqlState(error) ?? '';
+  if (code.startsWith('08') || code.startsWith('57P') || code.startsWith('53')) return 'connection';
+  if (/^(22|23|42|P0|2B|0A|21|2F|39|XX)/.test(code)) return 'refused';
+  return 'transient';
 }

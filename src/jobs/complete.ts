@@ -5,6 +5,8 @@ import { runPrepared } from './defer.js';
 
 export interface Completion {
   id: string;
+  /** The claim this outcome belongs to (the job's attempt count when claimed): see below. */
+  attempt: number;
   task: string;
   durationMs: number;
   /** Keep the row as `succeeded` this long; null deletes it. */
@@ -27,8 +29,11 @@ function perTask(completions: Completion[]) {
 }
 
 /**
- * Only rows still `doing` for this worker are touched: a job that recovery took away
- * (the worker looked dead) and gave to another worker is not completed twice.
+ * Only rows still `doing` for this worker *and this claim* are touched: a job that recovery
+ * took away (the worker looked dead) and gave to another worker is not completed twice,
+ * and if this same worker claimed it again, the old run's outcome must not settle the new
+ * claim (its attempt count differs). The pair check is a hashed semi-join on rows the
+ * `id = ANY` index scan already found.
  * Counts come from the rows actually finished; durations are the batch's per-task sums.
  * Stats rows are upserted in task order so concurrent batches never deadlock.
  */
@@ -50,6 +55,7 @@ export async function completeJobs(
      ), deleted AS (
        DELETE FROM ${s}.jobs j
        WHERE j.id = ANY ($1::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
+         AND (j.id, j.attempts) IN (SELECT * FROM unnest($1::bigint[], $9::int[]))
        RETURNING j.task
      ), kept AS (
        UPDATE ${s}.jobs j
@@ -58,6 +64,7 @@ export async function completeJobs(
            keep_until = coalesce($3::timestamptz, now())
              + (SELECT p.keep_ms FROM per_task p WHERE p.task = j.task) * interval '1 millisecond'
        WHERE j.id = ANY ($8::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
+         AND (j.id, j.attempts) IN (SELECT * FROM unnest($8::bigint[], $10::int[]))
        RETURNING j.task
      ), finished AS (
        SELECT task, count(*) AS n FROM (SELECT task FROM deleted UNION ALL SELECT task FROM kept) f GROUP BY task
@@ -81,6 +88,8 @@ export async function completeJobs(
       names.map((name) => tasks.get(name)!.max),
       names.map((name) => tasks.get(name)!.keep),
       completions.filter((c) => c.keepForMs !== null).map((c) => c.id),
+      completions.filter((c) => c.keepForMs === null).map((c) => c.attempt),
+      completions.filter((c) => c.keepForMs !== null).map((c) => c.attempt),
     ],
   );
   return rows[0]?.completed ?? 0;

@@ -13,6 +13,8 @@ export interface JobError {
 
 export interface Failure {
   id: string;
+  /** The claim this failure belongs to (the job's attempt count when claimed); see completeJobs. */
+  attempt: number;
   error: JobError;
   /** Wait before the next attempt; null when the budget is spent or retryOn said no. */
   retryInMs: number | null;
@@ -58,8 +60,8 @@ export async function failJobs(
        SELECT f.id, f.error, f.delay_ms, j.queueing_lock,
               (SELECT t.id FROM ${s}.jobs t
                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS waiting
-       FROM unnest($1::bigint[], $2::jsonb[], $3::float8[]) AS f(id, error, delay_ms)
-       JOIN ${s}.jobs j ON j.id = f.id AND j.status = 'doing' AND j.worker_id = $4
+       FROM unnest($1::bigint[], $2::jsonb[], $3::float8[], $7::int[]) AS f(id, error, delay_ms, attempt)
+       JOIN ${s}.jobs j ON j.id = f.id AND j.attempts = f.attempt AND j.status = 'doing' AND j.worker_id = $4
      ), ranked AS (
        SELECT i.*,
               CASE WHEN i.delay_ms IS NULL THEN NULL
@@ -105,6 +107,7 @@ export async function failJobs(
       workerId,
       now,
       ERRORS_KEPT,
+      failures.map((f) => f.attempt),
     ],
   );
   return rows;
@@ -121,6 +124,7 @@ export async function failUnrecordable(
   schema: string,
   workerId: string,
   id: string,
+  attempt: number,
   message: string,
   now: Date | null,
 ): Promise<boolean> {
@@ -132,8 +136,8 @@ export async function failUnrecordable(
          errors = CASE WHEN jsonb_array_length(j.errors) >= $5 THEN j.errors - 0 ELSE j.errors END
            || jsonb_build_array(jsonb_build_object('message', $3::text, 'attempt', j.attempts)),
          finished_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
-     WHERE j.id = $1 AND j.status = 'doing' AND j.worker_id = $2`,
-    [id, workerId, message, now, ERRORS_KEPT],
+     WHERE j.id = $1 AND j.attempts = $6 AND j.status = 'doing' AND j.worker_id = $2`,
+    [id, workerId, message, now, ERRORS_KEPT, attempt],
   );
   return (rowCount ?? 0) > 0;
 }

@@ -13,7 +13,8 @@ export interface Released {
  * with one queueing lock, the newest goes back and the others are superseded by it (all
  * going back would fail on the unique index, every time).
  *
- * `$1` selects the jobs to release (NULL: all of this worker's); `$3` the jobs to keep.
+ * `$1` and `$4` select the jobs to release by id and claim (attempt count when claimed;
+ * NULL: all of this worker's); `$3` lists the jobs to keep.
  * Reply lost: writing it again finds the rows no longer `doing` for this worker. Refused:
  * the caller logs it; the jobs stay `doing` under a live worker that does not run them,
  * and the next reconcile pass (or, once the worker stops heartbeating, recovery) takes them.
@@ -22,7 +23,7 @@ async function returnToTodo(
   db: Queryable,
   schema: string,
   workerId: string,
-  release: string[] | null,
+  release: { ids: string[]; attempts: number[] } | null,
   keep: string[],
 ): Promise<Released> {
   const s = quoteSchema(schema);
@@ -33,7 +34,8 @@ async function returnToTodo(
                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS waiting
        FROM ${s}.jobs j
        WHERE j.status = 'doing' AND j.worker_id = $2
-         AND ($1::bigint[] IS NULL OR j.id = ANY ($1::bigint[]))
+         AND ($1::bigint[] IS NULL OR j.id = ANY ($1::bigint[])
+           AND (j.id, j.attempts) IN (SELECT * FROM unnest($1::bigint[], $4::int[])))
          AND NOT (j.id = ANY ($3::bigint[]))
        FOR UPDATE OF j
      ), decided AS (
@@ -54,21 +56,22 @@ async function returnToTodo(
      FROM decided d
      WHERE j.id = d.id
      RETURNING j.status`,
-    [release, workerId, keep],
+    [release?.ids ?? null, workerId, keep, release?.attempts ?? null],
   );
   const superseded = rows.filter((row) => row.status === 'failed').length;
   return { released: rows.length - superseded, superseded };
 }
 
-/** Shutdown: the jobs this worker claimed and did not finish. */
+/** Shutdown: the jobs this worker claimed and did not finish, each with the attempt it was claimed at. */
 export async function releaseJobs(
   db: Queryable,
   schema: string,
   workerId: string,
-  ids: string[],
+  jobs: { id: string; attempt: number }[],
 ): Promise<Released> {
-  if (ids.length === 0) return { released: 0, superseded: 0 };
-  return returnToTodo(db, schema, workerId, ids, []);
+  if (jobs.length === 0) return { released: 0, superseded: 0 };
+  const release = { ids: jobs.map((job) => job.id), attempts: jobs.map((job) => job.attempt) };
+  return returnToTodo(db, schema, workerId, release, []);
 }
 
 /**

@@ -10,7 +10,7 @@
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { isRetryable } from '../db/retryable.js';
+import { failureKind, isRetryable } from '../db/retryable.js';
 import { type ClaimedJob, claimJobs } from '../jobs/claim.js';
 import { releaseOrphans } from '../jobs/release.js';
 import { makeDueTimer } from './dueTimer.js';
@@ -142,6 +142,13 @@ export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
         );
       }
     } catch (error) {
+      if (failureKind(error) === 'refused') {
+        // Asking again at once would be refused again, and claims must not wait behind
+        // it: the next maintenance pass asks again.
+        log.error({ err: error }, 'reconciling claimed jobs was refused; claiming goes on');
+        pendingWake = true;
+        return;
+      }
       // Reply lost: it may have run; running it again is harmless. It is tried again
       // before the next claim.
       reconcileWanted = true;

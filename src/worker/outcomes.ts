@@ -9,9 +9,9 @@
  * recorded. So one bad outcome never holds the others `doing` under a live worker
  * (which recovery leaves alone), with their locks held.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import type { Logger } from 'pino';
-import { isRetryable, sqlState } from '../db/retryable.js';
+import { failureKind, sqlState } from '../db/retryable.js';
 import { errorMessage } from '../errors.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import { type Completion, completeJobs } from '../jobs/complete.js';
@@ -20,8 +20,8 @@ import { type Released, releaseJobs } from '../jobs/release.js';
 import { describeError, discardTransaction, type RunningJob, storable } from './runJob.js';
 
 const MAX_BATCH = 1_000;
-/** A retryable refusal (deadlock, serialization) repeated this often is treated as a refusal. */
-const MAX_RETRYABLE_REFUSALS = 5;
+/** A transient refusal (deadlock, lock timeout, cancel) repeated this often is treated as a refusal (about 20 s of backoff). */
+const MAX_TRANSIENT = 8;
 
 export interface OutcomeWriterDeps {
   /** The worker's control pool: never a connection a handler could be holding. */
@@ -41,22 +41,12 @@ export interface OutcomeWriterDeps {
   onRetryWritten: (retryInMs: number) => void;
 }
 
-/**
- * The server answered and said no (not a lost connection, not a server going down): the
- * same statement would be refused again, so retrying it as a whole cannot help.
- */
-function refusedByServer(error: unknown): boolean {
-  if (!(error instanceof pg.DatabaseError)) return false;
-  const code = sqlState(error) ?? '';
-  return !code.startsWith('08') && !code.startsWith('57P') && !code.startsWith('53');
-}
-
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   const { pool, schema, log, workerId, now, retryIn, onLockFreed, onRetryWritten } = deps;
   // With the job's lock: writing the completion of a job that held one frees it.
   const completions: (Completion & { lock: string | null })[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
-  const releases: string[] = [];
+  const releases: { id: string; attempt: number }[] = [];
   const returned: Released = { released: 0, superseded: 0 };
   // Jobs whose outcome is not written yet (counted: a failed in-transaction commit hands
   // its job on to the failure queue before it lets go). Reconciling must leave them alone.
@@ -71,6 +61,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   // Jobs completing inside their own transaction (not batched): awaited on close.
   const inTransaction = new Set<Promise<void>>();
   let closing = false;
+  let giveUpAt = Number.POSITIVE_INFINITY; // at shutdown: connection trouble is retried until then
 
   const schedule = () => {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flushAll).finally(() => {
@@ -82,7 +73,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   /**
    * Writes `batch`; on a refusal, halves it until the refused outcome is alone and hands
    * that one to `salvage`. Connection trouble retries the whole batch with backoff (at
-   * shutdown three times, then recovery takes the jobs once this worker is gone).
+   * shutdown until the shutdown deadline, then recovery takes the jobs once this worker
+   * is gone).
    */
   async function writeBatch<T>(
     what: string,
@@ -90,21 +82,24 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     write: (items: T[]) => Promise<void>,
     salvage: (item: T, error: unknown) => Promise<void>,
   ): Promise<void> {
-    let refusals = 0;
+    let transient = 0;
     for (let attempt = 1; ; attempt += 1) {
       try {
         await write(batch);
         return;
       } catch (error) {
-        const refused =
-          refusedByServer(error) && (!isRetryable(error) || ++refusals > MAX_RETRYABLE_REFUSALS);
-        if (!refused) {
-          if (closing && attempt >= 3) {
+        const kind = failureKind(error);
+        if (kind === 'connection' || (kind === 'transient' && ++transient <= MAX_TRANSIENT)) {
+          if (closing && Date.now() >= giveUpAt) {
             log.error({ err: error }, `${what} failed at shutdown; those jobs will be recovered as dirty`);
             return;
           }
-          const waitMs = Math.min(100 * 2 ** attempt, 5_000);
-          log.warn({ err: error, retryable: isRetryable(error), waitMs }, `${what} failed; retrying`);
+          const waitMs = Math.min(
+            100 * 2 ** attempt,
+            5_000,
+            closing ? Math.max(giveUpAt - Date.now(), 0) : 5_000,
+          );
+          log.warn({ err: error, waitMs }, `${what} failed; retrying`);
           await new Promise((resolve) => setTimeout(resolve, waitMs));
           continue;
         }
@@ -125,18 +120,30 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
    * good with an error saying so, by the plainest statement there is. If even that is
    * refused the job is left to reconciling, which returns it to `todo`.
    */
-  async function recordUnrecordable(id: string, task: string, what: string, error: unknown) {
+  async function recordUnrecordable(
+    job: { id: string; attempt: number; task: string },
+    what: string,
+    error: unknown,
+  ): Promise<void> {
     const reason = storable(`${sqlState(error) ?? 'error'}: ${errorMessage(error)}`, 500);
     const message = `outcome could not be recorded (${what}): ${reason}`;
-    try {
-      await failUnrecordable(pool, schema, workerId, id, message, now());
-      log.error({ jobId: id, task, err: error }, `job failed: its ${what} could not be recorded`);
-    } catch (again) {
-      log.error(
-        { jobId: id, task, err: again },
-        `job ${what} could not be recorded, nor the failure saying so; it goes back to todo when the worker reconciles`,
-      );
-    }
+    await writeBatch(
+      `recording that a job's ${what} could not be recorded`,
+      [job],
+      async () => {
+        await failUnrecordable(pool, schema, workerId, job.id, job.attempt, message, now());
+        log.error(
+          { jobId: job.id, task: job.task, err: error },
+          `job failed: its ${what} could not be recorded`,
+        );
+      },
+      async (_job, again) => {
+        log.error(
+          { jobId: job.id, task: job.task, err: again },
+          `job ${what} could not be recorded, nor the failure saying so; it goes back to todo when the worker reconciles`,
+        );
+      },
+    );
   }
 
   const writeCompletions = async (batch: typeof completions) => {
@@ -165,22 +172,36 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     }
   };
 
-  /** A failure refused alone: once more with a short message and no stack, then the last resort. */
+  /** A failure refused alone: once more with a short message and no stack (and a fresh look at queueing locks), then the last resort. */
   const salvageFailure = async (item: (typeof failures)[number], error: unknown) => {
-    const { failure } = item;
+    const { failure, job } = item;
     const plain = { ...failure.error, message: storable(failure.error.message, 200), stack: undefined };
-    try {
-      await writeFailures([{ ...item, failure: { ...failure, error: plain } }]);
-    } catch {
-      await recordUnrecordable(failure.id, item.job.task, 'failure', error);
-    }
+    await writeBatch(
+      'recording a job failure again',
+      [{ job, failure: { ...failure, error: plain } }],
+      writeFailures,
+      () => recordUnrecordable({ id: job.id, attempt: job.attempts, task: job.task }, 'failure', error),
+    );
+  };
+
+  const writeReleases = async (batch: typeof releases) => {
+    const result = await releaseJobs(pool, schema, workerId, batch);
+    returned.released += result.released;
+    returned.superseded += result.superseded;
+  };
+
+  /** A return refused alone (a queueing lock's waiting job committed meanwhile): once more, when it is superseded, then the last resort. */
+  const salvageRelease = async (item: (typeof releases)[number], error: unknown) => {
+    await writeBatch('returning an unfinished job again', [item], writeReleases, () =>
+      recordUnrecordable({ ...item, task: '' }, 'return to todo', error),
+    );
   };
 
   async function flushAll(): Promise<void> {
     while (completions.length > 0) {
       const batch = completions.splice(0, MAX_BATCH);
       await writeBatch('completing jobs', batch, writeCompletions, (completion, error) =>
-        recordUnrecordable(completion.id, completion.task, 'success', error),
+        recordUnrecordable(completion, 'success', error),
       );
       for (const completion of batch) letGo(completion.id);
       if (batch.some((completion) => completion.lock !== null)) onLockFreed();
@@ -193,17 +214,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     }
     while (releases.length > 0) {
       const batch = releases.splice(0, MAX_BATCH);
-      await writeBatch(
-        'returning unfinished jobs',
-        batch,
-        async (ids) => {
-          const result = await releaseJobs(pool, schema, workerId, ids);
-          returned.released += result.released;
-          returned.superseded += result.superseded;
-        },
-        (id, error) => recordUnrecordable(id, '', 'return to todo', error),
-      );
-      for (const id of batch) letGo(id);
+      await writeBatch('returning unfinished jobs', batch, writeReleases, salvageRelease);
+      for (const { id } of batch) letGo(id);
     }
   }
 
@@ -222,7 +234,15 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         client,
         schema,
         workerId,
-        [{ id: run.job.id, task: run.job.task, durationMs, keepForMs: run.task.keepSucceededForMs }],
+        [
+          {
+            id: run.job.id,
+            attempt: run.job.attempts,
+            task: run.job.task,
+            durationMs,
+            keepForMs: run.task.keepSucceededForMs,
+          },
+        ],
         now(),
       );
       if (completed === 0) {
@@ -255,10 +275,18 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       job,
       failure: {
         id: job.id,
+        attempt: job.attempts,
         retryInMs,
         error: { message, stack, attempt: job.attempts, at: new Date().toISOString(), worker: workerId },
       },
     });
+    schedule();
+  }
+
+  /** A job claimed but not (or no longer) run: back to todo, uncounted. */
+  function returnUnstarted(job: ClaimedJob) {
+    hold(job.id);
+    releases.push({ id: job.id, attempt: job.attempts });
     schedule();
   }
 
@@ -275,6 +303,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       hold(run.job.id);
       completions.push({
         id: run.job.id,
+        attempt: run.job.attempts,
         lock: run.job.lock,
         task: run.job.task,
         durationMs,
@@ -286,15 +315,18 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     release(run: RunningJob) {
       const client = run.takeTransaction();
       if (client) void discardTransaction(client);
-      hold(run.job.id);
-      releases.push(run.job.id);
-      schedule();
+      returnUnstarted(run.job);
     },
+    returnUnstarted,
     /** Jobs handed to the writer whose outcome is not written yet. */
     unwritten: () => unwritten.keys(),
-    /** Writes what is pending and reports how many jobs went back to todo. */
-    async close(): Promise<Released> {
+    /**
+     * Writes what is pending and reports how many jobs went back to todo. Connection
+     * trouble is retried for `deadlineMs` at most.
+     */
+    async close(deadlineMs: number): Promise<Released> {
       closing = true;
+      giveUpAt = Date.now() + deadlineMs;
       await Promise.all(inTransaction);
       while (flushing) await flushing;
       return returned;

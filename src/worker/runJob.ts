@@ -234,6 +234,15 @@ const STACK_MAX = 8_000;
  * huge failure must not stand in front of every other outcome.
  */
 export function describeError(error: unknown): { message: string; stack?: string } {
+  try {
+    return describe(error);
+  } catch {
+    // A revoked Proxy throws even from `instanceof`.
+    return { message: 'handler threw a value that cannot be described' };
+  }
+}
+
+function describe(error: unknown): { message: string; stack?: string } {
   let message: string;
   let stack: string | undefined;
   if (error instanceof Error) {

@@ -20,7 +20,6 @@ import { createPool } from '../db/connection.js';
 import { listen } from '../db/listen.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
-import { releaseJobs } from '../jobs/release.js';
 import type { ResolvedTask } from '../jobs/task.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
@@ -29,8 +28,18 @@ import { registerTasks, registerWorker, unregisterWorker } from './registry.js';
 import { type Outcome, RunningJob, ShutdownAbort, unknownTaskError } from './runJob.js';
 import { makeUpkeep } from './upkeep.js';
 
-/** Connections for claims, outcome batches, heartbeat and maintenance: each at most one at a time. */
-const CONTROL_CONNECTIONS = 4;
+/**
+ * Connections for claims, outcome batches, heartbeat and maintenance: each runs at most
+ * one statement at a time, and one more for a statement abandoned at its deadline whose
+ * connection is still being closed.
+ */
+const CONTROL_CONNECTIONS = 5;
+
+/**
+ * A running job is keyed by its claim, not its id: a job recovered away from this worker
+ * (it looked dead) may be claimed by it again while the old run still runs.
+ */
+const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
 
 export interface WorkerDeps {
   databaseUrl: string;
@@ -57,9 +66,15 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const log = deps.log.child({ component: 'worker', workerId: id });
   // The database clock is the one truth in production; an injected clock overrides it.
   const dbNow = () => (clock === systemClock ? null : clock.now());
+  // A control statement with no answer within a third of the stall timeout is abandoned
+  // (its connection discarded) so that a half-open connection cannot hang the claim slot,
+  // the outcome writer or the heartbeat for good: a hung beat is retried well before the
+  // other workers would take this one for dead. Abandoned statements are the "reply lost"
+  // case every control statement already handles.
   const control = createPool(deps.databaseUrl, log, {
     max: CONTROL_CONNECTIONS,
     applicationName: 'outbatch-control',
+    queryTimeoutMs: Math.max(250, Math.round(settings.stallTimeoutMs / 3)),
   });
   const handlers = createPool(deps.databaseUrl, log, {
     max: settings.concurrency,
@@ -106,7 +121,11 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     tasks: [...tasks.keys()],
     dbNow,
     room: () => (stopping ? 0 : target() - buffer.length),
-    held: () => [...buffer.map((job) => job.id), ...running.keys(), ...outcomes.unwritten()],
+    held: () => [
+      ...buffer.map((job) => job.id),
+      ...[...running.values()].map((run) => run.job.id),
+      ...outcomes.unwritten(),
+    ],
     onClaimed: (jobs) => {
       for (const job of jobs) buffer.push(job);
       pump();
@@ -142,8 +161,16 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         continue;
       }
       const run = new RunningJob(job, task, runDeps);
-      running.set(job.id, run);
-      void run.outcome.then((outcome) => finish(run, outcome));
+      running.set(claimKey(job), run);
+      void run.outcome
+        .then((outcome) => finish(run, outcome))
+        .catch((error) => {
+          // Never expected (outcomes never throw); the job is left to reconciling, which returns it to todo.
+          log.error(
+            { err: error, jobId: job.id, task: job.task },
+            'could not hand a job outcome to the writer',
+          );
+        });
     }
     // Claim more only when there is reason to: the last claim came back full, or a wake-up
     // (NOTIFY, poll tick) is waiting. An empty claim must not start another, or an idle
@@ -156,10 +183,11 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   function finish(run: RunningJob, outcome: Outcome): void {
     if (run.settled) return; // already released at shutdown
     run.settled = true;
-    // A job recovered away from us (we looked dead) may have been claimed by us again:
-    // the map then holds the newer run, and this older one must still be settled, or its
-    // transaction stays open for good (found with the SIGSTOP case of ops/chaos/kill.ts).
-    if (running.get(run.job.id) === run) running.delete(run.job.id);
+    // A job recovered away from us (we looked dead) may have been claimed by us again: both
+    // runs are in the map under their claims, and the older one's outcome, written for its
+    // own claim, changes nothing (and its transaction is rolled back, not left open: found
+    // with the SIGSTOP case of ops/chaos/kill.ts).
+    running.delete(claimKey(run.job));
     const { job } = run;
     if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
@@ -218,15 +246,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         ? `shutting down: stopped claiming; waiting up to ${settings.shutdownTimeoutMs} ms for ${running.size} running job(s)`
         : 'shutting down: stopped claiming',
     );
-    const release = await releaseJobs(
-      control,
-      schema,
-      id,
-      waiting.map((job) => job.id),
-    ).catch((error) => {
-      log.error({ err: error }, 'could not return unstarted jobs; they will be recovered as dirty');
-      return { released: 0, superseded: 0 };
-    });
+    for (const job of waiting) outcomes.returnUnstarted(job);
     for (const run of running.values()) {
       run.shuttingDown = true;
       run.abort(new ShutdownAbort());
@@ -246,14 +266,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       run.settled = true;
       outcomes.release(run);
     }
-    const written = await outcomes.close();
+    const written = await outcomes.close(Math.max(1_000, Math.min(settings.shutdownTimeoutMs, 10_000)));
     log.info(
       {
-        returnedToTodo: release.released + written.released,
-        supersededOnReturn: release.superseded + written.superseded,
+        returnedToTodo: written.released,
+        supersededOnReturn: written.superseded,
         unfinishedHandlers: unfinished.length,
       },
-      `worker stopped: ${release.released + written.released} unfinished job(s) returned to todo without counting the attempt`,
+      `worker stopped: ${written.released} unfinished job(s) returned to todo without counting the attempt`,
     );
     // No beat may land after the row is deleted, or it would register a ghost worker.
     await upkeep.stopHeartbeat();

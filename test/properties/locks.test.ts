@@ -72,7 +72,7 @@ describe('locks and queueing locks (property)', () => {
             [workerId(w)],
           );
         for (const w of [0, 1, 2]) await register(w);
-        const doing = new Map<number, string[]>([
+        const doing = new Map<number, { id: string; attempt: number }[]>([
           [0, []],
           [1, []],
           [2, []],
@@ -100,7 +100,7 @@ describe('locks and queueing locks (property)', () => {
               now: null,
             });
             for (const job of claimed) {
-              doing.get(step.worker)!.push(job.id);
+              doing.get(step.worker)!.push({ id: job.id, attempt: job.attempts });
               if (job.lock) {
                 // Same-lock jobs start in creation order: nothing earlier and due still waits.
                 const { rows } = await t.pool.query(
@@ -115,13 +115,14 @@ describe('locks and queueing locks (property)', () => {
               }
             }
           } else if (step.op === 'finish') {
-            const id = doing.get(step.worker)!.shift();
-            if (id !== undefined) {
+            const claim = doing.get(step.worker)!.shift();
+            if (claim !== undefined) {
+              const { id } = claim;
               const done = await completeJobs(
                 t.pool,
                 t.schema,
                 workerId(step.worker),
-                [{ id, task: 'p', durationMs: 1, keepForMs: null }],
+                [{ id, attempt: claim.attempt, task: 'p', durationMs: 1, keepForMs: null }],
                 null,
               );
               if (done > 0) {
@@ -158,7 +159,13 @@ describe('locks and queueing locks (property)', () => {
             t.pool,
             t.schema,
             'drain',
-            claimed.map((job) => ({ id: job.id, task: 'p', durationMs: 1, keepForMs: null })),
+            claimed.map((job) => ({
+              id: job.id,
+              attempt: job.attempts,
+              task: 'p',
+              durationMs: 1,
+              keepForMs: null,
+            })),
             null,
           );
         }

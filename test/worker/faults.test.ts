@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
+import { recoverStalledJobs } from '../../src/jobs/recover.js';
 import { type FaultProxy, startFaultProxy } from '../faultProxy.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
@@ -406,5 +407,159 @@ describe('workers and tasks', () => {
       await Promise.all([slowRun, freshRun]);
       await Promise.all([slow.close(), fresh.close()]);
     }
+  });
+});
+
+describe('found by review', () => {
+  it('a claim whose connection goes half-open after the server committed it: abandoned at its deadline, reconciled, run once', async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    try {
+      const app = newApp(proxy.url);
+      app.task('half-open-claim', {}, async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+      });
+      // The whole claim (Parse/Bind/Execute/Sync) reaches the server; the connection then
+      // goes silent without closing, so the reply never comes.
+      const claiming = new Set<number>();
+      const { fired } = proxy.addRule({
+        match: (m) => {
+          if (m.text.includes('outbatch_claim')) claiming.add(m.connection.id);
+          return m.type === 'S' && claiming.has(m.connection.id);
+        },
+        action: 'half-open',
+      });
+      const id = await deferred(app, 'half-open-claim');
+      await withWorker(
+        app,
+        async () => {
+          await fired;
+          await waitFor('the job to run', async () => (await row(id)) === undefined);
+          const later = await deferred(app, 'half-open-claim');
+          await waitFor('a later job to run', async () => (await row(later)) === undefined);
+          assert.equal(await runsOf(id), 1);
+        },
+        { stallTimeout: 1_500, heartbeatInterval: 100 },
+      );
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("a job recovered away and claimed again by the same worker: the old run's outcome does not settle the new claim", async () => {
+    const app = newApp();
+    const first = gate();
+    const second = gate();
+    app.task('reclaimed', { retry: { attempts: 5, backoff: { initial: 10 } } }, async (_a, ctx) => {
+      await recordRun(ctx.job.id, `attempt ${ctx.job.attempt}`);
+      if (ctx.job.attempt === 1) {
+        await first.opened;
+        throw new Error('the old run fails late');
+      }
+      await second.opened;
+    });
+    await withWorker(
+      app,
+      async () => {
+        const id = await deferred(app, 'reclaimed');
+        await waitFor('the first run', async () => (await runsOf(id)) === 1);
+        // The worker looked dead for a moment (a GC pause): a peer's recovery takes the job.
+        const client = await t.pool.connect();
+        try {
+          await client.query('BEGIN');
+          await client.query(`UPDATE "${t.schema}".workers SET last_seen_at = now() - interval '2 hours'`);
+          await recoverStalledJobs(client, t.schema, null);
+          await client.query('COMMIT');
+        } finally {
+          client.release();
+        }
+        await waitFor('the same worker to claim it again', async () => (await runsOf(id)) === 2);
+        first.open();
+        await sleep(500); // the old run's failure is written meanwhile
+        assert.equal((await row(id))?.status, 'doing', 'the new claim is still running');
+        assert.equal(await runsOf(id), 2);
+        second.open();
+        await waitFor('the new claim to complete', async () => (await row(id)) === undefined);
+        assert.equal(await runsOf(id), 2);
+      },
+      { concurrency: 4 },
+    );
+  });
+
+  it('a revoked Proxy thrown by a handler is described, and the worker goes on', async () => {
+    const app = newApp();
+    app.task('revoked', { retry: { attempts: 1 } }, async () => {
+      const { proxy, revoke } = Proxy.revocable({}, {});
+      revoke();
+      throw proxy;
+    });
+    app.task('fine', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    await withWorker(app, async () => {
+      const id = await deferred(app, 'revoked');
+      await waitFor('the job to be dead-lettered', async () => (await row(id))?.status === 'failed');
+      assert.equal((await row(id))?.last_error?.message, 'handler threw a value that cannot be described');
+      const fine = await deferred(app, 'fine');
+      await waitFor('a healthy job', async () => (await row(fine)) === undefined);
+    });
+  });
+
+  it('a completion cancelled once by statement_timeout is retried, not dead-lettered', async () => {
+    const s = `"${t.schema}"`;
+    await t.pool.query(`
+      CREATE SEQUENCE ${s}.slow_once;
+      CREATE FUNCTION ${s}.slow_once() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF OLD.task = 'slow-once' AND nextval('${s}.slow_once') = 1 THEN PERFORM pg_sleep(1); END IF;
+        RETURN OLD;
+      END $$;
+      CREATE TRIGGER slow_once BEFORE DELETE ON ${s}.jobs FOR EACH ROW EXECUTE FUNCTION ${s}.slow_once();`);
+    try {
+      const url = new URL(databaseUrl());
+      url.searchParams.set('options', '-c statement_timeout=500');
+      const app = newApp(url.toString());
+      app.task('slow-once', {}, async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+      });
+      await withWorker(app, async () => {
+        const id = await deferred(app, 'slow-once');
+        await waitFor('the job to complete', async () => (await row(id)) === undefined);
+        assert.equal(await runsOf(id), 1);
+      });
+    } finally {
+      await t.pool.query(
+        `DROP TRIGGER slow_once ON ${s}.jobs; DROP FUNCTION ${s}.slow_once(); DROP SEQUENCE ${s}.slow_once`,
+      );
+    }
+  });
+
+  it('a shutdown return racing a new job of its queueing lock is superseded, not "could not be recorded"', async () => {
+    const app = newApp();
+    app.task('stop-race', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+      await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve));
+      throw new Error('stopped');
+    });
+    const controller = new AbortController();
+    const running = app.run({ ...FAST, signal: controller.signal });
+    const id = await deferred(app, 'stop-race', {}, { queueingLock: 'ql-race' });
+    await waitFor('it runs', async () => (await runsOf(id)) === 1);
+    // A producer defers the next job of that queueing lock and commits a moment later.
+    const client = await t.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(
+        `INSERT INTO "${t.schema}".jobs (task, queueing_lock) VALUES ('stop-race', 'ql-race')`,
+      );
+      controller.abort();
+      await sleep(400); // the worker's return to todo now waits on the producer's index entry
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    await running;
+    await app.close();
+    assert.match((await row(id))?.last_error?.message ?? '', /superseded by job/);
+    await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE queueing_lock = 'ql-race'`);
   });
 });
