@@ -42,8 +42,8 @@ import {
   deferJobs,
 } from './verify.js';
 
-const JOBS = envInt('CHAOS_JOBS', 3_000);
-const EVENTS = envInt('CHAOS_EVENTS', 10_000);
+const JOBS = envInt('CHAOS_JOBS', 2_000);
+const EVENTS = envInt('CHAOS_EVENTS', 8_000);
 const APPENDERS = envInt('CHAOS_APPENDERS', 2);
 const BATCH_SIZE = envInt('CHAOS_BATCH_SIZE', 100);
 const POISON = envInt('CHAOS_POISON', 10); // per poison task, but see CHAOS_HUGE
