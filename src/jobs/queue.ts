@@ -85,7 +85,9 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       const db = await database();
       await assertMigrated(db.pool, schema);
       if (tasks.size === 0)
-        log.warn('worker starting with no tasks registered: it claims no jobs (a worker claims only the tasks it registers)');
+        log.warn(
+          'worker starting with no tasks registered: it claims no jobs (a worker claims only the tasks it registers)',
+        );
       const started = startWorker({ databaseUrl: db.url, schema, log, clock, tasks }, workerOptions);
       worker = started; // before it has started: a job deferred meanwhile is still woken for
       await started.started.catch((error) => {
