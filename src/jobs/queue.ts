@@ -5,7 +5,6 @@
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from '../clock.js';
 import type { Database } from '../db/database.js';
-import { assertMigrated } from '../db/migrate.js';
 import { ValidationError } from '../errors.js';
 import type { WorkerOptions } from '../worker/options.js';
 import { startWorker, type Worker } from '../worker/worker.js';
@@ -82,8 +81,8 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
 
     async run(options = {}) {
       const { signal, ...workerOptions } = options;
+      // runApp, the one caller, has checked the schema.
       const db = await database();
-      await assertMigrated(db.pool, schema);
       if (tasks.size === 0)
         log.warn(
           'worker starting with no tasks registered: it claims no jobs (a worker claims only the tasks it registers)',

@@ -7,6 +7,7 @@ import type { Clock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { assertMigrated } from '../db/migrate.js';
+import { retryConnection } from '../db/retry.js';
 import { checkTxIdHorizon } from '../events/txIdHorizon.js';
 import type { JobQueue, RunOptions } from '../jobs/queue.js';
 import type { Logger } from '../log.js';
@@ -26,9 +27,17 @@ export interface RunAppDeps {
 
 export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promise<void> {
   const db = await deps.database();
-  await assertMigrated(db.pool, deps.schema);
-  await checkTxIdHorizon(db.pool, deps.schema);
-  const triggers = (await deps.processors.start(db.url)).subscribe();
+  await retryConnection(
+    'checking the schema',
+    async () => {
+      await assertMigrated(db.pool, deps.schema);
+      await checkTxIdHorizon(db.pool, deps.schema);
+    },
+    deps.log,
+  );
+  const triggers = (
+    await retryConnection('starting the processors', () => deps.processors.start(db.url), deps.log)
+  ).subscribe();
   const entries = deps.schedules.entries();
   const scheduler =
     entries.length === 0

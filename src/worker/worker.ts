@@ -18,6 +18,7 @@ import type { Clock } from '../clock.js';
 import { systemClock } from '../clock.js';
 import { createPool } from '../db/connection.js';
 import { listen } from '../db/listen.js';
+import { retryConnection } from '../db/retry.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { ResolvedTask } from '../jobs/task.js';
@@ -289,8 +290,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     });
 
   const started = (async () => {
-    await registerTasks(control, schema, [...tasks.values()]);
-    await registerWorker(control, schema, info, dbNow());
+    await retryConnection(
+      'registering the worker',
+      async () => {
+        await registerTasks(control, schema, [...tasks.values()]);
+        await registerWorker(control, schema, info, dbNow());
+      },
+      log,
+    );
     log.info(
       { queues: settings.queues ?? 'all', concurrency: settings.concurrency, tasks: [...tasks.keys()] },
       'worker started',
