@@ -66,7 +66,7 @@ export interface TaskStats {
   task: string;
   /** Jobs in the table now, by derived state. */
   now: Record<JobState, number>;
-  /** Since statistics began (task_stats). */
+  /** Over the retained history (task_stats, 30 days by default: the worker option historyRetention). */
   succeeded: number;
   retried: number;
   failed: number;
