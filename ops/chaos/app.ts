@@ -25,7 +25,8 @@ export const app = createApp({
 const work = () =>
   jobMs > 0 ? new Promise((resolve) => setTimeout(resolve, Math.random() * jobMs)) : undefined;
 
-async function started(jobId: string, attempt: number): Promise<void> {
+/** A handler's first step: one row per run, outside any transaction (survives a kill). */
+export async function started(jobId: string, attempt: number): Promise<void> {
   const { pool } = await app.database();
   await pool.query(`INSERT INTO "${schema}".runs (job_id, pid, attempt) VALUES ($1, $2, $3)`, [
     jobId,

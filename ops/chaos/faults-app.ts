@@ -13,7 +13,7 @@
  * jobs table itself.
  */
 import { bulkWrite } from '../../src/index.js';
-import { app } from './app.js';
+import { app, started } from './app.js';
 
 const schema = app.schema;
 const hugeBytes = Number(process.env.CHAOS_HUGE_BYTES ?? 3_000_000);
@@ -24,15 +24,6 @@ const POISON = {
   retry: { attempts: 3, backoff: { initial: 50, factor: 1, jitter: 0 } },
   keepSucceededFor: { hours: 1 },
 } as const;
-
-async function started(jobId: string, attempt: number): Promise<void> {
-  const { pool } = await app.database();
-  await pool.query(`INSERT INTO "${schema}".runs (job_id, pid, attempt) VALUES ($1, $2, $3)`, [
-    jobId,
-    process.pid,
-    attempt,
-  ]);
-}
 
 // JSON.parse of an escaped NUL: how a NUL usually arrives, inside text from elsewhere.
 const NUL = JSON.parse('"\\u0000"') as string;
