@@ -79,6 +79,14 @@ export interface FaultProxy {
   close(): Promise<void>;
 }
 
+/** The whole message (type byte, length, body) starting at `offset`, once all of it has arrived. */
+function typedMessage(buf: Buffer, offset: number): { type: string; whole: Buffer } | undefined {
+  if (buf.length - offset < 5) return undefined;
+  const length = buf.readInt32BE(offset + 1);
+  if (buf.length - offset < 1 + length) return undefined;
+  return { type: String.fromCharCode(buf[offset]!), whole: buf.subarray(offset, offset + 1 + length) };
+}
+
 const SSL_REQUEST = 80877103;
 const GSSENC_REQUEST = 80877104;
 
@@ -205,12 +213,10 @@ export async function startFaultProxy(targetUrl: string): Promise<FaultProxy> {
         offset += length;
         continue;
       }
-      if (buf.length - offset < 5) break;
-      const length = buf.readInt32BE(offset + 1);
-      if (buf.length - offset < 1 + length) break;
-      const type = String.fromCharCode(buf[offset]!);
-      const whole = buf.subarray(offset, offset + 1 + length);
-      offset += 1 + length;
+      const message = typedMessage(buf, offset);
+      if (!message) break;
+      const { type, whole } = message;
+      offset += whole.length;
       if (!onClientMessage(link, type, whole.subarray(5))) {
         if (link.mode === 'closed') return;
         continue;
@@ -235,12 +241,10 @@ export async function startFaultProxy(targetUrl: string): Promise<FaultProxy> {
         link.serverOwesByte = false;
         continue;
       }
-      if (buf.length - offset < 5) break;
-      const length = buf.readInt32BE(offset + 1);
-      if (buf.length - offset < 1 + length) break;
-      const type = String.fromCharCode(buf[offset]!);
-      const whole = buf.subarray(offset, offset + 1 + length);
-      offset += 1 + length;
+      const message = typedMessage(buf, offset);
+      if (!message) break;
+      const { type, whole } = message;
+      offset += whole.length;
       if (link.mode === 'lose-reply') {
         if (type === 'Z') cutAfter = true; // the statement is over (and committed, outside a block)
         if (cutAfter) break;
