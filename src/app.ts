@@ -13,7 +13,7 @@ import type { Pipeline, ProcessorOptions } from './processors/definition.js';
 import { makeProcessors } from './processors/processors.js';
 import type { Schedule } from './schedule/definition.js';
 import { makeScheduleRegistry, type ScheduleRegistry } from './schedule/registry.js';
-import { runApp } from './worker/runApp.js';
+import { type RunOptions, runApp } from './worker/runApp.js';
 
 export interface AppOptions {
   /** postgres:// URL; defaults to DATABASE_URL, and without either the embedded server is started. */
@@ -39,7 +39,7 @@ export interface App {
   close(): Promise<void>;
   /** The event outbox: append, read, follow, and re-drive a range of events to a task. */
   readonly events: Events & { redrive(options: RedriveOptions): Promise<RedriveResult> };
-  /** Registers a task; see README "Jobs". */
+  /** Registers a task; see docs/jobs.md. */
   task: JobQueue['task'];
   /** Defers a job by task name (or task), for services that do not import the handler. */
   defer: JobQueue['defer'];
@@ -47,10 +47,10 @@ export interface App {
    * Runs the worker — jobs, the scheduler and the processors' triggers — until the signal
    * aborts (or SIGINT/SIGTERM without one).
    */
-  run: JobQueue['run'];
-  /** A cron or `every` schedule whose ticks defer `target` with `args` plus `tick`; see README "Schedules". */
+  run(options?: RunOptions): Promise<void>;
+  /** A cron or `every` schedule whose ticks defer `target` with `args` plus `tick`; see docs/schedules.md. */
   schedule: ScheduleRegistry['schedule'];
-  /** A batch processor over the event log; see README "Processors". */
+  /** A batch processor over the event log; see docs/processors.md. */
   processor(
     name: string,
     options: ProcessorOptions,

@@ -46,7 +46,7 @@ export type { ActionResult, JobControl } from './jobs/control.js';
 export type { DeferResult } from './jobs/defer.js';
 export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
 export type { DurationInput, TimeInput } from './jobs/options.js';
-export type { JobQueue, RunOptions } from './jobs/queue.js';
+export type { JobQueue } from './jobs/queue.js';
 export type {
   DeferOptions,
   Handler,
@@ -73,3 +73,4 @@ export type { ProcessorState, ProcessorStatus } from './processors/status.js';
 // Schedules
 export type { DurationLike, Schedule, ScheduleSpec } from './schedule/definition.js';
 export type { JobFinished, WorkerOptions } from './worker/options.js';
+export type { RunOptions } from './worker/runApp.js';

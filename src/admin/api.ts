@@ -1,5 +1,5 @@
 /**
- * The dashboard's JSON API (documented in README "Dashboard and metrics"): reads need
+ * The dashboard's JSON API (documented in docs/operations.md): reads need
  * nothing, actions need the token (checked by the server before they get here). Every
  * parameter is checked; a bad one is a 400 naming it.
  */

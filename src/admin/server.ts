@@ -119,7 +119,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       const action = processorAction![2] as 'pause' | 'resume';
       return json(200, await api.processorAction(action, decodeURIComponent(processorAction![1]!), by));
     }
-    throw new NotFound(`no route ${method} ${path}: see README "Dashboard and metrics" for the API`);
+    throw new NotFound(`no route ${method} ${path}: see docs/operations.md for the API`);
   }
 
   async function handle(request: http.IncomingMessage, response: http.ServerResponse): Promise<void> {

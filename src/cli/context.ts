@@ -3,6 +3,7 @@ import { type App, createApp } from '../app.js';
 import { checkDatabaseUrl } from '../db/connection.js';
 import { ConnectionError, errorMessage, ValidationError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import { onStopSignals } from '../worker/signals.js';
 
 /** Options every command accepts (declared once on the root program). */
 export interface GlobalOptions {
@@ -63,18 +64,7 @@ export async function runCommand(
     return fail(errorMessage(error), EXIT_USAGE);
   }
   const controller = new AbortController();
-  let signals = 0;
-  const onSignal = (name: NodeJS.Signals) => {
-    signals += 1;
-    if (signals > 1) {
-      log.warn({ signal: name }, 'second signal: exiting now');
-      process.exit(130);
-    }
-    log.info({ signal: name }, 'stopping (send the signal again to exit at once)');
-    controller.abort();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const stopListening = onStopSignals(log, () => controller.abort());
   const json = Boolean(options.json);
   const ctx: CommandContext = {
     app,
@@ -96,8 +86,7 @@ export async function runCommand(
     }
   } finally {
     await app.close().catch((error) => log.warn({ err: error }, 'closing failed'));
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    stopListening();
   }
   process.exitCode = code;
 }

@@ -33,7 +33,7 @@ export async function checkTxIdHorizon(db: Queryable, schema: string): Promise<T
   const horizon = await readTxIdHorizon(db, schema);
   if (horizon.highestStored >= horizon.nextServer) {
     throw new TxIdHorizonError(
-      `schema "${schema}" stores transaction ids up to ${horizon.highestStored} but this server is at ${horizon.nextServer} (was the database restored with pg_dump?): new events would be skipped by readers and processors; stop the workers and run "outbatch events rebase-tx-ids --yes" (see README, "Restoring from a logical backup")`,
+      `schema "${schema}" stores transaction ids up to ${horizon.highestStored} but this server is at ${horizon.nextServer} (was the database restored with pg_dump?): new events would be skipped by readers and processors; stop the workers and run "outbatch events rebase-tx-ids --yes" (see docs/operations.md, "Restoring from a logical backup")`,
       horizon.highestStored,
       horizon.nextServer,
     );

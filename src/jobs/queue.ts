@@ -1,13 +1,14 @@
 /**
- * The job queue as the App exposes it: `task`, `defer`, `run` and the operator
- * controls (`jobs`). Built by a factory so app.ts only wires it in.
+ * The job queue as the App exposes it: `task`, `defer` and the operator controls (`jobs`).
+ * Built by a factory so app.ts only wires it in. Running jobs is the worker's business
+ * (src/worker/): it reads the registered tasks from here and subscribes to `due$` to claim
+ * a job this process deferred for later as soon as it falls due.
  */
 import type { Logger } from 'pino';
+import { type Observable, Subject } from 'rxjs';
 import { type Clock, systemClock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import { ValidationError } from '../errors.js';
-import type { WorkerOptions } from '../worker/options.js';
-import { startWorker, type Worker } from '../worker/worker.js';
 import { type JobControl, makeJobControl } from './control.js';
 import type { DeferResult } from './defer.js';
 import {
@@ -23,18 +24,16 @@ import {
   toJobSpec,
 } from './task.js';
 
-export interface RunOptions extends WorkerOptions {
-  /** Stops the worker gracefully when aborted. Without one, SIGINT/SIGTERM do (a second one exits at once). */
-  signal?: AbortSignal;
-}
-
 export interface JobQueue {
   task<A = unknown>(name: string, options: TaskOptions, handler: Handler<A>): Task<A>;
   defer(task: string | Task, args?: unknown, options?: DeferOptions): Promise<DeferResult>;
-  run(options?: RunOptions): Promise<void>;
   jobs: JobControl;
   /** Names of the registered tasks. */
   taskNames(): string[];
+  /** The registered tasks, for the worker. */
+  tasks(): ReadonlyMap<string, ResolvedTask>;
+  /** The due time of each job deferred for later from this process (a worker claims it then). */
+  readonly due$: Observable<Date>;
 }
 
 export interface JobQueueDeps {
@@ -50,13 +49,13 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
   const pool = async () => (await database()).pool;
   const now = () => clock.now();
   const injectedClock = clock !== systemClock;
-  let worker: Worker | undefined; // while run() runs
+  const due$ = new Subject<Date>();
   const env: TaskEnv = {
     schema,
     pool,
     now,
     injectedClock,
-    deferredFor: (runAt) => worker?.wakeAt(runAt),
+    deferredFor: (runAt) => due$.next(runAt),
   };
 
   return {
@@ -79,55 +78,9 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       return deferSpec(env, spec, options.client);
     },
 
-    async run(options = {}) {
-      const { signal, ...workerOptions } = options;
-      // runApp, the one caller, has checked the schema.
-      const db = await database();
-      if (tasks.size === 0)
-        log.warn(
-          'worker starting with no tasks registered: it claims no jobs (a worker claims only the tasks it registers)',
-        );
-      const started = startWorker({ databaseUrl: db.url, schema, log, clock, tasks }, workerOptions);
-      worker = started; // before it has started: a job deferred meanwhile is still woken for
-      await started.started.catch((error) => {
-        worker = undefined;
-        throw error;
-      });
-      let onSignal: ((name: NodeJS.Signals) => void) | undefined;
-      try {
-        await new Promise<void>((resolve) => {
-          const stop = () => void started.stop().then(resolve);
-          if (signal) {
-            if (signal.aborted) stop();
-            else signal.addEventListener('abort', stop, { once: true });
-            return;
-          }
-          let received = 0;
-          onSignal = (name) => {
-            received += 1;
-            if (received > 1) {
-              log.warn(
-                { signal: name },
-                'second signal: exiting now; running jobs will be recovered as dirty',
-              );
-              process.exit(130);
-            }
-            log.info({ signal: name }, 'stopping gracefully (send the signal again to exit at once)');
-            stop();
-          };
-          process.on('SIGINT', onSignal);
-          process.on('SIGTERM', onSignal);
-        });
-      } finally {
-        worker = undefined;
-        if (onSignal) {
-          process.off('SIGINT', onSignal);
-          process.off('SIGTERM', onSignal);
-        }
-      }
-    },
-
     jobs: makeJobControl({ schema, log, pool }),
     taskNames: () => [...tasks.keys()],
+    tasks: () => tasks,
+    due$: due$.asObservable(),
   };
 }

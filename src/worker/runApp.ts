@@ -1,7 +1,8 @@
 /**
  * `app.run()`: the whole worker process — the job loop, and beside it the scheduler
  * (every process may run it; ticks dedupe in the database) and the processors'
- * triggers. Refuses to start on a database whose migrations or transaction ids are off.
+ * triggers — until its signal aborts, or SIGINT/SIGTERM without one. Refuses to start on
+ * a database whose migrations or transaction ids are off.
  */
 import type { Clock } from '../clock.js';
 import type { Database } from '../db/database.js';
@@ -9,11 +10,19 @@ import { quoteSchema } from '../db/identifiers.js';
 import { assertMigrated } from '../db/migrate.js';
 import { retryConnection } from '../db/retry.js';
 import { checkTxIdHorizon } from '../events/txIdHorizon.js';
-import type { JobQueue, RunOptions } from '../jobs/queue.js';
+import type { JobQueue } from '../jobs/queue.js';
 import type { Logger } from '../log.js';
 import type { Processors } from '../processors/processors.js';
 import type { ScheduleRegistry } from '../schedule/registry.js';
 import { makeScheduler } from '../schedule/scheduler.js';
+import type { WorkerOptions } from './options.js';
+import { onStopSignals } from './signals.js';
+import { startWorker } from './worker.js';
+
+export interface RunOptions extends WorkerOptions {
+  /** Stops the worker gracefully when aborted. Without one, SIGINT/SIGTERM do (a second one exits at once). */
+  signal?: AbortSignal;
+}
 
 export interface RunAppDeps {
   database: () => Promise<Database>;
@@ -52,9 +61,49 @@ export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promis
           .run$()
           .subscribe();
   try {
-    await deps.queue.run(options);
+    await runWorker(deps, db, options);
   } finally {
     triggers.unsubscribe();
     scheduler?.unsubscribe();
+  }
+}
+
+/** Starts the worker, feeds it this process's due times, and stops it on the signal. */
+async function runWorker(deps: RunAppDeps, db: Database, options: RunOptions): Promise<void> {
+  const { signal, ...workerOptions } = options;
+  const tasks = deps.queue.tasks();
+  if (tasks.size === 0)
+    deps.log.warn(
+      'worker starting with no tasks registered: it claims no jobs (a worker claims only the tasks it registers)',
+    );
+  const worker = startWorker(
+    {
+      databaseUrl: db.url,
+      schema: deps.schema,
+      log: deps.log,
+      clock: deps.clock,
+      tasks,
+      defer: deps.queue.defer,
+    },
+    workerOptions,
+  );
+  // Subscribed before the worker has started: a job deferred meanwhile is still woken for.
+  const due = deps.queue.due$.subscribe((at) => worker.wakeAt(at));
+  let stopListening: (() => void) | undefined;
+  try {
+    await worker.started;
+    await new Promise<void>((resolve) => {
+      const stop = () => void worker.stop().then(resolve);
+      if (!signal) {
+        stopListening = onStopSignals(deps.log, stop, 'exiting now; running jobs will be recovered as dirty');
+      } else if (signal.aborted) {
+        stop();
+      } else {
+        signal.addEventListener('abort', stop, { once: true });
+      }
+    });
+  } finally {
+    due.unsubscribe();
+    stopListening?.();
   }
 }

@@ -8,9 +8,9 @@ import type { Logger } from 'pino';
 import type { Queryable } from '../db/queryable.js';
 import { errorMessage, JobTimeoutError, ValidationError } from '../errors.js';
 import type { ClaimedJob } from '../jobs/claim.js';
-import { type DeferResult, deferJob } from '../jobs/defer.js';
+import type { DeferResult } from '../jobs/defer.js';
+import type { JobQueue } from '../jobs/queue.js';
 import type { DeferOptions, JobContext, JobInfo, ResolvedTask, Task } from '../jobs/task.js';
-import { toJobSpec } from '../jobs/task.js';
 
 export type Outcome =
   | { kind: 'succeeded'; durationMs: number }
@@ -19,11 +19,11 @@ export type Outcome =
   | { kind: 'interrupted' };
 
 export interface RunJobDeps {
-  schema: string;
+  /** The handler pool: the job's own transaction comes from here. */
   pool: pg.Pool;
   log: Logger;
-  now: () => Date;
-  tasks: ReadonlyMap<string, ResolvedTask>;
+  /** The queue's defer, for `ctx.defer` inside the job's transaction. */
+  defer: JobQueue['defer'];
 }
 
 export class ShutdownAbort extends Error {
@@ -93,11 +93,8 @@ class Context implements JobContext {
     args?: unknown,
     options: Omit<DeferOptions, 'client'> = {},
   ): Promise<DeferResult> {
-    const deps = this.run.deps;
-    const taskName = typeof name === 'string' ? name : name?.name;
-    const spec = toJobSpec(taskName, args, options, deps.tasks.get(taskName), deps.now);
     // Follow-ups exist iff this job completes: they go through the job's transaction.
-    return deferJob(await this.run.openTransaction(), deps.schema, spec);
+    return this.run.deps.defer(name, args, { ...options, client: await this.run.openTransaction() });
   }
 }
 

@@ -21,6 +21,7 @@ import { listen } from '../db/listen.js';
 import { retryConnection } from '../db/retry.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
+import type { JobQueue } from '../jobs/queue.js';
 import type { ResolvedTask } from '../jobs/task.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
@@ -44,6 +45,8 @@ const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
 
 export interface WorkerDeps {
   databaseUrl: string;
+  /** The queue's defer: a handler's `ctx.defer` takes the same path (validation, clock, wake-ups). */
+  defer: JobQueue['defer'];
   schema: string;
   log: Logger;
   clock: Clock;
@@ -83,7 +86,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   });
 
   const buffer: ClaimedJob[] = [];
-  const runDeps = { schema, pool: handlers, log, now: () => clock.now(), tasks };
+  const runDeps = { pool: handlers, log, defer: deps.defer };
   const running = new Map<string, RunningJob>();
   const outcomes = makeOutcomeWriter({
     pool: control,

@@ -131,4 +131,19 @@ describe('an idle worker', () => {
       assert.equal(attempts, 3);
     });
   });
+
+  it('runs a follow-up a handler deferred with ctx.defer for a moment later when it is due', async () => {
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    let followed = 0;
+    app.task('follow-up', {}, async () => {
+      followed += 1;
+    });
+    app.task('leader', {}, async (_args, ctx) => {
+      await ctx.defer('follow-up', {}, { delay: 300 });
+    });
+    await whileIdleWorkerRuns(app, 2, async () => {
+      await app.defer('leader', {});
+      await waitFor('the follow-up (the poll tick is 10 minutes away)', async () => followed === 1);
+    });
+  });
 });

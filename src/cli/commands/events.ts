@@ -107,7 +107,7 @@ export function registerEvents(program: Command): void {
         print(
           `rebased ${result.distinctIds} transaction id(s) on ${result.eventsUpdated} event(s), ${result.checkpointsUpdated} processor checkpoint(s) and ${result.deadLettersUpdated} dead letter(s) to 3..${result.highestNew}` +
             (result.consumed ? ` (consumed ${result.consumed} transaction ids first)` : '') +
-            '; checkpoints kept outside this database must be taken again (see README)',
+            '; checkpoints kept outside this database must be taken again (see docs/operations.md)',
           result,
         );
       }),
