@@ -1,0 +1,806 @@
+-- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
+-- leave behind after the one named on the next line, which migrate.ts reads.
+-- Matches migration: 026_history_retention
+-- Read this file to see what the database is; read the migrations to see how it got there
+-- and what was measured on the way. schema/README.md lists, per migration, which of its
+-- definitions later files replaced.
+--
+-- A fresh install runs this file in one transaction and records every migration as
+-- applied (src/db/migrate.ts); an install that already has a migrations table applies the
+-- migrations it lacks, one file at a time. Both roads must end in the same schema, and
+-- test/foundation/schemaSnapshot.test.ts proves it: it builds one schema each way and
+-- compares their catalogs (columns and defaults, constraints, indexes, functions with
+-- their bodies, triggers, views, sequences, grants, comments).
+--
+-- RULE: a new migration updates this file in the same commit, "Matches migration" line
+-- included. Until it does, the snapshot test fails and names what differs (and a fresh
+-- install applies the files newer than that line on top). Function bodies are compared as
+-- text, so a body here is a verbatim copy of the one in its migration; explanations go
+-- above a definition, never inside its body.
+--
+-- Like the migrations, this file names no schema: migrate.ts runs it with search_path set
+-- to the target schema, and the functions capture that (SET search_path FROM CURRENT).
+-- It grants nothing: roles are ops/sql/roles.sql's business. The migrations table is
+-- migrate.ts's bookkeeping and is created there, for both roads.
+--
+-- Grouped by concern. Workers and tasks come before jobs because defer_job() declares a
+-- tasks%ROWTYPE and job_states reads workers; rebasing comes last because its view reads
+-- events and processors. [NNN] names the migration(s) a definition comes from.
+
+-- ===========================================================================================
+-- Events: the outbox
+-- ===========================================================================================
+
+-- The event outbox. Services append in their own transaction; readers walk the log in
+-- (tx_id, position) order and only below the oldest running transaction, so an event
+-- that commits late is never skipped (see "gap-safe" in the README). [002]
+CREATE TABLE events (
+  position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  tx_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  stream text NOT NULL CHECK (length(stream) BETWEEN 1 AND 200),
+  stream_version bigint NOT NULL CHECK (stream_version >= 1),
+  type text NOT NULL CHECK (length(type) BETWEEN 1 AND 200),
+  data jsonb NOT NULL,
+  metadata jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(metadata) = 'object'),
+  recorded_at timestamptz NOT NULL DEFAULT now(),
+  idempotency_key text UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 200)
+);
+
+-- The readers' order, and the checkpoint's key. [002]
+CREATE INDEX events_tx_id_position ON events (tx_id, position);
+-- One version per stream: the last line of defence behind the streams row lock. [002]
+CREATE UNIQUE INDEX events_stream_version ON events (stream, stream_version);
+-- Processors that filter by type walk this index in the readers' order. [002]
+CREATE INDEX events_type ON events (type, tx_id, position);
+
+-- The current version of every stream. Appenders bump it with one upsert, whose row lock
+-- serialises appenders to the same stream until commit, so versions stay contiguous
+-- without retries; a rolled back append rolls the bump back with it. [002]
+CREATE TABLE streams (
+  stream text PRIMARY KEY,
+  version bigint NOT NULL CHECK (version >= 0)
+);
+
+-- append_events(events, expected_versions): the outbox for any language and for triggers.
+--   events: a JSON array of {"stream", "type", "data", "metadata"?, "idempotency_key"?}
+--   expected_versions: optional JSON object {"<stream>": <version> | "no_stream" | "any"}
+-- Returns one row per input element, in input order: the stored event, with
+-- duplicate = true when an event with that idempotency key was already stored (by an
+-- earlier call or earlier in this array). A stream that moved raises SQLSTATE OB409 with
+-- DETAIL {"stream", "expected", "actual"}. One NOTIFY <schema>_events per transaction.
+-- Run it in READ COMMITTED (the default): two transactions appending the same new
+-- idempotency key at the same moment make the later one fail with a unique violation on
+-- events_idempotency_key_key, and a retry returns the stored event. [002]
+--
+-- Measured (ops/bench/RESULTS.md): a single event, the common case from services, takes a
+-- path of three plain statements; any other array goes to append_events_batch below. [011]
+CREATE FUNCTION append_events(events jsonb, expected_versions jsonb DEFAULT NULL)
+RETURNS TABLE (
+  "position" bigint,
+  tx_id xid8,
+  stream text,
+  stream_version bigint,
+  type text,
+  data jsonb,
+  metadata jsonb,
+  recorded_at timestamptz,
+  idempotency_key text,
+  duplicate boolean
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $fn$
+#variable_conflict use_column
+DECLARE
+  e jsonb;
+  want jsonb;
+  expected bigint;
+  version_after bigint;
+  other text;
+BEGIN
+  IF events IS NULL OR jsonb_typeof(events) <> 'array' THEN
+    RAISE EXCEPTION 'append_events: events must be a JSON array of {"stream", "type", "data"} objects'
+      USING ERRCODE = '22023';
+  END IF;
+  IF expected_versions IS NOT NULL AND jsonb_typeof(expected_versions) <> 'object' THEN
+    RAISE EXCEPTION 'append_events: expected_versions must be a JSON object {"<stream>": <version> | "no_stream" | "any"}'
+      USING ERRCODE = '22023';
+  END IF;
+  IF jsonb_array_length(events) <> 1 THEN
+    RETURN QUERY SELECT * FROM append_events_batch(events, expected_versions);
+    RETURN;
+  END IF;
+
+  -- One event: the common case from services, in as few statements as it takes.
+  e := events->0;
+  IF e->>'idempotency_key' IS NOT NULL THEN
+    RETURN QUERY
+    SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
+           s.recorded_at, s.idempotency_key, true
+    FROM events s WHERE s.idempotency_key = e->>'idempotency_key';
+    IF FOUND THEN
+      RETURN;
+    END IF;
+  END IF;
+  IF expected_versions IS NOT NULL AND expected_versions <> '{}'::jsonb THEN
+    FOR other IN SELECT k FROM jsonb_object_keys(expected_versions) AS k WHERE k IS DISTINCT FROM e->>'stream' LOOP
+      RAISE EXCEPTION 'append_events: expected_versions names stream "%" but no event is for it', other
+        USING ERRCODE = '22023';
+    END LOOP;
+    want := expected_versions->(e->>'stream');
+    IF want = '"any"'::jsonb THEN
+      expected := NULL;
+    ELSIF want = '"no_stream"'::jsonb THEN
+      expected := 0;
+    ELSIF jsonb_typeof(want) = 'number' AND want::numeric >= 0 AND want::numeric = trunc(want::numeric) THEN
+      expected := want::bigint;
+    ELSE
+      RAISE EXCEPTION 'append_events: expected version % for stream "%" is invalid: use a version >= 0, "no_stream" or "any"',
+        want, e->>'stream' USING ERRCODE = '22023';
+    END IF;
+  END IF;
+  INSERT INTO streams AS s (stream, version) VALUES (e->>'stream', 1)
+  ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = s.version + 1
+  RETURNING s.version INTO version_after;
+  IF expected IS NOT NULL AND version_after - 1 <> expected THEN
+    RAISE EXCEPTION 'stream "%" is at version %, expected %', e->>'stream', version_after - 1,
+      CASE WHEN want = '"no_stream"'::jsonb THEN 'no stream' ELSE want::text END
+      USING ERRCODE = 'OB409',
+            DETAIL = jsonb_build_object('stream', e->>'stream', 'expected', want,
+                                        'actual', version_after - 1)::text;
+  END IF;
+  RETURN QUERY
+  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key)
+  VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
+          e->>'idempotency_key')
+  RETURNING n."position", n.tx_id, n.stream, n.stream_version, n.type, n.data, n.metadata,
+            n.recorded_at, n.idempotency_key, false;
+  PERFORM pg_notify(current_schema() || '_events', '');
+END;
+$fn$;
+
+-- The batch path of append_events(), same semantics. Nested loops are off because a
+-- cached generic plan nest-looped a 10k batch into seconds. Called by append_events(),
+-- which validates the arguments first. [011]
+CREATE FUNCTION append_events_batch(events jsonb, expected_versions jsonb)
+RETURNS TABLE (
+  "position" bigint,
+  tx_id xid8,
+  stream text,
+  stream_version bigint,
+  type text,
+  data jsonb,
+  metadata jsonb,
+  recorded_at timestamptz,
+  idempotency_key text,
+  duplicate boolean
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+-- Row estimates for jsonb_array_elements and unnest of a variable are guesses (100, 10),
+-- so a cached plan may nest-loop 10,000 x 10,000 rows; hash joins are right at any size.
+SET enable_nestloop = off
+AS $fn$
+#variable_conflict use_column
+DECLARE
+  fresh_ords bigint[];
+  bumped_streams text[];
+  versions_before bigint[];
+  want record;
+  at integer;
+  expected bigint;
+BEGIN
+  -- Which elements are new: the first of each idempotency key, unless already stored.
+  -- Their count per stream bumps the stream rows (in stream order, so two batches over the
+  -- same streams lock them in the same order and cannot deadlock each other).
+  WITH input AS (
+    SELECT x.ord, x.e->>'stream' AS stream, x.e->>'idempotency_key' AS key,
+           row_number() OVER (PARTITION BY x.e->>'idempotency_key' ORDER BY x.ord) AS nth
+    FROM jsonb_array_elements(events) WITH ORDINALITY AS x(e, ord)
+  ), fresh AS (
+    SELECT i.ord, i.stream FROM input i
+    WHERE i.key IS NULL
+       OR (i.nth = 1 AND NOT EXISTS (SELECT 1 FROM events s WHERE s.idempotency_key = i.key))
+  ), counts AS (
+    SELECT f.stream, count(*) AS n FROM fresh f GROUP BY f.stream
+  ), bumped AS (
+    INSERT INTO streams AS s (stream, version)
+    SELECT c.stream, c.n FROM counts c ORDER BY c.stream
+    ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = s.version + excluded.version
+    RETURNING s.stream, s.version
+  )
+  SELECT (SELECT array_agg(f.ord) FROM fresh f),
+         array_agg(b.stream), array_agg(b.version - c.n)
+  INTO fresh_ords, bumped_streams, versions_before
+  FROM bumped b JOIN counts c ON c.stream = b.stream;
+
+  -- Optimistic concurrency, checked under the stream row lock taken above. A stream whose
+  -- events are all duplicates is not checked: a retried append returns what it stored.
+  IF expected_versions IS NOT NULL THEN
+    FOR want IN SELECT key, value FROM jsonb_each(expected_versions) LOOP
+      IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(events) e WHERE e->>'stream' = want.key) THEN
+        RAISE EXCEPTION 'append_events: expected_versions names stream "%" but no event is for it', want.key
+          USING ERRCODE = '22023';
+      END IF;
+      IF want.value = '"any"'::jsonb THEN
+        CONTINUE;
+      ELSIF want.value = '"no_stream"'::jsonb THEN
+        expected := 0;
+      ELSIF jsonb_typeof(want.value) = 'number' AND want.value::numeric >= 0
+            AND want.value::numeric = trunc(want.value::numeric) THEN
+        expected := want.value::bigint;
+      ELSE
+        RAISE EXCEPTION 'append_events: expected version % for stream "%" is invalid: use a version >= 0, "no_stream" or "any"',
+          want.value, want.key USING ERRCODE = '22023';
+      END IF;
+      at := array_position(bumped_streams, want.key);
+      IF at IS NOT NULL AND versions_before[at] <> expected THEN
+        RAISE EXCEPTION 'stream "%" is at version %, expected %', want.key, versions_before[at],
+          CASE WHEN want.value = '"no_stream"'::jsonb THEN 'no stream' ELSE want.value::text END
+          USING ERRCODE = 'OB409',
+                DETAIL = jsonb_build_object('stream', want.key, 'expected', want.value,
+                                            'actual', versions_before[at])::text;
+      END IF;
+    END LOOP;
+  END IF;
+
+  RETURN QUERY
+  WITH input AS (
+    SELECT x.ord, x.e->>'stream' AS stream, x.e->>'type' AS type, x.e->'data' AS data,
+           coalesce(x.e->'metadata', '{}'::jsonb) AS metadata, x.e->>'idempotency_key' AS key,
+           min(x.ord) OVER (PARTITION BY x.e->>'idempotency_key') AS first_ord
+    FROM jsonb_array_elements(events) WITH ORDINALITY AS x(e, ord)
+  ), numbered AS (
+    SELECT i.*, b.before + row_number() OVER (PARTITION BY i.stream ORDER BY i.ord) AS version
+    FROM input i
+    JOIN unnest(fresh_ords) AS f(ord) ON f.ord = i.ord
+    JOIN unnest(bumped_streams, versions_before) AS b(stream, before) ON b.stream = i.stream
+  ), inserted AS (
+    -- ORDER BY ord: positions follow input order.
+    INSERT INTO events (stream, stream_version, type, data, metadata, idempotency_key)
+    SELECT n.stream, n.version, n.type, n.data, n.metadata, n.key FROM numbered n ORDER BY n.ord
+    RETURNING *
+  ), stored_new AS (
+    SELECT n.ord, ins.* FROM numbered n
+    JOIN inserted ins ON ins.stream = n.stream AND ins.stream_version = n.version
+  )
+  SELECT r."position", r.tx_id, r.stream, r.stream_version, r.type, r.data, r.metadata,
+         r.recorded_at, r.idempotency_key, r.duplicate
+  FROM (
+    SELECT sn.ord, sn."position", sn.tx_id, sn.stream, sn.stream_version, sn.type, sn.data,
+           sn.metadata, sn.recorded_at, sn.idempotency_key, false AS duplicate
+    FROM stored_new sn
+    UNION ALL
+    -- Repeated earlier in this array: the event stored for its first occurrence.
+    SELECT i.ord, sn."position", sn.tx_id, sn.stream, sn.stream_version, sn.type, sn.data,
+           sn.metadata, sn.recorded_at, sn.idempotency_key, true
+    FROM input i JOIN stored_new sn ON sn.ord = i.first_ord
+    WHERE i.key IS NOT NULL AND i.ord <> i.first_ord
+    UNION ALL
+    -- Stored by an earlier call (this statement's snapshot does not see its own inserts).
+    -- A subquery per key, so the lookup is an index probe even with nested loops off.
+    SELECT d.ord, (d.s)."position", (d.s).tx_id, (d.s).stream, (d.s).stream_version, (d.s).type,
+           (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, true
+    FROM (
+      SELECT i.ord, (SELECT s FROM events s WHERE s.idempotency_key = i.key) AS s
+      FROM input i WHERE i.key IS NOT NULL
+    ) d
+    WHERE d.s IS NOT NULL
+  ) r
+  ORDER BY r.ord;
+
+  IF fresh_ords IS NOT NULL THEN
+    -- A constant payload: PostgreSQL folds identical notifications of one transaction into
+    -- one, so a transaction that appends many times still wakes followers once, at commit.
+    PERFORM pg_notify(current_schema() || '_events', '');
+  END IF;
+END;
+$fn$;
+
+-- ===========================================================================================
+-- Workers and tasks: who runs jobs, what they know, how it went
+-- ===========================================================================================
+
+-- Workers heartbeat here. A doing job whose worker row is missing, or silent for longer
+-- than the stall timeout that worker declared, is dirty and recovered by any live worker.
+-- idle and tasks were added later and so come last: an ALTER TABLE ... ADD COLUMN appends,
+-- and column order is part of the schema (SELECT *, the snapshot test). [003, 020, 024]
+CREATE TABLE workers (
+  id text PRIMARY KEY,
+  host text NOT NULL,
+  pid integer NOT NULL,
+  queues text[],
+  concurrency integer NOT NULL,
+  stall_timeout_ms integer NOT NULL CHECK (stall_timeout_ms > 0),
+  started_at timestamptz NOT NULL DEFAULT now(),
+  last_seen_at timestamptz NOT NULL DEFAULT now(),
+  -- A worker whose last claim came back full is busy and claims again on its own; only
+  -- idle workers need a NOTIFY, and the jobs' insert trigger sends one only when some
+  -- idle worker takes the queue (see notify_job below for why). [020]
+  idle boolean NOT NULL DEFAULT true,
+  -- Which tasks this worker can run. A worker claims only jobs of the tasks it registered
+  -- (a rolling deploy's old worker must not take a new task's job and dead-letter it as
+  -- unknown), and operators see the jobs that no live worker knows (`jobs stats`, the
+  -- dashboard, metric outbatch_jobs_without_worker). NULL: registered by an older build,
+  -- which claimed every task; read as "knows every task". [024]
+  tasks text[]
+);
+
+-- What workers know about each task, registered when a worker starts: deferring by name
+-- (from a service that does not import the handler, or from SQL) takes the task's queue,
+-- priority and retry budget from here, and recovery reads on_stall from here. [003]
+CREATE TABLE tasks (
+  name text PRIMARY KEY,
+  queue text NOT NULL,
+  priority integer NOT NULL,
+  max_attempts integer NOT NULL CHECK (max_attempts >= 1),
+  on_stall text NOT NULL CHECK (on_stall IN ('retry', 'fail')),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Per task and minute, updated by the batched completion and failure statements, so
+-- the dashboard and `jobs stats` read a few rows instead of scanning history. [003]
+CREATE TABLE task_stats (
+  task text NOT NULL,
+  minute timestamptz NOT NULL,
+  succeeded bigint NOT NULL DEFAULT 0,
+  retried bigint NOT NULL DEFAULT 0,
+  failed bigint NOT NULL DEFAULT 0,
+  duration_ms_sum double precision NOT NULL DEFAULT 0,
+  duration_ms_max double precision NOT NULL DEFAULT 0,
+  PRIMARY KEY (task, minute)
+);
+
+-- Retention (src/jobs/maintenance.ts, pruneHistory): each maintenance pass deletes at most
+-- one batch of rows older than the retention, found through this index; without it each
+-- pass would scan the whole table to find that nothing is old enough, every few seconds,
+-- forever. Measured on 400k task_stats, 500k schedule_ticks and 20k audit_log rows: a full
+-- batch of 10 000 deletes in 5-16 ms; a pass with nothing old enough is one index probe
+-- (0.1 ms). It also serves the dashboard's per-minute throughput (a join on minute that
+-- scanned the table). [026]
+CREATE INDEX task_stats_minute ON task_stats (minute);
+
+-- ===========================================================================================
+-- Jobs: the queue
+-- ===========================================================================================
+
+-- The job queue: one table of jobs. Semantics: DESIGN.md (Jobs). The hot path (claim,
+-- complete, fail) is in src/jobs/*.ts, one statement each; defer_job() below is the one
+-- way to enqueue, shared by the TypeScript API and any other language or trigger. [003]
+CREATE TABLE jobs (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  task text NOT NULL CHECK (task <> '' AND length(task) <= 200),
+  -- Written with + and length(), not a bounded repetition ({1,100}), which PostgreSQL's
+  -- regex engine runs ~5x slower (~4 us per inserted row). [021]
+  queue text NOT NULL DEFAULT 'default' CHECK (length(queue) BETWEEN 1 AND 100 AND queue ~ '^[A-Za-z0-9_.-]+$'),
+  args jsonb NOT NULL DEFAULT '{}'::jsonb,
+  -- 'succeeded' rows exist only when a task keeps them (keepSucceededFor); otherwise
+  -- success deletes the row. 'scheduled' (todo, run_at in the future) and 'dirty'
+  -- (doing, worker silent) are derived, never stored.
+  status text NOT NULL DEFAULT 'todo'
+    CHECK (status IN ('todo', 'doing', 'succeeded', 'failed', 'cancelled')),
+  priority integer NOT NULL DEFAULT 0,
+  run_at timestamptz NOT NULL DEFAULT now(),
+  lock text CHECK (lock <> ''),
+  queueing_lock text CHECK (queueing_lock <> ''),
+  attempts integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+  max_attempts integer NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
+  -- { message, stack } of the latest failure; `errors` keeps one entry per failed attempt.
+  last_error jsonb,
+  errors jsonb NOT NULL DEFAULT '[]'::jsonb,
+  worker_id text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  started_at timestamptz,
+  finished_at timestamptz,
+  -- Kept succeeded rows are purged by the workers' maintenance after this time.
+  keep_until timestamptz
+);
+
+-- Claim order: priority first, then due time, then creation. Only todo rows are in it,
+-- so it stays as small as the backlog. [003]
+CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id) WHERE status = 'todo';
+-- At most one running job per lock (DESIGN: lock); the claim also checks it, this is the backstop.
+CREATE UNIQUE INDEX jobs_lock_doing ON jobs (lock) WHERE status = 'doing' AND lock IS NOT NULL;
+-- Same-lock jobs start in creation order: the claim looks for an earlier due todo with the lock.
+CREATE INDEX jobs_lock_todo ON jobs (lock, id) WHERE status = 'todo' AND lock IS NOT NULL;
+-- At most one waiting job per queueing lock (DESIGN: queueing_lock).
+CREATE UNIQUE INDEX jobs_queueing_lock_todo ON jobs (queueing_lock)
+  WHERE status = 'todo' AND queueing_lock IS NOT NULL;
+-- Recovery and the dashboard's doing/dirty groups look up running jobs by worker.
+CREATE INDEX jobs_doing ON jobs (worker_id) WHERE status = 'doing';
+-- Dead letter and the other kept rows, by task, for `jobs list/retry --failed --task`.
+CREATE INDEX jobs_kept ON jobs (status, task, updated_at) WHERE status IN ('failed', 'cancelled', 'succeeded');
+
+-- Due jobs wake idle workers that take their queue: a NOTIFY on channel "<schema>_jobs"
+-- with the queue as payload; scheduled jobs are found by polling. PostgreSQL folds
+-- identical notifications of one transaction into one per queue. [003]
+--
+-- Only idle workers, because a transaction that NOTIFYs takes a cluster-wide lock in its
+-- pre-commit and holds it through the commit's WAL flush, so every deferring transaction
+-- committed one after another: with 10 concurrent callers, defers ran at 2,700/s against
+-- 7,000/s without the trigger (ops/bench/RESULTS.md). Trade-off: a transaction that
+-- checked while every worker was busy, and commits after one went idle (and claimed), is
+-- found by that worker's next poll (pollInterval, 1 s by default) instead of at once.
+-- Nothing is lost. [020]
+--
+-- A row trigger with a WHEN clause, not a statement trigger with a transition table:
+-- measured ~38 us per single-row insert against ~56 us (~31 us with no trigger). [021]
+CREATE FUNCTION notify_job() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM workers w WHERE w.idle AND (w.queues IS NULL OR NEW.queue = ANY (w.queues))) THEN
+    PERFORM pg_notify(current_schema() || '_jobs', NEW.queue);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_notify AFTER INSERT ON jobs
+  FOR EACH ROW WHEN (NEW.run_at <= now()) EXECUTE FUNCTION notify_job();
+
+-- Enqueue one job. Returns (id, enqueued). With a queueing lock that already has a todo
+-- job, on_conflict => 'ignore' returns that job's id with enqueued = false, and 'error'
+-- (the default) raises unique_violation (23505) naming the existing job.
+-- NULL queue/priority/max_attempts take the task's registered values, then defaults. [003]
+--
+-- Without a queueing lock it takes a plain INSERT. INSERT ... ON CONFLICT goes through
+-- speculative insertion (arbiter index checks, a speculative token, a second pass) even
+-- when the row cannot conflict, and most jobs have no queueing lock. Measured (minimum of
+-- 12 loops of 3,000 calls, server time): 46 us -> 44 us per call. [023]
+CREATE FUNCTION defer_job(
+  task text,
+  args jsonb DEFAULT '{}'::jsonb,
+  queue text DEFAULT NULL,
+  run_at timestamptz DEFAULT NULL,
+  priority integer DEFAULT NULL,
+  lock text DEFAULT NULL,
+  queueing_lock text DEFAULT NULL,
+  max_attempts integer DEFAULT NULL,
+  on_conflict text DEFAULT 'error'
+) RETURNS TABLE (id bigint, enqueued boolean)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+DECLARE
+  known tasks%ROWTYPE;
+  new_id bigint;
+  existing_id bigint;
+BEGIN
+  IF defer_job.task IS NULL OR defer_job.task = '' THEN
+    RAISE EXCEPTION 'defer_job: task is required' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF defer_job.on_conflict IS NULL OR defer_job.on_conflict NOT IN ('error', 'ignore') THEN
+    RAISE EXCEPTION 'defer_job: on_conflict % is invalid: expected ''error'' or ''ignore''', defer_job.on_conflict
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF defer_job.queue IS NULL OR defer_job.priority IS NULL OR defer_job.max_attempts IS NULL THEN
+    SELECT * INTO known FROM tasks t WHERE t.name = defer_job.task;
+  END IF;
+  IF defer_job.queueing_lock IS NULL THEN
+    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, max_attempts)
+    VALUES (
+      defer_job.task,
+      coalesce(defer_job.args, '{}'::jsonb),
+      coalesce(defer_job.queue, known.queue, 'default'),
+      coalesce(defer_job.run_at, now()),
+      coalesce(defer_job.priority, known.priority, 0),
+      defer_job.lock,
+      coalesce(defer_job.max_attempts, known.max_attempts, 5)
+    )
+    RETURNING j.id INTO new_id;
+    RETURN QUERY SELECT new_id, true;
+    RETURN;
+  END IF;
+  -- A queueing-lock conflict may meet a job that leaves todo before we read it: try again.
+  FOR i IN 1..5 LOOP
+    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, queueing_lock, max_attempts)
+    VALUES (
+      defer_job.task,
+      coalesce(defer_job.args, '{}'::jsonb),
+      coalesce(defer_job.queue, known.queue, 'default'),
+      coalesce(defer_job.run_at, now()),
+      coalesce(defer_job.priority, known.priority, 0),
+      defer_job.lock,
+      defer_job.queueing_lock,
+      coalesce(defer_job.max_attempts, known.max_attempts, 5)
+    )
+    ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO NOTHING
+    RETURNING j.id INTO new_id;
+    IF new_id IS NOT NULL THEN
+      RETURN QUERY SELECT new_id, true;
+      RETURN;
+    END IF;
+    SELECT j.id INTO existing_id FROM jobs j
+    WHERE j.queueing_lock = defer_job.queueing_lock AND j.status = 'todo';
+    IF existing_id IS NOT NULL THEN
+      IF defer_job.on_conflict = 'error' THEN
+        RAISE EXCEPTION 'a job with queueing lock % is already enqueued (job %)', defer_job.queueing_lock, existing_id
+          USING ERRCODE = 'unique_violation', HINT = 'outbatch:already_enqueued',
+            DETAIL = json_build_object('existing_id', existing_id::text, 'queueing_lock', defer_job.queueing_lock)::text;
+      END IF;
+      RETURN QUERY SELECT existing_id, false;
+      RETURN;
+    END IF;
+  END LOOP;
+  RAISE EXCEPTION 'defer_job: queueing lock % kept changing; try again', defer_job.queueing_lock
+    USING ERRCODE = 'serialization_failure';
+END
+$$;
+
+-- Many jobs in one call, all or none; results in input order. Same rules as defer_job():
+-- without queueing locks it is one set-based INSERT (about 4x faster than a defer_job()
+-- call per row); with any queueing lock each row goes through defer_job(), so conflicts
+-- inside the batch and with waiting jobs behave exactly as separate calls would. [022]
+CREATE FUNCTION defer_jobs(
+  tasks text[],
+  args jsonb[],
+  queues text[],
+  run_ats timestamptz[],
+  priorities integer[],
+  locks text[],
+  queueing_locks text[],
+  max_attempts integer[],
+  on_conflicts text[]
+) RETURNS TABLE (id bigint, enqueued boolean)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+DECLARE
+  ids regclass := pg_get_serial_sequence('jobs', 'id')::regclass;
+BEGIN
+  IF EXISTS (SELECT 1 FROM unnest(defer_jobs.queueing_locks) q WHERE q IS NOT NULL) THEN
+    RETURN QUERY
+    SELECT d.id, d.enqueued
+    FROM unnest(defer_jobs.tasks, defer_jobs.args, defer_jobs.queues, defer_jobs.run_ats, defer_jobs.priorities,
+                defer_jobs.locks, defer_jobs.queueing_locks, defer_jobs.max_attempts, defer_jobs.on_conflicts)
+      WITH ORDINALITY AS u(task, args, queue, run_at, priority, lock, queueing_lock, max_attempts, on_conflict, n)
+    CROSS JOIN LATERAL defer_job(u.task, u.args, u.queue, u.run_at, u.priority, u.lock, u.queueing_lock,
+                                 u.max_attempts, coalesce(u.on_conflict, 'error')) d
+    ORDER BY u.n;
+    RETURN;
+  END IF;
+  IF EXISTS (SELECT 1 FROM unnest(defer_jobs.tasks) t WHERE t IS NULL OR t = '') THEN
+    RAISE EXCEPTION 'defer_jobs: every task is required' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- Ids are drawn before the insert so results are returned in input order by id, not
+  -- by whatever order INSERT ... RETURNING happens to produce.
+  RETURN QUERY
+  WITH input AS MATERIALIZED (
+    SELECT u.*, nextval(ids) AS new_id
+    FROM unnest(defer_jobs.tasks, defer_jobs.args, defer_jobs.queues, defer_jobs.run_ats, defer_jobs.priorities,
+                defer_jobs.locks, defer_jobs.max_attempts)
+      WITH ORDINALITY AS u(task, args, queue, run_at, priority, lock, max_attempts, n)
+  ), inserted AS (
+    INSERT INTO jobs (id, task, args, queue, run_at, priority, lock, max_attempts)
+    OVERRIDING SYSTEM VALUE
+    SELECT i.new_id, i.task, coalesce(i.args, '{}'::jsonb), coalesce(i.queue, k.queue, 'default'),
+           coalesce(i.run_at, now()), coalesce(i.priority, k.priority, 0), i.lock,
+           coalesce(i.max_attempts, k.max_attempts, 5)
+    FROM input i LEFT JOIN tasks k ON k.name = i.task
+    RETURNING 1
+  )
+  SELECT i.new_id, true FROM input i ORDER BY i.n;
+END
+$$;
+
+-- Jobs with their derived state, as operators see them: 'scheduled' is todo in the
+-- future, 'dirty' is doing on a worker that stopped heartbeating. `jobs list`, `jobs
+-- stats` and the dashboard read this. [003]
+-- PostgreSQL expands j.* into a column list when the view is created, so a migration that
+-- adds a column to jobs must also re-create this view for the column to show here.
+CREATE VIEW job_states AS
+SELECT j.*,
+  CASE
+    WHEN j.status = 'todo' AND j.run_at > now() THEN 'scheduled'
+    WHEN j.status = 'doing' AND NOT EXISTS (
+      SELECT 1 FROM workers w
+      WHERE w.id = j.worker_id AND w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond')
+      THEN 'dirty'
+    ELSE j.status
+  END AS state
+FROM jobs j;
+
+-- ===========================================================================================
+-- Schedules
+-- ===========================================================================================
+
+-- Schedules as last defined in code (kept after a schedule is removed, so its
+-- history stays readable) and one row per enqueued tick. The primary key on
+-- (schedule, tick) is what makes a tick enqueue exactly once across the cluster. [004]
+CREATE TABLE schedules (
+  name text PRIMARY KEY,
+  kind text NOT NULL CHECK (kind IN ('cron', 'every')),
+  expression text NOT NULL,
+  timezone text NOT NULL,
+  task text NOT NULL,
+  -- Ticks before this are never enqueued: a new schedule does not catch up on its own past.
+  first_seen_at timestamptz NOT NULL,
+  -- A scheduler with this schedule in its code ran then; stale means removed from code.
+  last_seen_at timestamptz NOT NULL,
+  last_tick timestamptz,
+  last_enqueued_at timestamptz
+);
+
+-- Retention needs no index of its own here: the primary key (schedule, tick) serves the
+-- per-schedule range the prune walks. [026]
+CREATE TABLE schedule_ticks (
+  schedule text NOT NULL,
+  tick timestamptz NOT NULL,
+  job_id bigint,
+  enqueued_at timestamptz NOT NULL,
+  -- How long after its time the tick was enqueued, for the late-schedule signal.
+  late_ms bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (schedule, tick)
+);
+
+-- ===========================================================================================
+-- Processors: batch consumers of the event log
+-- ===========================================================================================
+
+-- Batch processors: one row per (processor, version). A version's checkpoint is the
+-- (tx_id, position) of the last event its pipeline committed; it moves only in the
+-- same transaction as the page's side effects. Rebuilding writes a new version beside
+-- the live one; `active` marks the version that serves, and promotion moves it. [005]
+CREATE TABLE processors (
+  name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+  version integer NOT NULL CHECK (version >= 1),
+  active boolean NOT NULL DEFAULT false,
+  -- The filter as last defined in code, so status and lag can be computed in SQL.
+  types text[],
+  stream_prefix text,
+  checkpoint_tx xid8 NOT NULL DEFAULT '0',
+  checkpoint_position bigint NOT NULL DEFAULT 0,
+  paused boolean NOT NULL DEFAULT false,
+  -- Set when the retry budget on one event ran out with onPoison 'halt'.
+  failed_at timestamptz,
+  failed_position bigint,
+  last_error text,
+  -- The event the last failures were on, and how many runs failed on it in a row.
+  failing_position bigint,
+  failing_attempts integer NOT NULL DEFAULT 0,
+  events_processed bigint NOT NULL DEFAULT 0,
+  last_run_at timestamptz,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  -- A version replaced by a promotion stops running; its rows are the user's to drop.
+  retired_at timestamptz,
+  PRIMARY KEY (name, version)
+);
+
+-- One serving version per processor: a promotion clears one row and sets another in the
+-- same transaction. [005]
+CREATE UNIQUE INDEX processors_one_active ON processors (name) WHERE active;
+
+-- Events a processor with onPoison 'skip' gave up on, with the error, for a human. [005]
+CREATE TABLE processor_dead_letters (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  processor text NOT NULL,
+  version integer NOT NULL,
+  position bigint NOT NULL,
+  tx_id xid8 NOT NULL,
+  stream text NOT NULL,
+  type text NOT NULL,
+  error text NOT NULL,
+  stack text,
+  attempts integer NOT NULL,
+  failed_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (processor, version, position)
+);
+
+-- ===========================================================================================
+-- Audit
+-- ===========================================================================================
+
+-- Operator actions (replays, promotions, job retries and cancellations from the CLI
+-- or dashboard) are recorded here: who, from where, what, and why. [001]
+CREATE TABLE audit_log (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  at timestamptz NOT NULL DEFAULT now(),
+  actor text NOT NULL,
+  host text NOT NULL,
+  action text NOT NULL,
+  subject text NOT NULL,
+  details jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+
+CREATE INDEX audit_log_subject_at ON audit_log (subject, at);
+-- Retention: a small table; the index keeps each maintenance pass to the rows it
+-- deletes. [026]
+CREATE INDEX audit_log_at ON audit_log (at);
+
+-- ===========================================================================================
+-- Rebasing transaction ids
+-- ===========================================================================================
+
+-- The way out after a logical restore (pg_dump into a cluster whose transaction ids are
+-- lower than the stored ones): rewrite every stored transaction id, in order, below the
+-- server's. `outbatch events rebase-tx-ids --yes` runs these; see README, "Restoring from
+-- a logical backup". [010]
+--
+-- Every column in stored_tx_ids holds a transaction id that is compared with the events'
+-- ids, so all of them are ranked together, by one map, in one transaction:
+--   events.tx_id                     the readers' order;
+--   processors.checkpoint_tx         every version: active, retired, paused, failed (a
+--                                    retired or failed row may be promoted, replayed or
+--                                    reset later). A checkpoint is often no event's id (a
+--                                    filtered processor moves to the read horizon, xmin - 1),
+--                                    which the shared dense rank keeps in place: between the
+--                                    same two event ids, or ahead of all of them;
+--   processor_dead_letters.tx_id     a copy of its event's id: it stays equal to it.
+-- Rebasing events.tx_id alone (as 010 did) left processor checkpoints on the old cluster's
+-- higher ids: a new event sorted before every checkpoint, was processed by nothing, and
+-- status reported lag 0. A table added later that holds tx ids adds a UNION ALL line here,
+-- in a new migration that replaces this view and rebase_tx_ids(). [025]
+--
+-- streams holds versions, not transaction ids. Not rebased, on purpose: audit_log details
+-- (a replay's previous/checkpoint strings) are the record of what was true when written and
+-- are only shown, never read back into a checkpoint; job arguments (re-drive payloads) are
+-- the user's data. The rebase's own audit row marks where the ids changed. [025]
+--
+-- 0 is the start checkpoint, not a transaction id: it stays 0, and leaving it out of the
+-- view keeps it out of the ranking and of the count that sizes consume_tx_ids.
+-- UNION ALL (not UNION): the horizon check reads the highest id with ORDER BY tx_id DESC
+-- LIMIT 1, which PostgreSQL then answers from the top of each branch (a backward scan of
+-- events_tx_id_position) instead of reading every event. [025]
+CREATE VIEW stored_tx_ids AS
+SELECT tx_id FROM events
+UNION ALL
+SELECT checkpoint_tx FROM processors WHERE checkpoint_tx <> '0'::xid8
+UNION ALL
+SELECT tx_id FROM processor_dead_letters;
+
+-- One transaction per call, each taking a transaction id: moves the server's counter past
+-- the range the rebased ids will occupy. The caller turns synchronous_commit off first.
+-- No SET search_path: a procedure that COMMITs cannot carry a SET clause, and it names no
+-- table. [010]
+CREATE PROCEDURE consume_tx_ids(how_many bigint)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  FOR i IN 1..how_many LOOP
+    PERFORM pg_current_xact_id();
+    COMMIT;
+  END LOOP;
+END;
+$$;
+
+-- Replaces each stored tx id by 2 + its dense rank among all stored ids (3, 4, 5, …: the
+-- first normal transaction ids), in every table of stored_tx_ids, preserving order and
+-- equality across tables, in one transaction that blocks appenders. 0 stays 0. [010, 025]
+CREATE FUNCTION rebase_tx_ids()
+RETURNS TABLE (
+  distinct_ids bigint,
+  events_updated bigint,
+  checkpoints_updated bigint,
+  dead_letters_updated bigint,
+  highest_new xid8
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+  mine xid8 := pg_current_xact_id();
+BEGIN
+  -- Appenders and processor pages wait until commit; readers (status, dashboard) go on.
+  -- Workers should be stopped; a page that runs anyway either waits (its checkpoint save
+  -- then finds the row moved and rolls the page back) or meets a deadlock that PostgreSQL
+  -- resolves by rolling one side back whole: never a half-rebased schema.
+  LOCK TABLE events, processor_dead_letters, processors IN SHARE ROW EXCLUSIVE MODE;
+  CREATE TEMP TABLE tx_id_map ON COMMIT DROP AS
+  SELECT old, (2 + dense_rank() OVER (ORDER BY old))::text::xid8 AS new
+  FROM (SELECT DISTINCT tx_id AS old FROM stored_tx_ids WHERE tx_id <> '0'::xid8) ids;
+  SELECT count(*), coalesce(max(m.new), '0'::xid8) INTO distinct_ids, highest_new FROM tx_id_map m;
+  IF highest_new >= mine THEN
+    RAISE EXCEPTION 'rebase_tx_ids: % distinct tx ids need the server past %, but it is at %: call consume_tx_ids(%) first',
+      distinct_ids, highest_new, mine, (highest_new::text::bigint - mine::text::bigint + 1)
+      USING ERRCODE = '55000';
+  END IF;
+  -- Each UPDATE joins on the values its own snapshot sees, so an id moved to a new value
+  -- that is also an old one is not moved twice.
+  UPDATE events e SET tx_id = m.new FROM tx_id_map m WHERE e.tx_id = m.old;
+  GET DIAGNOSTICS events_updated = ROW_COUNT;
+  UPDATE processors p SET checkpoint_tx = m.new FROM tx_id_map m WHERE p.checkpoint_tx = m.old;
+  GET DIAGNOSTICS checkpoints_updated = ROW_COUNT;
+  UPDATE processor_dead_letters d SET tx_id = m.new FROM tx_id_map m WHERE d.tx_id = m.old;
+  GET DIAGNOSTICS dead_letters_updated = ROW_COUNT;
+  RETURN NEXT;
+END;
+$$;
