@@ -5,6 +5,7 @@
  */
 import type pg from 'pg';
 import type { App } from '../app.js';
+import type { Actor } from '../audit.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { ValidationError } from '../errors.js';
 import { checkJobId } from '../jobs/control.js';
@@ -24,10 +25,6 @@ import type { MetricsSnapshot } from './metrics.js';
 import { scheduleViews } from './schedules.js';
 
 export type Query = URLSearchParams;
-export interface Actor {
-  actor: string;
-  host: string;
-}
 
 /** Only these parameters, each at most once: a typo is a 400, not a silently ignored filter. */
 function checkParams(query: Query, allowed: string[]): void {

@@ -2,8 +2,8 @@
  * What an operator can do to jobs (`outbatch jobs ...`, the dashboard): input checked
  * here, one statement per action, every change audited.
  */
-import os from 'node:os';
 import type { Logger } from 'pino';
+import { currentActor } from '../audit.js';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
 import {
@@ -19,7 +19,6 @@ import {
   type TaskWithoutWorker,
 } from './inspect.js';
 import {
-  type Actor,
   cancelJobs,
   deleteJobs,
   explainSkipped,
@@ -110,16 +109,6 @@ export function checkState(status: unknown): JobState {
   return status as JobState;
 }
 
-function actor(): Actor {
-  let user = process.env.USER ?? 'unknown';
-  try {
-    user = os.userInfo().username;
-  } catch {
-    // no passwd entry (containers): keep $USER
-  }
-  return { actor: user, host: os.hostname() };
-}
-
 export function makeJobControl(deps: {
   schema: string;
   log: Logger;
@@ -165,7 +154,7 @@ export function makeJobControl(deps: {
     async retry(selection) {
       if ('ids' in selection) {
         const ids = checkIds(selection.ids);
-        const { retried, skipped } = await retryJobs(await deps.pool(), schema, { ids }, actor());
+        const { retried, skipped } = await retryJobs(await deps.pool(), schema, { ids }, currentActor());
         log.info({ jobs: retried, skipped: skipped.length }, `retried ${retried.length} job(s)`);
         return withSkipped(ids, retried, skipped);
       }
@@ -173,7 +162,7 @@ export function makeJobControl(deps: {
         await deps.pool(),
         schema,
         failedFilter(selection),
-        actor(),
+        currentActor(),
       );
       log.info(
         { count: retried.length, skipped: skipped.length, task: selection.task },
@@ -186,11 +175,11 @@ export function makeJobControl(deps: {
     },
     async cancel(ids) {
       const checked = checkIds(ids);
-      return withSkipped(checked, await cancelJobs(await deps.pool(), schema, checked, actor()));
+      return withSkipped(checked, await cancelJobs(await deps.pool(), schema, checked, currentActor()));
     },
     async delete(ids) {
       const checked = checkIds(ids);
-      return withSkipped(checked, await deleteJobs(await deps.pool(), schema, checked, actor()));
+      return withSkipped(checked, await deleteJobs(await deps.pool(), schema, checked, currentActor()));
     },
     async stats() {
       const db = await deps.pool();

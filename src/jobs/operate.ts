@@ -2,14 +2,10 @@
  * Operator actions on jobs (CLI, dashboard): each one statement that changes the rows
  * and writes the audit log together.
  */
+import type { Actor } from '../audit.js';
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 import { sqlState } from '../db/retryable.js';
-
-export interface Actor {
-  actor: string;
-  host: string;
-}
 
 /** Which failed jobs to retry: explicit ids (failed or cancelled), or every failed job matching a filter. */
 export type RetrySelection = { ids: string[] } | FailedFilter;
