@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
+import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import { sqlState } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
@@ -15,7 +16,6 @@ import {
   EVENT_COLUMNS,
   type EventRow,
   EXTRA_COLUMN,
-  queryEvents,
   type StoredEvent,
   toStoredEvent,
 } from './storedEvent.js';
@@ -102,7 +102,7 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
       : undefined;
     const run = (db: Queryable) => {
       values ??= [batch.json(), expected === undefined ? null : JSON.stringify(expected)];
-      return queryEvents(db, single ? ONE_EVENT : sql, values, name);
+      return runForArrays(db, single ? ONE_EVENT : sql, values, name);
     };
     let rows: EventRow[];
     try {

@@ -1,7 +1,8 @@
 import { quoteSchema } from '../db/identifiers.js';
+import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
-import { EVENT_COLUMNS, queryEvents, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import { EVENT_COLUMNS, type StoredEvent, toStoredEvent } from './storedEvent.js';
 
 /** One committed event by position (`events show`), or undefined. */
 export function makeGet(deps: { pool: () => Promise<Queryable>; schema: string }) {
@@ -11,7 +12,7 @@ export function makeGet(deps: { pool: () => Promise<Queryable>; schema: string }
     if (!/^\d{1,19}$/.test(text) || BigInt(text) > 9223372036854775807n) {
       throw new ValidationError(`position ${JSON.stringify(text)} is invalid: expected a whole number >= 0`);
     }
-    const rows = await queryEvents(await deps.pool(), sql, [text]);
+    const rows = await runForArrays(await deps.pool(), sql, [text]);
     return rows[0] ? toStoredEvent(rows[0]) : undefined;
   };
 }

@@ -1,7 +1,8 @@
 import { quoteSchema } from '../db/identifiers.js';
+import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import { checkLimit, type EventFilter, filterParams } from './filter.js';
-import { EVENT_COLUMNS, queryEvents, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import { EVENT_COLUMNS, type StoredEvent, toStoredEvent } from './storedEvent.js';
 
 /** The newest `limit` gap-safe events matching the filter, oldest first (`events tail`). */
 export function makeLast(deps: { pool: () => Promise<Queryable>; schema: string }) {
@@ -18,7 +19,7 @@ export function makeLast(deps: { pool: () => Promise<Queryable>; schema: string 
   return async function last(options: EventFilter & { limit?: number } = {}): Promise<StoredEvent[]> {
     const limit = checkLimit(options.limit ?? 20);
     const [types, prefix] = filterParams(options);
-    const rows = await queryEvents(await deps.pool(), sql, [types, prefix, limit]);
+    const rows = await runForArrays(await deps.pool(), sql, [types, prefix, limit]);
     return rows.map(toStoredEvent);
   };
 }

@@ -1,4 +1,5 @@
 import { quoteSchema } from '../db/identifiers.js';
+import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import {
   type Checkpoint,
@@ -9,7 +10,7 @@ import {
   START_CHECKPOINT,
 } from './checkpoint.js';
 import { checkLimit, type EventFilter, filterParams } from './filter.js';
-import { EVENT_COLUMNS, EXTRA_COLUMN, queryEvents, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import { EVENT_COLUMNS, EXTRA_COLUMN, type StoredEvent, toStoredEvent } from './storedEvent.js';
 
 export interface ReadOptions extends EventFilter {
   /** Read events after this checkpoint (default: from the start). */
@@ -54,7 +55,7 @@ export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string 
     const limit = checkLimit(options.limit ?? 1000);
     const [types, prefix] = filterParams(options);
     const db = options.client ?? (await deps.pool());
-    const rows = await queryEvents(db, sql, [
+    const rows = await runForArrays(db, sql, [
       after.txId.toString(),
       after.position.toString(),
       types,

@@ -1,5 +1,4 @@
-import pg from 'pg';
-import type { Queryable } from '../db/queryable.js';
+/** An event as stored and read back: the columns every event query selects and how a row becomes a StoredEvent. */
 import type { Checkpoint } from './checkpoint.js';
 
 /** An event as it is stored and read back. */
@@ -30,30 +29,8 @@ export const EVENT_COLUMNS =
 /** Where a query's own columns after EVENT_COLUMNS start in an event row. */
 export const EXTRA_COLUMN = 9;
 
-/** An event row: EVENT_COLUMNS in order, then the query's extra columns. */
+/** An event row (read with runForArrays): EVENT_COLUMNS in order, then the query's extra columns. */
 export type EventRow = unknown[];
-
-/**
- * Runs an event query with rows as arrays: node-postgres builds an array per row much
- * faster than an object keyed by column name (a processor page of 5,000 read 10 % faster).
- * Another driver's client, or a wrapper around one, gets object rows, taken in column
- * order. `name` makes it a prepared statement (node-postgres only).
- */
-export async function queryEvents(
-  db: Queryable,
-  text: string,
-  values: unknown[],
-  name?: string,
-): Promise<EventRow[]> {
-  if (db instanceof pg.Pool || db instanceof pg.Client) {
-    const { rows } = await db.query(
-      name ? { name, text, values, rowMode: 'array' } : { text, values, rowMode: 'array' },
-    );
-    return rows;
-  }
-  const { rows } = await db.query(text, values);
-  return rows.map((row) => Object.values(row));
-}
 
 export function toStoredEvent(row: EventRow): StoredEvent {
   const position = row[0] as string;

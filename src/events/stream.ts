@@ -1,8 +1,9 @@
 import { quoteSchema } from '../db/identifiers.js';
+import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
 import { checkLimit } from './filter.js';
-import { EVENT_COLUMNS, queryEvents, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import { EVENT_COLUMNS, type StoredEvent, toStoredEvent } from './storedEvent.js';
 
 export interface StreamOptions {
   /** First version to return (default 1). */
@@ -32,7 +33,7 @@ export function makeStream(deps: { pool: () => Promise<Queryable>; schema: strin
     }
     const limit = options.limit === undefined ? null : checkLimit(options.limit);
     const db = options.client ?? (await deps.pool());
-    const rows = await queryEvents(db, sql, [name, from, limit]);
+    const rows = await runForArrays(db, sql, [name, from, limit]);
     return rows.map(toStoredEvent);
   };
 }

@@ -1,7 +1,7 @@
 /** Claiming: many due jobs per round trip, each in one worker's hands only. */
 import { quoteSchema } from '../db/identifiers.js';
+import { runPrepared } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
-import { runPrepared } from './defer.js';
 
 export interface ClaimedJob {
   id: string;

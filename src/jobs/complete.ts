@@ -1,7 +1,7 @@
 /** Success, in batches: delete (or keep) the rows and count them in task_stats, in one statement. */
 import { quoteSchema } from '../db/identifiers.js';
+import { runPrepared } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
-import { runPrepared } from './defer.js';
 
 export interface Completion {
   id: string;

@@ -3,8 +3,8 @@
  * from TypeScript, from psql, from another language or from a trigger obeys one set of
  * rules (queueing lock, task defaults, NOTIFY).
  */
-import pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
+import { runPrepared } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import { AlreadyEnqueued } from '../errors.js';
 
@@ -24,22 +24,6 @@ export interface JobSpec {
 
 /** An expected outcome, so a value: either a new job, or the waiting one that holds the queueing lock. */
 export type DeferResult = { enqueued: true; id: string } | { enqueued: false; existingId: string };
-
-/**
- * pg clients cache named statements per connection, which saves the parse on every
- * defer. Only real pg pools and clients take the object form; any other Queryable gets text.
- */
-export function runPrepared<R extends pg.QueryResultRow>(
-  db: Queryable,
-  name: string,
-  text: string,
-  values: unknown[],
-): Promise<pg.QueryResult<R>> {
-  if (db instanceof pg.Pool || db instanceof pg.Client) {
-    return (db as pg.Client).query<R>({ name, text, values });
-  }
-  return db.query<R>(text, values);
-}
 
 function toResult(row: { id: string; enqueued: boolean }): DeferResult {
   return row.enqueued ? { enqueued: true, id: row.id } : { enqueued: false, existingId: row.id };

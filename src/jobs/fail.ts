@@ -1,7 +1,7 @@
 /** Failure, in batches: schedule the retry or move the job to the dead letter, and count it. */
 import { quoteSchema } from '../db/identifiers.js';
+import { runPrepared } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
-import { runPrepared } from './defer.js';
 
 export interface JobError {
   message: string;
