@@ -10,6 +10,7 @@ export { type ListenEvent, type ListenOptions, listen } from './db/listen.js';
 export type { Queryable } from './db/queryable.js';
 export { isRetryable } from './db/retryable.js';
 export { withTransaction } from './db/transaction.js';
+export type { DurationInput, DurationLike } from './duration.js';
 export {
   AlreadyEnqueued,
   ConcurrencyError,
@@ -45,7 +46,7 @@ export type { BackoffOptions } from './jobs/backoff.js';
 export type { ActionResult, JobControl } from './jobs/control.js';
 export type { DeferResult } from './jobs/defer.js';
 export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
-export type { DurationInput, TimeInput } from './jobs/options.js';
+export type { TimeInput } from './jobs/options.js';
 export type { JobQueue } from './jobs/queue.js';
 export type {
   DeferOptions,
@@ -71,6 +72,6 @@ export {
 } from './processors/operators.js';
 export type { ProcessorState, ProcessorStatus } from './processors/status.js';
 // Schedules
-export type { DurationLike, Schedule, ScheduleSpec } from './schedule/definition.js';
+export type { Schedule, ScheduleSpec } from './schedule/definition.js';
 export type { JobFinished, WorkerOptions } from './worker/options.js';
 export type { RunOptions } from './worker/runApp.js';

@@ -1,6 +1,7 @@
 /** How long a failed job waits before its next attempt. */
+
+import { type DurationInput, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
-import { type DurationInput, toMilliseconds } from './options.js';
 
 export interface BackoffOptions {
   /** Wait after the first failure (default 1 s). */

@@ -3,12 +3,10 @@
  * the option, what it got, and what was expected; nothing reaches the database before
  * these pass.
  */
-import { DateTime, Duration, type DurationLikeObject } from 'luxon';
+import { DateTime } from 'luxon';
 import { ValidationError } from '../errors.js';
 import { checkJson } from '../json.js';
 
-/** Milliseconds, a luxon Duration, or an object such as `{ minutes: 5 }`. */
-export type DurationInput = number | Duration | DurationLikeObject;
 /** A Date, a luxon DateTime, or an ISO 8601 string with an offset. */
 export type TimeInput = Date | DateTime | string;
 
@@ -47,45 +45,6 @@ export function checkLockName(value: unknown, what: string): string {
     );
   }
   return value;
-}
-
-export function toMilliseconds(value: unknown, what: string): number {
-  let ms: number;
-  if (typeof value === 'number') {
-    ms = value;
-  } else if (Duration.isDuration(value)) {
-    ms = value.as('milliseconds');
-  } else if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-    try {
-      ms = Duration.fromObject(value as DurationLikeObject).as('milliseconds');
-    } catch (error) {
-      throw new ValidationError(
-        `${what} ${JSON.stringify(value)} is invalid: expected milliseconds, a luxon Duration or an object like { minutes: 5 } (${(error as Error).message})`,
-      );
-    }
-  } else {
-    ms = Number.NaN;
-  }
-  if (!Number.isFinite(ms) || ms < 0) {
-    throw new ValidationError(
-      `${what} ${JSON.stringify(value)} is invalid: expected a non-negative duration (milliseconds, a luxon Duration, or { minutes: 5 })`,
-    );
-  }
-  return ms;
-}
-
-/** `90s`, `5m`, `2h`, `1d`, `250ms`, or ISO 8601 (`PT5M`): for the command line. */
-export function parseDurationText(text: string, what: string): number {
-  const short = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
-  if (short) {
-    const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[short[2] as 'ms'];
-    return Number(short[1]) * unit;
-  }
-  const iso = Duration.fromISO(text.trim());
-  if (iso.isValid) return iso.as('milliseconds');
-  throw new ValidationError(
-    `${what} "${text}" is invalid: expected a duration such as 90s, 5m, 2h, 1d or PT5M`,
-  );
 }
 
 export function toDate(value: unknown, what: string): Date {

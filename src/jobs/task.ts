@@ -4,6 +4,7 @@
  */
 import type { Logger } from 'pino';
 import type { Queryable } from '../db/queryable.js';
+import { type DurationInput, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
 import { type Backoff, type BackoffOptions, checkBackoff } from './backoff.js';
 import { type DeferResult, deferJob, deferJobs, type JobSpec } from './defer.js';
@@ -13,10 +14,8 @@ import {
   checkLockName,
   checkQueue,
   checkTaskName,
-  type DurationInput,
   type TimeInput,
   toDate,
-  toMilliseconds,
 } from './options.js';
 
 export interface RetryOptions {

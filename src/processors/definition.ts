@@ -2,13 +2,13 @@
  * A processor as the user defines it: a name, which events, how it is triggered, and
  * the pipeline applied to each page. Checked at definition time.
  */
-import { Duration } from 'luxon';
 import type { Observable } from 'rxjs';
 import type { Queryable } from '../db/queryable.js';
+import { type DurationLike, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
 import type { StoredEvent } from '../events/storedEvent.js';
 import type { Logger } from '../log.js';
-import { type DurationLike, defineSchedule, type Schedule } from '../schedule/definition.js';
+import { defineSchedule, type Schedule } from '../schedule/definition.js';
 
 export interface ProcessorContext {
   /** The page's transaction: what is written through it commits with the checkpoint. */
@@ -64,15 +64,7 @@ export interface ProcessorDefinition {
 const NAME = /^[A-Za-z0-9_.:/-]{1,100}$/;
 
 function ms(name: string, field: string, value: DurationLike | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const duration = Duration.isDuration(value) ? value : Duration.fromObject(value as never);
-  const result = duration.toMillis();
-  if (!duration.isValid || !Number.isFinite(result) || result < 0) {
-    throw new ValidationError(
-      `processor "${name}": ${field} is invalid: expected a duration such as { seconds: 5 }`,
-    );
-  }
-  return result;
+  return value === undefined ? fallback : toMilliseconds(value, `processor "${name}": ${field}`);
 }
 
 export function defineProcessor(

@@ -3,10 +3,9 @@
  * an unknown zone or a too-short interval fails before any worker starts.
  */
 import { CronExpressionParser } from 'cron-parser';
-import { Duration, type DurationLikeObject, IANAZone } from 'luxon';
+import { type Duration, IANAZone } from 'luxon';
+import { type DurationLike, readDuration } from '../duration.js';
 import { errorMessage, ValidationError } from '../errors.js';
-
-export type DurationLike = DurationLikeObject | Duration;
 
 export interface ScheduleSpec {
   /** Standard 5-field cron (6 with seconds first), or @hourly/@daily/...; in `timezone`. */
@@ -49,18 +48,10 @@ export function validateScheduleName(name: unknown): string {
 }
 
 function duration(schedule: string, field: string, value: unknown): Duration {
-  let parsed: Duration;
-  try {
-    parsed = Duration.isDuration(value) ? value : Duration.fromObject(value as DurationLikeObject);
-  } catch (error) {
-    throw new ValidationError(`schedule "${schedule}": ${field} is invalid: ${errorMessage(error)}`);
-  }
-  if (!parsed.isValid || !Number.isFinite(parsed.toMillis())) {
-    throw new ValidationError(
-      `schedule "${schedule}": ${field} is invalid: ${parsed.invalidExplanation ?? 'not a duration'}`,
-    );
-  }
-  return parsed;
+  const read = readDuration(value);
+  if ('problem' in read)
+    throw new ValidationError(`schedule "${schedule}": ${field} is invalid: ${read.problem}`);
+  return read.duration;
 }
 
 export function defineSchedule(nameInput: unknown, spec: ScheduleSpec): Schedule {

@@ -1,11 +1,13 @@
 /** Worker settings, checked once at start. */
+
+import { type DurationInput, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
 import {
   type HistoryRetention,
   type HistoryRetentionOptions,
   resolveHistoryRetention,
 } from '../jobs/maintenance.js';
-import { checkInteger, checkQueue, type DurationInput, toMilliseconds } from '../jobs/options.js';
+import { checkInteger, checkQueue } from '../jobs/options.js';
 
 export interface WorkerOptions {
   /** Queues to run (default: every queue). */

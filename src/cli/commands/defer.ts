@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
+import { parseDurationText } from '../../duration.js';
 import { ValidationError } from '../../errors.js';
-import { checkInteger, parseDurationText } from '../../jobs/options.js';
+import { checkInteger } from '../../jobs/options.js';
 import type { DeferOptions } from '../../jobs/task.js';
 import { runCommand } from '../context.js';
 
