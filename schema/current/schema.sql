@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 026_history_retention
+-- Matches migration: 027_worker_is_live
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -326,6 +326,23 @@ CREATE TABLE workers (
   tasks text[]
 );
 
+-- Whether a worker is alive: it heartbeated within its own stall timeout, as of `at`
+-- (now(), or the time a recovery or maintenance pass is given). The job_states view and
+-- every statement in src/ that asks the question call this one definition. [027]
+-- Written so the planner inlines it: one SELECT of one expression, LANGUAGE sql, no SET
+-- clause, not SECURITY DEFINER, not STRICT, and no more volatile than declared. Inlined, the
+-- call becomes the bare comparison inside the calling statement, planned and estimated like
+-- a hand-written condition; a call that is not inlined is an opaque function call per row.
+-- Hence the body subtracts two timestamps (immutable) rather than an interval from a
+-- timestamp (only stable: a day's length depends on the time zone), so that it can be
+-- declared IMMUTABLE truthfully; a body more volatile than its declaration is not inlined.
+-- The two forms agree to the microsecond: the interval is whole milliseconds.
+CREATE FUNCTION worker_is_live(last_seen_at timestamptz, stall_timeout_ms integer, at timestamptz)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT at - last_seen_at < stall_timeout_ms * interval '1 millisecond'
+$$;
+
 -- What workers know about each task, registered when a worker starts: deferring by name
 -- (from a service that does not import the handler, or from SQL) takes the task's queue,
 -- priority and retry budget from here, and recovery reads on_stall from here. [003]
@@ -584,7 +601,7 @@ $$;
 
 -- Jobs with their derived state, as operators see them: 'scheduled' is todo in the
 -- future, 'dirty' is doing on a worker that stopped heartbeating. `jobs list`, `jobs
--- stats` and the dashboard read this. [003]
+-- stats` and the dashboard read this. [003; liveness from worker_is_live since 027]
 -- PostgreSQL expands j.* into a column list when the view is created, so a migration that
 -- adds a column to jobs must also re-create this view for the column to show here.
 CREATE VIEW job_states AS
@@ -593,7 +610,7 @@ SELECT j.*,
     WHEN j.status = 'todo' AND j.run_at > now() THEN 'scheduled'
     WHEN j.status = 'doing' AND NOT EXISTS (
       SELECT 1 FROM workers w
-      WHERE w.id = j.worker_id AND w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond')
+      WHERE w.id = j.worker_id AND worker_is_live(w.last_seen_at, w.stall_timeout_ms, now()))
       THEN 'dirty'
     ELSE j.status
   END AS state

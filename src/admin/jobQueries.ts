@@ -49,7 +49,7 @@ export async function countJobs(db: Queryable, q: string, schema: string): Promi
   const { rows } = await db.query<CountRow>(
     `WITH alive AS (
        SELECT id FROM ${q}.workers
-       WHERE last_seen_at > now() - stall_timeout_ms * interval '1 millisecond'
+       WHERE ${q}.worker_is_live(last_seen_at, stall_timeout_ms, now())
      ), sample AS (
        (SELECT 'todo' AS status, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'todo' END AS state, queue, task
         FROM ${q}.jobs WHERE status = 'todo' LIMIT $1)
@@ -137,9 +137,9 @@ export async function listJobPage(db: Queryable, q: string, query: JobPageQuery)
        AND CASE $2 WHEN 'todo' THEN j.run_at <= now() WHEN 'scheduled' THEN j.run_at > now() ELSE true END
        AND CASE $2
              WHEN 'doing' THEN EXISTS (SELECT 1 FROM ${q}.workers w WHERE w.id = j.worker_id
-                                       AND w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond')
+                                       AND ${q}.worker_is_live(w.last_seen_at, w.stall_timeout_ms, now()))
              WHEN 'dirty' THEN NOT EXISTS (SELECT 1 FROM ${q}.workers w WHERE w.id = j.worker_id
-                                           AND w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond')
+                                           AND ${q}.worker_is_live(w.last_seen_at, w.stall_timeout_ms, now()))
              ELSE true END
        AND ($3::text IS NULL OR j.queue = $3) AND ($4::text IS NULL OR j.task = $4)
        AND ($5::bigint IS NULL OR j.id < $5)
@@ -175,7 +175,7 @@ export async function listWorkers(db: Queryable, q: string): Promise<WorkerRow[]
   const { rows } = await db.query<WorkerRow>(
     `SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.started_at, w.last_seen_at,
             extract(epoch FROM now() - w.last_seen_at)::float8 AS heartbeat_age_seconds,
-            w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond' AS alive,
+            ${q}.worker_is_live(w.last_seen_at, w.stall_timeout_ms, now()) AS alive,
             (SELECT count(*)::int FROM ${q}.jobs j WHERE j.status = 'doing' AND j.worker_id = w.id) AS running
      FROM ${q}.workers w
      ORDER BY w.started_at, w.id`,

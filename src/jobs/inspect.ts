@@ -135,7 +135,7 @@ export async function jobsWithoutWorker(db: Queryable, schema: string): Promise<
   const { rows } = await db.query<TaskWithoutWorker>(
     `WITH live AS (
        SELECT w.tasks FROM ${s}.workers w
-       WHERE w.last_seen_at > now() - w.stall_timeout_ms * interval '1 millisecond'
+       WHERE ${s}.worker_is_live(w.last_seen_at, w.stall_timeout_ms, now())
      ), known AS (
        SELECT DISTINCT unnest(tasks) AS task FROM live
      )

@@ -23,7 +23,7 @@ export async function pruneWorkers(db: Queryable, schema: string, now: Date | nu
   const s = quoteSchema(schema);
   const { rowCount } = await db.query(
     `DELETE FROM ${s}.workers w
-     WHERE w.last_seen_at < coalesce($1::timestamptz, now()) - 10 * w.stall_timeout_ms * interval '1 millisecond'
+     WHERE NOT ${s}.worker_is_live(w.last_seen_at, 10 * w.stall_timeout_ms, coalesce($1::timestamptz, now()))
        AND NOT EXISTS (SELECT 1 FROM ${s}.jobs j WHERE j.worker_id = w.id AND j.status = 'doing')`,
     [now],
   );

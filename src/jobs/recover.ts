@@ -46,7 +46,7 @@ export async function recoverStalledJobs(
          AND NOT EXISTS (
            SELECT 1 FROM ${s}.workers w
            WHERE w.id = j.worker_id
-             AND w.last_seen_at > coalesce($1::timestamptz, now()) - w.stall_timeout_ms * interval '1 millisecond')
+             AND ${s}.worker_is_live(w.last_seen_at, w.stall_timeout_ms, coalesce($1::timestamptz, now())))
          AND ($3::timestamptz IS NULL OR $3::timestamptz <= coalesce($1::timestamptz, now()) - coalesce(
            (SELECT w.stall_timeout_ms FROM ${s}.workers w WHERE w.id = j.worker_id), 0) * interval '1 millisecond')
        FOR UPDATE OF j SKIP LOCKED

@@ -40,7 +40,7 @@ async function liveWorkers(app: App): Promise<number> {
   const db = await app.database();
   const { rows } = await db.pool.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM ${quoteSchema(app.schema)}.workers
-     WHERE last_seen_at > now() - stall_timeout_ms * interval '1 millisecond'`,
+     WHERE ${quoteSchema(app.schema)}.worker_is_live(last_seen_at, stall_timeout_ms, now())`,
   );
   return rows[0]?.n ?? 0;
 }
