@@ -2,10 +2,11 @@ import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import { withTransaction } from '../../db/transaction.js';
-import { type ExpectedVersion, errorMessage, ValidationError } from '../../errors.js';
+import { errorMessage, ValidationError } from '../../errors.js';
 import type { AppendedEvent } from '../../events/append.js';
 import { DEFAULT_MAX_EVENT_BYTES, type NewEvent, validateEvents } from '../../events/validate.js';
 import { runCommand } from '../context.js';
+import { parseExpectedVersion, parseJson } from '../parse.js';
 
 // Events per append_events call for NDJSON input; all chunks share one transaction.
 const CHUNK = 5000;
@@ -34,7 +35,7 @@ export function registerAppend(program: Command): void {
     .option('--ndjson', 'read events from standard input, one JSON object per line')
     .action((flags: AppendFlags, command: Command) =>
       runCommand(command, async ({ app, print, json }) => {
-        const expectedVersion = parseExpected(flags.expectedVersion);
+        const expectedVersion = parseExpectedVersion(flags.expectedVersion);
         const events = flags.ndjson ? await readNdjson(flags) : [singleEvent(flags)];
         if (events.length === 0)
           throw new ValidationError('no events on standard input: expected NDJSON lines');
@@ -105,21 +106,7 @@ function jsonArgument(name: string, value: string): unknown {
       throw new ValidationError(`${name} ${value}: cannot read the file (${errorMessage(error)})`);
     }
   }
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new ValidationError(
-      `${name} is not valid JSON (${errorMessage(error)}): quote it for the shell, or use @file`,
-    );
-  }
-}
-
-function parseExpected(value: string | undefined): ExpectedVersion | undefined {
-  if (value === undefined || value === 'any' || value === 'no_stream') return value;
-  if (/^\d{1,15}$/.test(value)) return Number(value);
-  throw new ValidationError(
-    `--expected-version "${value}" is invalid: expected a version >= 0, no_stream or any`,
-  );
+  return parseJson(text, name, 'quote it for the shell, or use @file');
 }
 
 /** Every line is parsed and checked before anything is written; a bad one names its line. */

@@ -1,20 +1,13 @@
 import type { Command } from 'commander';
 import { ALLOWED_HOSTS_ENV, allowedHostsFromEnv, parseAllowedHosts } from '../../admin/hostCheck.js';
 import { startAdminServer } from '../../admin/server.js';
-import { ValidationError } from '../../errors.js';
 import { runCommand } from '../context.js';
+import { parsePort } from '../parse.js';
 
 export interface DashboardFlags {
   port: string;
   host: string;
   allowedHost: string[];
-}
-
-export function parsePort(text: string, what = '--port'): number {
-  if (!/^\d{1,5}$/.test(text) || Number(text) > 65_535) {
-    throw new ValidationError(`${what} ${JSON.stringify(text)} is invalid: expected a port from 0 to 65535`);
-  }
-  return Number(text);
 }
 
 /** The token is read from the environment only: a command-line flag would show in `ps`. */

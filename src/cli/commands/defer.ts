@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { parseDurationText } from '../../duration.js';
 import { ValidationError } from '../../errors.js';
-import { checkInteger } from '../../jobs/options.js';
 import type { DeferOptions } from '../../jobs/task.js';
 import { runCommand } from '../context.js';
+import { parseInteger, parseJson } from '../parse.js';
 
 interface DeferFlags {
   args?: string;
@@ -14,23 +14,6 @@ interface DeferFlags {
   queueingLock?: string;
   priority?: string;
   onConflict?: string;
-}
-
-export function parseJsonArgs(text: string | undefined): unknown {
-  if (text === undefined) return {};
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new ValidationError(
-      `--args is not valid JSON (${(error as Error).message}): expected e.g. --args '{"to":"a@example.com"}'`,
-    );
-  }
-}
-
-export function parseInteger(text: string, what: string): number {
-  if (!/^-?\d+$/.test(text.trim()))
-    throw new ValidationError(`${what} "${text}" is invalid: expected an integer`);
-  return checkInteger(Number(text), what);
 }
 
 export function registerDefer(program: Command): void {
@@ -62,7 +45,13 @@ export function registerDefer(program: Command): void {
             `--on-conflict "${flags.onConflict}" is invalid: expected error or ignore`,
           );
         }
-        const result = await app.defer(task, parseJsonArgs(flags.args), options);
+        const result = await app.defer(
+          task,
+          flags.args === undefined
+            ? {}
+            : parseJson(flags.args, '--args', `expected e.g. --args '{"to":"a@example.com"}'`),
+          options,
+        );
         print(
           result.enqueued
             ? `deferred job ${result.id} (task ${task})`

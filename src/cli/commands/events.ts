@@ -4,6 +4,7 @@ import { ValidationError } from '../../errors.js';
 import { parseCheckpoint } from '../../events/checkpoint.js';
 import type { StoredEvent } from '../../events/storedEvent.js';
 import { jsonReplacer, runCommand } from '../context.js';
+import { parseCount } from '../parse.js';
 
 interface TailFlags {
   follow?: boolean;
@@ -26,12 +27,7 @@ export function registerEvents(program: Command): void {
     .option('--after <checkpoint>', 'print every event after this checkpoint instead of the newest')
     .action((flags: TailFlags, command: Command) =>
       runCommand(command, async ({ app, json, signal }) => {
-        const limit = Number(flags.limit);
-        if (!/^\d+$/.test(flags.limit) || limit < 1 || limit > 100_000) {
-          throw new ValidationError(
-            `--limit "${flags.limit}" is invalid: expected a whole number from 1 to 100000`,
-          );
-        }
+        const limit = parseCount(flags.limit, '--limit', 1, 100_000);
         const filter = { types: flags.type, streamPrefix: flags.streamPrefix };
         const write = (event: StoredEvent) =>
           process.stdout.write(`${json ? toJson(event) : toLine(event)}\n`);

@@ -5,7 +5,7 @@ import type { JobSummary } from '../../jobs/inspect.js';
 import { toDate } from '../../jobs/options.js';
 import { runCommand } from '../context.js';
 import { table } from '../format.js';
-import { parseInteger } from './defer.js';
+import { parseInteger } from '../parse.js';
 
 function formatList(jobs: JobSummary[]): string {
   if (jobs.length === 0) return 'no jobs';

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import type { ProcessorStatus } from '../../processors/status.js';
 import { runCommand } from '../context.js';
 import { shortDuration, table } from '../format.js';
-import { parseInteger } from './defer.js';
+import { parseInteger } from '../parse.js';
 
 function formatStatus(list: ProcessorStatus[]): string {
   if (list.length === 0)

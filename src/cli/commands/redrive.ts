@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { runCommand } from '../context.js';
+import { parseInteger } from '../parse.js';
 import { makeProgress } from '../progress.js';
-import { parseInteger } from './defer.js';
 
 /** `outbatch events replay`: re-drive a range of events to a task (registered on the `events` command). */
 export function registerRedrive(events: Command): void {

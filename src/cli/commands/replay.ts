@@ -6,8 +6,8 @@ import { ValidationError } from '../../errors.js';
 import type { ReplayPlan } from '../../processors/replay.js';
 import { type CommandContext, runCommand } from '../context.js';
 import { table } from '../format.js';
+import { parseInteger } from '../parse.js';
 import { makeProgress } from '../progress.js';
-import { parseInteger } from './defer.js';
 
 interface ReplayFlags {
   from?: string;

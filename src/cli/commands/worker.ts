@@ -7,8 +7,8 @@ import { parseDurationText } from '../../duration.js';
 import { errorMessage, ValidationError } from '../../errors.js';
 import type { WorkerOptions } from '../../worker/options.js';
 import { globalOptions, runCommand } from '../context.js';
-import { dashboardToken, parsePort } from './dashboard.js';
-import { parseInteger } from './defer.js';
+import { parseInteger, parsePort } from '../parse.js';
+import { dashboardToken } from './dashboard.js';
 
 interface WorkerFlags {
   app: string;
