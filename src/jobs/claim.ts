@@ -50,7 +50,7 @@ export interface ClaimRequest {
  *
  * If the reply is lost (the connection dies after the server committed), the jobs are
  * `doing` for a worker that does not know it holds them: the worker reconciles
- * (`releaseOrphans`) before its next claim, and periodically. If the server refuses the
+ * (`findOrphans`, then `releaseJobs`) before its next claim, and periodically. If the server refuses the
  * statement (a lock race on jobs_lock_doing), nothing was claimed; the worker claims again.
  *
  * `id = ANY (ARRAY(...))` rather than a join with the CTE: the planner cannot estimate

@@ -32,8 +32,10 @@ function perTask(completions: Completion[]) {
  * Only rows still `doing` for this worker *and this claim* are touched: a job that recovery
  * took away (the worker looked dead) and gave to another worker is not completed twice,
  * and if this same worker claimed it again, the old run's outcome must not settle the new
- * claim (its attempt count differs). The pair check is a hashed semi-join on rows the
- * `id = ANY` index scan already found.
+ * claim (its attempt count differs). The claims are joined in (`USING unnest(...)`), not
+ * tested with `(id, attempts) IN (SELECT * FROM unnest(...))`: once the prepared statement
+ * goes generic, the planner guesses 10 rows for unnest and re-ran it for every job row —
+ * 66 ms instead of 2 ms for a batch of 1,000 (measured), and jobs/s at c=10 fell by a third.
  * Counts come from the rows actually finished; durations are the batch's per-task sums.
  * Stats rows are upserted in task order so concurrent batches never deadlock.
  */
@@ -54,8 +56,8 @@ export async function completeJobs(
        SELECT * FROM unnest($4::text[], $5::float8[], $6::float8[], $7::float8[]) AS p(task, sum_ms, max_ms, keep_ms)
      ), deleted AS (
        DELETE FROM ${s}.jobs j
-       WHERE j.id = ANY ($1::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
-         AND (j.id, j.attempts) IN (SELECT * FROM unnest($1::bigint[], $9::int[]))
+       USING unnest($1::bigint[], $9::int[]) AS c(id, attempt)
+       WHERE j.id = c.id AND j.attempts = c.attempt AND j.status = 'doing' AND j.worker_id = $2
        RETURNING j.task
      ), kept AS (
        UPDATE ${s}.jobs j
@@ -63,8 +65,8 @@ export async function completeJobs(
            finished_at = coalesce($3::timestamptz, now()), updated_at = coalesce($3::timestamptz, now()),
            keep_until = coalesce($3::timestamptz, now())
              + (SELECT p.keep_ms FROM per_task p WHERE p.task = j.task) * interval '1 millisecond'
-       WHERE j.id = ANY ($8::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
-         AND (j.id, j.attempts) IN (SELECT * FROM unnest($8::bigint[], $10::int[]))
+       FROM unnest($8::bigint[], $10::int[]) AS c(id, attempt)
+       WHERE j.id = c.id AND j.attempts = c.attempt AND j.status = 'doing' AND j.worker_id = $2
        RETURNING j.task
      ), finished AS (
        SELECT task, count(*) AS n FROM (SELECT task FROM deleted UNION ALL SELECT task FROM kept) f GROUP BY task

@@ -13,19 +13,18 @@ export interface Released {
  * with one queueing lock, the newest goes back and the others are superseded by it (all
  * going back would fail on the unique index, every time).
  *
- * `$1` and `$4` select the jobs to release by id and claim (attempt count when claimed;
- * NULL: all of this worker's); `$3` lists the jobs to keep.
- * Reply lost: writing it again finds the rows no longer `doing` for this worker. Refused:
- * the caller logs it; the jobs stay `doing` under a live worker that does not run them,
- * and the next reconcile pass (or, once the worker stops heartbeating, recovery) takes them.
+ * Only rows still `doing` for this worker and these claims (id and attempt count when
+ * claimed) are touched, so a reply lost and the statement sent again changes nothing.
+ * Refused: the caller isolates it (outcomes.ts); a job left `doing` under a live worker
+ * that does not run it is returned by the next reconcile, or recovered once the worker is gone.
  */
-async function returnToTodo(
+export async function releaseJobs(
   db: Queryable,
   schema: string,
   workerId: string,
-  release: { ids: string[]; attempts: number[] } | null,
-  keep: string[],
+  jobs: { id: string; attempt: number }[],
 ): Promise<Released> {
+  if (jobs.length === 0) return { released: 0, superseded: 0 };
   const s = quoteSchema(schema);
   const { rows } = await db.query<{ status: string }>(
     `WITH input AS (
@@ -33,10 +32,8 @@ async function returnToTodo(
               (SELECT t.id FROM ${s}.jobs t
                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS waiting
        FROM ${s}.jobs j
+       JOIN unnest($1::bigint[], $3::int[]) AS c(id, attempt) ON j.id = c.id AND j.attempts = c.attempt
        WHERE j.status = 'doing' AND j.worker_id = $2
-         AND ($1::bigint[] IS NULL OR j.id = ANY ($1::bigint[])
-           AND (j.id, j.attempts) IN (SELECT * FROM unnest($1::bigint[], $4::int[])))
-         AND NOT (j.id = ANY ($3::bigint[]))
        FOR UPDATE OF j
      ), decided AS (
        SELECT i.id,
@@ -56,35 +53,29 @@ async function returnToTodo(
      FROM decided d
      WHERE j.id = d.id
      RETURNING j.status`,
-    [release?.ids ?? null, workerId, keep, release?.attempts ?? null],
+    [jobs.map((job) => job.id), workerId, jobs.map((job) => job.attempt)],
   );
   const superseded = rows.filter((row) => row.status === 'failed').length;
   return { released: rows.length - superseded, superseded };
 }
 
-/** Shutdown: the jobs this worker claimed and did not finish, each with the attempt it was claimed at. */
-export async function releaseJobs(
-  db: Queryable,
-  schema: string,
-  workerId: string,
-  jobs: { id: string; attempt: number }[],
-): Promise<Released> {
-  if (jobs.length === 0) return { released: 0, superseded: 0 };
-  const release = { ids: jobs.map((job) => job.id), attempts: jobs.map((job) => job.attempt) };
-  return returnToTodo(db, schema, workerId, release, []);
-}
-
 /**
- * Reconciling: jobs `doing` for this worker that it does not hold — a claim committed
- * whose reply never arrived. `held` must list every job the worker has in hand (buffered,
- * running, or with an outcome not yet written), and no claim of this worker may be in
- * flight, or a job about to arrive would be handed to another worker while it runs here.
+ * Reconciling, step one: the claims `doing` for this worker that it does not hold — a
+ * claim committed whose reply never arrived. `held` must list every job the worker has in
+ * hand (buffered, running, or with an outcome not yet written), and no claim of this
+ * worker may be in flight, or a job about to arrive would be handed to another worker
+ * while it runs here. Step two is `releaseJobs` on what this finds.
  */
-export async function releaseOrphans(
+export async function findOrphans(
   db: Queryable,
   schema: string,
   workerId: string,
   held: string[],
-): Promise<Released> {
-  return returnToTodo(db, schema, workerId, null, held);
+): Promise<{ id: string; attempt: number }[]> {
+  const { rows } = await db.query<{ id: string; attempt: number }>(
+    `SELECT id::text, attempts AS attempt FROM ${quoteSchema(schema)}.jobs
+     WHERE status = 'doing' AND worker_id = $1 AND NOT (id = ANY ($2::bigint[]))`,
+    [workerId, held],
+  );
+  return rows;
 }

@@ -12,7 +12,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { failureKind, isRetryable } from '../db/retryable.js';
 import { type ClaimedJob, claimJobs } from '../jobs/claim.js';
-import { releaseOrphans } from '../jobs/release.js';
+import { findOrphans, releaseJobs } from '../jobs/release.js';
 import { makeDueTimer } from './dueTimer.js';
 import type { WorkerSettings } from './options.js';
 import { setWorkerIdle } from './registry.js';
@@ -132,7 +132,10 @@ export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
 
   async function reconcileOnce(): Promise<void> {
     try {
-      const { released, superseded } = await releaseOrphans(control, schema, workerId, deps.held());
+      // Nothing may change these rows between the two statements: they are ours, and no
+      // claim of ours is in flight (the slot is this one).
+      const orphans = await findOrphans(control, schema, workerId, deps.held());
+      const { released, superseded } = await releaseJobs(control, schema, workerId, orphans);
       failures = 0;
       pendingWake = true; // the claim the reconcile went before
       if (released + superseded > 0) {
