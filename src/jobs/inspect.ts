@@ -149,3 +149,12 @@ export async function jobsWithoutWorker(db: Queryable, schema: string): Promise<
   );
   return rows;
 }
+
+/** Workers that heartbeated within their stall timeout (worker_is_live, migration 027). */
+export async function countLiveWorkers(db: Queryable, schema: string): Promise<number> {
+  const s = quoteSchema(schema);
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM ${s}.workers w WHERE ${s}.worker_is_live(w.last_seen_at, w.stall_timeout_ms, now())`,
+  );
+  return rows[0]?.n ?? 0;
+}

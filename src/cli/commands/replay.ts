@@ -1,8 +1,7 @@
 import readline from 'node:readline/promises';
 import type { Command } from 'commander';
-import type { App } from '../../app.js';
-import { quoteSchema } from '../../db/identifiers.js';
 import { ValidationError } from '../../errors.js';
+import { countLiveWorkers } from '../../jobs/inspect.js';
 import type { ReplayPlan } from '../../processors/replay.js';
 import { type CommandContext, runCommand } from '../context.js';
 import { table } from '../format.js';
@@ -36,18 +35,9 @@ async function confirm(question: string, yes: boolean | undefined): Promise<void
   if (!/^y(es)?$/i.test(answer.trim())) throw new ValidationError('not confirmed: nothing changed');
 }
 
-async function liveWorkers(app: App): Promise<number> {
-  const db = await app.database();
-  const { rows } = await db.pool.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM ${quoteSchema(app.schema)}.workers
-     WHERE ${quoteSchema(app.schema)}.worker_is_live(last_seen_at, stall_timeout_ms, now())`,
-  );
-  return rows[0]?.n ?? 0;
-}
-
 /** Watches the workers re-process the range, with a progress bar, until done or Ctrl-C. */
 async function follow(ctx: CommandContext, name: string, version: number, total: number, through?: string) {
-  if ((await liveWorkers(ctx.app)) === 0) {
+  if ((await countLiveWorkers((await ctx.app.database()).pool, ctx.app.schema)) === 0) {
     ctx.log.warn(
       'no live worker: the replay proceeds when one runs ("outbatch worker --app <module>"); Ctrl-C stops watching',
     );
