@@ -4,7 +4,7 @@ import pino from 'pino';
 import { type App, createApp } from '../../src/app.js';
 import { recoverStalledJobs } from '../../src/jobs/recover.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
-import { waitFor } from './support.js';
+import { waitFor } from '../jobs/support.js';
 
 let t: TestApp;
 before(async () => {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { isolatedApp, type TestApp } from '../helpers.js';
-import { createRunsTable, spawnWorker, type WorkerProcess, waitFor, workerStarted } from './support.js';
+import { createRunsTable, spawnWorker, type WorkerProcess, waitFor, workerStarted } from '../jobs/support.js';
 
 let t: TestApp;
 const alive: WorkerProcess[] = [];

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
-import { waitFor } from './support.js';
+import { waitFor } from '../jobs/support.js';
 
 let t: TestApp;
 before(async () => {
