@@ -1,7 +1,7 @@
 /**
  * The demo shop as an outbatch app: three processors over the order events and a task.
  * `outbatch worker --app pipelines/shop/app.ts` runs it; `npm start` runs it with a
- * simulated shop and a live view (see demo.ts).
+ * simulated shop, a live view and the dashboard (see start.ts and demo.ts).
  */
 import path from 'node:path';
 import { type App, type AppOptions, createApp, createLogger } from '../../src/index.js';

@@ -1,12 +1,13 @@
 /**
- * `npm start`: the shop simulated against a real worker — orders appended at a steady
+ * The demo's run: the shop simulated against a real worker — orders appended at a steady
  * rate and in bursts, the three processors and the digest task running — with a live
- * view of events, jobs and each processor's lag. Ctrl-C stops it cleanly; the next
- * start continues from the checkpoints.
+ * view of events, jobs and each processor's lag, and the dashboard on a local port beside
+ * it. start.ts is the program (`npm start`) around it. Stopping (the signal) ends it
+ * cleanly; the next run continues from the checkpoints.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { createLogger } from '../../src/index.js';
+import { type AdminServer, createLogger, startAdminServer } from '../../src/index.js';
 import { createShopApp, prepareShop } from './app.js';
 import { simulateShop } from './simulator.js';
 
@@ -21,6 +22,10 @@ export interface DemoOptions {
   out: NodeJS.WriteStream;
   /** Simulated orders per second (default 20). */
   rate?: number;
+  /** Port of the dashboard on 127.0.0.1 (default: a free one). */
+  dashboardPort?: number;
+  /** Enables the dashboard's actions (retry, cancel, pause…); without it the page is read-only. */
+  dashboardToken?: string;
 }
 
 export interface DemoSummary {
@@ -46,11 +51,23 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
   const onAbort = () => stop.abort();
   options.signal.addEventListener('abort', onAbort, { once: true });
   let timer: NodeJS.Timeout | undefined;
+  let dashboard: AdminServer | undefined;
   const tty = Boolean(options.out.isTTY);
   try {
     await prepareShop(app, options.shopSchema);
     const db = await app.database();
     const where = db.embedded ? `embedded PostgreSQL on 127.0.0.1:${db.embedded.port}` : 'your PostgreSQL';
+    // Loopback only: the demo is for the person at this machine, not for the network.
+    const server = await startAdminServer({
+      app,
+      host: '127.0.0.1',
+      port: options.dashboardPort ?? 0,
+      token: options.dashboardToken,
+    });
+    dashboard = server;
+    // Printed at once (the live view first renders a second or more later), so the page can
+    // be opened while the shop warms up; a terminal's view repeats it, as it clears the screen.
+    options.out.write(`dashboard on ${server.url}\n`);
     let appended = 0;
     const startedAt = Date.now();
     const worker = new AbortController();
@@ -90,6 +107,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       const seconds = Math.max(1, (Date.now() - startedAt) / 1000);
       const lines = [
         `outbatch demo — ${where}, schema "${app.schema}", logs in ${logFile}${tty ? ' — Ctrl-C to stop' : ''}`,
+        ...(tty ? [`dashboard on ${server.url}`] : []),
         `events: ${s.eventsTotal} in the log, ${s.appended} appended this run (${Math.round(s.appended / seconds)}/s)`,
         `digest jobs: ${s.jobsSucceeded} done, ${s.jobsFailed} failed`,
         'processors:',
@@ -122,6 +140,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
   } finally {
     clearTimeout(timer);
     options.signal.removeEventListener('abort', onAbort);
+    await dashboard?.close();
     await app.close();
   }
 }
