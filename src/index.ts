@@ -46,7 +46,6 @@ export type { BackoffOptions } from './jobs/backoff.js';
 export type { ActionResult, JobControl } from './jobs/control.js';
 export type { DeferResult } from './jobs/defer.js';
 export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
-export type { TimeInput } from './jobs/options.js';
 export type { JobQueue } from './jobs/queue.js';
 export type {
   DeferOptions,
@@ -57,6 +56,7 @@ export type {
   Task,
   TaskOptions,
 } from './jobs/task.js';
+export type { TimeInput } from './jobs/validate.js';
 export { createLogger, type Logger } from './log.js';
 export type { ProcessorControl } from './processors/control.js';
 // Processors

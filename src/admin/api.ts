@@ -12,6 +12,7 @@ import { checkJobId } from '../jobs/control.js';
 import { type JobState, jobsWithoutWorker, STATES } from '../jobs/inspect.js';
 import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
 import { processorStatus } from '../processors/status.js';
+import type { MetricsSnapshot } from './metrics.js';
 import {
   countJobs,
   lastEventPosition,
@@ -20,8 +21,7 @@ import {
   type OldestTransaction,
   oldestTransaction,
   throughput,
-} from './jobQueries.js';
-import type { MetricsSnapshot } from './metrics.js';
+} from './queries.js';
 import { scheduleViews } from './schedules.js';
 
 export type Query = URLSearchParams;

@@ -9,7 +9,7 @@ import { errorMessage } from '../errors.js';
 import type { TaskWithoutWorker } from '../jobs/inspect.js';
 import type { ProcessorStatus } from '../processors/status.js';
 import type { JobFinished } from '../worker/options.js';
-import type { JobCount, OldestTransaction } from './jobQueries.js';
+import type { JobCount, OldestTransaction } from './queries.js';
 import type { ScheduleView } from './schedules.js';
 
 /** The states `outbatch_jobs` reports (kept succeeded rows are not a state operators alert on). */

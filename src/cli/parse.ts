@@ -1,6 +1,6 @@
 /** Command-line flag text into values: each check names the flag and what was expected, before anything touches the database. */
 import { type ExpectedVersion, errorMessage, ValidationError } from '../errors.js';
-import { checkInteger } from '../jobs/options.js';
+import { checkInteger } from '../jobs/validate.js';
 
 export function parseInteger(text: string, what: string): number {
   if (!/^-?\d+$/.test(text.trim()))

@@ -1,6 +1,6 @@
 /**
- * What an operator can do to jobs (`outbatch jobs ...`, the dashboard): input checked
- * here, one statement per action, every change audited.
+ * The `app.jobs` API object (`outbatch jobs ...`, scripts): checks what an operator asks
+ * for, then reads through inspect.ts and writes through operate.ts; no SQL of its own.
  */
 import type { Logger } from 'pino';
 import { currentActor } from '../audit.js';
@@ -27,7 +27,7 @@ import {
   type RetryPreview,
   retryJobs,
 } from './operate.js';
-import { toDate } from './options.js';
+import { toDate } from './validate.js';
 
 export interface ActionResult {
   /** Ids that changed. */

@@ -1,4 +1,4 @@
-/** Read-only views of the queue for the CLI and the dashboard. */
+/** Operator reads of the queue and its workers, behind control.ts and the dashboard: no writes. */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 

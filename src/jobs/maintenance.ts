@@ -3,7 +3,7 @@ import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 import { type DurationInput, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
-import { checkInteger } from './options.js';
+import { checkInteger } from './validate.js';
 
 /** Deletes succeeded rows kept by `keepSucceededFor` once their time is up. */
 export async function purgeSucceeded(db: Queryable, schema: string, now: Date | null): Promise<number> {

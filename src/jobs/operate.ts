@@ -1,6 +1,6 @@
 /**
- * Operator actions on jobs (CLI, dashboard): each one statement that changes the rows
- * and writes the audit log together.
+ * Operator writes on jobs (retry, cancel, delete), behind control.ts and the dashboard:
+ * each one statement that changes the rows and writes the audit log together.
  */
 import type { Actor } from '../audit.js';
 import { quoteSchema } from '../db/identifiers.js';

@@ -16,7 +16,7 @@ import {
   checkTaskName,
   type TimeInput,
   toDate,
-} from './options.js';
+} from './validate.js';
 
 export interface RetryOptions {
   /** Total attempts, the first included (default 5). 1 means never retry. */

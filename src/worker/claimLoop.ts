@@ -15,7 +15,7 @@ import { type ClaimedJob, claimJobs } from '../jobs/claim.js';
 import { findOrphans, releaseJobs } from '../jobs/release.js';
 import { makeDueTimer } from './dueTimer.js';
 import type { WorkerSettings } from './options.js';
-import { setWorkerIdle } from './registry.js';
+import { setWorkerIdle } from './workersTable.js';
 
 export interface ClaimLoopDeps {
   control: pg.Pool;

@@ -7,7 +7,7 @@ import {
   type HistoryRetentionOptions,
   resolveHistoryRetention,
 } from '../jobs/maintenance.js';
-import { checkInteger, checkQueue } from '../jobs/options.js';
+import { checkInteger, checkQueue } from '../jobs/validate.js';
 
 export interface WorkerOptions {
   /** Queues to run (default: every queue). */

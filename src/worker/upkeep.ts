@@ -9,7 +9,7 @@ import { exhaustMap, from, Subject, takeUntil, timer } from 'rxjs';
 import { pruneHistory, pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { recoverStalledJobs } from '../jobs/recover.js';
 import type { WorkerSettings } from './options.js';
-import { heartbeat, registerWorker, type WorkerInfo } from './registry.js';
+import { heartbeat, registerWorker, type WorkerInfo } from './workersTable.js';
 
 export interface UpkeepDeps {
   control: pg.Pool;

@@ -26,9 +26,9 @@ import type { ResolvedTask } from '../jobs/task.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
-import { registerTasks, registerWorker, unregisterWorker } from './registry.js';
 import { type Outcome, RunningJob, ShutdownAbort, unknownTaskError } from './runJob.js';
 import { makeUpkeep } from './upkeep.js';
+import { registerTasks, registerWorker, unregisterWorker } from './workersTable.js';
 
 /**
  * Connections for claims, outcome batches, heartbeat and maintenance: each runs at most

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { OutbatchError, ValidationError } from '../../errors.js';
 import type { ActionResult, JobStats } from '../../jobs/control.js';
 import type { JobSummary } from '../../jobs/inspect.js';
-import { toDate } from '../../jobs/options.js';
+import { toDate } from '../../jobs/validate.js';
 import { runCommand } from '../context.js';
 import { table } from '../format.js';
 import { parseInteger } from '../parse.js';

@@ -1,5 +1,6 @@
 /**
- * The dashboard's reads of the job table, built to stay fast with millions of rows:
+ * The dashboard's reads (jobs, workers, throughput, the events' head, the oldest open
+ * transaction), built to stay fast with millions of rows:
  * counts read at most `COUNT_CAP` rows per stored status through its partial index and
  * scale up from the planner's statistics past that; lists are keyset pages by id.
  */
