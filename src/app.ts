@@ -1,3 +1,4 @@
+/** createApp: the one object a service holds (events, processors, jobs, schedules), wired from its options. */
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from './clock.js';
 import type { PoolOptions } from './db/connection.js';

@@ -1,3 +1,4 @@
+/** Logging: pino with secrets redacted, and a silent logger for library users who pass none. */
 import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
 

@@ -1,3 +1,4 @@
+/** The checks behind `outbatch doctor`: connection, server version, migrations, xid8 support, clock skew. */
 import type pg from 'pg';
 import type { Clock } from '../clock.js';
 import { migrationStatus } from '../db/migrate.js';

@@ -1,3 +1,4 @@
+/** What every command shares: global options, the app it opens, output in text or JSON, exit codes. */
 import type { Command } from 'commander';
 import { type App, createApp } from '../app.js';
 import { checkDatabaseUrl } from '../db/connection.js';

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/** The `outbatch` command line: builds the program from the command files and runs it. */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { registerAppend } from './commands/append.js';

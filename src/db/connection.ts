@@ -1,3 +1,4 @@
+/** Connecting: checking and redacting a connection string, creating a pg pool, a refused connection as a ConnectionError. */
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { ConnectionError, ValidationError } from '../errors.js';

@@ -1,3 +1,4 @@
+/** openDatabase: a pool on DATABASE_URL, or on an embedded server started for it. */
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { checkConnection, createPool, type PoolOptions } from './connection.js';

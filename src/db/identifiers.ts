@@ -1,3 +1,4 @@
+/** Schema names: the only identifier interpolated into SQL, checked and quoted here. */
 import { ValidationError } from '../errors.js';
 
 // Lower-case only, so a name means the same quoted or unquoted in psql, and short

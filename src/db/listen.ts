@@ -1,3 +1,4 @@
+/** LISTEN on a dedicated connection that reconnects, as an Observable of notifications. */
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { Observable } from 'rxjs';

@@ -1,3 +1,4 @@
+/** Queryable: the one thing an operation needs to run SQL (a pool or the caller's client). */
 import type { QueryResult, QueryResultRow } from 'pg';
 
 /**

@@ -1,3 +1,4 @@
+/** Which errors are retried: the table of retryable SQLSTATEs and connection failures. */
 import pg from 'pg';
 
 /**

@@ -1,3 +1,4 @@
+/** withTransaction: BEGIN/COMMIT on one pooled connection, rolled back on error. */
 import type pg from 'pg';
 
 /**

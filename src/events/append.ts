@@ -1,3 +1,4 @@
+/** Appending events: one, many, or many by COPY, with expected versions and idempotency keys. */
 import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
 import { runForArrays } from '../db/prepared.js';

@@ -1,3 +1,4 @@
+/** The bulk append path: COPY into the events table for large batches. */
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';

@@ -1,3 +1,4 @@
+/** Checkpoints: where a reader is in the log, as `"<tx_id>:<position>"` text. */
 import { ValidationError } from '../errors.js';
 
 /**

@@ -1,3 +1,4 @@
+/** `app.events`, the outbox: append, read, follow, get, stream, last, head, wired to the pool. */
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import type { Database } from '../db/database.js';

@@ -1,3 +1,4 @@
+/** Event filters (types, stream prefix) and page limits, as checked SQL parameters. */
 import { ValidationError } from '../errors.js';
 
 /** Which events a reader wants; every field optional. */

@@ -1,3 +1,4 @@
+/** follow(): every event after a checkpoint, then each new one as it becomes readable. */
 import type { Logger } from 'pino';
 import {
   defer,

@@ -1,3 +1,4 @@
+/** The head of the log: the last event a gap-safe reader can see. */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 import { type Checkpoint, START_CHECKPOINT } from './checkpoint.js';

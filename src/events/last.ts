@@ -1,3 +1,4 @@
+/** The newest events matching a filter (`events tail`). */
 import { quoteSchema } from '../db/identifiers.js';
 import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';

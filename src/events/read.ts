@@ -1,3 +1,4 @@
+/** Gap-safe reading: a page of events after a checkpoint, in (tx_id, position) order. */
 import { quoteSchema } from '../db/identifiers.js';
 import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';

@@ -1,3 +1,4 @@
+/** Rebasing stored transaction ids after a restore put them ahead of the server's. */
 import os from 'node:os';
 import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';

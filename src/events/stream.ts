@@ -1,3 +1,4 @@
+/** One stream's events in version order. */
 import { quoteSchema } from '../db/identifiers.js';
 import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';

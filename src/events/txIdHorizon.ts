@@ -1,3 +1,4 @@
+/** The transaction-id horizon check: are stored tx ids ahead of the server's (a restore)? */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 import { TxIdHorizonError } from '../errors.js';

@@ -1,3 +1,4 @@
+/** Checking events before they are appended: shape, JSON, size. */
 import { type ExpectedVersion, ValidationError } from '../errors.js';
 import { checkJson, storable, unstorable } from '../json.js';
 

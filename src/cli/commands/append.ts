@@ -1,3 +1,4 @@
+/** `outbatch append`: one event from flags, or NDJSON events from standard input, in one transaction. */
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Command } from 'commander';

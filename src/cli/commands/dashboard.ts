@@ -1,3 +1,4 @@
+/** `outbatch dashboard`: serves the web dashboard, its JSON API and /metrics. */
 import type { Command } from 'commander';
 import { ALLOWED_HOSTS_ENV, allowedHostsFromEnv, parseAllowedHosts } from '../../admin/hostCheck.js';
 import { startAdminServer } from '../../admin/server.js';

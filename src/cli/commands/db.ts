@@ -1,3 +1,4 @@
+/** `outbatch db`: the embedded PostgreSQL server for local development. */
 import type { Command } from 'commander';
 import { runCommand } from '../context.js';
 

@@ -1,3 +1,4 @@
+/** `outbatch defer`: enqueue a job for a task by name. */
 import type { Command } from 'commander';
 import { parseDurationText } from '../../duration.js';
 import { ValidationError } from '../../errors.js';

@@ -1,3 +1,4 @@
+/** `outbatch doctor`: runs the doctor's checks and prints the report. */
 import type { Command } from 'commander';
 import { runDoctor } from '../../admin/doctor.js';
 import type { App } from '../../app.js';

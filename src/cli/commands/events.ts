@@ -1,3 +1,4 @@
+/** `outbatch events`: tail, show and rebase-tx-ids on the event log. */
 import type { Command } from 'commander';
 import { fromEvent, lastValueFrom, takeUntil, tap } from 'rxjs';
 import { ValidationError } from '../../errors.js';

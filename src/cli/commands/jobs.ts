@@ -1,3 +1,4 @@
+/** `outbatch jobs`: list, show, retry, cancel, delete and stats, through the app.jobs API. */
 import type { Command } from 'commander';
 import { OutbatchError, ValidationError } from '../../errors.js';
 import type { ActionResult, JobStats } from '../../jobs/control.js';

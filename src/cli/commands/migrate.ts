@@ -1,3 +1,4 @@
+/** `outbatch migrate`: apply pending schema migrations. */
 import type { Command } from 'commander';
 import { runCommand } from '../context.js';
 

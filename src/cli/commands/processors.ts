@@ -1,3 +1,4 @@
+/** `outbatch processors`: status and control of batch processors (list, status, pause, resume, promote, ...). */
 import type { Command } from 'commander';
 import type { ProcessorStatus } from '../../processors/status.js';
 import { runCommand } from '../context.js';

@@ -1,3 +1,4 @@
+/** `outbatch events replay`: re-drive a range of events to a task. */
 import type { Command } from 'commander';
 import { runCommand } from '../context.js';
 import { parseInteger } from '../parse.js';

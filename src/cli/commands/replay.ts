@@ -1,3 +1,4 @@
+/** `outbatch replay`: re-process a range of events through a processor, with a plan, a confirmation and progress. */
 import readline from 'node:readline/promises';
 import type { Command } from 'commander';
 import { ValidationError } from '../../errors.js';

@@ -1,3 +1,4 @@
+/** `outbatch schedules`: list the stored schedules with their next ticks; check an app module's schedules. */
 import type { Command } from 'commander';
 import { DateTime, Duration } from 'luxon';
 import { quoteSchema } from '../../db/identifiers.js';

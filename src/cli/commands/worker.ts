@@ -1,3 +1,4 @@
+/** `outbatch worker`: run the tasks of an app module, optionally serving the dashboard. */
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
