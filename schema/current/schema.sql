@@ -8,7 +8,7 @@
 -- A fresh install runs this file in one transaction and records every migration as
 -- applied (src/db/migrate.ts); an install that already has a migrations table applies the
 -- migrations it lacks, one file at a time. Both roads must end in the same schema, and
--- test/foundation/schemaSnapshot.test.ts proves it: it builds one schema each way and
+-- test/db/schemaSnapshot.test.ts proves it: it builds one schema each way and
 -- compares their catalogs (columns and defaults, constraints, indexes, functions with
 -- their bodies, triggers, views, sequences, grants, comments).
 --

@@ -4,7 +4,7 @@
  * the whole current schema, in one transaction, with every migration it covers recorded
  * as applied; an existing one gets the numbered files of `schema/` it lacks, one
  * transaction per file. Each is recorded with a checksum: shipped files are append-only,
- * and an edited one is refused. test/foundation/schemaSnapshot.test.ts proves both roads
+ * and an edited one is refused. test/db/schemaSnapshot.test.ts proves both roads
  * end in the same schema.
  */
 import { createHash } from 'node:crypto';
