@@ -24,8 +24,10 @@ const RETRYABLE_SQLSTATES: Record<string, string> = {
 const RETRYABLE_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN']);
 
 // node-postgres reports a dropped connection with these messages and no code.
+// "Query read timeout" is the client's own deadline (`query_timeout`): no reply came in
+// time, so as with a lost connection the statement may or may not have run.
 const CONNECTION_LOST =
-  /Connection terminated|connection is closed|Client has encountered a connection error|timeout exceeded when trying to connect/i;
+  /Connection terminated|connection is closed|Client has encountered a connection error|timeout exceeded when trying to connect|Query read timeout/i;
 
 export function sqlState(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;

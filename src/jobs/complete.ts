@@ -5,7 +5,7 @@ import type { Queryable } from '../db/queryable.js';
 
 export interface Completion {
   id: string;
-  /** The claim this outcome belongs to (the job's attempt count when claimed): see below. */
+  /** The claim this outcome belongs to (the job's attempt count when claimed); checked by completeInTransaction. */
   attempt: number;
   task: string;
   durationMs: number;
@@ -29,13 +29,15 @@ function perTask(completions: Completion[]) {
 }
 
 /**
- * Only rows still `doing` for this worker *and this claim* are touched: a job that recovery
- * took away (the worker looked dead) and gave to another worker is not completed twice,
- * and if this same worker claimed it again, the old run's outcome must not settle the new
- * claim (its attempt count differs). The claims are joined in (`USING unnest(...)`), not
- * tested with `(id, attempts) IN (SELECT * FROM unnest(...))`: once the prepared statement
- * goes generic, the planner guesses 10 rows for unnest and re-ran it for every job row —
- * 66 ms instead of 2 ms for a batch of 1,000 (measured), and jobs/s at c=10 fell by a third.
+ * Only rows still `doing` for this worker are touched: a job that recovery took away (the
+ * worker looked dead) and gave to another worker is not completed twice. Unlike failures
+ * and returns, a batched completion does not also match the claim's attempt count: every
+ * way of joining the claims in was measured slower on the hot path once the prepared
+ * statement went generic (`(id, attempts) IN (unnest)` re-ran unnest per row, 66 ms for
+ * 1,000; `USING unnest` started from the worker's doing rows, 0.5-1.6 s with 15,000 of them
+ * — ops/bench/RESULTS.md runs G and H). The case it would guard — this worker claiming
+ * again a job recovered away from it while the old run's completion waits — is handled by
+ * the worker: the old run's outcome is dropped when the job is claimed again (worker.ts).
  * Counts come from the rows actually finished; durations are the batch's per-task sums.
  * Stats rows are upserted in task order so concurrent batches never deadlock.
  */
@@ -56,8 +58,7 @@ export async function completeJobs(
        SELECT * FROM unnest($4::text[], $5::float8[], $6::float8[], $7::float8[]) AS p(task, sum_ms, max_ms, keep_ms)
      ), deleted AS (
        DELETE FROM ${s}.jobs j
-       USING unnest($1::bigint[], $9::int[]) AS c(id, attempt)
-       WHERE j.id = c.id AND j.attempts = c.attempt AND j.status = 'doing' AND j.worker_id = $2
+       WHERE j.id = ANY ($1::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
        RETURNING j.task
      ), kept AS (
        UPDATE ${s}.jobs j
@@ -65,8 +66,7 @@ export async function completeJobs(
            finished_at = coalesce($3::timestamptz, now()), updated_at = coalesce($3::timestamptz, now()),
            keep_until = coalesce($3::timestamptz, now())
              + (SELECT p.keep_ms FROM per_task p WHERE p.task = j.task) * interval '1 millisecond'
-       FROM unnest($8::bigint[], $10::int[]) AS c(id, attempt)
-       WHERE j.id = c.id AND j.attempts = c.attempt AND j.status = 'doing' AND j.worker_id = $2
+       WHERE j.id = ANY ($8::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
        RETURNING j.task
      ), finished AS (
        SELECT task, count(*) AS n FROM (SELECT task FROM deleted UNION ALL SELECT task FROM kept) f GROUP BY task
@@ -90,9 +90,79 @@ export async function completeJobs(
       names.map((name) => tasks.get(name)!.max),
       names.map((name) => tasks.get(name)!.keep),
       completions.filter((c) => c.keepForMs !== null).map((c) => c.id),
-      completions.filter((c) => c.keepForMs === null).map((c) => c.attempt),
-      completions.filter((c) => c.keepForMs !== null).map((c) => c.attempt),
     ],
   );
   return rows[0]?.completed ?? 0;
+}
+
+/**
+ * Success inside the job's own transaction (`ctx.tx`): the row only, not task_stats. The
+ * stats row of a task and minute is shared by every completion: upserted here, its lock
+ * would be held until the job's COMMIT arrives, and every other transactional completion
+ * of that task would queue behind that round trip (seen under chaos:faults: completions
+ * waiting 2-15 s on one another). The worker counts the job with `countSucceeded` once the
+ * transaction has committed. Same claim rule as completeJobs. Returns whether the row was
+ * still this claim's.
+ */
+export async function completeInTransaction(
+  db: Queryable,
+  schema: string,
+  workerId: string,
+  completion: Completion,
+  now: Date | null,
+): Promise<boolean> {
+  const s = quoteSchema(schema);
+  const { rows } = await runPrepared<{ completed: number }>(
+    db,
+    `outbatch_complete_one_${schema}`,
+    `WITH deleted AS (
+       DELETE FROM ${s}.jobs j
+       WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'doing' AND j.worker_id = $3 AND $4::float8 IS NULL
+       RETURNING 1
+     ), kept AS (
+       UPDATE ${s}.jobs j
+       SET status = 'succeeded', worker_id = NULL,
+           finished_at = coalesce($5::timestamptz, now()), updated_at = coalesce($5::timestamptz, now()),
+           keep_until = coalesce($5::timestamptz, now()) + $4::float8 * interval '1 millisecond'
+       WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'doing' AND j.worker_id = $3 AND $4::float8 IS NOT NULL
+       RETURNING 1
+     )
+     SELECT ((SELECT count(*) FROM deleted) + (SELECT count(*) FROM kept))::int AS completed`,
+    [completion.id, completion.attempt, workerId, completion.keepForMs, now],
+  );
+  return (rows[0]?.completed ?? 0) > 0;
+}
+
+/**
+ * Counts completions already written (by completeInTransaction) in task_stats, per task
+ * and minute, in task order so concurrent batches never deadlock. Reply lost and sent
+ * again: counted twice — these are statistics, and the writer does not resend them.
+ */
+export async function countSucceeded(
+  db: Queryable,
+  schema: string,
+  completions: Completion[],
+  now: Date | null,
+): Promise<void> {
+  const tasks = perTask(completions);
+  const names = [...tasks.keys()].sort();
+  const counts = new Map<string, number>();
+  for (const c of completions) counts.set(c.task, (counts.get(c.task) ?? 0) + 1);
+  await db.query(
+    `INSERT INTO ${quoteSchema(schema)}.task_stats AS t (task, minute, succeeded, duration_ms_sum, duration_ms_max)
+     SELECT p.task, date_trunc('minute', coalesce($5::timestamptz, now())), p.n, p.sum_ms, p.max_ms
+     FROM unnest($1::text[], $2::int[], $3::float8[], $4::float8[]) AS p(task, n, sum_ms, max_ms)
+     ORDER BY p.task
+     ON CONFLICT (task, minute) DO UPDATE
+     SET succeeded = t.succeeded + excluded.succeeded,
+         duration_ms_sum = t.duration_ms_sum + excluded.duration_ms_sum,
+         duration_ms_max = greatest(t.duration_ms_max, excluded.duration_ms_max)`,
+    [
+      names,
+      names.map((name) => counts.get(name)!),
+      names.map((name) => tasks.get(name)!.sum),
+      names.map((name) => tasks.get(name)!.max),
+      now,
+    ],
+  );
 }

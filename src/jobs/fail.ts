@@ -57,11 +57,14 @@ export async function failJobs(
     db,
     `outbatch_fail_${schema}`,
     `WITH input AS (
-       SELECT f.id, f.error, f.delay_ms, j.queueing_lock,
+       SELECT f.id, f.attempt, f.error, f.delay_ms, j.queueing_lock,
               (SELECT t.id FROM ${s}.jobs t
                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS waiting
        FROM unnest($1::bigint[], $2::jsonb[], $3::float8[], $7::int[]) AS f(id, error, delay_ms, attempt)
-       JOIN ${s}.jobs j ON j.id = f.id AND j.attempts = f.attempt AND j.status = 'doing' AND j.worker_id = $4
+       -- Joined on the primary key only (the status and worker are checked by the UPDATE):
+       -- with them here the planner may start from the worker's doing rows and rescan the
+       -- input for each (it did for completions: ops/bench/RESULTS.md, run H).
+       JOIN ${s}.jobs j ON j.id = f.id AND j.attempts = f.attempt
      ), ranked AS (
        SELECT i.*,
               CASE WHEN i.delay_ms IS NULL THEN NULL
@@ -89,7 +92,7 @@ export async function failJobs(
            finished_at = CASE WHEN d.retry THEN NULL ELSE coalesce($5::timestamptz, now()) END,
            updated_at = coalesce($5::timestamptz, now())
        FROM decided d
-       WHERE j.id = d.id AND j.status = 'doing' AND j.worker_id = $4
+       WHERE j.id = d.id AND j.attempts = d.attempt AND j.status = 'doing' AND j.worker_id = $4
        RETURNING j.id::text, j.task, j.status, d.superseded_by::text AS "supersededBy"
      ), counted AS (
        INSERT INTO ${s}.task_stats AS t (task, minute, retried, failed)

@@ -32,8 +32,11 @@ export async function releaseJobs(
               (SELECT t.id FROM ${s}.jobs t
                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS waiting
        FROM ${s}.jobs j
-       JOIN unnest($1::bigint[], $3::int[]) AS c(id, attempt) ON j.id = c.id AND j.attempts = c.attempt
-       WHERE j.status = 'doing' AND j.worker_id = $2
+       -- The primary key finds the rows; the claim's attempt is looked up by position (a
+       -- scan of the array per row: fine for a shutdown's or a reconcile's few jobs, and no
+       -- plan that starts from the worker's doing rows, which a join invites).
+       WHERE j.id = ANY ($1::bigint[]) AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
+         AND j.status = 'doing' AND j.worker_id = $2
        FOR UPDATE OF j
      ), decided AS (
        SELECT i.id,

@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { failureKind, sqlState } from '../db/retryable.js';
 import { errorMessage } from '../errors.js';
 import type { ClaimedJob } from '../jobs/claim.js';
-import { type Completion, completeJobs } from '../jobs/complete.js';
+import { type Completion, completeInTransaction, completeJobs, countSucceeded } from '../jobs/complete.js';
 import { type Failure, failJobs, failUnrecordable } from '../jobs/fail.js';
 import { type Released, releaseJobs } from '../jobs/release.js';
 import { describeError, discardTransaction, type RunningJob, storable } from './runJob.js';
@@ -47,6 +47,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   const completions: (Completion & { lock: string | null })[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
   const releases: { id: string; attempt: number }[] = [];
+  // Completions committed in their own transaction, to be counted in task_stats.
+  const committed: Completion[] = [];
   const returned: Released = { released: 0, superseded: 0 };
   // Jobs whose outcome is not written yet (counted: a failed in-transaction commit hands
   // its job on to the failure queue before it lets go). Reconciling must leave them alone.
@@ -66,7 +68,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   const schedule = () => {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flushAll).finally(() => {
       flushing = undefined;
-      if (completions.length + failures.length + releases.length > 0) schedule();
+      if (completions.length + failures.length + releases.length + committed.length > 0) schedule();
     });
   };
 
@@ -217,6 +219,19 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       await writeBatch('returning unfinished jobs', batch, writeReleases, salvageRelease);
       for (const { id } of batch) letGo(id);
     }
+    while (committed.length > 0) {
+      // Statistics of jobs already completed: a refused count is logged, never retried in
+      // front of outcomes (and connection trouble only until shutdown gives up).
+      const batch = committed.splice(0, MAX_BATCH);
+      await writeBatch(
+        'counting completed jobs',
+        batch,
+        (items) => countSucceeded(pool, schema, items, now()),
+        async (item, error) => {
+          log.warn({ err: error, task: item.task }, 'a completed job could not be counted in task_stats');
+        },
+      );
+    }
   }
 
   /**
@@ -229,23 +244,16 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
    */
   async function succeedInTransaction(run: RunningJob, client: pg.PoolClient, durationMs: number) {
     hold(run.job.id);
+    const completion = {
+      id: run.job.id,
+      attempt: run.job.attempts,
+      task: run.job.task,
+      durationMs,
+      keepForMs: run.task.keepSucceededForMs,
+    };
     try {
-      const completed = await completeJobs(
-        client,
-        schema,
-        workerId,
-        [
-          {
-            id: run.job.id,
-            attempt: run.job.attempts,
-            task: run.job.task,
-            durationMs,
-            keepForMs: run.task.keepSucceededForMs,
-          },
-        ],
-        now(),
-      );
-      if (completed === 0) {
+      const completed = await completeInTransaction(client, schema, workerId, completion, now());
+      if (!completed) {
         await discardTransaction(client);
         log.warn(
           { jobId: run.job.id, task: run.job.task, attempt: run.job.attempts },
@@ -255,6 +263,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       }
       await client.query('COMMIT');
       client.release();
+      committed.push(completion);
+      schedule();
       if (run.job.lock !== null) onLockFreed();
     } catch (error) {
       // The COMMIT (or the completion inside it) failed, e.g. the connection died in a
@@ -312,6 +322,18 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       schedule();
     },
     fail,
+    /** A completion not yet sent for this job is dropped (the job was claimed again). */
+    dropCompletion(id: string) {
+      const at = completions.findIndex((completion) => completion.id === id);
+      if (at < 0) return;
+      completions.splice(at, 1);
+      letGo(id);
+    },
+    /** An outcome that must not be written (a superseded run): its transaction is rolled back. */
+    discard(run: RunningJob) {
+      const client = run.takeTransaction();
+      if (client) void discardTransaction(client);
+    },
     release(run: RunningJob) {
       const client = run.takeTransaction();
       if (client) void discardTransaction(client);

@@ -103,6 +103,8 @@ export class RunningJob {
   shuttingDown = false;
   /** Its outcome has been handed to the outcome writer (or it was released at shutdown). */
   settled = false;
+  /** This worker claimed the job again (it had been recovered away): this run's outcome is dropped. */
+  superseded = false;
   readonly outcome: Promise<Outcome>;
   private client: pg.PoolClient | undefined;
   private opening: Promise<pg.PoolClient> | undefined;

@@ -70,15 +70,17 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const log = deps.log.child({ component: 'worker', workerId: id });
   // The database clock is the one truth in production; an injected clock overrides it.
   const dbNow = () => (clock === systemClock ? null : clock.now());
-  // A control statement with no answer within a third of the stall timeout is abandoned
-  // (its connection discarded) so that a half-open connection cannot hang the claim slot,
-  // the outcome writer or the heartbeat for good: a hung beat is retried well before the
-  // other workers would take this one for dead. Abandoned statements are the "reply lost"
-  // case every control statement already handles.
+  // A control statement with no answer within a third of the stall timeout (at least 2 s)
+  // is abandoned (its connection discarded) so that a half-open connection cannot hang the
+  // claim slot, the outcome writer or the heartbeat for good: with the default 30 s, a hung
+  // beat is retried well before the other workers would take this one for dead. Abandoned
+  // statements are the "reply lost" case every control statement already handles. The
+  // floor keeps a loaded server's slow statements from being abandoned and redone (with a
+  // 1 s stall timeout and a 333 ms deadline, tests under load failed at start-up).
   const control = createPool(deps.databaseUrl, log, {
     max: CONTROL_CONNECTIONS,
     applicationName: 'outbatch-control',
-    queryTimeoutMs: Math.max(250, Math.round(settings.stallTimeoutMs / 3)),
+    queryTimeoutMs: Math.max(2_000, Math.round(settings.stallTimeoutMs / 3)),
   });
   const handlers = createPool(deps.databaseUrl, log, {
     max: settings.concurrency,
@@ -131,7 +133,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       ...outcomes.unwritten(),
     ],
     onClaimed: (jobs) => {
-      for (const job of jobs) buffer.push(job);
+      for (const job of jobs) {
+        supersedeEarlierClaims(job);
+        buffer.push(job);
+      }
       pump();
     },
   });
@@ -153,6 +158,18 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onRecovered: () => claims.wake(),
     reconcile: () => claims.reconcile(),
   });
+
+  /**
+   * A job recovered away from us (we looked dead: a long GC pause, a frozen VM) and now
+   * claimed by us again: an older run of it, still running or with its completion not yet
+   * sent, must not settle the new claim. Completions are not matched on the claim in SQL
+   * (jobs/complete.ts says why), so the old run's outcome is dropped here.
+   */
+  function supersedeEarlierClaims(job: ClaimedJob): void {
+    if (job.attempts <= 1) return; // a first attempt had no earlier claim (the common case: no scan)
+    for (const run of running.values()) if (run.job.id === job.id) run.superseded = true;
+    outcomes.dropCompletion(job.id);
+  }
 
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
   function pump(): void {
@@ -187,12 +204,19 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   function finish(run: RunningJob, outcome: Outcome): void {
     if (run.settled) return; // already released at shutdown
     run.settled = true;
-    // A job recovered away from us (we looked dead) may have been claimed by us again: both
-    // runs are in the map under their claims, and the older one's outcome, written for its
-    // own claim, changes nothing (and its transaction is rolled back, not left open: found
-    // with the SIGSTOP case of ops/chaos/kill.ts).
     running.delete(claimKey(run.job));
     const { job } = run;
+    if (run.superseded) {
+      // Its transaction is rolled back, not left open (found with the SIGSTOP case of
+      // ops/chaos/kill.ts); the newer claim's run settles the job.
+      outcomes.discard(run);
+      log.warn(
+        { jobId: job.id, task: job.task, attempt: job.attempts },
+        'a newer claim of this job is running: this run is dropped',
+      );
+      if (!stopping) pump();
+      return;
+    }
     if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
       outcomes.succeed(run, outcome.durationMs);
