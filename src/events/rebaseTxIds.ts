@@ -4,6 +4,7 @@ import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
 import { assertMigrated } from '../db/migrate.js';
 import { withTransaction } from '../db/transaction.js';
+import { OutbatchError } from '../errors.js';
 
 export interface RebaseResult {
   distinctIds: number;
@@ -24,7 +25,8 @@ const CONSUME_CHUNK = 10_000n;
  * The documented way out of a TxIdHorizonError: an order-preserving rewrite of every stored
  * tx id (events, processor checkpoints, dead letters: the stored_tx_ids view) into 3…k+2
  * (k distinct ids), first consuming transaction ids while the server is not yet past that
- * range. Stop workers first; appenders wait on a table lock meanwhile. Audited in audit_log.
+ * range. Stop workers and appenders first: it refuses while a transaction that started
+ * before it is still open (see below). Audited in audit_log.
  */
 export async function rebaseTxIds(
   pool: pg.Pool,
@@ -59,6 +61,24 @@ export async function rebaseTxIds(
     }
   }
   return withTransaction(pool, async (client) => {
+    // A transaction that took its id before the rebase and appends after it would store a
+    // tx id inside the rebased range, behind the rebased checkpoints: an event no processor
+    // ever reads (found by review). The table lock only orders the inserts; it cannot give
+    // such a transaction another id. So, with appends blocked, refuse while any open
+    // transaction is at or below the highest new id.
+    await client.query(`LOCK TABLE ${q}.events IN SHARE ROW EXCLUSIVE MODE`);
+    const open = await client.query<{ in_range: boolean; pids: string | null }>(
+      `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                <= (SELECT count(DISTINCT tx_id) FROM ${q}.stored_tx_ids) + 2 AS in_range,
+              (SELECT string_agg(pid::text, ', ' ORDER BY pid) FROM pg_stat_activity
+               WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()) AS pids`,
+    );
+    if (open.rows[0]?.in_range) {
+      throw new OutbatchError(
+        'OUTBATCH_REBASE_BUSY',
+        `rebase-tx-ids refused: transactions that started before it are still open (pids ${open.rows[0].pids ?? 'unknown'}); an event they append would sort behind the rebased checkpoints and never be processed. Stop every appender and worker, let those transactions end, then run it again`,
+      );
+    }
     const result = await client.query<{
       distinct_ids: string;
       events_updated: string;
