@@ -60,6 +60,7 @@ export async function rebaseTxIds(
       client.release();
     }
   }
+  await waitForEarlierTransactions(pool, q);
   return withTransaction(pool, async (client) => {
     // A transaction that took its id before the rebase and appends after it would store a
     // tx id inside the rebased range, behind the rebased checkpoints: an event no processor
@@ -76,7 +77,7 @@ export async function rebaseTxIds(
     if (open.rows[0]?.in_range) {
       throw new OutbatchError(
         'OUTBATCH_REBASE_BUSY',
-        `rebase-tx-ids refused: transactions that started before it are still open (pids ${open.rows[0].pids ?? 'unknown'}); an event they append would sort behind the rebased checkpoints and never be processed. Stop every appender and worker, let those transactions end, then run it again`,
+        `rebase-tx-ids refused: transactions that started before it are still open after 30 s (pids ${open.rows[0].pids ?? 'unknown'}); an event they append would sort behind the rebased checkpoints and never be processed. Stop every appender and worker, let those transactions end, then run it again`,
       );
     }
     const result = await client.query<{
@@ -104,4 +105,24 @@ export async function rebaseTxIds(
       highestNew: BigInt(row.highest_new),
     };
   });
+}
+
+const EARLIER_TRANSACTIONS_WAIT_MS = 30_000;
+
+/**
+ * Transactions that began before the consumption may hold ids inside the range the rebase
+ * will use; new ones get ids above it, so waiting for the old ones to end is enough. Waited
+ * for before the rebase takes its lock (an old transaction appending would otherwise wait
+ * on the lock while the rebase waits on it); the rebase checks again under the lock.
+ */
+async function waitForEarlierTransactions(pool: pg.Pool, q: string): Promise<void> {
+  const deadline = Date.now() + EARLIER_TRANSACTIONS_WAIT_MS;
+  while (Date.now() < deadline) {
+    const { rows } = await pool.query<{ clear: boolean }>(
+      `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                > (SELECT count(DISTINCT tx_id) FROM ${q}.stored_tx_ids) + 2 AS clear`,
+    );
+    if (rows[0]?.clear) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }
