@@ -1,10 +1,11 @@
 // @smoke
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { type CliResult, databaseUrl, ROOT, runCli, uniqueSchema } from './helpers.js';
+import { type CliResult, databaseUrl, ROOT, startProcess, uniqueSchema } from './helpers.js';
 
 const schema = uniqueSchema('demo');
 const shop = `${schema}_shop`;
@@ -16,29 +17,13 @@ after(async () => {
 
 /** `npm start -- ...args` as a user runs it; `onOutput` sees stdout and stderr so far. */
 function startDemo(args: string[], onOutput: (output: string) => void = () => {}): Promise<CliResult> {
-  const child = spawn(
+  return startProcess(
     process.execPath,
     ['--import', 'tsx', path.join(ROOT, 'pipelines', 'shop', 'start.ts'), ...args],
     {
-      cwd: ROOT,
-      env: { ...process.env, LOG_LEVEL: 'warn' },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      onOutput,
     },
-  );
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk) => {
-    stdout += chunk;
-    onOutput(stdout + stderr);
-  });
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-    onOutput(stdout + stderr);
-  });
-  return new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  ).result;
 }
 
 describe('the demo (npm start)', () => {
@@ -85,11 +70,69 @@ describe('the demo (npm start)', () => {
       'outbatch demo: --rate "fast" is invalid: expected a whole number from 0 to 1000000',
     );
   });
+});
 
-  it('`outbatch demo` from an installed package says where the demo is', async () => {
-    const result = await runCli(['demo', '--duration', '5']);
-    assert.equal(result.code, 2);
-    assert.match(result.stderr.trim(), /^outbatch: the demo runs from a checkout .*npm start/);
-    assert.equal(result.stderr.trim().split('\n').length, 1);
+describe('the demo from the published package (npx outbatch demo)', () => {
+  // The tarball npm would publish (`npm pack` builds it first), unpacked beside this
+  // checkout's node_modules (its dependencies, without a registry round trip).
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'outbatch-pack-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  let cli = '';
+  before(async () => {
+    const packed = await run('npm', ['pack', '--silent', '--pack-destination', dir], ROOT);
+    assert.equal(packed.code, 0, packed.stderr);
+    const unpacked = await run('tar', ['xzf', path.join(dir, packed.stdout.trim().split('\n').at(-1)!)], dir);
+    assert.equal(unpacked.code, 0, unpacked.stderr);
+    symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'package', 'node_modules'));
+    const manifest = JSON.parse(readFileSync(path.join(dir, 'package', 'package.json'), 'utf8'));
+    cli = path.join(dir, 'package', manifest.bin.outbatch);
+  });
+
+  it('runs the shop with the same options as npm start, from any folder', async () => {
+    const packSchema = `${schema}_p`;
+    after(async () => {
+      const pool = new pg.Pool({ connectionString: databaseUrl() });
+      await pool.query(
+        `DROP SCHEMA IF EXISTS "${packSchema}" CASCADE; DROP SCHEMA IF EXISTS "${packSchema}_shop" CASCADE`,
+      );
+      await pool.end();
+    });
+    // outbatch's own --schema (before `demo`) and the demo's flags (after) both reach it.
+    const result = await run(
+      process.execPath,
+      [
+        cli,
+        '--schema',
+        packSchema,
+        'demo',
+        '--duration',
+        '2',
+        '--json',
+        '--shop-schema',
+        `${packSchema}_shop`,
+      ],
+      dir,
+    );
+    assert.equal(result.code, 0, result.stderr);
+    const summary = JSON.parse(result.stdout);
+    assert.ok(summary.appended > 0, result.stdout);
+    const revenue = summary.processors.find((p: { name: string }) => p.name === 'revenue-by-customer-day');
+    assert.equal(Number(revenue.processed), summary.appended);
+  });
+
+  it('passes --help and bad flags to the demo program: its usage, or one line and exit 2', async () => {
+    const help = await run(process.execPath, [cli, 'demo', '--help'], dir);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /^usage: outbatch demo \[options\]/);
+    const bad = await run(process.execPath, [cli, 'demo', '--rate', 'fast'], dir);
+    assert.equal(bad.code, 2);
+    assert.equal(
+      bad.stderr.trim(),
+      'outbatch demo: --rate "fast" is invalid: expected a whole number from 0 to 1000000',
+    );
   });
 });
+
+function run(command: string, args: string[], cwd: string): Promise<CliResult> {
+  return startProcess(command, args, { cwd }).result;
+}

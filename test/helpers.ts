@@ -64,25 +64,45 @@ export function startCli(
   env: NodeJS.ProcessEnv = {},
   input?: string,
 ): { result: Promise<CliResult>; output(): string } {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, LOG_LEVEL: 'warn', ...env },
+  return startProcess(process.execPath, ['--import', 'tsx', CLI, ...args], { env, input });
+}
+
+/**
+ * Any program as a child process, LOG_LEVEL=warn, in the checkout unless `cwd` says otherwise;
+ * `onOutput` sees stdout and stderr so far at every chunk.
+ */
+export function startProcess(
+  command: string,
+  args: string[],
+  options: {
+    cwd?: string;
+    env?: NodeJS.ProcessEnv;
+    input?: string;
+    onOutput?: (output: string) => void;
+  } = {},
+): { result: Promise<CliResult>; output(): string } {
+  const child = spawn(command, args, {
+    cwd: options.cwd ?? ROOT,
+    env: { ...process.env, LOG_LEVEL: 'warn', ...options.env },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
+  const output = () => stdout + stderr;
   child.stdout.on('data', (chunk) => {
     stdout += chunk;
+    options.onOutput?.(output());
   });
   child.stderr.on('data', (chunk) => {
     stderr += chunk;
+    options.onOutput?.(output());
   });
   const result = new Promise<CliResult>((resolve, reject) => {
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
-  child.stdin.end(input ?? '');
-  return { result, output: () => stdout + stderr };
+  child.stdin.end(options.input ?? '');
+  return { result, output };
 }
 
 export function createTestApp(options: AppOptions): App {

@@ -1,8 +1,10 @@
 /**
- * `npm start`: the demo as a program of its own, written against the public API like any
- * service would be (it lives in a checkout beside the shop it runs, not in the package).
+ * The demo as a program of its own, written against the public API like any service would
+ * be: `npm start` in a checkout, `outbatch demo` once installed (the package ships it
+ * compiled, and the CLI command runs this file with the same arguments).
  *
  *   npm start -- --duration 30 --rate 100 --dashboard-port 8080
+ *   npx outbatch demo --duration 30
  *
  * One line on stderr for an error: exit 2 for a bad command line, 1 for anything else.
  */
@@ -10,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { ValidationError } from '../../src/index.js';
 import { runDemo } from './demo.js';
 
-const USAGE = `usage: npm start -- [options]   (or: tsx pipelines/shop/start.ts [options])
+const USAGE = `usage: outbatch demo [options]   (in a checkout of outbatch: npm start -- [options])
 
   --duration <seconds>     stop after this many seconds of traffic (default: until Ctrl-C)
   --rate <orders>          simulated orders per second (default 20)

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** The `outbatch` command line: builds the program from the command files and runs it. */
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
+import { packageVersion } from '../packageRoot.js';
 import { registerAppend } from './commands/append.js';
 import { registerDashboard } from './commands/dashboard.js';
 import { registerDb } from './commands/db.js';
@@ -18,14 +18,10 @@ import { registerSchedules } from './commands/schedules.js';
 import { registerWorker } from './commands/worker.js';
 import { EXIT_USAGE } from './context.js';
 
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-  version: string;
-};
-
 export function buildProgram(): Command {
   const program = new Command('outbatch')
     .description('PostgreSQL-only event outbox, batch processors and job queue')
-    .version(pkg.version, '-V, --version')
+    .version(packageVersion(), '-V, --version')
     .addOption(
       new Option('--database-url <url>', 'postgres:// URL (default: embedded PostgreSQL)').env(
         'DATABASE_URL',

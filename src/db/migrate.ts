@@ -10,10 +10,10 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { MigrationError } from '../errors.js';
+import { PACKAGE_ROOT } from '../packageRoot.js';
 import { quoteSchema, validateSchemaName } from './identifiers.js';
 
 export interface Migration {
@@ -34,7 +34,7 @@ export interface MigrationStatus {
   pending: Migration[];
 }
 
-const SCHEMA_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'schema');
+const SCHEMA_DIR = path.join(PACKAGE_ROOT, 'schema');
 const FILE_NAME = /^(\d{3,})_([a-z0-9_]+)\.sql$/;
 const SNAPSHOT_FILE = path.join(SCHEMA_DIR, 'current', 'schema.sql');
 // The snapshot's header names the last migration it includes, so a fresh install records
