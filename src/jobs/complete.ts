@@ -5,7 +5,7 @@ import type { Queryable } from '../db/queryable.js';
 
 export interface Completion {
   id: string;
-  /** The claim this outcome belongs to (the job's attempt count when claimed); checked by completeInTransaction. */
+  /** The claim this outcome belongs to (the job's attempt count when claimed): only that claim is settled. */
   attempt: number;
   task: string;
   durationMs: number;
@@ -29,17 +29,16 @@ function perTask(completions: Completion[]) {
 }
 
 /**
- * Only rows still `doing` for this worker are touched: a job that recovery took away (the
- * worker looked dead) and gave to another worker is not completed twice. Unlike failures
- * and returns, a batched completion does not also match the claim's attempt count: every
- * way of joining the claims in was measured slower on the hot path once the prepared
- * statement went generic (`(id, attempts) IN (unnest)` re-ran unnest per row, 66 ms for
- * 1,000; `USING unnest` started from the worker's doing rows, 0.5-1.6 s with 15,000 of them
- * — ops/bench/RESULTS.md runs G and H). The case it would guard — this worker claiming
- * again a job recovered away from it while the old run's completion waits — is handled by
- * the worker: the old run's outcome is dropped when the job is claimed again (worker.ts).
- * Counts come from the rows actually finished; durations are the batch's per-task sums.
- * Stats rows are upserted in task order so concurrent batches never deadlock.
+ * Only rows still `doing` for this worker **and this claim** (the attempt count it claimed)
+ * are touched: a job that recovery took away (the worker looked dead) and gave to another
+ * worker — or to this one again — is never completed by the old run's late outcome. The
+ * claim check looks each row's attempt up by its id's position in the batch
+ * (`array_position`, O(batch) per row, under a millisecond for the largest batch), so the
+ * plan stays an index scan on `id = ANY`: the joins tried before (`(id, attempts) IN
+ * (unnest)`, `USING unnest`) went slow once the prepared statement went generic
+ * (ops/bench/RESULTS.md runs G and H). Counts come from the rows actually finished;
+ * durations are the batch's per-task sums. Stats rows are upserted in task order so
+ * concurrent batches never deadlock.
  */
 export async function completeJobs(
   db: Queryable,
@@ -51,6 +50,8 @@ export async function completeJobs(
   const s = quoteSchema(schema);
   const tasks = perTask(completions);
   const names = [...tasks.keys()];
+  const deleted = completions.filter((c) => c.keepForMs === null);
+  const kept = completions.filter((c) => c.keepForMs !== null);
   const { rows } = await runPrepared<{ completed: number }>(
     db,
     `outbatch_complete_${schema}`,
@@ -59,6 +60,7 @@ export async function completeJobs(
      ), deleted AS (
        DELETE FROM ${s}.jobs j
        WHERE j.id = ANY ($1::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
+         AND j.attempts = ($9::int[])[array_position($1::bigint[], j.id)]
        RETURNING j.task
      ), kept AS (
        UPDATE ${s}.jobs j
@@ -67,6 +69,7 @@ export async function completeJobs(
            keep_until = coalesce($3::timestamptz, now())
              + (SELECT p.keep_ms FROM per_task p WHERE p.task = j.task) * interval '1 millisecond'
        WHERE j.id = ANY ($8::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
+         AND j.attempts = ($10::int[])[array_position($8::bigint[], j.id)]
        RETURNING j.task
      ), finished AS (
        SELECT task, count(*) AS n FROM (SELECT task FROM deleted UNION ALL SELECT task FROM kept) f GROUP BY task
@@ -82,14 +85,16 @@ export async function completeJobs(
      )
      SELECT coalesce(sum(n), 0)::int AS completed FROM finished`,
     [
-      completions.filter((c) => c.keepForMs === null).map((c) => c.id),
+      deleted.map((c) => c.id),
       workerId,
       now,
       names,
       names.map((name) => tasks.get(name)!.sum),
       names.map((name) => tasks.get(name)!.max),
       names.map((name) => tasks.get(name)!.keep),
-      completions.filter((c) => c.keepForMs !== null).map((c) => c.id),
+      kept.map((c) => c.id),
+      deleted.map((c) => c.attempt),
+      kept.map((c) => c.attempt),
     ],
   );
   return rows[0]?.completed ?? 0;

@@ -136,7 +136,7 @@ export async function pruneHistory(
   retention: HistoryRetention,
 ): Promise<PruneResult> {
   const limit = retention.batchSize;
-  const run = async (keepMs: number | null, prune: typeof pruneTaskStats): Promise<Pruned> => {
+  const run = async (keepMs: number | null, prune: typeof pruneScheduleTicks): Promise<Pruned> => {
     if (keepMs === null) return 'kept';
     try {
       return await prune(db, schema, now, keepMs, limit);
@@ -168,23 +168,14 @@ const INSUFFICIENT_PRIVILEGE = '42501';
  * the current minute's row, so a pruned minute is never counted into again; `jobs stats`
  * totals then cover the retention, not all time.
  */
-export async function pruneTaskStats(
+export function pruneTaskStats(
   db: Queryable,
   schema: string,
   now: Date | null,
   keepMs: number,
   limit: number,
-): Promise<number> {
-  const s = quoteSchema(schema);
-  const { rowCount } = await db.query(
-    `DELETE FROM ${s}.task_stats
-     WHERE ctid = ANY (ARRAY(
-       SELECT ctid FROM ${s}.task_stats
-       WHERE minute < coalesce($1::timestamptz, now()) - $2::float8 * interval '1 millisecond'
-       LIMIT $3))`,
-    [now, keepMs, limit],
-  );
-  return rowCount ?? 0;
+) {
+  return deleteOlder(db, schema, 'task_stats', 'minute', now, keepMs, limit);
 }
 
 /**
@@ -225,19 +216,32 @@ export async function pruneScheduleTicks(
 }
 
 /** Operator actions older than `keepMs` (`replay --history` lists the newest 200 of its kind). */
-export async function pruneAuditLog(
+export function pruneAuditLog(
   db: Queryable,
   schema: string,
+  now: Date | null,
+  keepMs: number,
+  limit: number,
+) {
+  return deleteOlder(db, schema, 'audit_log', 'at', now, keepMs, limit);
+}
+
+/** At most `limit` rows of `table` whose `column` is older than `keepMs` (names are constants). */
+async function deleteOlder(
+  db: Queryable,
+  schema: string,
+  table: 'task_stats' | 'audit_log',
+  column: 'minute' | 'at',
   now: Date | null,
   keepMs: number,
   limit: number,
 ): Promise<number> {
   const s = quoteSchema(schema);
   const { rowCount } = await db.query(
-    `DELETE FROM ${s}.audit_log
+    `DELETE FROM ${s}.${table}
      WHERE ctid = ANY (ARRAY(
-       SELECT ctid FROM ${s}.audit_log
-       WHERE at < coalesce($1::timestamptz, now()) - $2::float8 * interval '1 millisecond'
+       SELECT ctid FROM ${s}.${table}
+       WHERE ${column} < coalesce($1::timestamptz, now()) - $2::float8 * interval '1 millisecond'
        LIMIT $3))`,
     [now, keepMs, limit],
   );

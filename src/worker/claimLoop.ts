@@ -45,6 +45,13 @@ export interface ClaimLoop {
   wantsMore(): boolean;
   /** Stops claiming; resolves once the slot is free. */
   close(): Promise<void>;
+  /**
+   * At shutdown, after close() and once the outcomes are written: returns to `todo`
+   * (uncounted) every job still `doing` for this worker that it does not hold — a claim
+   * whose reply was lost just before the stop would otherwise go to recovery, which
+   * counts an attempt that never ran. One try: on failure recovery takes the jobs.
+   */
+  sweep(): Promise<void>;
 }
 
 export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
@@ -177,6 +184,19 @@ export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
       closed = true;
       dueTimer.clear();
       while (slot) await slot;
+    },
+    async sweep() {
+      try {
+        const orphans = await findOrphans(control, schema, workerId, deps.held());
+        if (orphans.length === 0) return;
+        const { released, superseded } = await releaseJobs(control, schema, workerId, orphans);
+        log.warn(
+          { released, superseded },
+          `reconciled at shutdown: ${released + superseded} job(s) marked doing for this worker that it never ran (a claim whose reply was lost) went back to todo without counting the attempt`,
+        );
+      } catch (error) {
+        log.warn({ err: error }, 'reconciling at shutdown failed; recovery takes any job left doing');
+      }
     },
   };
 }

@@ -161,12 +161,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
 
   /**
    * A job recovered away from us (we looked dead: a long GC pause, a frozen VM) and now
-   * claimed by us again: an older run of it, still running or with its completion not yet
-   * sent, must not settle the new claim. Completions are not matched on the claim in SQL
-   * (jobs/complete.ts says why), so the old run's outcome is dropped here.
+   * claimed by us again: an older copy of it must not run beside the new claim. One still
+   * waiting in the buffer is dropped; one still running has its outcome dropped (and its
+   * transaction rolled back), as does a completion not yet sent. A completion already on
+   * its way cannot settle the new claim either: outcomes match the claim's attempt in SQL.
    */
   function supersedeEarlierClaims(job: ClaimedJob): void {
     if (job.attempts <= 1) return; // a first attempt had no earlier claim (the common case: no scan)
+    for (let i = buffer.length - 1; i >= 0; i -= 1) if (buffer[i]!.id === job.id) buffer.splice(i, 1);
     for (const run of running.values()) if (run.job.id === job.id) run.superseded = true;
     outcomes.dropCompletion(job.id);
   }
@@ -303,6 +305,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       },
       `worker stopped: ${written.released} unfinished job(s) returned to todo without counting the attempt`,
     );
+    await claims.sweep();
     // No beat may land after the row is deleted, or it would register a ghost worker.
     await upkeep.stopHeartbeat();
     await unregisterWorker(control, schema, id).catch((error) => {

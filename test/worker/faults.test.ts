@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
+import { claimJobs } from '../../src/jobs/claim.js';
+import { completeJobs } from '../../src/jobs/complete.js';
 import { recoverStalledJobs } from '../../src/jobs/recover.js';
 import { type FaultProxy, startFaultProxy } from '../faultProxy.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
@@ -276,6 +278,39 @@ describe('lost replies', () => {
     });
   });
 
+  it('a claim whose reply is lost just before a graceful stop: the job goes back to todo uncounted, not to recovery', async () => {
+    // Found by review: the stop came before the next claim's reconcile, and a peer's
+    // recovery then counted the attempt — a job of one attempt was dead-lettered unrun.
+    const app = newApp(proxy.url);
+    app.task('stop-orphan', { retry: { attempts: 1 } }, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    const controller = new AbortController();
+    const running = app.run({ ...FAST, signal: controller.signal });
+    await waitFor(
+      'the worker to register',
+      async () => (await t.pool.query(`SELECT 1 FROM "${t.schema}".workers`)).rowCount,
+    );
+    const { fired } = proxy.addRule({ match: 'outbatch_claim', action: 'lose-reply' });
+    const id = await deferred(app, 'stop-orphan');
+    await fired;
+    controller.abort();
+    await running;
+    await app.close();
+    const left = await row(id);
+    assert.equal(left?.status, 'todo');
+    assert.equal(left?.attempts, 0, 'the claim that never ran is not counted');
+    assert.equal(await runsOf(id), 0);
+    const next = newApp();
+    next.task('stop-orphan', { retry: { attempts: 1 } }, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    await withWorker(next, async () => {
+      await waitFor('it runs', async () => (await row(id)) === undefined);
+      assert.equal(await runsOf(id), 1);
+    });
+  });
+
   it('a ctx.tx job whose COMMIT reply is lost: its effect is written once and it is not run again', async () => {
     const app = newApp(proxy.url);
     app.task('committing', { transaction: true, keepSucceededFor: { minutes: 5 } }, async (_a, ctx) => {
@@ -483,6 +518,37 @@ describe('found by review', () => {
       },
       { concurrency: 4 },
     );
+  });
+
+  it('a batched completion of an earlier claim, arriving late, settles neither the newer claim nor its lock', async () => {
+    // The old run's completion was retried through connection trouble while a peer
+    // recovered the job and this same worker claimed it again (found by review: the late
+    // write deleted the row under the running attempt 2, freed its lock for the next job,
+    // and attempt 2's failure then found no row).
+    const app = newApp();
+    app.task('late-completion', {}, async () => {});
+    const id = await deferred(app, 'late-completion', {}, { lock: 'late-lock' });
+    const claim = { tasks: null, queues: null, limit: 1, workerId: 'w-late', now: null };
+    const [first] = await claimJobs(t.pool, t.schema, claim);
+    assert.equal(first?.attempts, 1);
+    await t.pool.query(`UPDATE "${t.schema}".jobs SET status = 'todo', worker_id = NULL WHERE id = $1`, [id]);
+    const [second] = await claimJobs(t.pool, t.schema, claim);
+    assert.equal(second?.attempts, 2);
+    const completion = { id, task: 'late-completion', durationMs: 1, keepForMs: null };
+    for (const keepForMs of [null, 60_000]) {
+      const late = await completeJobs(
+        t.pool,
+        t.schema,
+        'w-late',
+        [{ ...completion, keepForMs, attempt: 1 }],
+        null,
+      );
+      assert.equal(late, 0);
+      assert.equal((await row(id))?.status, 'doing', 'the newer claim still holds the job (and its lock)');
+    }
+    assert.equal(await completeJobs(t.pool, t.schema, 'w-late', [{ ...completion, attempt: 2 }], null), 1);
+    assert.equal(await row(id), undefined);
+    await app.close();
   });
 
   it('a revoked Proxy thrown by a handler is described, and the worker goes on', async () => {

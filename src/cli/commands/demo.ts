@@ -1,7 +1,3 @@
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import type { Command } from 'commander';
-
 /**
  * `outbatch demo [options]` runs the demo program, pipelines/shop/start (`npm start` in a
  * checkout), as a child process with the same options: the program owns its flags, its help
@@ -9,6 +5,10 @@ import type { Command } from 'commander';
  * it compiled beside the CLI (dist/pipelines/ next to dist/src/), so the same relative path
  * finds it in a checkout (.ts, run through this process's tsx loader) and once installed (.js).
  */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
+
 const extension = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
 export const DEMO_PROGRAM = fileURLToPath(
   new URL(`../../../pipelines/shop/start.${extension}`, import.meta.url),
