@@ -6,6 +6,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { exhaustMap, from, Subject, takeUntil, timer } from 'rxjs';
+import { withDeadline } from '../db/deadline.js';
 import { pruneHistory, pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { recoverStalledJobs } from '../jobs/recover.js';
 import type { WorkerSettings } from './options.js';
@@ -34,6 +35,11 @@ export interface Upkeep {
 
 export function makeUpkeep(deps: UpkeepDeps): Upkeep {
   const { control, schema, log, info, settings, dbNow } = deps;
+  // A beat is one tiny UPDATE: it gets a third of the stall timeout, without the floor of the
+  // other control statements, so a beat hung on a half-open connection is abandoned and the
+  // next one sent while the other workers still see this one as alive, whatever the stall
+  // timeout (with 1 s and the 2 s floor, a hung beat got a live worker's jobs run again).
+  const beatDb = withDeadline(control, Math.max(50, Math.round(settings.stallTimeoutMs / 3)));
   const maintenanceStopped$ = new Subject<void>();
   const heartbeatStopped$ = new Subject<void>();
   let heartbeatStopped = false;
@@ -46,7 +52,7 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
 
   async function beat(): Promise<void> {
     try {
-      const at = await heartbeat(control, schema, info.id, dbNow());
+      const at = await heartbeat(beatDb, schema, info.id, dbNow());
       if (at === null) {
         // Our row is gone. At shutdown that is our own unregister: never insert it again.
         if (heartbeatStopped) return;

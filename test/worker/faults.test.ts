@@ -551,6 +551,49 @@ describe('found by review', () => {
     await app.close();
   });
 
+  it('one heartbeat gone half-open with a 1 s stall timeout: a peer does not take the live worker for dead', async () => {
+    // Found by review: beats shared the control statements' 2 s deadline floor, so a hung
+    // beat outlived the stall timeout and a peer recovered the running job (run 3 times).
+    const proxy = await startFaultProxy(databaseUrl());
+    const peer = newApp();
+    peer.task('long-beat', {}, async () => {});
+    const peerStop = new AbortController();
+    const options = { pollInterval: 100, stallTimeout: 1_000, heartbeatInterval: 150, recoverInterval: 100 };
+    // The peer only judges: it takes no job of the default queue.
+    const peerRun = peer.run({ ...options, queues: ['elsewhere'], signal: peerStop.signal });
+    try {
+      await sleep(1_200); // the peer has beaten for a whole stall window
+      const app = newApp(proxy.url);
+      let started = 0;
+      app.task('long-beat', {}, async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+        started += 1;
+        await sleep(3_000);
+      });
+      await withWorker(
+        app,
+        async () => {
+          const id = await deferred(app, 'long-beat');
+          await waitFor('it starts', async () => started === 1);
+          const { fired } = proxy.addRule({
+            match: (m) =>
+              m.connection.applicationName === 'outbatch-control' && m.text.includes('SET last_seen_at'),
+            action: 'half-open',
+          });
+          await fired;
+          await waitFor('it completes', async () => (await row(id)) === undefined, 15_000);
+          assert.equal(await runsOf(id), 1);
+        },
+        options,
+      );
+    } finally {
+      peerStop.abort();
+      await peerRun;
+      await peer.close();
+      await proxy.close();
+    }
+  });
+
   it('a revoked Proxy thrown by a handler is described, and the worker goes on', async () => {
     const app = newApp();
     app.task('revoked', { retry: { attempts: 1 } }, async () => {
