@@ -21,6 +21,14 @@ export interface PoolOptions {
    * query for good; TCP keepalive is on as well, to close such sockets.
    */
   queryTimeoutMs?: number;
+  /**
+   * Server-side limits for every statement of the pool (`statement_timeout`,
+   * `lock_timeout`; default: the server's). The client's deadline only abandons a
+   * statement; without these the server goes on running it (a lock wait for as long as the
+   * lock is held), and each retry leaves one more backend waiting.
+   */
+  statementTimeoutMs?: number;
+  lockTimeoutMs?: number;
 }
 
 /** `host:port` of a connection string, for messages; never includes the password. */
@@ -75,6 +83,8 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     idleTimeoutMillis: 30_000,
     application_name: options.applicationName ?? 'outbatch',
     query_timeout: options.queryTimeoutMs,
+    statement_timeout: options.statementTimeoutMs,
+    lock_timeout: options.lockTimeoutMs,
     keepAlive: true,
     keepAliveInitialDelayMillis: 5_000,
   });

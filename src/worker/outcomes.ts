@@ -20,8 +20,10 @@ import { type Released, releaseJobs } from '../jobs/release.js';
 import { describeError, discardTransaction, type RunningJob, storable } from './runJob.js';
 
 const MAX_BATCH = 1_000;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** A transient refusal (deadlock, lock timeout, cancel) repeated this often is treated as a refusal (about 20 s of backoff). */
 const MAX_TRANSIENT = 8;
+const LOCK_NOT_AVAILABLE = '55P03';
 
 export interface OutcomeWriterDeps {
   /** The worker's control pool: never a connection a handler could be holding. */
@@ -72,50 +74,92 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     });
   };
 
+  // Single outcomes set aside after a transient refusal (a lock wait), retried on their own.
+  const parked = new Set<Promise<void>>();
+
   /**
-   * Writes `batch`; on a refusal, halves it until the refused outcome is alone and hands
-   * that one to `salvage`. Connection trouble retries the whole batch with backoff (at
-   * shutdown until the shutdown deadline, then recovery takes the jobs once this worker
-   * is gone).
+   * Writes `batch`, then hands it to `done` (the jobs are let go). On a refusal, halves it
+   * until the refused outcome is alone and hands that one to `salvage`. Connection trouble
+   * retries the whole batch with backoff (at shutdown until the shutdown deadline, then
+   * recovery takes the jobs once this worker is gone). A transient refusal — a lock or
+   * statement timeout, a deadlock, a cancel — names rows, not the connection: the batch is
+   * halved at once, and an outcome refused so alone is set aside (`parked`) and retried
+   * with backoff beside the later outcomes, never in front of them. A job whose failure
+   * waits on another transaction's queueing-lock entry (a handler's ctx.defer, uncommitted)
+   * waits alone, for as long as that transaction lasts; other transient refusals count as
+   * refused after MAX_TRANSIENT tries. `inPlace` (salvage's own
+   * writes) retries transient refusals where it stands instead, as its caller awaits it.
    */
   async function writeBatch<T>(
     what: string,
     batch: T[],
     write: (items: T[]) => Promise<void>,
     salvage: (item: T, error: unknown) => Promise<void>,
+    done: (items: T[]) => void,
+    options: { inPlace?: boolean; transient?: number } = {},
   ): Promise<void> {
-    let transient = 0;
+    let transient = options.transient ?? 0;
     for (let attempt = 1; ; attempt += 1) {
       try {
         await write(batch);
+        done(batch);
         return;
       } catch (error) {
         const kind = failureKind(error);
-        if (kind === 'connection' || (kind === 'transient' && ++transient <= MAX_TRANSIENT)) {
+        // A lock wait ends when the other transaction does: retried for as long as it takes
+        // (it waits alone). Other transient refusals count as refused after MAX_TRANSIENT.
+        const again =
+          kind === 'transient' && (transient < MAX_TRANSIENT || sqlState(error) === LOCK_NOT_AVAILABLE);
+        if (kind === 'connection' || (again && options.inPlace)) {
+          if (kind === 'transient') transient += 1;
           if (closing && Date.now() >= giveUpAt) {
             log.error({ err: error }, `${what} failed at shutdown; those jobs will be recovered as dirty`);
+            done(batch);
             return;
           }
-          const waitMs = Math.min(
-            100 * 2 ** attempt,
-            5_000,
-            closing ? Math.max(giveUpAt - Date.now(), 0) : 5_000,
-          );
+          const waitMs = backoff(attempt);
           log.warn({ err: error, waitMs }, `${what} failed; retrying`);
-          await new Promise((resolve) => setTimeout(resolve, waitMs));
+          await sleep(waitMs);
           continue;
         }
         if (batch.length > 1) {
           const half = Math.ceil(batch.length / 2);
-          await writeBatch(what, batch.slice(0, half), write, salvage);
-          await writeBatch(what, batch.slice(half), write, salvage);
+          const rest = { ...options, transient: 0 };
+          await writeBatch(what, batch.slice(0, half), write, salvage, done, rest);
+          await writeBatch(what, batch.slice(half), write, salvage, done, rest);
+          return;
+        }
+        if (again && closing && Date.now() >= giveUpAt) {
+          log.error(
+            { err: error },
+            `${what} still waits at the shutdown deadline; that job will be recovered as dirty`,
+          );
+          done(batch);
+          return;
+        }
+        if (again) {
+          const waitMs = backoff(transient + 1);
+          log.warn(
+            { err: error, waitMs },
+            `${what} waits (${sqlState(error) ?? errorMessage(error)}); set aside, retried alone`,
+          );
+          const retry = sleep(waitMs)
+            .then(() => writeBatch(what, batch, write, salvage, done, { transient: transient + 1 }))
+            .catch((failure) => log.error({ err: failure }, `${what} failed`))
+            .finally(() => parked.delete(retry));
+          parked.add(retry);
           return;
         }
         await salvage(batch[0]!, error);
+        done(batch);
         return;
       }
     }
   }
+
+  /** From 200 ms, doubling, at most 5 s and never past the shutdown deadline. */
+  const backoff = (attempt: number) =>
+    Math.min(100 * 2 ** attempt, 5_000, closing ? Math.max(giveUpAt - Date.now(), 0) : 5_000);
 
   /**
    * The last resort for an outcome the server refuses on its own: the job is failed for
@@ -145,6 +189,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
           `job ${what} could not be recorded, nor the failure saying so; it goes back to todo when the worker reconciles`,
         );
       },
+      () => {},
+      { inPlace: true },
     );
   }
 
@@ -183,6 +229,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       [{ job, failure: { ...failure, error: plain } }],
       writeFailures,
       () => recordUnrecordable({ id: job.id, attempt: job.attempts, task: job.task }, 'failure', error),
+      () => {},
+      { inPlace: true },
     );
   };
 
@@ -194,30 +242,42 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
 
   /** A return refused alone (a queueing lock's waiting job committed meanwhile): once more, when it is superseded, then the last resort. */
   const salvageRelease = async (item: (typeof releases)[number], error: unknown) => {
-    await writeBatch('returning an unfinished job again', [item], writeReleases, () =>
-      recordUnrecordable({ ...item, task: '' }, 'return to todo', error),
+    await writeBatch(
+      'returning an unfinished job again',
+      [item],
+      writeReleases,
+      () => recordUnrecordable({ ...item, task: '' }, 'return to todo', error),
+      () => {},
+      { inPlace: true },
     );
   };
 
   async function flushAll(): Promise<void> {
     while (completions.length > 0) {
       const batch = completions.splice(0, MAX_BATCH);
-      await writeBatch('completing jobs', batch, writeCompletions, (completion, error) =>
-        recordUnrecordable(completion, 'success', error),
+      await writeBatch(
+        'completing jobs',
+        batch,
+        writeCompletions,
+        (completion, error) => recordUnrecordable(completion, 'success', error),
+        (written) => {
+          for (const completion of written) letGo(completion.id);
+          if (written.some((completion) => completion.lock !== null)) onLockFreed();
+        },
       );
-      for (const completion of batch) letGo(completion.id);
-      if (batch.some((completion) => completion.lock !== null)) onLockFreed();
     }
     while (failures.length > 0) {
       const batch = failures.splice(0, MAX_BATCH);
-      await writeBatch('recording job failures', batch, writeFailures, salvageFailure);
-      for (const { job } of batch) letGo(job.id);
-      if (batch.some(({ job }) => job.lock !== null)) onLockFreed();
+      await writeBatch('recording job failures', batch, writeFailures, salvageFailure, (written) => {
+        for (const { job } of written) letGo(job.id);
+        if (written.some(({ job }) => job.lock !== null)) onLockFreed();
+      });
     }
     while (releases.length > 0) {
       const batch = releases.splice(0, MAX_BATCH);
-      await writeBatch('returning unfinished jobs', batch, writeReleases, salvageRelease);
-      for (const { id } of batch) letGo(id);
+      await writeBatch('returning unfinished jobs', batch, writeReleases, salvageRelease, (written) => {
+        for (const { id } of written) letGo(id);
+      });
     }
     while (committed.length > 0) {
       // Statistics of jobs already completed: a refused count is logged, never retried in
@@ -230,6 +290,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         async (item, error) => {
           log.warn({ err: error, task: item.task }, 'a completed job could not be counted in task_stats');
         },
+        () => {},
       );
     }
   }
@@ -350,7 +411,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       closing = true;
       giveUpAt = Date.now() + deadlineMs;
       await Promise.all(inTransaction);
-      while (flushing) await flushing;
+      while (flushing || parked.size > 0) await (flushing ?? Promise.all(parked));
       return returned;
     },
   };

@@ -72,15 +72,21 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const dbNow = () => (clock === systemClock ? null : clock.now());
   // A control statement with no answer within a third of the stall timeout (at least 2 s)
   // is abandoned (its connection discarded) so that a half-open connection cannot hang the
-  // claim slot, the outcome writer or the heartbeat for good: with the default 30 s, a hung
-  // beat is retried well before the other workers would take this one for dead. Abandoned
-  // statements are the "reply lost" case every control statement already handles. The
-  // floor keeps a loaded server's slow statements from being abandoned and redone (with a
-  // 1 s stall timeout and a 333 ms deadline, tests under load failed at start-up).
+  // claim slot or the outcome writer for good. Abandoned statements are the "reply lost"
+  // case every control statement already handles. The floor keeps a loaded server's slow
+  // statements from being abandoned and redone (with a 1 s stall timeout and a 333 ms
+  // deadline, tests under load failed at start-up); the heartbeat has its own, shorter
+  // deadline (upkeep.ts). The server cancels the statement itself just before the client
+  // gives up, so an abandoned one does not run on (and pile up, one backend per retry),
+  // and a lock wait ends after 1 s as a transient refusal: the outcome writer then sets
+  // that outcome aside instead of holding every other outcome behind it.
+  const controlDeadlineMs = Math.max(2_000, Math.round(settings.stallTimeoutMs / 3));
   const control = createPool(deps.databaseUrl, log, {
     max: CONTROL_CONNECTIONS,
     applicationName: 'outbatch-control',
-    queryTimeoutMs: Math.max(2_000, Math.round(settings.stallTimeoutMs / 3)),
+    queryTimeoutMs: controlDeadlineMs,
+    statementTimeoutMs: controlDeadlineMs - 250,
+    lockTimeoutMs: 1_000,
   });
   const handlers = createPool(deps.databaseUrl, log, {
     max: settings.concurrency,

@@ -594,6 +594,59 @@ describe('found by review', () => {
     }
   });
 
+  it("a failure waiting on a running handler's uncommitted queueing-lock entry waits alone: later outcomes are written, no backends pile up", async () => {
+    // Found by review: the failure batch waited on the lock, was abandoned at the control
+    // deadline and retried as connection trouble for as long as the handler ran — every
+    // later outcome stayed doing behind it, and each retry left one more backend waiting.
+    const app = newApp();
+    const hold = gate();
+    let deferredFollowUp = false;
+    app.task('lw-follow', {}, async () => {});
+    app.task('lw-holder', { transaction: true }, async (_a, ctx) => {
+      await ctx.defer('lw-follow', {}, { queueingLock: 'lw-q' });
+      deferredFollowUp = true;
+      await hold.opened;
+    });
+    app.task(
+      'lw-failer',
+      { retry: { attempts: 5, backoff: { initial: { minutes: 5 } } } },
+      async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+        while (!deferredFollowUp) await sleep(20);
+        throw new Error('fails while the follow-up is uncommitted');
+      },
+    );
+    app.task('lw-quick', {}, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    await withWorker(
+      app,
+      async () => {
+        const failer = await deferred(app, 'lw-failer', {}, { queueingLock: 'lw-q' });
+        await deferred(app, 'lw-holder');
+        await waitFor('the failer to run', async () => (await runsOf(failer)) === 1);
+        const quick = await deferred(app, 'lw-quick');
+        await waitFor('the quick job to complete meanwhile', async () => (await row(quick)) === undefined);
+        await sleep(5_000); // over two control deadlines (2 s) of retries
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE application_name = 'outbatch-control' AND wait_event_type = 'Lock' AND datname = current_database()`,
+        );
+        assert.ok(rows[0].n <= 1, `${rows[0].n} control backends wait on a lock`);
+        assert.equal((await row(failer))?.status, 'doing', 'its failure still waits');
+        hold.open();
+        await waitFor('the failure to be written', async () => (await row(failer))?.status !== 'doing');
+        const written = await row(failer);
+        // Superseded by its follow-up if that still waits in todo, else back to todo for a retry.
+        assert.ok(['failed', 'todo'].includes(written?.status ?? ''), written?.status);
+        assert.equal(written?.attempts, 1);
+        assert.match(written?.last_error?.message ?? '', /fails while the follow-up is uncommitted/);
+        assert.equal(await runsOf(failer), 1);
+      },
+      { stallTimeout: 6_000, concurrency: 4 },
+    );
+  });
+
   it('a revoked Proxy thrown by a handler is described, and the worker goes on', async () => {
     const app = newApp();
     app.task('revoked', { retry: { attempts: 1 } }, async () => {
