@@ -11,15 +11,21 @@ function isNodePostgres(db: Queryable): db is pg.Pool | pg.Client {
 /**
  * pg clients cache named statements per connection, which saves the parse and plan on
  * every call of a hot statement (defer, claim, complete, fail). `name` must be unique per
- * text: include the schema in it.
+ * text: include the schema in it. `queryTimeoutMs`: abandon the statement if no answer
+ * comes in time (node-postgres only).
  */
 export function runPrepared<R extends pg.QueryResultRow>(
   db: Queryable,
   name: string,
   text: string,
   values: unknown[],
+  options: { queryTimeoutMs?: number } = {},
 ): Promise<pg.QueryResult<R>> {
-  if (isNodePostgres(db)) return (db as pg.Client).query<R>({ name, text, values });
+  if (isNodePostgres(db)) {
+    // query_timeout per statement is node-postgres' (client.js); its typings omit it.
+    const config = { name, text, values, query_timeout: options.queryTimeoutMs } as pg.QueryConfig;
+    return (db as pg.Client).query<R>(config);
+  }
   return db.query<R>(text, values);
 }
 

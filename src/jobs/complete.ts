@@ -115,6 +115,7 @@ export async function completeInTransaction(
   workerId: string,
   completion: Completion,
   now: Date | null,
+  queryTimeoutMs?: number,
 ): Promise<boolean> {
   const s = quoteSchema(schema);
   const { rows } = await runPrepared<{ completed: number }>(
@@ -134,6 +135,7 @@ export async function completeInTransaction(
      )
      SELECT ((SELECT count(*) FROM deleted) + (SELECT count(*) FROM kept))::int AS completed`,
     [completion.id, completion.attempt, workerId, completion.keepForMs, now],
+    { queryTimeoutMs },
   );
   return (rows[0]?.completed ?? 0) > 0;
 }

@@ -17,7 +17,8 @@ import type { ClaimedJob } from '../jobs/claim.js';
 import { type Completion, completeInTransaction, completeJobs, countSucceeded } from '../jobs/complete.js';
 import { type Failure, failJobs, failUnrecordable } from '../jobs/fail.js';
 import { type Released, releaseJobs } from '../jobs/release.js';
-import { describeError, discardTransaction, type RunningJob, storable } from './runJob.js';
+import { abandonConnection, discardTransaction, onDeadline, type TransactionEnds } from './jobTransaction.js';
+import { describeError, type RunningJob, storable } from './runJob.js';
 
 const MAX_BATCH = 1_000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -41,10 +42,12 @@ export interface OutcomeWriterDeps {
   onLockFreed: () => void;
   /** Called once a failed attempt is written back as a retry due in `retryInMs`. */
   onRetryWritten: (retryInMs: number) => void;
+  /** How a job's own transaction is committed with a deadline, or ended without committing. */
+  ends: TransactionEnds;
 }
 
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
-  const { pool, schema, log, workerId, now, retryIn, onLockFreed, onRetryWritten } = deps;
+  const { pool, schema, log, workerId, now, retryIn, onLockFreed, onRetryWritten, ends } = deps;
   // With the job's lock: writing the completion of a job that held one frees it.
   const completions: (Completion & { lock: string | null })[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
@@ -313,16 +316,23 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       keepForMs: run.task.keepSucceededForMs,
     };
     try {
-      const completed = await completeInTransaction(client, schema, workerId, completion, now());
+      const completed = await completeInTransaction(
+        client,
+        schema,
+        workerId,
+        completion,
+        now(),
+        ends.deadlineMs,
+      );
       if (!completed) {
-        await discardTransaction(client);
+        await discardTransaction(client, ends);
         log.warn(
           { jobId: run.job.id, task: run.job.task, attempt: run.job.attempts },
           'job was recovered away from this worker (it looked dead) while running: its transaction is rolled back',
         );
         return;
       }
-      await client.query('COMMIT');
+      await onDeadline(client, ends, 'COMMIT');
       client.release();
       committed.push(completion);
       schedule();
@@ -330,8 +340,12 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     } catch (error) {
       // The COMMIT (or the completion inside it) failed, e.g. the connection died in a
       // server restart: a failed attempt like any other, retried per the task's policy,
-      // not straight to the dead letter (found by ops/chaos/restart.ts).
-      await discardTransaction(client);
+      // not straight to the dead letter (found by ops/chaos/restart.ts). No answer in time
+      // (a half-open connection): the backend is terminated, so a COMMIT that had not
+      // arrived rolls back and the failure below is the job's outcome; one that had
+      // arrived stands, and the failure finds no `doing` row.
+      if (failureKind(error) === 'connection') await abandonConnection(client, ends);
+      else await discardTransaction(client, ends);
       fail(run.job, error, retryIn(run, error));
     } finally {
       letGo(run.job.id);
@@ -339,7 +353,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   }
 
   function fail(job: ClaimedJob, error: unknown, retryInMs: number | null, client?: pg.PoolClient) {
-    if (client) void discardTransaction(client);
+    if (client) void discardTransaction(client, ends);
     const { message, stack } = describeError(error);
     hold(job.id);
     failures.push({
@@ -393,11 +407,15 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     /** An outcome that must not be written (a superseded run): its transaction is rolled back. */
     discard(run: RunningJob) {
       const client = run.takeTransaction();
-      if (client) void discardTransaction(client);
+      if (client) void discardTransaction(client, ends);
     },
-    release(run: RunningJob) {
+    /**
+     * An interrupted job back to todo, uncounted. `busy`: its handler is still running (past
+     * the shutdown deadline), so its transaction's backend is terminated, not waited for.
+     */
+    release(run: RunningJob, options: { busy?: boolean } = {}) {
       const client = run.takeTransaction();
-      if (client) void discardTransaction(client);
+      if (client) void discardTransaction(client, ends, options);
       returnUnstarted(run.job);
     },
     returnUnstarted,

@@ -11,6 +11,7 @@ import type { ClaimedJob } from '../jobs/claim.js';
 import type { DeferResult } from '../jobs/defer.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { DeferOptions, JobContext, JobInfo, ResolvedTask, Task } from '../jobs/task.js';
+import { discardTransaction, type TransactionEnds } from './jobTransaction.js';
 
 export type Outcome =
   | { kind: 'succeeded'; durationMs: number }
@@ -21,6 +22,8 @@ export type Outcome =
 export interface RunJobDeps {
   /** The handler pool: the job's own transaction comes from here. */
   pool: pg.Pool;
+  /** How a transaction the job will not commit is ended. */
+  ends: TransactionEnds;
   log: Logger;
   /** The queue's defer, for `ctx.defer` inside the job's transaction. */
   defer: JobQueue['defer'];
@@ -201,7 +204,7 @@ export class RunningJob {
         throw error;
       }
       if (this.transactionTaken) {
-        await discardTransaction(connection);
+        await discardTransaction(connection, this.deps.ends);
         throw new Error('the job already ended (timed out or shut down); its transaction was discarded');
       }
       this.client = connection;
@@ -210,17 +213,6 @@ export class RunningJob {
     })();
     return this.opening;
   }
-}
-
-/** Ends the job's own transaction: rolled back, and the connection discarded, unless committed by the caller. */
-export async function discardTransaction(client: pg.PoolClient): Promise<void> {
-  try {
-    await client.query('ROLLBACK');
-  } catch {
-    // the connection is destroyed below either way
-  }
-  // Destroyed, not returned: a handler that outlived its timeout may still hold it.
-  client.release(true);
 }
 
 const MESSAGE_MAX = 2_000;

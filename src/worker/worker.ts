@@ -94,9 +94,13 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   });
 
   const buffer: ClaimedJob[] = [];
-  const runDeps = { pool: handlers, log, defer: deps.defer };
+  // Our own statements on a handler connection (the in-transaction completion, COMMIT,
+  // ROLLBACK) get the control deadline; a connection given up on has its backend terminated.
+  const ends = { control, deadlineMs: controlDeadlineMs, log };
+  const runDeps = { pool: handlers, log, defer: deps.defer, ends };
   const running = new Map<string, RunningJob>();
   const outcomes = makeOutcomeWriter({
+    ends,
     pool: control,
     schema,
     log,
@@ -300,7 +304,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     running.clear();
     for (const run of unfinished) {
       run.settled = true;
-      outcomes.release(run);
+      outcomes.release(run, { busy: true });
     }
     const written = await outcomes.close(Math.max(1_000, Math.min(settings.shutdownTimeoutMs, 10_000)));
     log.info(

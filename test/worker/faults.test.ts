@@ -647,6 +647,85 @@ describe('found by review', () => {
     );
   });
 
+  for (const moment of ['the in-transaction completion', 'the COMMIT'] as const) {
+    it(`a job's connection gone half-open at ${moment}: the job's effect commits once, its lock frees, the worker stops`, {
+      timeout: 60_000,
+    }, async () => {
+      // Found by review: our statements on a handler connection had no deadline — the job
+      // stayed doing under a live worker, the next job of its lock never ran, stop() hung.
+      const proxy = await startFaultProxy(databaseUrl());
+      try {
+        const app = newApp(proxy.url);
+        app.task('ho-tx', { transaction: true }, async (_a, ctx) => {
+          await recordRun(ctx.job.id);
+          await ctx.tx!.query(`INSERT INTO "${t.schema}".effects VALUES ($1)`, [ctx.job.id]);
+        });
+        app.task('ho-next', {}, async (_a, ctx) => {
+          await recordRun(ctx.job.id);
+        });
+        proxy.addRule({
+          match: (m) =>
+            m.connection.applicationName === 'outbatch-handler' &&
+            (moment === 'the COMMIT' ? /^COMMIT/.test(m.text) : m.text.includes('outbatch_complete_one')),
+          action: 'half-open',
+        });
+        const id = await deferred(app, 'ho-tx', {}, { lock: `ho-${moment}` });
+        const next = await deferred(app, 'ho-next', {}, { lock: `ho-${moment}` });
+        await withWorker(
+          app,
+          async () => {
+            await waitFor(
+              'both jobs to finish',
+              async () => (await row(id)) === undefined && (await row(next)) === undefined,
+            );
+            const { rows } = await t.pool.query(
+              `SELECT count(*)::int AS n FROM "${t.schema}".effects WHERE job = $1`,
+              [id],
+            );
+            assert.equal(rows[0].n, 1, 'the effect is committed once');
+            assert.equal(await runsOf(next), 1);
+          },
+          { stallTimeout: 6_000, shutdownTimeout: 1_000 },
+        );
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+
+  it('a handler still inside a statement at the shutdown deadline: its backend is terminated, the job goes back uncounted', {
+    timeout: 60_000,
+  }, async () => {
+    // Found by review: the ROLLBACK queued behind the handler's statement, and stop() waited
+    // for that statement to end (25 s with shutdownTimeout 1 s).
+    const app = newApp();
+    let started = false;
+    app.task('stuck-in-sql', { transaction: true }, async (_a, ctx) => {
+      started = true;
+      await ctx.tx!.query('SELECT pg_sleep(3600) /* stuck-in-sql */');
+    });
+    const controller = new AbortController();
+    const running = app.run({ ...FAST, shutdownTimeout: 500, signal: controller.signal });
+    const id = await deferred(app, 'stuck-in-sql');
+    await waitFor('it runs', async () => started);
+    controller.abort();
+    await running; // the test's own timeout catches a stop that waits for the statement
+    await app.close();
+    assert.equal((await row(id))?.status, 'todo');
+    assert.equal((await row(id))?.attempts, 0);
+    await waitFor(
+      'the backend to be gone',
+      async () =>
+        (
+          await t.pool.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE '%stuck-in-sql */' AND pid <> pg_backend_pid()`,
+          )
+        ).rows[0].n === 0,
+      5_000,
+    );
+    await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE id = $1`, [id]);
+  });
+
   it('a revoked Proxy thrown by a handler is described, and the worker goes on', async () => {
     const app = newApp();
     app.task('revoked', { retry: { attempts: 1 } }, async () => {
