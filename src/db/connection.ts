@@ -2,6 +2,7 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { ConnectionError, ValidationError } from '../errors.js';
+import { OWN_STATEMENT_TIMEOUT_MS, setOwnDeadline } from './deadline.js';
 import { isRetryable, sqlState } from './retryable.js';
 
 export interface PoolOptions {
@@ -29,6 +30,14 @@ export interface PoolOptions {
    */
   statementTimeoutMs?: number;
   lockTimeoutMs?: number;
+  /**
+   * outbatch's own statements on this pool — processor page reads, checkpoints and their
+   * BEGIN/COMMIT, processor triggers, schedule passes — are abandoned after this long with
+   * no answer, and the connection's backend terminated (default 60 s). A half-open
+   * connection would otherwise stop a processor or the scheduler until TCP keepalive
+   * notices. Your own statements (a processor's `ctx.tx`) keep `queryTimeoutMs`.
+   */
+  ownStatementTimeoutMs?: number;
 }
 
 /** `host:port` of a connection string, for messages; never includes the password. */
@@ -88,6 +97,7 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     keepAlive: true,
     keepAliveInitialDelayMillis: 5_000,
   });
+  setOwnDeadline(pool, options.ownStatementTimeoutMs ?? OWN_STATEMENT_TIMEOUT_MS);
   pool.on('error', (error) => {
     log.warn(
       { err: error, target: describeTarget(databaseUrl) },

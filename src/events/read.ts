@@ -51,18 +51,19 @@ export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string 
     UNION ALL
     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())`;
 
-  return async function read(options: ReadOptions = {}): Promise<ReadPage> {
+  /** `queryTimeoutMs`: outbatch's own reads (a processor's pages) are abandoned after it. */
+  return async function read(options: ReadOptions = {}, queryTimeoutMs?: number): Promise<ReadPage> {
     const after = parseCheckpoint(options.after ?? START_CHECKPOINT);
     const limit = checkLimit(options.limit ?? 1000);
     const [types, prefix] = filterParams(options);
     const db = options.client ?? (await deps.pool());
-    const rows = await runForArrays(db, sql, [
-      after.txId.toString(),
-      after.position.toString(),
-      types,
-      prefix,
-      limit,
-    ]);
+    const rows = await runForArrays(
+      db,
+      sql,
+      [after.txId.toString(), after.position.toString(), types, prefix, limit],
+      undefined,
+      queryTimeoutMs,
+    );
     // One row, with no position, carries the snapshot's xmin (one statement, so one snapshot).
     const at = rows.findLastIndex((row) => row[0] === null);
     const xmin = rows.splice(at, 1)[0]![EXTRA_COLUMN] as string;

@@ -18,6 +18,7 @@ import {
   timer,
 } from 'rxjs';
 import type { Clock } from '../clock.js';
+import { ownDeadline, withDeadline } from '../db/deadline.js';
 import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
@@ -97,7 +98,10 @@ export function makeProcessors(deps: ProcessorDeps) {
   /** Defers one run per running version. */
   async function deferRuns(name: string, client?: Queryable): Promise<string | null> {
     const def = definitions.get(name)!;
-    const db = client ?? (await deps.pool());
+    // On the pool these are outbatch's own statements: a trigger hung on a half-open
+    // connection would hold the exhaustMap below, and every later trigger with it.
+    const pool = client ? undefined : await deps.pool();
+    const db = client ?? withDeadline(pool!, ownDeadline(pool!));
     let first: string | null = null;
     for (const version of await runnableVersions(db, deps.q, name)) {
       const id = await deferRun(def, db, { version });

@@ -7,6 +7,7 @@
 import type pg from 'pg';
 import { defaultIfEmpty, from, fromEvent, lastValueFrom, takeUntil } from 'rxjs';
 import type { Clock } from '../clock.js';
+import { ownDeadline, underDeadline } from '../db/deadline.js';
 import { isRetryable } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { errorMessage } from '../errors.js';
@@ -35,7 +36,8 @@ export interface RunDeps {
   q: string;
   log: Logger;
   clock: Clock;
-  read(options: ReadOptions): Promise<ReadPage>;
+  /** `queryTimeoutMs`: the page reads are outbatch's own statements, abandoned after it. */
+  read(options: ReadOptions, queryTimeoutMs?: number): Promise<ReadPage>;
 }
 
 export type RunOutcome =
@@ -74,12 +76,10 @@ export async function runProcessor(
   // The next page, read while the last one committed (see runPage).
   let next: Prefetch | undefined;
   const prefetch = (after: Checkpoint, limit: number) => {
-    const page = deps.read({
-      after,
-      types: def.types ?? undefined,
-      streamPrefix: def.streamPrefix ?? undefined,
-      limit,
-    });
+    const page = deps.read(
+      { after, types: def.types ?? undefined, streamPrefix: def.streamPrefix ?? undefined, limit },
+      ownDeadline(deps.pool),
+    );
     page.catch(() => {}); // a failed read-ahead is read again in the page's transaction
     next = { after, limit, page };
   };
@@ -176,8 +176,12 @@ async function runPage(
   ahead: Prefetch | undefined,
   prefetch: (after: Checkpoint, limit: number) => void,
 ): Promise<PageStep> {
+  // outbatch's own statements in the page (the lock, the read, the checkpoint) have the
+  // pool's deadline; the pipeline's own statements on ctx.tx keep the caller's.
+  const deadlineMs = ownDeadline(deps.pool);
   return withTransaction(deps.pool, async (tx) => {
-    const row = known ?? (await lockVersion(tx, deps.q, def.name, version));
+    const own = <T>(fn: () => Promise<T>) => underDeadline(tx, deadlineMs, fn);
+    const row = known ?? (await own(() => lockVersion(tx, deps.q, def.name, version)));
     if (!row) return { kind: 'retired' };
     if (row.failed) return { kind: 'failed' };
     if (row.paused) return { kind: 'paused' };
@@ -187,13 +191,16 @@ async function runPage(
         : undefined;
     const page =
       readAhead ??
-      (await deps.read({
-        after: row.checkpoint,
-        types: def.types ?? undefined,
-        streamPrefix: def.streamPrefix ?? undefined,
-        limit,
-        client: tx,
-      }));
+      (await deps.read(
+        {
+          after: row.checkpoint,
+          types: def.types ?? undefined,
+          streamPrefix: def.streamPrefix ?? undefined,
+          limit,
+          client: tx,
+        },
+        deadlineMs,
+      ));
     if (page.events.length > 0) {
       try {
         await applyPipeline(def, page.events, { tx, log, signal, processor: def.name, version });
@@ -205,15 +212,17 @@ async function runPage(
     }
     if (!page.caughtUp) prefetch(page.checkpoint, limit);
     if (page.checkpoint !== row.checkpoint) {
-      const saved = await saveCheckpoint(
-        tx,
-        deps.q,
-        def.name,
-        version,
-        parseCheckpoint(row.checkpoint),
-        parseCheckpoint(page.checkpoint),
-        page.events.length,
-        deps.clock.now(),
+      const saved = await own(() =>
+        saveCheckpoint(
+          tx,
+          deps.q,
+          def.name,
+          version,
+          parseCheckpoint(row.checkpoint),
+          parseCheckpoint(page.checkpoint),
+          page.events.length,
+          deps.clock.now(),
+        ),
       );
       if (!saved) throw new RowChanged();
     }

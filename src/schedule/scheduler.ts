@@ -8,6 +8,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { catchError, defer, EMPTY, exhaustMap, type Observable, timer } from 'rxjs';
 import type { Clock } from '../clock.js';
+import { ownDeadline, underDeadline } from '../db/deadline.js';
 import type { Queryable } from '../db/queryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { errorMessage } from '../errors.js';
@@ -48,18 +49,22 @@ export function makeScheduler({ pool, q, log, clock, schedules }: SchedulerDeps)
   async function runSchedule(entry: ScheduledTask): Promise<Date[]> {
     const { schedule } = entry;
     const now = clock.now();
-    const { enqueued, skipped } = await withTransaction(pool, async (client) => {
-      const { since } = await touchSchedule(client, q, schedule, entry.task, now);
-      const plan = planDue(schedule, since, now);
-      const last = plan.enqueue.at(-1) ?? plan.skipped.last;
-      if (!last) return { enqueued: [], skipped: plan.skipped };
-      const claimed = await claimTicks(client, q, schedule.name, plan.enqueue, now);
-      for (const tick of claimed) {
-        await recordTickJob(client, q, schedule.name, tick, await entry.enqueue(client, tick));
-      }
-      await advanceSchedule(client, q, schedule.name, last, now);
-      return { enqueued: claimed, skipped: plan.skipped };
-    });
+    // Every statement of a pass is outbatch's own: a pass hung on a half-open connection
+    // would hold the exhaustMap below, and every schedule with it.
+    const { enqueued, skipped } = await withTransaction(pool, (client) =>
+      underDeadline(client, ownDeadline(pool), async () => {
+        const { since } = await touchSchedule(client, q, schedule, entry.task, now);
+        const plan = planDue(schedule, since, now);
+        const last = plan.enqueue.at(-1) ?? plan.skipped.last;
+        if (!last) return { enqueued: [], skipped: plan.skipped };
+        const claimed = await claimTicks(client, q, schedule.name, plan.enqueue, now);
+        for (const tick of claimed) {
+          await recordTickJob(client, q, schedule.name, tick, await entry.enqueue(client, tick));
+        }
+        await advanceSchedule(client, q, schedule.name, last, now);
+        return { enqueued: claimed, skipped: plan.skipped };
+      }),
+    );
     // Logged once committed: a pass that rolls back skipped nothing, and the next one
     // would report the same ticks again.
     if (skipped.count > 0) {

@@ -10,6 +10,7 @@
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { abandonConnection } from '../db/deadline.js';
 
 export interface TransactionEnds {
   /** The worker's control pool, to terminate a backend from. */
@@ -17,6 +18,8 @@ export interface TransactionEnds {
   /** How long one of our statements on a handler connection may go unanswered. */
   deadlineMs: number;
   log: Logger;
+  /** Terminations not yet answered: the worker awaits them before closing its pools. */
+  terminating: Set<Promise<void>>;
 }
 
 /** `text` on the job's connection, abandoned after the deadline (node-postgres `query_timeout`). */
@@ -48,25 +51,17 @@ export async function discardTransaction(
       // no answer in time, or the connection is gone: terminate below
     }
   }
-  await abandonConnection(client, ends);
+  abandon(client, ends);
 }
 
 /**
- * Destroys the connection and terminates its server backend (the same role may always
- * terminate its own backends). If the backend is already gone, or the control pool cannot
- * reach the server either, there is nothing more to do: the server ends the session when
- * it notices the socket closed.
+ * Destroys the connection and terminates its backend (db/deadline.ts). Not awaited by the
+ * caller — with the server down, asking it would wait for a connection — but tracked, so
+ * the worker's shutdown waits for it before closing the control pool.
  */
-export async function abandonConnection(client: pg.PoolClient, ends: TransactionEnds): Promise<void> {
-  const pid = (client as unknown as { processID?: number }).processID;
-  client.release(true);
-  if (!pid) return;
-  try {
-    await ends.control.query('SELECT pg_terminate_backend($1)', [pid]);
-  } catch (error) {
-    ends.log.warn(
-      { err: error, pid },
-      'could not terminate an abandoned handler connection; the server ends it when it notices',
-    );
-  }
+export function abandon(client: pg.PoolClient, ends: TransactionEnds): void {
+  const terminating = abandonConnection(client, ends.control, ends.log).finally(() =>
+    ends.terminating.delete(terminating),
+  );
+  ends.terminating.add(terminating);
 }

@@ -17,7 +17,7 @@ import type { ClaimedJob } from '../jobs/claim.js';
 import { type Completion, completeInTransaction, completeJobs, countSucceeded } from '../jobs/complete.js';
 import { type Failure, failJobs, failUnrecordable } from '../jobs/fail.js';
 import { type Released, releaseJobs } from '../jobs/release.js';
-import { abandonConnection, discardTransaction, onDeadline, type TransactionEnds } from './jobTransaction.js';
+import { abandon, discardTransaction, onDeadline, type TransactionEnds } from './jobTransaction.js';
 import { describeError, type RunningJob, storable } from './runJob.js';
 
 const MAX_BATCH = 1_000;
@@ -344,7 +344,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       // (a half-open connection): the backend is terminated, so a COMMIT that had not
       // arrived rolls back and the failure below is the job's outcome; one that had
       // arrived stands, and the failure finds no `doing` row.
-      if (failureKind(error) === 'connection') await abandonConnection(client, ends);
+      if (failureKind(error) === 'connection') abandon(client, ends);
       else await discardTransaction(client, ends);
       fail(run.job, error, retryIn(run, error));
     } finally {

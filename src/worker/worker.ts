@@ -96,7 +96,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   const buffer: ClaimedJob[] = [];
   // Our own statements on a handler connection (the in-transaction completion, COMMIT,
   // ROLLBACK) get the control deadline; a connection given up on has its backend terminated.
-  const ends = { control, deadlineMs: controlDeadlineMs, log };
+  const ends = { control, deadlineMs: controlDeadlineMs, log, terminating: new Set<Promise<void>>() };
   const runDeps = { pool: handlers, log, defer: deps.defer, ends };
   const running = new Map<string, RunningJob>();
   const outcomes = makeOutcomeWriter({
@@ -324,10 +324,12 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     await closePools();
   }
 
-  const closePools = () =>
-    Promise.all([control.end(), handlers.end()]).catch((error) => {
+  const closePools = async () => {
+    await Promise.all(ends.terminating);
+    await Promise.all([control.end(), handlers.end()]).catch((error) => {
       log.warn({ err: error }, 'closing the worker connections failed');
     });
+  };
 
   const started = (async () => {
     await retryConnection(
