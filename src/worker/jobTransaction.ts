@@ -17,19 +17,21 @@ export interface TransactionEnds {
   control: pg.Pool;
   /** How long one of our statements on a handler connection may go unanswered. */
   deadlineMs: number;
+  /**
+   * How long the job's COMMIT may take: it runs the job's own deferred work (deferred
+   * constraints and triggers), so it gets the stall timeout, not the control deadline (a
+   * 3 s COMMIT was killed at a 2 s deadline and dead-lettered, found by review).
+   */
+  commitDeadlineMs: number;
   log: Logger;
   /** Terminations not yet answered: the worker awaits them before closing its pools. */
   terminating: Set<Promise<void>>;
 }
 
-/** `text` on the job's connection, abandoned after the deadline (node-postgres `query_timeout`). */
-export function onDeadline(
-  client: pg.PoolClient,
-  ends: TransactionEnds,
-  text: string,
-): Promise<pg.QueryResult> {
+/** `text` on the job's connection, abandoned after `ms` (node-postgres `query_timeout`). */
+export function onDeadline(client: pg.PoolClient, ms: number, text: string): Promise<pg.QueryResult> {
   // query_timeout per statement is node-postgres' (client.js); its typings omit it.
-  return client.query({ text, query_timeout: ends.deadlineMs } as pg.QueryConfig);
+  return client.query({ text, query_timeout: ms } as pg.QueryConfig);
 }
 
 /**
@@ -44,7 +46,7 @@ export async function discardTransaction(
 ): Promise<void> {
   if (!options.busy) {
     try {
-      await onDeadline(client, ends, 'ROLLBACK');
+      await onDeadline(client, ends.deadlineMs, 'ROLLBACK');
       client.release(true);
       return;
     } catch {

@@ -77,21 +77,57 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     });
   };
 
-  // Single outcomes set aside after a transient refusal (a lock wait), retried on their own.
-  const parked = new Set<Promise<void>>();
+  // Outcomes set aside after a transient refusal (a lock wait): retried one at a time, on one
+  // control connection, each when its backoff ends. One at a time because each may wait a
+  // whole lock_timeout: in parallel they took every control connection and starved the
+  // heartbeat (found by review).
+  const parked: { at: number; retry: () => Promise<void> }[] = [];
+  let parking: Promise<void> | undefined;
+
+  function park(waitMs: number, retry: () => Promise<void>): void {
+    parked.push({ at: Date.now() + waitMs, retry });
+    parking ??= drainParked().finally(() => {
+      parking = undefined;
+    });
+  }
+
+  async function drainParked(): Promise<void> {
+    while (parked.length > 0) {
+      if (closing && Date.now() >= giveUpAt) {
+        // Still held (never let go), so the shutdown sweep leaves them to recovery, which
+        // counts the attempt: their handlers ran.
+        log.error(
+          { jobs: parked.length },
+          'outcomes still waiting at the shutdown deadline; those jobs will be recovered as dirty',
+        );
+        parked.length = 0;
+        return;
+      }
+      parked.sort((x, y) => x.at - y.at);
+      const waitMs = parked[0]!.at - Date.now();
+      if (waitMs > 0) {
+        await sleep(closing ? Math.min(waitMs, Math.max(giveUpAt - Date.now(), 0)) : waitMs);
+        continue;
+      }
+      await parked
+        .shift()!
+        .retry()
+        .catch((error) => log.error({ err: error }, 'writing a set-aside outcome failed'));
+    }
+  }
 
   /**
    * Writes `batch`, then hands it to `done` (the jobs are let go). On a refusal, halves it
    * until the refused outcome is alone and hands that one to `salvage`. Connection trouble
-   * retries the whole batch with backoff (at shutdown until the shutdown deadline, then
-   * recovery takes the jobs once this worker is gone). A transient refusal — a lock or
-   * statement timeout, a deadlock, a cancel — names rows, not the connection: the batch is
-   * halved at once, and an outcome refused so alone is set aside (`parked`) and retried
-   * with backoff beside the later outcomes, never in front of them. A job whose failure
-   * waits on another transaction's queueing-lock entry (a handler's ctx.defer, uncommitted)
-   * waits alone, for as long as that transaction lasts; other transient refusals count as
-   * refused after MAX_TRANSIENT tries. `inPlace` (salvage's own
-   * writes) retries transient refusals where it stands instead, as its caller awaits it.
+   * retries the whole batch with backoff (at shutdown until the shutdown deadline; then the
+   * jobs stay held, and recovery takes them once this worker is gone, counting the attempt).
+   * A transient refusal — a lock or statement timeout, a deadlock, a cancel — names rows,
+   * not the connection: every outcome of the batch is set aside (`park`) and retried alone
+   * with backoff, one at a time, behind the later outcomes rather than in front of them. A
+   * job whose failure waits on another transaction's queueing-lock entry (a handler's
+   * ctx.defer, uncommitted) waits as long as that transaction lasts; other transient
+   * refusals count as refused after MAX_TRANSIENT tries. `inPlace` (salvage's own writes)
+   * retries transient refusals where it stands instead, as its caller awaits it.
    */
   async function writeBatch<T>(
     what: string,
@@ -110,47 +146,36 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       } catch (error) {
         const kind = failureKind(error);
         // A lock wait ends when the other transaction does: retried for as long as it takes
-        // (it waits alone). Other transient refusals count as refused after MAX_TRANSIENT.
+        // (set aside). Other transient refusals count as refused after MAX_TRANSIENT.
         const again =
           kind === 'transient' && (transient < MAX_TRANSIENT || sqlState(error) === LOCK_NOT_AVAILABLE);
         if (kind === 'connection' || (again && options.inPlace)) {
           if (kind === 'transient') transient += 1;
           if (closing && Date.now() >= giveUpAt) {
             log.error({ err: error }, `${what} failed at shutdown; those jobs will be recovered as dirty`);
-            done(batch);
-            return;
+            return; // not done: still held, see drainParked
           }
           const waitMs = backoff(attempt);
           log.warn({ err: error, waitMs }, `${what} failed; retrying`);
           await sleep(waitMs);
           continue;
         }
+        if (again) {
+          const waitMs = backoff(transient + 1);
+          log.warn(
+            { err: error, waitMs, outcomes: batch.length },
+            `${what} waits (${sqlState(error) ?? errorMessage(error)}); set aside, retried one by one`,
+          );
+          for (const item of batch) {
+            park(waitMs, () => writeBatch(what, [item], write, salvage, done, { transient: transient + 1 }));
+          }
+          return;
+        }
         if (batch.length > 1) {
           const half = Math.ceil(batch.length / 2);
           const rest = { ...options, transient: 0 };
           await writeBatch(what, batch.slice(0, half), write, salvage, done, rest);
           await writeBatch(what, batch.slice(half), write, salvage, done, rest);
-          return;
-        }
-        if (again && closing && Date.now() >= giveUpAt) {
-          log.error(
-            { err: error },
-            `${what} still waits at the shutdown deadline; that job will be recovered as dirty`,
-          );
-          done(batch);
-          return;
-        }
-        if (again) {
-          const waitMs = backoff(transient + 1);
-          log.warn(
-            { err: error, waitMs },
-            `${what} waits (${sqlState(error) ?? errorMessage(error)}); set aside, retried alone`,
-          );
-          const retry = sleep(waitMs)
-            .then(() => writeBatch(what, batch, write, salvage, done, { transient: transient + 1 }))
-            .catch((failure) => log.error({ err: failure }, `${what} failed`))
-            .finally(() => parked.delete(retry));
-          parked.add(retry);
           return;
         }
         await salvage(batch[0]!, error);
@@ -332,7 +357,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         );
         return;
       }
-      await onDeadline(client, ends, 'COMMIT');
+      await onDeadline(client, ends.commitDeadlineMs, 'COMMIT');
       client.release();
       committed.push(completion);
       schedule();
@@ -429,7 +454,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       closing = true;
       giveUpAt = Date.now() + deadlineMs;
       await Promise.all(inTransaction);
-      while (flushing || parked.size > 0) await (flushing ?? Promise.all(parked));
+      while (flushing || parking) await (flushing ?? parking);
       return returned;
     },
   };

@@ -76,16 +76,16 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // case every control statement already handles. The floor keeps a loaded server's slow
   // statements from being abandoned and redone (with a 1 s stall timeout and a 333 ms
   // deadline, tests under load failed at start-up); the heartbeat has its own, shorter
-  // deadline (upkeep.ts). The server cancels the statement itself just before the client
-  // gives up, so an abandoned one does not run on (and pile up, one backend per retry),
-  // and a lock wait ends after 1 s as a transient refusal: the outcome writer then sets
-  // that outcome aside instead of holding every other outcome behind it.
+  // deadline (upkeep.ts). A lock wait ends on the server after 1 s as a transient refusal
+  // (lock_timeout): the outcome writer then sets that outcome aside instead of holding every
+  // other outcome behind it, and abandoned statements cannot pile up waiting on a lock. No
+  // server-side statement_timeout: a long maintenance statement (a large purge) must be
+  // allowed to finish on the server even when the client stops waiting (found by review).
   const controlDeadlineMs = Math.max(2_000, Math.round(settings.stallTimeoutMs / 3));
   const control = createPool(deps.databaseUrl, log, {
     max: CONTROL_CONNECTIONS,
     applicationName: 'outbatch-control',
     queryTimeoutMs: controlDeadlineMs,
-    statementTimeoutMs: controlDeadlineMs - 250,
     lockTimeoutMs: 1_000,
   });
   const handlers = createPool(deps.databaseUrl, log, {
@@ -94,9 +94,17 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   });
 
   const buffer: ClaimedJob[] = [];
-  // Our own statements on a handler connection (the in-transaction completion, COMMIT,
-  // ROLLBACK) get the control deadline; a connection given up on has its backend terminated.
-  const ends = { control, deadlineMs: controlDeadlineMs, log, terminating: new Set<Promise<void>>() };
+  // Our own statements on a handler connection (the in-transaction completion, ROLLBACK) get
+  // the control deadline; its COMMIT, which runs the job's deferred work (deferred
+  // constraints, triggers), gets the stall timeout (the heartbeat goes on meanwhile). A
+  // connection given up on has its backend terminated.
+  const ends = {
+    control,
+    deadlineMs: controlDeadlineMs,
+    commitDeadlineMs: Math.max(controlDeadlineMs, settings.stallTimeoutMs),
+    log,
+    terminating: new Set<Promise<void>>(),
+  };
   const runDeps = { pool: handlers, log, defer: deps.defer, ends };
   const running = new Map<string, RunningJob>();
   const outcomes = makeOutcomeWriter({

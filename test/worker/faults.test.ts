@@ -726,6 +726,65 @@ describe('found by review', () => {
     await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE id = $1`, [id]);
   });
 
+  it("a job's COMMIT slower than the control deadline (deferred work) commits, within the stall timeout", async () => {
+    // Found by review of the deadlines: a 3 s COMMIT (a deferred constraint trigger) was
+    // killed at the 2 s control deadline on every attempt and dead-lettered.
+    const s = `"${t.schema}"`;
+    await t.pool.query(`
+      CREATE TABLE ${s}.slow_items (v int);
+      CREATE FUNCTION ${s}.slow_check() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
+      CREATE CONSTRAINT TRIGGER slow_check AFTER INSERT ON ${s}.slow_items DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION ${s}.slow_check();`);
+    const app = newApp();
+    app.task('slow-commit', { transaction: true, retry: { attempts: 3 } }, async (_a, ctx) => {
+      await recordRun(ctx.job.id);
+      await ctx.tx!.query(`INSERT INTO ${s}.slow_items VALUES (1)`);
+    });
+    await withWorker(
+      app,
+      async () => {
+        const id = await deferred(app, 'slow-commit');
+        await waitFor(
+          'it completes',
+          async () => (await row(id)) === undefined || (await row(id))?.status === 'failed',
+        );
+        assert.equal(await row(id), undefined);
+        assert.equal(await runsOf(id), 1);
+        const { rows } = await t.pool.query(`SELECT count(*)::int AS n FROM ${s}.slow_items`);
+        assert.equal(rows[0].n, 1);
+      },
+      { stallTimeout: 6_000 },
+    );
+  });
+
+  it('a completion given up at the shutdown deadline keeps its attempt: recovery counts it, the job is not run again uncounted', async () => {
+    // Found by review: the shutdown sweep took the given-up completion for a claim never run.
+    const proxy = await startFaultProxy(databaseUrl());
+    try {
+      const app = newApp(proxy.url);
+      app.task('given-up', { retry: { attempts: 1 } }, async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+      });
+      const controller = new AbortController();
+      const running = app.run({ ...FAST, shutdownTimeout: 1_000, signal: controller.signal });
+      await waitFor(
+        'the worker to register',
+        async () => (await t.pool.query(`SELECT 1 FROM "${t.schema}".workers`)).rowCount,
+      );
+      proxy.addRule({ match: 'outbatch_complete_', action: 'cut', times: 1_000 });
+      const id = await deferred(app, 'given-up');
+      await waitFor('it runs', async () => (await runsOf(id)) === 1);
+      controller.abort();
+      await running;
+      await app.close();
+      const left = await row(id);
+      assert.equal(left?.status, 'doing', 'left to recovery');
+      assert.equal(left?.attempts, 1, 'its attempt is kept');
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it('a revoked Proxy thrown by a handler is described, and the worker goes on', async () => {
     const app = newApp();
     app.task('revoked', { retry: { attempts: 1 } }, async () => {
