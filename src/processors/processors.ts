@@ -116,7 +116,9 @@ export function makeProcessors(deps: ProcessorDeps) {
    * heldBack.ts), and say so once per hold, when it has lasted long enough to matter.
    */
   async function onHeldBack(def: ProcessorDefinition, args: RunArgs, processed: number, log: Logger) {
-    const pool = await deps.pool();
+    const raw = await deps.pool();
+    // outbatch's own statements: a hung one would leave the run job doing for good.
+    const pool = withDeadline(raw, ownDeadline(raw));
     const streak = heldBackStreak(heldRunsOf(args), processed);
     const delayMs = heldBackDelayMs(streak);
     if (streak === HELD_RUNS_BEFORE_LOG) {

@@ -7,7 +7,7 @@
 import type pg from 'pg';
 import { defaultIfEmpty, from, fromEvent, lastValueFrom, takeUntil } from 'rxjs';
 import type { Clock } from '../clock.js';
-import { ownDeadline, underDeadline } from '../db/deadline.js';
+import { ownDeadline, underDeadline, withDeadline } from '../db/deadline.js';
 import { isRetryable } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { errorMessage } from '../errors.js';
@@ -260,7 +260,9 @@ async function onEventFailure(
 ): Promise<'retry' | 'halted' | 'skipped' | 'changed'> {
   const message = errorMessage(failure);
   const now = deps.clock.now();
-  const attempts = await recordFailure(deps.pool, deps.q, def.name, version, event.position, message, now);
+  // outbatch's own statements: a hung one would leave the run job doing for good.
+  const own = withDeadline(deps.pool, ownDeadline(deps.pool));
+  const attempts = await recordFailure(own, deps.q, def.name, version, event.position, message, now);
   if (attempts < def.attempts) {
     log.warn(
       { err: failure, position: event.position.toString(), attempt: attempts },
@@ -269,7 +271,7 @@ async function onEventFailure(
     return 'retry';
   }
   if (def.onPoison === 'halt') {
-    await haltVersion(deps.pool, deps.q, def.name, version, event.position, message, now);
+    await haltVersion(own, deps.q, def.name, version, event.position, message, now);
     log.error(
       { err: failure, position: event.position.toString(), attempts },
       `processor "${def.name}" halted on event ${event.position} after ${attempts} attempts: fix it, then "outbatch processors reset-failed ${def.name}"`,

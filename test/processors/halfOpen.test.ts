@@ -30,12 +30,15 @@ const FAST = {
 for (const [moment, marker] of [
   ['the checkpoint save', 'SET checkpoint_tx'],
   ['the trigger', 'processor:'],
+  // A run held back by an open transaction defers its next look (args carry heldRuns).
+  ['a held-back run deferring its next look', 'heldRuns'],
 ] as const) {
   it(`a connection gone half-open at ${moment}: every event is processed once`, {
     timeout: 90_000,
   }, async () => {
     const proxy = await startFaultProxy(databaseUrl());
-    const name = moment === 'the trigger' ? 'ho-trigger' : 'ho-save';
+    const name =
+      moment === 'the trigger' ? 'ho-trigger' : moment === 'the checkpoint save' ? 'ho-save' : 'ho-held';
     const app = createApp({
       databaseUrl: proxy.url,
       schema: t.schema,
@@ -64,7 +67,14 @@ for (const [moment, marker] of [
         match: (m) => m.connection.applicationName !== 'outbatch-control' && m.text.includes(marker),
         action: 'half-open',
       });
+      // A transaction holding an xid holds back every event committed after it began.
+      const holder = moment.startsWith('a held-back') ? await t.pool.connect() : undefined;
+      await holder?.query('BEGIN');
+      await holder?.query('SELECT pg_current_xact_id()');
       await append(1);
+      if (holder) await sleep(1_000);
+      await holder?.query('COMMIT');
+      holder?.release();
       await fired;
       for (let n = 2; n < 6; n += 1) await append(n);
       await waitFor('every event', async () => (await seen(name)).total === 6, 45_000);
@@ -77,6 +87,8 @@ for (const [moment, marker] of [
     }
   });
 }
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function seen(name: string) {
   const { rows } = await t.pool.query(
