@@ -278,41 +278,44 @@ async function onEventFailure(
     );
     return 'halted';
   }
-  const skipped = await withTransaction(deps.pool, async (tx) => {
-    const row = await lockVersion(tx, deps.q, def.name, version);
-    if (!row || row.paused || row.failed) return false;
-    // Skip only if this event is still the next one: a rewind meanwhile must not be jumped over.
-    const next = await deps.read({
-      after: row.checkpoint,
-      types: def.types ?? undefined,
-      streamPrefix: def.streamPrefix ?? undefined,
-      limit: 1,
-      client: tx,
-    });
-    if (next.events[0]?.position !== event.position) return false;
-    await deadLetter(tx, deps.q, {
-      processor: def.name,
-      version,
-      position: event.position,
-      txId: event.txId,
-      stream: event.stream,
-      type: event.type,
-      error: message,
-      stack: failure instanceof Error ? (failure.stack ?? null) : null,
-      attempts,
-    });
-    // The row is locked: nothing can have changed it since.
-    return saveCheckpoint(
-      tx,
-      deps.q,
-      def.name,
-      version,
-      parseCheckpoint(row.checkpoint),
-      { txId: event.txId, position: event.position },
-      1,
-      now,
-    );
-  });
+  // Every statement of the skip is outbatch's own: all under the deadline.
+  const skipped = await withTransaction(deps.pool, (tx) =>
+    underDeadline(tx, ownDeadline(deps.pool), async () => {
+      const row = await lockVersion(tx, deps.q, def.name, version);
+      if (!row || row.paused || row.failed) return false;
+      // Skip only if this event is still the next one: a rewind meanwhile must not be jumped over.
+      const next = await deps.read({
+        after: row.checkpoint,
+        types: def.types ?? undefined,
+        streamPrefix: def.streamPrefix ?? undefined,
+        limit: 1,
+        client: tx,
+      });
+      if (next.events[0]?.position !== event.position) return false;
+      await deadLetter(tx, deps.q, {
+        processor: def.name,
+        version,
+        position: event.position,
+        txId: event.txId,
+        stream: event.stream,
+        type: event.type,
+        error: message,
+        stack: failure instanceof Error ? (failure.stack ?? null) : null,
+        attempts,
+      });
+      // The row is locked: nothing can have changed it since.
+      return saveCheckpoint(
+        tx,
+        deps.q,
+        def.name,
+        version,
+        parseCheckpoint(row.checkpoint),
+        { txId: event.txId, position: event.position },
+        1,
+        now,
+      );
+    }),
+  );
   if (!skipped) return 'changed'; // paused, halted or rewound meanwhile: the run looks again
   log.error(
     { err: failure, position: event.position.toString(), attempts },
