@@ -23,12 +23,10 @@ export interface PoolOptions {
    */
   queryTimeoutMs?: number;
   /**
-   * Server-side limits for every statement of the pool (`statement_timeout`,
-   * `lock_timeout`; default: the server's). The client's deadline only abandons a
-   * statement; without these the server goes on running it (a lock wait for as long as the
-   * lock is held), and each retry leaves one more backend waiting.
+   * Server-side `lock_timeout` for every statement of the pool (default: the server's). The
+   * client's deadline only abandons a statement; without it the server goes on waiting for
+   * a lock as long as it is held, and each retry leaves one more backend waiting.
    */
-  statementTimeoutMs?: number;
   lockTimeoutMs?: number;
   /**
    * outbatch's own statements on this pool — processor page reads, checkpoints and their
@@ -92,7 +90,6 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     idleTimeoutMillis: 30_000,
     application_name: options.applicationName ?? 'outbatch',
     query_timeout: options.queryTimeoutMs,
-    statement_timeout: options.statementTimeoutMs,
     lock_timeout: options.lockTimeoutMs,
     keepAlive: true,
     keepAliveInitialDelayMillis: 5_000,

@@ -23,7 +23,12 @@ export function ownDeadline(pool: pg.Pool): number {
   return ownDeadlines.get(pool) ?? OWN_STATEMENT_TIMEOUT_MS;
 }
 
-/** `pool` as a Queryable whose every statement is abandoned after `ms`. */
+/** The pool as a Queryable for outbatch's own statements: each abandoned after the pool's own deadline. */
+export function withOwnDeadline(pool: pg.Pool): Queryable {
+  return withDeadline(pool, ownDeadline(pool));
+}
+
+/** `pool` (or a client) as a Queryable whose every statement is abandoned after `ms`. */
 export function withDeadline(pool: pg.Pool | pg.PoolClient, ms: number): Queryable {
   return {
     // query_timeout per statement is node-postgres' (client.js); its typings omit it.

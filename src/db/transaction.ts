@@ -1,6 +1,6 @@
 /** withTransaction: BEGIN/COMMIT on one pooled connection, rolled back on error. */
 import type pg from 'pg';
-import { abandonConnection, ownDeadline, underDeadline } from './deadline.js';
+import { abandonConnection, ownDeadline, withDeadline } from './deadline.js';
 import { failureKind } from './retryable.js';
 
 /**
@@ -15,20 +15,20 @@ export async function withTransaction<T>(
   fn: (client: pg.PoolClient) => Promise<T>,
 ): Promise<T> {
   const client = await pool.connect();
-  const deadlineMs = ownDeadline(pool);
+  const own = withDeadline(client, ownDeadline(pool));
   let broken: Error | undefined;
   let lost = false;
   try {
-    await underDeadline(client, deadlineMs, () => client.query('BEGIN'));
+    await own.query('BEGIN');
     const result = await fn(client);
-    await underDeadline(client, deadlineMs, () => client.query('COMMIT'));
+    await own.query('COMMIT');
     return result;
   } catch (error) {
     // No answer (or no connection): a ROLLBACK would wait behind the silent statement.
     lost = failureKind(error) === 'connection';
     if (!lost) {
       try {
-        await underDeadline(client, deadlineMs, () => client.query('ROLLBACK'));
+        await own.query('ROLLBACK');
       } catch (rollbackError) {
         broken = rollbackError as Error;
         lost = failureKind(rollbackError) === 'connection';

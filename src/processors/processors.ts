@@ -18,7 +18,7 @@ import {
   timer,
 } from 'rxjs';
 import type { Clock } from '../clock.js';
-import { ownDeadline, withDeadline } from '../db/deadline.js';
+import { withOwnDeadline } from '../db/deadline.js';
 import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
@@ -100,8 +100,7 @@ export function makeProcessors(deps: ProcessorDeps) {
     const def = definitions.get(name)!;
     // On the pool these are outbatch's own statements: a trigger hung on a half-open
     // connection would hold the exhaustMap below, and every later trigger with it.
-    const pool = client ? undefined : await deps.pool();
-    const db = client ?? withDeadline(pool!, ownDeadline(pool!));
+    const db = client ?? withOwnDeadline(await deps.pool());
     let first: string | null = null;
     for (const version of await runnableVersions(db, deps.q, name)) {
       const id = await deferRun(def, db, { version });
@@ -116,9 +115,8 @@ export function makeProcessors(deps: ProcessorDeps) {
    * heldBack.ts), and say so once per hold, when it has lasted long enough to matter.
    */
   async function onHeldBack(def: ProcessorDefinition, args: RunArgs, processed: number, log: Logger) {
-    const raw = await deps.pool();
     // outbatch's own statements: a hung one would leave the run job doing for good.
-    const pool = withDeadline(raw, ownDeadline(raw));
+    const pool = withOwnDeadline(await deps.pool());
     const streak = heldBackStreak(heldRunsOf(args), processed);
     const delayMs = heldBackDelayMs(streak);
     if (streak === HELD_RUNS_BEFORE_LOG) {

@@ -7,7 +7,7 @@
 import type pg from 'pg';
 import { defaultIfEmpty, from, fromEvent, lastValueFrom, takeUntil } from 'rxjs';
 import type { Clock } from '../clock.js';
-import { ownDeadline, underDeadline, withDeadline } from '../db/deadline.js';
+import { ownDeadline, underDeadline, withOwnDeadline } from '../db/deadline.js';
 import { isRetryable } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { errorMessage } from '../errors.js';
@@ -261,7 +261,7 @@ async function onEventFailure(
   const message = errorMessage(failure);
   const now = deps.clock.now();
   // outbatch's own statements: a hung one would leave the run job doing for good.
-  const own = withDeadline(deps.pool, ownDeadline(deps.pool));
+  const own = withOwnDeadline(deps.pool);
   const attempts = await recordFailure(own, deps.q, def.name, version, event.position, message, now);
   if (attempts < def.attempts) {
     log.warn(

@@ -10,7 +10,7 @@
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { abandonConnection } from '../db/deadline.js';
+import { abandonConnection, withDeadline } from '../db/deadline.js';
 
 export interface TransactionEnds {
   /** The worker's control pool, to terminate a backend from. */
@@ -28,12 +28,6 @@ export interface TransactionEnds {
   terminating: Set<Promise<void>>;
 }
 
-/** `text` on the job's connection, abandoned after `ms` (node-postgres `query_timeout`). */
-export function onDeadline(client: pg.PoolClient, ms: number, text: string): Promise<pg.QueryResult> {
-  // query_timeout per statement is node-postgres' (client.js); its typings omit it.
-  return client.query({ text, query_timeout: ms } as pg.QueryConfig);
-}
-
 /**
  * Rolls the job's transaction back and destroys the connection (a handler that outlived
  * its timeout may still hold it). `busy`: the handler is known to be still running (it
@@ -46,7 +40,7 @@ export async function discardTransaction(
 ): Promise<void> {
   if (!options.busy) {
     try {
-      await onDeadline(client, ends.deadlineMs, 'ROLLBACK');
+      await withDeadline(client, ends.deadlineMs).query('ROLLBACK');
       client.release(true);
       return;
     } catch {

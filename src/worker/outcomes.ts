@@ -11,13 +11,14 @@
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { withDeadline } from '../db/deadline.js';
 import { failureKind, sqlState } from '../db/retryable.js';
 import { errorMessage } from '../errors.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import { type Completion, completeInTransaction, completeJobs, countSucceeded } from '../jobs/complete.js';
 import { type Failure, failJobs, failUnrecordable } from '../jobs/fail.js';
 import { type Released, releaseJobs } from '../jobs/release.js';
-import { abandon, discardTransaction, onDeadline, type TransactionEnds } from './jobTransaction.js';
+import { abandon, discardTransaction, type TransactionEnds } from './jobTransaction.js';
 import { describeError, type RunningJob, storable } from './runJob.js';
 
 const MAX_BATCH = 1_000;
@@ -357,7 +358,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         );
         return;
       }
-      await onDeadline(client, ends.commitDeadlineMs, 'COMMIT');
+      await withDeadline(client, ends.commitDeadlineMs).query('COMMIT');
       client.release();
       committed.push(completion);
       schedule();
