@@ -13,6 +13,11 @@ export interface Completion {
   keepForMs: number | null;
 }
 
+/** `{"<id>": attempt, ...}`: the claim check's lookup table. */
+function attemptsById(completions: Completion[]): string {
+  return JSON.stringify(Object.fromEntries(completions.map((c) => [c.id, c.attempt])));
+}
+
 /** Per-task sums computed here, so the statement joins nothing per job. */
 function perTask(completions: Completion[]) {
   const tasks = new Map<string, { sum: number; max: number; keep: number | null }>();
@@ -31,13 +36,22 @@ function perTask(completions: Completion[]) {
 /**
  * Only rows still `doing` for this worker **and this claim** (the attempt count it claimed)
  * are touched: a job that recovery took away (the worker looked dead) and gave to another
- * worker — or to this one again — is never completed by the old run's late outcome. The
- * claim check looks each row's attempt up by its id's position in the batch
- * (`array_position`, O(batch) per row, under a millisecond for the largest batch), so the
- * plan stays an index scan on `id = ANY`: the joins tried before (`(id, attempts) IN
- * (unnest)`, `USING unnest`) went slow once the prepared statement went generic
- * (ops/bench/RESULTS.md runs G and H). Counts come from the rows actually finished;
- * durations are the batch's per-task sums. Stats rows are upserted in task order so
+ * worker — or to this one again — is never completed by the old run's late outcome.
+ *
+ * Rows are found by primary key only. `status || '' = 'doing'` says `status = 'doing'` in
+ * a form the planner cannot match to the partial index `jobs_doing (worker_id) WHERE status
+ * = 'doing'`: with statistics taken while few jobs ran (the usual case, and autovacuum's),
+ * it estimated one row there and scanned every doing job of the worker, testing each
+ * against the batch — 320 ms per batch of 1,000 with 50,000 claimed, and slower completions
+ * leave more jobs doing: completions fell 30 s behind on a 100,000-job backlog (run K).
+ * Every statement that settles claimed rows by id writes it so (fail.ts, release.ts).
+ *
+ * The claim check looks each row's attempt up in a JSON object keyed by id (`$9 ->> id`,
+ * a binary search of the jsonb's sorted keys): `array_position` over the batch's ids was a
+ * linear scan per row, 3-4 ms of a 1,000-job batch. The joins tried before (`(id,
+ * attempts) IN (unnest)`, `USING unnest`) went slow once the prepared statement went
+ * generic (ops/bench/RESULTS.md runs G and H). Counts come from the rows actually
+ * finished; durations are the batch's per-task sums. Stats rows are upserted in task order so
  * concurrent batches never deadlock.
  */
 export async function completeJobs(
@@ -59,8 +73,8 @@ export async function completeJobs(
        SELECT * FROM unnest($4::text[], $5::float8[], $6::float8[], $7::float8[]) AS p(task, sum_ms, max_ms, keep_ms)
      ), deleted AS (
        DELETE FROM ${s}.jobs j
-       WHERE j.id = ANY ($1::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
-         AND j.attempts = ($9::int[])[array_position($1::bigint[], j.id)]
+       WHERE j.id = ANY ($1::bigint[]) AND j.worker_id = $2 AND j.status || '' = 'doing'
+         AND j.attempts = ($9::jsonb ->> j.id::text)::int
        RETURNING j.task
      ), kept AS (
        UPDATE ${s}.jobs j
@@ -68,8 +82,8 @@ export async function completeJobs(
            finished_at = coalesce($3::timestamptz, now()), updated_at = coalesce($3::timestamptz, now()),
            keep_until = coalesce($3::timestamptz, now())
              + (SELECT p.keep_ms FROM per_task p WHERE p.task = j.task) * interval '1 millisecond'
-       WHERE j.id = ANY ($8::bigint[]) AND j.status = 'doing' AND j.worker_id = $2
-         AND j.attempts = ($10::int[])[array_position($8::bigint[], j.id)]
+       WHERE j.id = ANY ($8::bigint[]) AND j.worker_id = $2 AND j.status || '' = 'doing'
+         AND j.attempts = ($10::jsonb ->> j.id::text)::int
        RETURNING j.task
      ), finished AS (
        SELECT task, count(*) AS n FROM (SELECT task FROM deleted UNION ALL SELECT task FROM kept) f GROUP BY task
@@ -93,8 +107,8 @@ export async function completeJobs(
       names.map((name) => tasks.get(name)!.max),
       names.map((name) => tasks.get(name)!.keep),
       kept.map((c) => c.id),
-      deleted.map((c) => c.attempt),
-      kept.map((c) => c.attempt),
+      attemptsById(deleted),
+      attemptsById(kept),
     ],
   );
   return rows[0]?.completed ?? 0;
@@ -123,14 +137,14 @@ export async function completeInTransaction(
     `outbatch_complete_one_${schema}`,
     `WITH deleted AS (
        DELETE FROM ${s}.jobs j
-       WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'doing' AND j.worker_id = $3 AND $4::float8 IS NULL
+       WHERE j.id = $1 AND j.attempts = $2 AND j.worker_id = $3 AND j.status || '' = 'doing' AND $4::float8 IS NULL
        RETURNING 1
      ), kept AS (
        UPDATE ${s}.jobs j
        SET status = 'succeeded', worker_id = NULL,
            finished_at = coalesce($5::timestamptz, now()), updated_at = coalesce($5::timestamptz, now()),
            keep_until = coalesce($5::timestamptz, now()) + $4::float8 * interval '1 millisecond'
-       WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'doing' AND j.worker_id = $3 AND $4::float8 IS NOT NULL
+       WHERE j.id = $1 AND j.attempts = $2 AND j.worker_id = $3 AND j.status || '' = 'doing' AND $4::float8 IS NOT NULL
        RETURNING 1
      )
      SELECT ((SELECT count(*) FROM deleted) + (SELECT count(*) FROM kept))::int AS completed`,

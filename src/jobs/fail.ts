@@ -61,9 +61,8 @@ export async function failJobs(
               (SELECT t.id FROM ${s}.jobs t
                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo' AND t.id <> j.id LIMIT 1) AS waiting
        FROM unnest($1::bigint[], $2::jsonb[], $3::float8[], $7::int[]) AS f(id, error, delay_ms, attempt)
-       -- Joined on the primary key only (the status and worker are checked by the UPDATE):
-       -- with them here the planner may start from the worker's doing rows and rescan the
-       -- input for each (it did for completions: ops/bench/RESULTS.md, run H).
+       -- Joined on the primary key only (the status and worker are checked by the UPDATE,
+       -- in the form that keeps the planner off the worker's doing rows: see completeJobs).
        JOIN ${s}.jobs j ON j.id = f.id AND j.attempts = f.attempt
      ), ranked AS (
        SELECT i.*,
@@ -92,7 +91,7 @@ export async function failJobs(
            finished_at = CASE WHEN d.retry THEN NULL ELSE coalesce($5::timestamptz, now()) END,
            updated_at = coalesce($5::timestamptz, now())
        FROM decided d
-       WHERE j.id = d.id AND j.attempts = d.attempt AND j.status = 'doing' AND j.worker_id = $4
+       WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $4 AND j.status || '' = 'doing'
        RETURNING j.id::text, j.task, j.status, d.superseded_by::text AS "supersededBy"
      ), counted AS (
        INSERT INTO ${s}.task_stats AS t (task, minute, retried, failed)
@@ -139,7 +138,7 @@ export async function failUnrecordable(
          errors = CASE WHEN jsonb_array_length(j.errors) >= $5 THEN j.errors - 0 ELSE j.errors END
            || jsonb_build_array(jsonb_build_object('message', $3::text, 'attempt', j.attempts)),
          finished_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
-     WHERE j.id = $1 AND j.attempts = $6 AND j.status = 'doing' AND j.worker_id = $2`,
+     WHERE j.id = $1 AND j.attempts = $6 AND j.worker_id = $2 AND j.status || '' = 'doing'`,
     [id, workerId, message, now, ERRORS_KEPT, attempt],
   );
   return (rowCount ?? 0) > 0;
