@@ -20,6 +20,9 @@ const RETRYABLE_SQLSTATES: Record<string, string> = {
   '53300': 'too_many_connections',
 };
 
+/** Another transaction holds a lock the statement waited for longer than lock_timeout. */
+export const LOCK_NOT_AVAILABLE = '55P03';
+
 // Node's socket errors for a server that is restarting or unreachable for a moment.
 const RETRYABLE_NODE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN']);
 

@@ -35,6 +35,13 @@ export async function recoverStalledJobs(
    * not take the running jobs of the others, which are alive and reconnecting.
    */
   upSince: Date | null = null,
+  /**
+   * false leaves jobs with a queueing lock for a later pass. Sending one back to `todo`
+   * waits for any transaction that has inserted, and not yet committed, a job with the
+   * same queueing lock (the unique index); under a lock_timeout the whole statement then
+   * fails, and every other dirty job would wait with it (upkeep.ts retries without them).
+   */
+  withQueueingLocks = true,
 ): Promise<RecoveredJob[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<RecoveredJob>(
@@ -43,6 +50,7 @@ export async function recoverStalledJobs(
        FROM ${s}.jobs j
        WHERE j.status = 'doing'
          AND j.worker_id IS DISTINCT FROM $2
+         AND ($5::boolean OR j.queueing_lock IS NULL)
          AND NOT EXISTS (
            SELECT 1 FROM ${s}.workers w
            WHERE w.id = j.worker_id
@@ -103,7 +111,7 @@ export async function recoverStalledJobs(
        SET retried = t.retried + excluded.retried, failed = t.failed + excluded.failed
      )
      SELECT * FROM updated`,
-    [now, self, upSince, ERRORS_KEPT],
+    [now, self, upSince, ERRORS_KEPT, withQueueingLocks],
   );
   return rows;
 }

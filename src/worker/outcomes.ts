@@ -12,7 +12,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { withDeadline } from '../db/deadline.js';
-import { failureKind, sqlState } from '../db/retryable.js';
+import { failureKind, LOCK_NOT_AVAILABLE, sqlState } from '../db/retryable.js';
 import { errorMessage } from '../errors.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import { type Completion, completeInTransaction, completeJobs, countSucceeded } from '../jobs/complete.js';
@@ -25,8 +25,6 @@ const MAX_BATCH = 1_000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** A transient refusal (deadlock, lock timeout, cancel) repeated this often is treated as a refusal (about 20 s of backoff). */
 const MAX_TRANSIENT = 8;
-const LOCK_NOT_AVAILABLE = '55P03';
-
 export interface OutcomeWriterDeps {
   /** The worker's control pool: never a connection a handler could be holding. */
   pool: pg.Pool;

@@ -7,8 +7,9 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { exhaustMap, from, Subject, takeUntil, timer } from 'rxjs';
 import { withDeadline } from '../db/deadline.js';
+import { LOCK_NOT_AVAILABLE, sqlState } from '../db/retryable.js';
 import { pruneHistory, pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
-import { recoverStalledJobs } from '../jobs/recover.js';
+import { type RecoveredJob, recoverStalledJobs } from '../jobs/recover.js';
 import type { WorkerSettings } from './options.js';
 import { heartbeat, registerWorker, type WorkerInfo } from './workersTable.js';
 
@@ -69,25 +70,32 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
     }
   }
 
-  async function maintain(): Promise<void> {
-    deps.reconcile();
-    // Recovering others needs a fresh beat of our own, and a stall window's worth of
-    // being connected (recoverStalledJobs): a worker cut off from the database must not
-    // judge the others by their stale heartbeats.
-    if (upSince !== null && performance.now() - lastBeat < 2 * settings.heartbeatIntervalMs) {
-      const recovered = await recoverStalledJobs(control, schema, dbNow(), info.id, upSince);
-      for (const job of recovered) {
-        log.warn(
-          { jobId: job.id, task: job.task, deadWorker: job.worker, reason: job.reason, status: job.status },
-          job.reason === 'retry'
-            ? 'recovered a dirty job (its worker stopped heartbeating): back to todo'
-            : `recovered a dirty job (its worker stopped heartbeating): failed (${job.reason})`,
-        );
-      }
-      if (recovered.length > 0) deps.onRecovered();
+  /** Others' dirty jobs: those of a worker gone silent go back to `todo` or the dead letter. */
+  async function recover(): Promise<void> {
+    let recovered: RecoveredJob[];
+    try {
+      recovered = await recoverStalledJobs(control, schema, dbNow(), info.id, upSince);
+    } catch (error) {
+      if (sqlState(error) !== LOCK_NOT_AVAILABLE) throw error;
+      // An open transaction holds the queueing lock one of them needs (recoverStalledJobs):
+      // recover the others now, those next pass.
+      log.warn(
+        'recovery of dirty jobs with a queueing lock waits for a transaction that deferred a job with the same lock; recovering the others',
+      );
+      recovered = await recoverStalledJobs(control, schema, dbNow(), info.id, upSince, false);
     }
-    await purgeSucceeded(control, schema, dbNow());
-    await pruneWorkers(control, schema, dbNow());
+    for (const job of recovered) {
+      log.warn(
+        { jobId: job.id, task: job.task, deadWorker: job.worker, reason: job.reason, status: job.status },
+        job.reason === 'retry'
+          ? 'recovered a dirty job (its worker stopped heartbeating): back to todo'
+          : `recovered a dirty job (its worker stopped heartbeating): failed (${job.reason})`,
+      );
+    }
+    if (recovered.length > 0) deps.onRecovered();
+  }
+
+  async function pruneTables(): Promise<void> {
     const pruned = await pruneHistory(control, schema, dbNow(), settings.historyRetention);
     if (pruned.auditLog === 'denied' && !auditDenialLogged) {
       auditDenialLogged = true;
@@ -95,6 +103,20 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
         'audit_log is not pruned: this role may not delete from it (ops/sql/roles.sql); its owner can',
       );
     }
+  }
+
+  /** Each step on its own: one that fails (and is logged) does not hold the others back. */
+  async function maintain(): Promise<void> {
+    deps.reconcile();
+    // Recovering others needs a fresh beat of our own, and a stall window's worth of
+    // being connected (recoverStalledJobs): a worker cut off from the database must not
+    // judge the others by their stale heartbeats.
+    if (upSince !== null && performance.now() - lastBeat < 2 * settings.heartbeatIntervalMs) {
+      await recover().catch(logFailure('recovering dirty jobs'));
+    }
+    await purgeSucceeded(control, schema, dbNow()).catch(logFailure('purging kept succeeded jobs'));
+    await pruneWorkers(control, schema, dbNow()).catch(logFailure('pruning silent workers'));
+    await pruneTables().catch(logFailure('pruning history tables'));
   }
 
   const logFailure = (what: string) => (error: unknown) => {
@@ -117,7 +139,7 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
         .subscribe();
       timer(0, settings.recoverIntervalMs)
         .pipe(
-          exhaustMap(() => from(maintain().catch(logFailure('recovering dirty jobs')))),
+          exhaustMap(() => from(maintain())),
           takeUntil(maintenanceStopped$),
         )
         .subscribe();

@@ -23,7 +23,9 @@ let t: TestApp;
 before(async () => {
   t = await isolatedApp('job_plans');
   const q = `"${t.schema}"`;
-  await t.pool.query(`INSERT INTO ${q}.jobs (task, args) SELECT 'plans', '{}' FROM generate_series(1, $1)`, [JOBS]);
+  await t.pool.query(`INSERT INTO ${q}.jobs (task, args) SELECT 'plans', '{}' FROM generate_series(1, $1)`, [
+    JOBS,
+  ]);
   await t.pool.query(`ANALYZE ${q}.jobs`); // nothing doing yet: the statistics the trap needs
   await t.pool.query(
     `UPDATE ${q}.jobs SET status = 'doing', worker_id = $1, attempts = 1
@@ -45,7 +47,9 @@ async function claimedIds(count: number): Promise<string[]> {
 }
 
 /** Runs `body` with generic plans in a transaction; returns its result and the scans of jobs_doing. */
-async function scansOf<T>(body: (client: pg.PoolClient) => Promise<T>): Promise<{ result: T; doingScans: number }> {
+async function scansOf<T>(
+  body: (client: pg.PoolClient) => Promise<T>,
+): Promise<{ result: T; doingScans: number }> {
   const client = await t.pool.connect();
   try {
     await client.query('BEGIN');
@@ -88,7 +92,9 @@ describe('settling claimed jobs by id never scans the worker’s doing jobs', ()
   it('a completion inside the job’s transaction', async () => {
     const [id] = await claimedIds(1);
     const completion = { id: id!, attempt: 1, task: 'plans', durationMs: 1, keepForMs: null };
-    const { result, doingScans } = await scansOf((c) => completeInTransaction(c, t.schema, WORKER, completion, null));
+    const { result, doingScans } = await scansOf((c) =>
+      completeInTransaction(c, t.schema, WORKER, completion, null),
+    );
     assert.equal(result, true);
     assert.equal(doingScans, 0);
   });
@@ -98,7 +104,7 @@ describe('settling claimed jobs by id never scans the worker’s doing jobs', ()
     const failures = ids.map((id, i) => ({
       id,
       attempt: 1,
-      error: { message: 'boom' },
+      error: { message: 'boom', attempt: 1, at: new Date().toISOString(), worker: WORKER },
       retryInMs: i % 2 === 0 ? 1_000 : null,
     }));
     const { result, doingScans } = await scansOf((c) => failJobs(c, t.schema, WORKER, failures, null));
