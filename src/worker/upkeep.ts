@@ -50,6 +50,7 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
   let upSince: Date | null = null;
   let lastBeat = Number.NEGATIVE_INFINITY;
   let auditDenialLogged = false;
+  let queueingLockWaitLogged = false;
 
   async function beat(): Promise<void> {
     try {
@@ -75,13 +76,17 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
     let recovered: RecoveredJob[];
     try {
       recovered = await recoverStalledJobs(control, schema, dbNow(), info.id, upSince);
+      queueingLockWaitLogged = false;
     } catch (error) {
       if (sqlState(error) !== LOCK_NOT_AVAILABLE) throw error;
       // An open transaction holds the queueing lock one of them needs (recoverStalledJobs):
-      // recover the others now, those next pass.
-      log.warn(
-        'recovery of dirty jobs with a queueing lock waits for a transaction that deferred a job with the same lock; recovering the others',
-      );
+      // recover the others now, those on a later pass. Said once per episode, not per pass.
+      if (!queueingLockWaitLogged) {
+        queueingLockWaitLogged = true;
+        log.warn(
+          'recovery of dirty jobs with a queueing lock waits for a transaction that deferred a job with the same lock; recovering the others meanwhile',
+        );
+      }
       recovered = await recoverStalledJobs(control, schema, dbNow(), info.id, upSince, false);
     }
     for (const job of recovered) {
