@@ -7,7 +7,8 @@
  *
  * Measures: enqueue one at a time (sequential awaits) and in bulk (1,000 per call);
  * a raw single-row INSERT as the floor; processing N queued no-op jobs with one worker
- * (this process) at concurrency 10 and 1; idle latency defer -> handler start for jobs
+ * (this process) at concurrency 10 and 1, from the worker's start and from its first job (the
+ * backlog alone, start-up excluded); idle latency defer -> handler start for jobs
  * deferred 10 ms apart. Figures go to ops/bench/RESULTS.md by hand.
  */
 import { parseArgs } from 'node:util';
@@ -273,11 +274,21 @@ async function enqueueBulk(system: System, count: number): Promise<number> {
   return count / ((now() - started) / 1000);
 }
 
-/** Jobs already queued; time from worker start to the last handler start. */
-async function throughput(system: System, concurrency: number): Promise<number> {
+interface Throughput {
+  /** Jobs/s from the worker's start to the last handler start. */
+  rate: number;
+  /** Jobs/s from the first handler start to the last: the backlog alone, start-up excluded. */
+  backlog: number;
+  /** Worker start to the first handler start (ms): connecting, registering, the first claim. */
+  startMs: number;
+}
+
+/** Jobs already queued; from worker start (and from the first job) to the last handler start. */
+async function throughput(system: System, concurrency: number): Promise<Throughput> {
   await system.purge();
   await enqueueBulk(system, JOBS);
   let seen = 0;
+  let first = 0;
   let finished: () => void = () => {};
   const all = new Promise<void>((resolve) => {
     finished = resolve;
@@ -285,13 +296,18 @@ async function throughput(system: System, concurrency: number): Promise<number> 
   const started = now();
   const worker = await system.startWorker(concurrency, () => {
     seen += 1;
+    if (seen === 1) first = now();
     if (seen === JOBS) finished();
   });
   await all;
-  const rate = JOBS / ((now() - started) / 1000);
+  const last = now();
   await worker.stop();
   await system.purge();
-  return rate;
+  return {
+    rate: JOBS / ((last - started) / 1000),
+    backlog: (JOBS - 1) / ((last - first) / 1000),
+    startMs: first - started,
+  };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -324,6 +340,10 @@ interface Row {
   bulk?: number;
   c10?: number[];
   c1?: number[];
+  c10Backlog?: number[];
+  c1Backlog?: number[];
+  c10Start?: number[];
+  c1Start?: number[];
   p50?: number;
   p95?: number;
   p99?: number;
@@ -368,9 +388,11 @@ async function main() {
         process.stderr.write(
           `${system.name}: ${JOBS} jobs at concurrency ${concurrency} (round ${round + 1})\n`,
         );
-        const rate = await throughput(system, concurrency);
+        const measured = await throughput(system, concurrency);
         const entry = row(system);
-        entry[key] = [...(entry[key] ?? []), rate];
+        entry[key] = [...(entry[key] ?? []), measured.rate];
+        entry[`${key}Backlog`] = [...(entry[`${key}Backlog`] ?? []), measured.backlog];
+        entry[`${key}Start`] = [...(entry[`${key}Start`] ?? []), measured.startMs];
       }
     }
   }
@@ -386,13 +408,13 @@ async function main() {
     `PostgreSQL ${pgVersion}, Node ${process.version}, ${JOBS} jobs per throughput run, ${LATENCY_JOBS} latency samples, ${SINGLE} single enqueues\n`,
   );
   console.log(
-    '| system | enqueue 1-by-1 (jobs/s) | 1-by-1, 10 callers (jobs/s) | bulk, 1000/call (jobs/s) | process c=10 (jobs/s) | process c=1 (jobs/s) | latency p50 / p95 / p99 (ms) |',
+    '| system | enqueue 1-by-1 (jobs/s) | 1-by-1, 10 callers (jobs/s) | bulk, 1000/call (jobs/s) | process c=10 (jobs/s) | process c=1 (jobs/s) | backlog c=10 / c=1 (jobs/s) | start c=10 / c=1 (ms) | latency p50 / p95 / p99 (ms) |',
   );
-  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows.values()) {
     const lat = r.p50 === undefined ? '-' : `${fmt(r.p50, 1)} / ${fmt(r.p95, 1)} / ${fmt(r.p99, 1)}`;
     console.log(
-      `| ${r.system} | ${fmt(r.single)} | ${fmt(r.single10)} | ${fmt(r.bulk)} | ${runs(r.c10)} | ${runs(r.c1)} | ${lat} |`,
+      `| ${r.system} | ${fmt(r.single)} | ${fmt(r.single10)} | ${fmt(r.bulk)} | ${runs(r.c10)} | ${runs(r.c1)} | ${fmt(median(r.c10Backlog))} / ${fmt(median(r.c1Backlog))} | ${fmt(median(r.c10Start))} / ${fmt(median(r.c1Start))} | ${lat} |`,
     );
   }
   const o = row(ours);
@@ -406,6 +428,9 @@ async function main() {
     );
     console.log(
       `- throughput c=1 vs tuned graphile-worker: ${(median(o.c1)! / median(t.c1)!).toFixed(2)}x [>= 1.5x]`,
+    );
+    console.log(
+      `- backlog alone (first to last handler start) vs tuned graphile-worker: c=10 ${(median(o.c10Backlog)! / median(t.c10Backlog)!).toFixed(2)}x, c=1 ${(median(o.c1Backlog)! / median(t.c1Backlog)!).toFixed(2)}x`,
     );
     console.log(
       `- p50 latency: ${fmt(o.p50, 1)} ms vs graphile-worker default ${fmt(d.p50, 1)} ms, tuned ${fmt(t.p50, 1)} ms [<=]`,
