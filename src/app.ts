@@ -15,6 +15,7 @@ import { makeProcessors } from './processors/processors.js';
 import type { Schedule } from './schedule/definition.js';
 import { makeScheduleRegistry, type ScheduleRegistry } from './schedule/registry.js';
 import { type RunOptions, runApp } from './worker/runApp.js';
+import { makeWorkerPoolShelf } from './worker/workerPools.js';
 
 export interface AppOptions {
   /** postgres:// URL; defaults to DATABASE_URL, and without either the embedded server is started. */
@@ -87,6 +88,7 @@ export function createApp(options: AppOptions = {}): App {
   const schedules = makeScheduleRegistry(queue);
   const q = quoteSchema(schema);
   const processors = makeProcessors({ schema, q, log, clock, pool, events, queue, schedules });
+  const workerPools = makeWorkerPoolShelf(log);
 
   return {
     schema,
@@ -95,7 +97,8 @@ export function createApp(options: AppOptions = {}): App {
     database,
     task: queue.task,
     defer: queue.defer,
-    run: (runOptions) => runApp({ database, schema, log, clock, queue, schedules, processors }, runOptions),
+    run: (runOptions) =>
+      runApp({ database, schema, log, clock, queue, schedules, processors, workerPools }, runOptions),
     jobs: queue.jobs,
     schedule: schedules.schedule,
     processor: processors.define,
@@ -118,6 +121,7 @@ export function createApp(options: AppOptions = {}): App {
         ),
     },
     async close() {
+      await workerPools.close();
       if (!opening) return;
       const db = await opening.catch(() => undefined);
       await db?.close();

@@ -29,6 +29,13 @@ export interface PoolOptions {
    */
   lockTimeoutMs?: number;
   /**
+   * false turns the server's JIT compilation off for the pool's statements (default: the
+   * server's setting). A short statement with a high cost estimate otherwise spends
+   * hundreds of milliseconds compiling; the worker's own pools turn it off (workerPools.ts).
+   * Sent as the connection's `options`: a URL that sets `options` itself wins.
+   */
+  jit?: boolean;
+  /**
    * outbatch's own statements on this pool — processor page reads, checkpoints and their
    * BEGIN/COMMIT, processor triggers, schedule passes — are abandoned after this long with
    * no answer, and the connection's backend terminated (default 60 s). A half-open
@@ -91,6 +98,7 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     application_name: options.applicationName ?? 'outbatch',
     query_timeout: options.queryTimeoutMs,
     lock_timeout: options.lockTimeoutMs,
+    options: options.jit === false ? '-c jit=off' : undefined,
     keepAlive: true,
     keepAliveInitialDelayMillis: 5_000,
   });

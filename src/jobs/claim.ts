@@ -22,11 +22,11 @@ export interface ClaimRequest {
   /** Queues to take from; null takes every queue. */
   queues: string[] | null;
   /**
-   * Tasks the claiming worker can run; null takes every task (tools and tests). A worker
-   * passes its own: in a rolling deploy an old worker must leave a new task's jobs to the
-   * workers that know it, not dead-letter them as unknown.
+   * Tasks not to take: those the claiming worker found it cannot run (in a rolling deploy,
+   * a newer version's tasks; the worker gives such a job back and skips its task from then
+   * on). Usually empty.
    */
-  tasks: string[] | null;
+  skipTasks: string[];
   limit: number;
   workerId: string;
   /** An injected clock's time; null uses the database's clock (production). */
@@ -48,6 +48,15 @@ export interface ClaimRequest {
  * `todo`, to run again — at-least-once either way — and the completion, which does wait,
  * flushes the claim's WAL with its own. Saves a disk flush per claim round trip.
  *
+ * The task filter excludes rather than includes. With the tasks a worker knows as `task =
+ * ANY ($5)`, the planner, on a jobs table not yet analyzed, estimated one row, sorted the
+ * whole backlog and took the first rows: 110 ms per claim at 100,000 queued jobs instead of
+ * 9 ms, a third of the throughput at concurrency 1 (ops/bench/RESULTS.md run K). `NOT (task
+ * = ANY ($5))` keeps the ordered scan of jobs_claim with no statistics, fresh ones, or ones
+ * taken when the queue was nearly empty. The estimate still comes out low with fresh
+ * statistics, which JIT compiles for (290 ms): the worker's connections run with JIT off
+ * (workerPools.ts).
+ *
  * If the reply is lost (the connection dies after the server committed), the jobs are
  * `doing` for a worker that does not know it holds them: the worker reconciles
  * (`findOrphans`, then `releaseJobs`) before its next claim, and periodically. If the server refuses the
@@ -67,7 +76,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
          AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
          AND j.run_at <= coalesce($4::timestamptz, now())
          AND ($1::text[] IS NULL OR j.queue = ANY ($1::text[]))
-         AND ($5::text[] IS NULL OR j.task = ANY ($5::text[]))
+         AND NOT (j.task = ANY ($5::text[]))
          AND (j.lock IS NULL OR (
            NOT EXISTS (SELECT 1 FROM ${s}.jobs d WHERE d.lock = j.lock AND d.status = 'doing')
            AND NOT EXISTS (
@@ -85,7 +94,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
      RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
                j.queueing_lock, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
                (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms`,
-    [request.queues, request.limit, request.workerId, request.now, request.tasks],
+    [request.queues, request.limit, request.workerId, request.now, request.skipTasks],
   );
   // UPDATE ... RETURNING does not keep the picked order.
   // Ids are decimal strings: shorter is smaller, same length compares as text.

@@ -23,8 +23,8 @@ export interface ClaimLoopDeps {
   log: Logger;
   workerId: string;
   settings: WorkerSettings;
-  /** The tasks this worker runs: it claims no other. */
-  tasks: string[];
+  /** Tasks not to claim: those the worker found it cannot run. */
+  skipTasks: () => string[];
   dbNow: () => Date | null;
   /** How many more jobs the worker wants in hand now. */
   room: () => number;
@@ -55,7 +55,7 @@ export interface ClaimLoop {
 }
 
 export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
-  const { control, schema, log, workerId, settings, tasks, dbNow } = deps;
+  const { control, schema, log, workerId, settings, dbNow } = deps;
   let slot: Promise<void> | undefined;
   let pendingWake = false;
   let reconcileWanted = false;
@@ -107,7 +107,7 @@ export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
     try {
       claimed = await claimJobs(control, schema, {
         queues: settings.queues,
-        tasks,
+        skipTasks: deps.skipTasks(),
         limit,
         workerId,
         now: dbNow(),

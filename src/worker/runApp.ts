@@ -18,6 +18,7 @@ import { makeScheduler } from '../schedule/scheduler.js';
 import type { WorkerOptions } from './options.js';
 import { onStopSignals } from './signals.js';
 import { startWorker } from './worker.js';
+import type { WorkerPoolShelf } from './workerPools.js';
 
 export interface RunOptions extends WorkerOptions {
   /** Stops the worker gracefully when aborted. Without one, SIGINT/SIGTERM do (a second one exits at once). */
@@ -32,6 +33,8 @@ export interface RunAppDeps {
   queue: JobQueue;
   schedules: ScheduleRegistry;
   processors: Processors;
+  /** The worker's connections, kept across the app's runs (workerPools.ts). */
+  workerPools: WorkerPoolShelf;
 }
 
 export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promise<void> {
@@ -72,10 +75,7 @@ export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promis
 async function runWorker(deps: RunAppDeps, db: Database, options: RunOptions): Promise<void> {
   const { signal, ...workerOptions } = options;
   const tasks = deps.queue.tasks();
-  if (tasks.size === 0)
-    deps.log.warn(
-      'worker starting with no tasks registered: it claims no jobs (a worker claims only the tasks it registers)',
-    );
+  if (tasks.size === 0) deps.log.warn('worker starting with no tasks registered: it claims no jobs');
   const worker = startWorker(
     {
       databaseUrl: db.url,
@@ -84,6 +84,7 @@ async function runWorker(deps: RunAppDeps, db: Database, options: RunOptions): P
       clock: deps.clock,
       tasks,
       defer: deps.queue.defer,
+      pools: deps.workerPools,
     },
     workerOptions,
   );

@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { Queryable } from '../db/queryable.js';
-import { errorMessage, JobTimeoutError, ValidationError } from '../errors.js';
+import { errorMessage, JobTimeoutError } from '../errors.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { DeferResult } from '../jobs/defer.js';
 import type { JobQueue } from '../jobs/queue.js';
@@ -264,10 +264,4 @@ const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[
 export function storable(text: string, max: number): string {
   const capped = text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
   return capped.replace(/\u0000/g, '\uFFFD').replace(LONE_SURROGATE, '\uFFFD');
-}
-
-export function unknownTaskError(name: string, known: Iterable<string>): Error {
-  return new ValidationError(
-    `unknown task "${name}": no handler is registered in this worker (known: ${[...known].join(', ') || 'none'})`,
-  );
 }

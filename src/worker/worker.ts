@@ -5,10 +5,7 @@
  * upkeep.ts.
  *
  * Connections: the worker's control work (claims, outcomes, heartbeat, recovery) has a
- * small pool of its own, and handlers (`ctx.tx`, `ctx.transaction`, `ctx.defer`) another,
- * sized from `concurrency`. Sharing one pool, handlers that held every connection for
- * longer than the stall timeout starved the heartbeat, and other workers recovered jobs
- * that were still running: each ran up to its `attempts` times.
+ * small pool of its own, and handlers another (workerPools.ts).
  */
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
@@ -16,7 +13,6 @@ import type { Logger } from 'pino';
 import { catchError, EMPTY, filter, interval, merge, Subject, takeUntil } from 'rxjs';
 import type { Clock } from '../clock.js';
 import { systemClock } from '../clock.js';
-import { createPool } from '../db/connection.js';
 import { listen } from '../db/listen.js';
 import { retryConnection } from '../db/retry.js';
 import { backoffDelay } from '../jobs/backoff.js';
@@ -26,16 +22,10 @@ import type { ResolvedTask } from '../jobs/task.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
-import { type Outcome, RunningJob, ShutdownAbort, unknownTaskError } from './runJob.js';
+import { type Outcome, RunningJob, ShutdownAbort } from './runJob.js';
 import { makeUpkeep } from './upkeep.js';
+import { makeWorkerPoolShelf, type WorkerPoolShelf } from './workerPools.js';
 import { registerTasks, registerWorker, unregisterWorker } from './workersTable.js';
-
-/**
- * Connections for claims, outcome batches, heartbeat and maintenance: each runs at most
- * one statement at a time, and one more for a statement abandoned at its deadline whose
- * connection is still being closed.
- */
-const CONTROL_CONNECTIONS = 5;
 
 /**
  * A running job is keyed by its claim, not its id: a job recovered away from this worker
@@ -51,6 +41,8 @@ export interface WorkerDeps {
   log: Logger;
   clock: Clock;
   tasks: ReadonlyMap<string, ResolvedTask>;
+  /** Where the worker takes its connections from and leaves them at a clean stop (the app's); none: its own, ended at stop. */
+  pools?: WorkerPoolShelf;
 }
 
 export interface Worker {
@@ -76,22 +68,17 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // case every control statement already handles. The floor keeps a loaded server's slow
   // statements from being abandoned and redone (with a 1 s stall timeout and a 333 ms
   // deadline, tests under load failed at start-up); the heartbeat has its own, shorter
-  // deadline (upkeep.ts). A lock wait ends on the server after 1 s as a transient refusal
-  // (lock_timeout): the outcome writer then sets that outcome aside instead of holding every
-  // other outcome behind it, and abandoned statements cannot pile up waiting on a lock. No
-  // server-side statement_timeout: a long maintenance statement (a large purge) must be
-  // allowed to finish on the server even when the client stops waiting (found by review).
+  // deadline (upkeep.ts). The pools' other settings: workerPools.ts.
   const controlDeadlineMs = Math.max(2_000, Math.round(settings.stallTimeoutMs / 3));
-  const control = createPool(deps.databaseUrl, log, {
-    max: CONTROL_CONNECTIONS,
-    applicationName: 'outbatch-control',
-    queryTimeoutMs: controlDeadlineMs,
-    lockTimeoutMs: 1_000,
+  const shelf = deps.pools ?? makeWorkerPoolShelf(deps.log);
+  const pools = shelf.take(deps.databaseUrl, deps.log, {
+    concurrency: settings.concurrency,
+    controlDeadlineMs,
   });
-  const handlers = createPool(deps.databaseUrl, log, {
-    max: settings.concurrency,
-    applicationName: 'outbatch-handler',
-  });
+  const { control, handlers } = pools;
+  // A clean stop leaves the pools for the app's next run; a handler still running, or a
+  // worker that failed to start, has them ended.
+  let poolsReusable = false;
 
   const buffer: ClaimedJob[] = [];
   // Our own statements on a handler connection (the in-transaction completion, ROLLBACK) get
@@ -107,6 +94,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   };
   const runDeps = { pool: handlers, log, defer: deps.defer, ends };
   const running = new Map<string, RunningJob>();
+  // Tasks this worker claimed a job of but does not know: skipped by later claims.
+  const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
     ends,
     pool: control,
@@ -142,9 +131,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     log,
     workerId: id,
     settings,
-    tasks: [...tasks.keys()],
+    skipTasks: () => [...foreignTasks],
     dbNow,
-    room: () => (stopping ? 0 : target() - buffer.length),
+    // A worker with no tasks has nothing to claim for (every job would be given back).
+    room: () => (stopping || tasks.size === 0 ? 0 : target() - buffer.length),
     held: () => [
       ...buffer.map((job) => job.id),
       ...[...running.values()].map((run) => run.job.id),
@@ -191,14 +181,28 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     outcomes.dropCompletion(job.id);
   }
 
+  /**
+   * A job of a task this worker does not know — in a rolling deploy, a newer version's
+   * task — goes back to `todo` uncounted, for a worker that knows it, and the worker skips
+   * that task's jobs from then on (claim.ts says why it claims by exclusion).
+   */
+  function giveBackForeign(job: ClaimedJob): void {
+    outcomes.returnUnstarted(job);
+    if (foreignTasks.has(job.task)) return;
+    foreignTasks.add(job.task);
+    log.warn(
+      { task: job.task, known: [...tasks.keys()] },
+      `claimed a job of task "${job.task}", which this worker does not know (a newer version's?): gave it back uncounted; this worker leaves that task's jobs to workers that know it`,
+    );
+  }
+
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
   function pump(): void {
     while (running.size < settings.concurrency && buffer.length > 0) {
       const job = buffer.shift()!;
       const task = tasks.get(job.task);
       if (!task) {
-        // Claims take only this worker's tasks; this is a guard, not a path.
-        outcomes.fail(job, unknownTaskError(job.task, tasks.keys()), null);
+        giveBackForeign(job);
         continue;
       }
       const run = new RunningJob(job, task, runDeps);
@@ -326,17 +330,21 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     await claims.sweep();
     // No beat may land after the row is deleted, or it would register a ghost worker.
     await upkeep.stopHeartbeat();
-    await unregisterWorker(control, schema, id).catch((error) => {
-      log.warn({ err: error }, 'unregistering the worker failed; its row is pruned later');
-    });
+    const unregistered = await unregisterWorker(control, schema, id).then(
+      () => true,
+      (error) => {
+        log.warn({ err: error }, 'unregistering the worker failed; its row is pruned later');
+        return false;
+      },
+    );
+    // Nothing of this worker may still be using a connection it hands on.
+    poolsReusable = unfinished.length === 0 && [...outcomes.unwritten()].length === 0 && unregistered;
     await closePools();
   }
 
   const closePools = async () => {
     await Promise.all(ends.terminating);
-    await Promise.all([control.end(), handlers.end()]).catch((error) => {
-      log.warn({ err: error }, 'closing the worker connections failed');
-    });
+    await shelf.putBack(pools, poolsReusable);
   };
 
   const started = (async () => {

@@ -9,7 +9,7 @@ export interface WorkerInfo {
   queues: string[] | null;
   concurrency: number;
   stallTimeoutMs: number;
-  /** The tasks this worker runs: it claims only their jobs. */
+  /** The tasks this worker runs (operators see which tasks no live worker knows). */
   tasks: string[];
 }
 

@@ -18,9 +18,9 @@ describe('recovery of stalled jobs sharing a queueing lock', () => {
   // hit the one-todo-per-queueing-lock index, so recovery failed forever.
   it('returns the newest to todo and fails the others as superseded', async () => {
     const first = await t.app.defer('sync', {}, { queueingLock: 'customer-7' });
-    await claimJobs(t.pool, t.schema, { tasks: null, queues: null, limit: 1, workerId: 'dead', now: null });
+    await claimJobs(t.pool, t.schema, { skipTasks: [], queues: null, limit: 1, workerId: 'dead', now: null });
     const second = await t.app.defer('sync', {}, { queueingLock: 'customer-7' });
-    await claimJobs(t.pool, t.schema, { tasks: null, queues: null, limit: 1, workerId: 'dead', now: null });
+    await claimJobs(t.pool, t.schema, { skipTasks: [], queues: null, limit: 1, workerId: 'dead', now: null });
     const recovered = await recoverStalledJobs(t.pool, t.schema, null);
     const byId = Object.fromEntries(recovered.map((job) => [job.id, [job.status, job.reason]]));
     assert.ok(first.enqueued && second.enqueued);
@@ -39,7 +39,7 @@ describe('recovery by a worker whose own heartbeat is late', () => {
        VALUES ('slow', 'host', 1, NULL, 1, 1000, now() - interval '1 minute')`,
     );
     await claimJobs(t.pool, t.schema, {
-      tasks: null,
+      skipTasks: [],
       queues: ['late'],
       limit: 1,
       workerId: 'slow',
@@ -69,7 +69,7 @@ describe('recovery while an open transaction has deferred a job with a dirty job
     const free = await app.defer('held', {});
     assert.ok(locked.enqueued && free.enqueued);
     const claimed = await claimJobs(t.pool, t.schema, {
-      tasks: ['held'],
+      skipTasks: ['sync'],
       queues: null,
       limit: 10,
       workerId: 'gone-with-lock', // no workers row: dead

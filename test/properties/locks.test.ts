@@ -93,7 +93,7 @@ describe('locks and queueing locks (property)', () => {
             );
           } else if (step.op === 'claim') {
             const claimed = await claimJobs(t.pool, t.schema, {
-              tasks: null,
+              skipTasks: [],
               queues: null,
               limit: step.limit,
               workerId: workerId(step.worker),
@@ -147,7 +147,7 @@ describe('locks and queueing locks (property)', () => {
         );
         for (let round = 0; round < 200; round++) {
           const claimed = await claimJobs(t.pool, t.schema, {
-            tasks: null,
+            skipTasks: [],
             queues: null,
             limit: 5,
             workerId: 'drain',

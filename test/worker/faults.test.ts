@@ -528,7 +528,7 @@ describe('found by review', () => {
     const app = newApp();
     app.task('late-completion', {}, async () => {});
     const id = await deferred(app, 'late-completion', {}, { lock: 'late-lock' });
-    const claim = { tasks: null, queues: null, limit: 1, workerId: 'w-late', now: null };
+    const claim = { skipTasks: [], queues: null, limit: 1, workerId: 'w-late', now: null };
     const [first] = await claimJobs(t.pool, t.schema, claim);
     assert.equal(first?.attempts, 1);
     await t.pool.query(`UPDATE "${t.schema}".jobs SET status = 'todo', worker_id = NULL WHERE id = $1`, [id]);
