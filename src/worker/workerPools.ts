@@ -5,11 +5,12 @@
  * stall timeout starved the heartbeat, and other workers recovered jobs that were still
  * running: each ran up to its `attempts` times.
  *
- * An app keeps the pools of its last stopped worker on a shelf for its next run with the
- * same settings: opening them is a dozen cold backends, about 50 ms of a 2-core server at
- * every start, and a worker started again and again (tests, a job runner that starts one
- * per batch, the benchmark) paid it each time. Pools come back to the shelf only from a
- * clean stop (no handler left running, no connection being abandoned); `close()` ends them.
+ * An app keeps the pools of its last stopped worker on a shelf for its next run (the
+ * control pool if the stall timeout is the same, the handler pool if the concurrency is):
+ * opening them is a dozen cold backends, about 50 ms of a 2-core server at every start, and
+ * a worker started again and again (tests, a job runner that starts one per batch, the
+ * benchmark) paid it each time. Pools come back to the shelf only from a clean stop (no
+ * handler left running, no outcome unwritten); `close()` ends them.
  */
 import type pg from 'pg';
 import { createPool } from '../db/connection.js';
@@ -34,15 +35,16 @@ export interface PoolSettings {
 }
 
 export interface WorkerPoolShelf {
-  /** The shelved pools if they were made for these settings, else new ones. */
+  /** Each shelved pool if it was made for these settings, else a new one. */
   take(databaseUrl: string, log: Logger, settings: PoolSettings): WorkerPools;
-  /** `reusable`: the worker stopped cleanly. Otherwise, or if the shelf is taken or closed, the pools are ended. */
+  /** `reusable`: the worker stopped cleanly; they replace what the shelf holds. Otherwise, or once closed, they are ended. */
   putBack(pools: WorkerPools, reusable: boolean): Promise<void>;
   /** Ends the shelved pools; later put-backs end theirs. */
   close(): Promise<void>;
 }
 
-function createWorkerPools(databaseUrl: string, log: Logger, settings: PoolSettings): WorkerPools {
+/** Makers of the two pools (each made only when the shelf has none to give). */
+function poolMakers(databaseUrl: string, log: Logger, settings: PoolSettings) {
   return {
     // lock_timeout: a lock wait ends on the server after 1 s as a transient refusal, so
     // the outcome writer sets that outcome aside instead of holding every other outcome
@@ -50,60 +52,84 @@ function createWorkerPools(databaseUrl: string, log: Logger, settings: PoolSetti
     // statement_timeout: a long maintenance statement (a large purge) must be allowed to
     // finish on the server even when the client stops waiting. No JIT: the claim's cost
     // estimate can be high enough to compile for, 290 ms for a 9 ms statement (claim.ts).
-    control: createPool(databaseUrl, log, {
-      max: CONTROL_CONNECTIONS,
-      applicationName: 'outbatch-control',
-      queryTimeoutMs: settings.controlDeadlineMs,
-      lockTimeoutMs: 1_000,
-      jit: false,
-    }),
-    handlers: createPool(databaseUrl, log, {
-      max: settings.concurrency,
-      applicationName: 'outbatch-handler',
-    }),
+    control: () =>
+      createPool(databaseUrl, log, {
+        max: CONTROL_CONNECTIONS,
+        applicationName: 'outbatch-control',
+        queryTimeoutMs: settings.controlDeadlineMs,
+        lockTimeoutMs: 1_000,
+        jit: false,
+      }),
+    handlers: () =>
+      createPool(databaseUrl, log, { max: settings.concurrency, applicationName: 'outbatch-handler' }),
   };
 }
 
-async function endPools(pools: WorkerPools, log: Logger): Promise<void> {
-  await Promise.all([pools.control.end(), pools.handlers.end()]).catch((error) => {
-    log.warn({ err: error }, 'closing the worker connections failed');
-  });
+interface Shelved {
+  pool: pg.Pool;
+  key: string;
 }
 
 export function makeWorkerPoolShelf(log: Logger): WorkerPoolShelf {
-  let shelved: { pools: WorkerPools; key: string } | undefined;
+  // One pool of each kind, keyed by what it was made for: a run at another concurrency
+  // still finds the control pool it can use.
+  const shelved: { control?: Shelved; handlers?: Shelved } = {};
   let closed = false;
-  const keyOf = (databaseUrl: string, settings: PoolSettings) =>
-    JSON.stringify([databaseUrl, settings.concurrency, settings.controlDeadlineMs]);
-  const lent = new Map<WorkerPools, string>();
+  const lent = new Map<pg.Pool, string>();
+
+  function takeOne(kind: 'control' | 'handlers', key: string, make: () => pg.Pool): pg.Pool {
+    const kept = shelved[kind];
+    let pool: pg.Pool;
+    if (kept?.key === key) {
+      pool = kept.pool;
+      shelved[kind] = undefined;
+    } else {
+      pool = make();
+    }
+    lent.set(pool, key);
+    return pool;
+  }
+
+  /** The newest clean pool of a kind is kept; the one it replaces is ended. */
+  async function putBackOne(kind: 'control' | 'handlers', pool: pg.Pool, reusable: boolean): Promise<void> {
+    const key = lent.get(pool);
+    lent.delete(pool);
+    if (!reusable || closed || key === undefined) return endPool(pool);
+    const replaced = shelved[kind];
+    shelved[kind] = { pool, key };
+    if (replaced) await endPool(replaced.pool);
+  }
+
+  async function endPool(pool: pg.Pool): Promise<void> {
+    await pool.end().catch((error) => {
+      log.warn({ err: error }, 'closing the worker connections failed');
+    });
+  }
 
   return {
     take(databaseUrl, poolLog, settings) {
-      const key = keyOf(databaseUrl, settings);
-      let pools: WorkerPools;
-      if (shelved?.key === key) {
-        pools = shelved.pools;
-        shelved = undefined;
-      } else {
-        pools = createWorkerPools(databaseUrl, poolLog, settings);
-      }
-      lent.set(pools, key);
-      return pools;
+      const pools = poolMakers(databaseUrl, poolLog, settings);
+      return {
+        control: takeOne('control', JSON.stringify([databaseUrl, settings.controlDeadlineMs]), () =>
+          pools.control(),
+        ),
+        handlers: takeOne('handlers', JSON.stringify([databaseUrl, settings.concurrency]), () =>
+          pools.handlers(),
+        ),
+      };
     },
     async putBack(pools, reusable) {
-      const key = lent.get(pools);
-      lent.delete(pools);
-      if (reusable && !closed && !shelved && key !== undefined) {
-        shelved = { pools, key };
-        return;
-      }
-      await endPools(pools, log);
+      await Promise.all([
+        putBackOne('control', pools.control, reusable),
+        putBackOne('handlers', pools.handlers, reusable),
+      ]);
     },
     async close() {
       closed = true;
-      const pools = shelved?.pools;
-      shelved = undefined;
-      if (pools) await endPools(pools, log);
+      const pools = [shelved.control?.pool, shelved.handlers?.pool];
+      shelved.control = undefined;
+      shelved.handlers = undefined;
+      await Promise.all(pools.map((pool) => pool && endPool(pool)));
     },
   };
 }

@@ -27,9 +27,9 @@ async function controlBackends(): Promise<Set<number>> {
   return new Set(rows.map((row) => row.pid));
 }
 
-async function runOnce(app: TestApp['app']): Promise<Set<number>> {
+async function runOnce(app: TestApp['app'], concurrency = 10): Promise<Set<number>> {
   const controller = new AbortController();
-  const running = app.run({ ...FAST, signal: controller.signal });
+  const running = app.run({ ...FAST, concurrency, signal: controller.signal });
   const seen = await waitFor('the worker to use its control connections', async () => {
     const pids = await controlBackends();
     return pids.size >= 2 ? pids : undefined;
@@ -40,11 +40,11 @@ async function runOnce(app: TestApp['app']): Promise<Set<number>> {
 }
 
 describe('the worker’s connections', () => {
-  it('are kept by the app for its next run, and closed with the app', async () => {
+  it('are kept by the app for its next run (the control pool even at another concurrency), and closed with the app', async () => {
     const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
     app.task('pools-noop', {}, async () => {});
     const first = await runOnce(app);
-    const second = await runOnce(app);
+    const second = await runOnce(app, 3);
     const reused = [...second].filter((pid) => first.has(pid));
     assert.ok(
       reused.length > 0,
