@@ -32,7 +32,7 @@ export interface PoolOptions {
    * false turns the server's JIT compilation off for the pool's statements (default: the
    * server's setting). A short statement with a high cost estimate otherwise spends
    * hundreds of milliseconds compiling; the worker's own pools turn it off (workerPools.ts).
-   * Sent as the connection's `options`: a URL that sets `options` itself wins.
+   * Sent as the connection's `options`, after PGOPTIONS; a URL that sets `options` wins.
    */
   jit?: boolean;
   /**
@@ -98,7 +98,8 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     application_name: options.applicationName ?? 'outbatch',
     query_timeout: options.queryTimeoutMs,
     lock_timeout: options.lockTimeoutMs,
-    options: options.jit === false ? '-c jit=off' : undefined,
+    // Given here, options replaces PGOPTIONS (node-postgres' default for it): keep those.
+    options: options.jit === false ? `${process.env.PGOPTIONS ?? ''} -c jit=off`.trim() : undefined,
     keepAlive: true,
     keepAliveInitialDelayMillis: 5_000,
   });

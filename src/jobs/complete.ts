@@ -13,9 +13,14 @@ export interface Completion {
   keepForMs: number | null;
 }
 
-/** `{"<id>": attempt, ...}`: the claim check's lookup table. */
-function attemptsById(completions: Completion[]): string {
-  return JSON.stringify(Object.fromEntries(completions.map((c) => [c.id, c.attempt])));
+/**
+ * `{"<id>": attempt, ...}`: the claim check's lookup table. An id twice (a job claimed again
+ * while its older claim's outcome waits) keeps the newer claim, the only one the row can hold.
+ */
+export function attemptsById(claims: { id: string; attempt: number }[]): string {
+  const byId: Record<string, number> = {};
+  for (const { id, attempt } of claims) byId[id] = Math.max(attempt, byId[id] ?? 0);
+  return JSON.stringify(byId);
 }
 
 /** Per-task sums computed here, so the statement joins nothing per job. */

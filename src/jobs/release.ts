@@ -1,6 +1,7 @@
 /** Jobs a worker holds but will not run go back to `todo`, the attempt not counted: at shutdown, and orphans of a lost claim reply. */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
+import { attemptsById } from './complete.js';
 
 export interface Released {
   released: number;
@@ -55,11 +56,7 @@ export async function releaseJobs(
      FROM decided d
      WHERE j.id = d.id
      RETURNING j.status`,
-    [
-      jobs.map((job) => job.id),
-      workerId,
-      JSON.stringify(Object.fromEntries(jobs.map((job) => [job.id, job.attempt]))),
-    ],
+    [jobs.map((job) => job.id), workerId, attemptsById(jobs)],
   );
   const superseded = rows.filter((row) => row.status === 'failed').length;
   return { released: rows.length - superseded, superseded };

@@ -11,7 +11,7 @@ import { LOCK_NOT_AVAILABLE, sqlState } from '../db/retryable.js';
 import { pruneHistory, pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { type RecoveredJob, recoverStalledJobs } from '../jobs/recover.js';
 import type { WorkerSettings } from './options.js';
-import { heartbeat, registerWorker, type WorkerInfo } from './workersTable.js';
+import { heartbeat, otherTasks, registerWorker, type WorkerInfo } from './workersTable.js';
 
 export interface UpkeepDeps {
   control: pg.Pool;
@@ -24,6 +24,8 @@ export interface UpkeepDeps {
   onRecovered: () => void;
   /** Ask the claim loop to reconcile this worker's own jobs. */
   reconcile: () => void;
+  /** Tasks other workers registered that this one does not know: it skips their jobs. */
+  onOtherTasks: (names: string[]) => void;
 }
 
 export interface Upkeep {
@@ -113,6 +115,9 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
   /** Each step on its own: one that fails (and is logged) does not hold the others back. */
   async function maintain(): Promise<void> {
     deps.reconcile();
+    await otherTasks(control, schema, info.tasks)
+      .then(deps.onOtherTasks)
+      .catch(logFailure('reading the registered tasks'));
     // Recovering others needs a fresh beat of our own, and a stall window's worth of
     // being connected (recoverStalledJobs): a worker cut off from the database must not
     // judge the others by their stale heartbeats.

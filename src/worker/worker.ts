@@ -25,7 +25,7 @@ import { makeOutcomeWriter } from './outcomes.js';
 import { type Outcome, RunningJob, ShutdownAbort } from './runJob.js';
 import { makeUpkeep } from './upkeep.js';
 import { makeWorkerPoolShelf, type WorkerPoolShelf } from './workerPools.js';
-import { registerTasks, registerWorker, unregisterWorker } from './workersTable.js';
+import { otherTasks, registerTasks, registerWorker, unregisterWorker } from './workersTable.js';
 
 /**
  * A running job is keyed by its claim, not its id: a job recovered away from this worker
@@ -142,6 +142,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     ],
     onClaimed: (jobs) => {
       for (const job of jobs) {
+        if (!tasks.has(job.task)) {
+          giveBackForeign(job); // at once, not when a slot frees: it must not wait behind a running job
+          continue;
+        }
         supersedeEarlierClaims(job);
         buffer.push(job);
       }
@@ -165,6 +169,9 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     dbNow,
     onRecovered: () => claims.wake(),
     reconcile: () => claims.reconcile(),
+    onOtherTasks: (names) => {
+      for (const name of names) foreignTasks.add(name);
+    },
   });
 
   /**
@@ -184,7 +191,9 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   /**
    * A job of a task this worker does not know — in a rolling deploy, a newer version's
    * task — goes back to `todo` uncounted, for a worker that knows it, and the worker skips
-   * that task's jobs from then on (claim.ts says why it claims by exclusion).
+   * that task's jobs from then on (claim.ts says why it claims by exclusion). Tasks other
+   * workers registered are skipped before any is claimed (upkeep.ts); this covers a job
+   * deferred by new code before any new worker started.
    */
   function giveBackForeign(job: ClaimedJob): void {
     outcomes.returnUnstarted(job);
@@ -200,11 +209,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   function pump(): void {
     while (running.size < settings.concurrency && buffer.length > 0) {
       const job = buffer.shift()!;
-      const task = tasks.get(job.task);
-      if (!task) {
-        giveBackForeign(job);
-        continue;
-      }
+      const task = tasks.get(job.task)!; // onClaimed buffers only known tasks
       const run = new RunningJob(job, task, runDeps);
       running.set(claimKey(job), run);
       void run.outcome
@@ -353,6 +358,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       async () => {
         await registerTasks(control, schema, [...tasks.values()]);
         await registerWorker(control, schema, info, dbNow());
+        for (const name of await otherTasks(control, schema, info.tasks)) foreignTasks.add(name);
       },
       log,
     );

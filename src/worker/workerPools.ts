@@ -10,7 +10,7 @@
  * opening them is a dozen cold backends, about 50 ms of a 2-core server at every start, and
  * a worker started again and again (tests, a job runner that starts one per batch, the
  * benchmark) paid it each time. Pools come back to the shelf only from a clean stop (no
- * handler left running, no outcome unwritten); `close()` ends them.
+ * handler left running, no outcome unwritten), for 5 s; `close()` ends them.
  */
 import type pg from 'pg';
 import { createPool } from '../db/connection.js';
@@ -68,7 +68,15 @@ function poolMakers(databaseUrl: string, log: Logger, settings: PoolSettings) {
 interface Shelved {
   pool: pg.Pool;
   key: string;
+  expiry: NodeJS.Timeout;
 }
+
+/**
+ * How long a stopped worker's pools wait for the next run. Short: the next run of a test,
+ * a batch or the bench comes at once, and an idle connection kept longer is more likely to
+ * have gone half-open (a failover, a partition) by the time it is used again.
+ */
+const SHELF_LIFE_MS = 5_000;
 
 export function makeWorkerPoolShelf(log: Logger): WorkerPoolShelf {
   // One pool of each kind, keyed by what it was made for: a run at another concurrency
@@ -82,6 +90,7 @@ export function makeWorkerPoolShelf(log: Logger): WorkerPoolShelf {
     let pool: pg.Pool;
     if (kept?.key === key) {
       pool = kept.pool;
+      clearTimeout(kept.expiry);
       shelved[kind] = undefined;
     } else {
       pool = make();
@@ -96,8 +105,17 @@ export function makeWorkerPoolShelf(log: Logger): WorkerPoolShelf {
     lent.delete(pool);
     if (!reusable || closed || key === undefined) return endPool(pool);
     const replaced = shelved[kind];
-    shelved[kind] = { pool, key };
-    if (replaced) await endPool(replaced.pool);
+    const expiry = setTimeout(() => {
+      if (shelved[kind]?.pool !== pool) return;
+      shelved[kind] = undefined;
+      void endPool(pool);
+    }, SHELF_LIFE_MS);
+    expiry.unref();
+    shelved[kind] = { pool, key, expiry };
+    if (replaced) {
+      clearTimeout(replaced.expiry);
+      await endPool(replaced.pool);
+    }
   }
 
   async function endPool(pool: pg.Pool): Promise<void> {
@@ -126,6 +144,7 @@ export function makeWorkerPoolShelf(log: Logger): WorkerPoolShelf {
     },
     async close() {
       closed = true;
+      for (const kept of [shelved.control, shelved.handlers]) if (kept) clearTimeout(kept.expiry);
       const pools = [shelved.control?.pool, shelved.handlers?.pool];
       shelved.control = undefined;
       shelved.handlers = undefined;

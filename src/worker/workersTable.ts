@@ -80,6 +80,15 @@ export async function registerTasks(db: Queryable, schema: string, tasks: Resolv
   );
 }
 
+/** Tasks registered (by other workers, other versions) that are not among `known`. */
+export async function otherTasks(db: Queryable, schema: string, known: string[]): Promise<string[]> {
+  const { rows } = await db.query<{ name: string }>(
+    `SELECT name FROM ${quoteSchema(schema)}.tasks WHERE NOT (name = ANY ($1::text[]))`,
+    [known],
+  );
+  return rows.map((row) => row.name);
+}
+
 /** Idle workers get a NOTIFY for new jobs; busy ones (last claim came back full) do not need one. */
 export async function setWorkerIdle(
   db: Queryable,

@@ -385,6 +385,58 @@ describe('workers and tasks', () => {
     assert.equal(await runsOf(newer), 1);
   });
 
+  it('a busy worker gives a job of a task it does not know back at once, not when its slot frees', async () => {
+    // Found by review: the job sat in the buffer, `doing` with its lock held, until the
+    // running job ended (and a SIGKILL then counted an attempt it never had).
+    const old = newApp();
+    const busy = gate();
+    old.task('busy-old', {}, async (args: { wait?: boolean }) => {
+      if (args.wait) await busy.opened;
+    });
+    await withWorker(
+      old,
+      async () => {
+        // Quick jobs first: the worker then prefetches (claims beyond its free slot).
+        const quick = await Promise.all([1, 2, 3].map(() => deferred(old, 'busy-old')));
+        await waitFor('the quick jobs', async () => (await Promise.all(quick.map(row))).every((r) => !r));
+        const running = await deferred(old, 'busy-old', { wait: true });
+        await waitFor('the old worker to be busy', async () => (await row(running))?.status === 'doing');
+        const foreign = await deferred(old, 'unknown-to-old', {}, { lock: 'foreign-lock' });
+        await sleep(500); // several polls of a worker that has room in its buffer
+        const state = (
+          await t.pool.query(`SELECT status, attempts, worker_id FROM "${t.schema}".jobs WHERE id = $1`, [
+            foreign,
+          ])
+        ).rows[0];
+        assert.deepEqual(state, { status: 'todo', attempts: 0, worker_id: null });
+        await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE id = $1`, [foreign]); // no worker will run it
+        busy.open();
+      },
+      { concurrency: 1, pollInterval: 50 },
+    );
+  });
+
+  it('a worker never claims a job of a task another worker registered and it does not know', async () => {
+    await t.pool.query(
+      `INSERT INTO "${t.schema}".tasks (name, queue, priority, max_attempts, on_stall)
+       VALUES ('registered-elsewhere', 'default', 0, 5, 'retry') ON CONFLICT DO NOTHING`,
+    );
+    const old = newApp();
+    old.task('old-only', {}, async () => {});
+    const elsewhere = await deferred(old, 'registered-elsewhere');
+    await withWorker(old, async () => {
+      await sleep(300);
+      const state = (
+        await t.pool.query(
+          `SELECT status, attempts, updated_at = created_at AS untouched FROM "${t.schema}".jobs WHERE id = $1`,
+          [elsewhere],
+        )
+      ).rows[0];
+      assert.deepEqual(state, { status: 'todo', attempts: 0, untouched: true });
+    });
+    await t.pool.query(`DELETE FROM "${t.schema}".jobs WHERE id = $1`, [elsewhere]); // no worker will run it
+  });
+
   it('a heartbeat in flight at shutdown never registers the stopped worker again', async () => {
     for (let round = 0; round < 15; round++) {
       const app = newApp();
