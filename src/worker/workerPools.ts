@@ -10,7 +10,7 @@
  * opening them is a dozen cold backends, about 50 ms of a 2-core server at every start, and
  * a worker started again and again (tests, a job runner that starts one per batch, the
  * benchmark) paid it each time. Pools come back to the shelf only from a clean stop (no
- * handler left running, no outcome unwritten), for 5 s; `close()` ends them.
+ * handler left running, no outcome unwritten), for 30 s; `close()` ends them.
  */
 import type pg from 'pg';
 import { createPool } from '../db/connection.js';
@@ -72,11 +72,12 @@ interface Shelved {
 }
 
 /**
- * How long a stopped worker's pools wait for the next run. Short: the next run of a test,
- * a batch or the bench comes at once, and an idle connection kept longer is more likely to
- * have gone half-open (a failover, a partition) by the time it is used again.
+ * How long a stopped worker's pools wait for the next run: as long as an idle connection
+ * lives in any pool (createPool's idle timeout), no longer. A connection that went half-open
+ * meanwhile (a failover, a partition) costs the next run what it costs a running worker:
+ * one control deadline per connection, then a new one (faults.md, half-open connections).
  */
-const SHELF_LIFE_MS = 5_000;
+const SHELF_LIFE_MS = 30_000;
 
 export function makeWorkerPoolShelf(log: Logger): WorkerPoolShelf {
   // One pool of each kind, keyed by what it was made for: a run at another concurrency
