@@ -94,7 +94,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   };
   const runDeps = { pool: handlers, log, defer: deps.defer, ends };
   const running = new Map<string, RunningJob>();
-  // Tasks this worker claimed a job of but does not know: skipped by later claims.
+  // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
     ends,
