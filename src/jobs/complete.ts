@@ -18,9 +18,14 @@ export interface Completion {
  * while its older claim's outcome waits) keeps the newer claim, the only one the row can hold.
  */
 export function attemptsById(claims: { id: string; attempt: number }[]): string {
-  const byId: Record<string, number> = {};
-  for (const { id, attempt } of claims) byId[id] = Math.max(attempt, byId[id] ?? 0);
-  return JSON.stringify(byId);
+  // A Map and a hand-built text: an object keyed by numeric ids is a sparse array to V8, and
+  // building and stringifying it was the worker's costliest line per job (0.4 µs, run K).
+  // Ids are decimal strings (the claim returns id::text): nothing to escape.
+  const byId = new Map<string, number>();
+  for (const { id, attempt } of claims) byId.set(id, Math.max(attempt, byId.get(id) ?? 0));
+  const pairs: string[] = [];
+  for (const [id, attempt] of byId) pairs.push(`"${id}":${attempt}`);
+  return `{${pairs.join(',')}}`;
 }
 
 /** Per-task sums computed here, so the statement joins nothing per job. */
