@@ -1,10 +1,11 @@
 /** createApp: the one object a service holds (events, processors, jobs, schedules), wired from its options. */
 import type { Logger } from 'pino';
 import { type Clock, systemClock } from './clock.js';
-import type { PoolOptions } from './db/connection.js';
+import { checkDatabaseUrl, type PoolOptions } from './db/connection.js';
 import { type Database, openDatabase } from './db/database.js';
 import { quoteSchema, validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
+import { checkPooler } from './db/pooler.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
 import { type RedriveOptions, type RedriveResult, redrive } from './events/redrive.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
@@ -20,6 +21,12 @@ import { makeWorkerPoolShelf } from './worker/workerPools.js';
 export interface AppOptions {
   /** postgres:// URL; defaults to DATABASE_URL, and without either the embedded server is started. */
   databaseUrl?: string;
+  /**
+   * A direct postgres:// URL for the LISTEN connection when `databaseUrl` goes through a
+   * transaction pooler (default OUTBATCH_LISTEN_URL). Without one behind a pooler, wake-ups
+   * come from polling. See docs/pgbouncer.md.
+   */
+  listenUrl?: string;
   /** Schema holding every outbatch table (default `outbatch`). */
   schema?: string;
   logger?: Logger;
@@ -70,11 +77,20 @@ export function createApp(options: AppOptions = {}): App {
   const schema = validateSchemaName(options.schema ?? (process.env.OUTBATCH_SCHEMA || 'outbatch'));
   const log = (options.logger ?? silentLogger()).child({ schema });
   const clock = options.clock ?? systemClock;
+  const listenUrl = options.listenUrl ?? (process.env.OUTBATCH_LISTEN_URL || undefined);
+  if (listenUrl !== undefined) {
+    checkDatabaseUrl(listenUrl, options.listenUrl === undefined ? 'OUTBATCH_LISTEN_URL' : 'listenUrl');
+  }
+  const pooler =
+    checkPooler(options.pool?.pooler, 'pool.pooler') ??
+    checkPooler(process.env.OUTBATCH_POOLER, 'OUTBATCH_POOLER');
   let opening: Promise<Database> | undefined;
 
   const database = () => {
     opening ??= openDatabase({
       ...options.pool,
+      pooler,
+      listenUrl,
       databaseUrl: options.databaseUrl ?? (process.env.DATABASE_URL || undefined),
       dataDir: options.dataDir ?? (process.env.OUTBATCH_DATA_DIR || undefined),
       log,

@@ -19,7 +19,8 @@ export function makeReadPool(app: App, log: Logger) {
           connectionTimeoutMillis: 30_000,
           idleTimeoutMillis: 30_000,
           application_name: 'outbatch-dashboard',
-          options: '-c jit=off',
+          // PgBouncer refuses a startup packet with `options` (docs/pgbouncer.md).
+          options: db.route.pooler === 'none' ? '-c jit=off' : undefined,
         });
         pool.on('error', (error) =>
           log.warn({ err: error }, 'idle dashboard connection lost; it will be replaced'),

@@ -3,6 +3,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { ConnectionError, ValidationError } from '../errors.js';
 import { OWN_STATEMENT_TIMEOUT_MS, setOwnDeadline } from './deadline.js';
+import { detectPooler, markPool, type Pooler } from './pooler.js';
 import { isRetryable, sqlState } from './retryable.js';
 
 export interface PoolOptions {
@@ -33,8 +34,23 @@ export interface PoolOptions {
    * server's setting). A short statement with a high cost estimate otherwise spends
    * hundreds of milliseconds compiling; the worker's own pools turn it off (workerPools.ts).
    * Sent as the connection's `options`, after PGOPTIONS; a URL that sets `options` wins.
+   * Not sent behind a pooler (see `pooler`).
    */
   jit?: boolean;
+  /**
+   * What is between outbatch and PostgreSQL: `'pgbouncer'`, a transaction-mode pooler, or
+   * `'none'`. Default: OUTBATCH_POOLER, else detected on the first connection (pooler.ts).
+   * Behind a pooler the pools send no startup parameters PgBouncer refuses (`options`,
+   * `lock_timeout`: `jit` and `lockTimeoutMs` are not applied), prepare no statements, and
+   * LISTEN goes to `listenUrl` only. See docs/pgbouncer.md.
+   */
+  pooler?: Pooler;
+  /**
+   * Named prepared statements on outbatch's own connections (default: on when direct, off
+   * behind a pooler). On behind a pooler only if it keeps prepared statements itself
+   * (PgBouncer 1.21+ with `max_prepared_statements`). Never on a client you hand in.
+   */
+  preparedStatements?: boolean;
   /**
    * outbatch's own statements on this pool — processor page reads, checkpoints and their
    * BEGIN/COMMIT, processor triggers, schedule passes — are abandoned after this long with
@@ -67,18 +83,19 @@ export function redactUrl(databaseUrl: string): string {
   }
 }
 
-export function checkDatabaseUrl(databaseUrl: string): string {
+/** Throws one line naming `what` (the option) unless `databaseUrl` is a postgres:// URL. */
+export function checkDatabaseUrl(databaseUrl: string, what = 'database URL'): string {
   let url: URL;
   try {
     url = new URL(databaseUrl);
   } catch {
     throw new ValidationError(
-      'database URL is not a valid URL: expected postgres://user:password@host:port/database',
+      `${what} is not a valid URL: expected postgres://user:password@host:port/database`,
     );
   }
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
     throw new ValidationError(
-      `database URL has protocol "${url.protocol}": expected postgres://user:password@host:port/database`,
+      `${what} has protocol "${url.protocol}": expected postgres://user:password@host:port/database`,
     );
   }
   return databaseUrl;
@@ -90,6 +107,9 @@ export function checkDatabaseUrl(databaseUrl: string): string {
  */
 export function createPool(databaseUrl: string, log: Logger, options: PoolOptions = {}): pg.Pool {
   checkDatabaseUrl(databaseUrl);
+  // PgBouncer refuses a connection whose startup packet carries parameters it does not
+  // track ("unsupported startup parameter"): `options` and `lock_timeout` among them.
+  const direct = (options.pooler ?? 'none') === 'none';
   const pool = new pg.Pool({
     connectionString: databaseUrl,
     max: options.max ?? 10,
@@ -97,13 +117,17 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     idleTimeoutMillis: 30_000,
     application_name: options.applicationName ?? 'outbatch',
     query_timeout: options.queryTimeoutMs,
-    lock_timeout: options.lockTimeoutMs,
+    lock_timeout: direct ? options.lockTimeoutMs : undefined,
     // Given here, options replaces PGOPTIONS (node-postgres' default for it): keep those.
-    options: options.jit === false ? `${process.env.PGOPTIONS ?? ''} -c jit=off`.trim() : undefined,
+    options: direct && options.jit === false ? `${process.env.PGOPTIONS ?? ''} -c jit=off`.trim() : undefined,
     keepAlive: true,
     keepAliveInitialDelayMillis: 5_000,
   });
   setOwnDeadline(pool, options.ownStatementTimeoutMs ?? OWN_STATEMENT_TIMEOUT_MS);
+  markPool(pool, {
+    pooler: options.pooler ?? 'none',
+    preparedStatements: options.preparedStatements ?? direct,
+  });
   pool.on('error', (error) => {
     log.warn(
       { err: error, target: describeTarget(databaseUrl) },
@@ -141,12 +165,20 @@ export function connectionFailure(error: unknown, databaseUrl: string): Connecti
   });
 }
 
-/** Opens and closes one connection of its own, so a bad URL fails fast with a clear message. */
-export async function checkConnection(databaseUrl: string, timeoutMs = 5_000): Promise<void> {
+/**
+ * Opens and closes one connection of its own, so a bad URL fails fast with a clear message;
+ * with `detect`, also says whether a transaction pooler is in the way (pooler.ts).
+ */
+export async function checkConnection(
+  databaseUrl: string,
+  timeoutMs = 5_000,
+  detect = false,
+): Promise<Pooler | undefined> {
   const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: timeoutMs });
   client.on('error', () => {});
   try {
     await client.connect();
+    return detect ? await detectPooler(client) : undefined;
   } catch (error) {
     throw connectionFailure(error, databaseUrl);
   } finally {

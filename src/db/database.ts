@@ -3,12 +3,15 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { checkConnection, createPool, type PoolOptions } from './connection.js';
 import { type EmbeddedServer, startEmbedded } from './embedded.js';
+import type { ConnectionRoute } from './pooler.js';
 
 export interface DatabaseOptions extends PoolOptions {
   /** A postgres:// URL. Without one, the embedded server is started. */
   databaseUrl?: string;
   /** Data folder of the embedded server (default `.outbatch/pg`). */
   dataDir?: string;
+  /** A direct postgres:// URL for LISTEN when `databaseUrl` goes through a transaction pooler. */
+  listenUrl?: string;
   log: Logger;
 }
 
@@ -16,6 +19,8 @@ export interface Database {
   pool: pg.Pool;
   /** The URL connected to (for LISTEN connections and child processes); never log it. */
   url: string;
+  /** Direct or through a pooler, and what follows: prepared statements, where LISTEN goes. */
+  route: ConnectionRoute;
   embedded?: EmbeddedServer;
   close(): Promise<void>;
 }
@@ -25,17 +30,37 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   const { log } = options;
   const embedded = options.databaseUrl ? undefined : await startEmbedded({ dataDir: options.dataDir, log });
   const url = options.databaseUrl ?? embedded!.url;
+  let pooler = options.pooler ?? (embedded ? 'none' : undefined);
   try {
-    await checkConnection(url, options.connectTimeoutMs);
+    const detected = await checkConnection(url, options.connectTimeoutMs, pooler === undefined);
+    pooler ??= detected ?? 'none';
   } catch (error) {
     await embedded?.stop();
     throw error;
   }
-  const pool = createPool(url, log, options);
+  const route: ConnectionRoute = {
+    pooler,
+    preparedStatements: options.preparedStatements ?? pooler === 'none',
+    listenUrl: options.listenUrl ?? (pooler === 'none' ? url : undefined),
+  };
+  if (pooler !== 'none') {
+    log.info(
+      { pooler, preparedStatements: route.preparedStatements, listen: Boolean(route.listenUrl) },
+      'connected through a transaction pooler: no session state, no startup options',
+    );
+  }
+  // Said once, here, rather than by each worker, processor trigger and follower that polls.
+  if (!route.listenUrl) {
+    log.warn(
+      'behind a transaction pooler with no listenUrl: LISTEN/NOTIFY is off, workers and processors wake by polling; set listenUrl (OUTBATCH_LISTEN_URL) to a direct connection',
+    );
+  }
+  const pool = createPool(url, log, { ...options, pooler, preparedStatements: route.preparedStatements });
   let closing: Promise<void> | undefined;
   return {
     pool,
     url,
+    route,
     embedded,
     close() {
       closing ??= (async () => {

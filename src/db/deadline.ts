@@ -8,6 +8,7 @@
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { isBehindPooler } from './pooler.js';
 import type { Queryable } from './queryable.js';
 
 /** Default deadline of outbatch's own statements on the app pool (`pool.ownStatementTimeoutMs`). */
@@ -57,6 +58,9 @@ export async function underDeadline<T>(client: pg.PoolClient, ms: number, fn: ()
  * Destroys `client` and terminates its server backend through `other` (a connection of the
  * same role may always terminate its own backends). If the backend is already gone, or
  * `other` cannot reach the server either, the server ends the session when it notices.
+ * Behind a transaction pooler the client's pid is the pooler's cancel key, not a backend's
+ * (it could even name an unrelated one): nothing is terminated; the pooler closes the
+ * server connection of a client that left mid-statement or mid-transaction.
  */
 export async function abandonConnection(
   client: pg.PoolClient,
@@ -64,8 +68,9 @@ export async function abandonConnection(
   log?: Logger,
 ): Promise<void> {
   const pid = (client as unknown as { processID?: number }).processID;
+  const pooled = isBehindPooler(client);
   client.release(true);
-  if (!pid) return;
+  if (!pid || pooled) return;
   try {
     await other.query('SELECT pg_terminate_backend($1)', [pid]);
   } catch (error) {

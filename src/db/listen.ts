@@ -1,9 +1,10 @@
 /** LISTEN on a dedicated connection that reconnects, as an Observable of notifications. */
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { Observable } from 'rxjs';
+import { EMPTY, Observable } from 'rxjs';
 import { ValidationError } from '../errors.js';
 import { connectionFailure, describeTarget } from './connection.js';
+import { detectPooler } from './pooler.js';
 import { isRetryable, sqlState } from './retryable.js';
 
 /**
@@ -13,7 +14,12 @@ import { isRetryable, sqlState } from './retryable.js';
 export type ListenEvent = { kind: 'connected' } | { kind: 'notification'; channel: string; payload: string };
 
 export interface ListenOptions {
-  url: string;
+  /**
+   * A direct connection to PostgreSQL. Undefined — behind a transaction pooler with no
+   * `listenUrl` — means nothing to listen on: the Observable completes at once and the
+   * consumer's poll timer does the waking (openDatabase has said so, once).
+   */
+  url: string | undefined;
   channels: string[];
   log: Logger;
   /** First reconnection delay (default 100 ms), doubled per failure up to `maxDelayMs` (default 10 s). */
@@ -108,11 +114,13 @@ export function listen(options: ListenOptions): Observable<ListenEvent> {
       );
     }
   }
+  const url = options.url;
+  if (url === undefined) return EMPTY;
   const initial = options.initialDelayMs ?? 100;
   const max = options.maxDelayMs ?? 10_000;
   const intervalMs = options.livenessIntervalMs ?? 15_000;
   const timeoutMs = options.livenessTimeoutMs ?? 10_000;
-  const target = describeTarget(options.url);
+  const target = describeTarget(url);
   const log = options.log.child({ component: 'listen', channels: options.channels });
 
   return new Observable<ListenEvent>((subscriber) => {
@@ -126,7 +134,9 @@ export function listen(options: ListenOptions): Observable<ListenEvent> {
     const retryOrFail = (error: unknown, connecting: boolean) => {
       if (closed) return;
       if (!isReconnectable(error)) {
-        subscriber.error(connecting ? connectionFailure(error, options.url) : error);
+        subscriber.error(
+          connecting && !(error instanceof ValidationError) ? connectionFailure(error, url) : error,
+        );
         return;
       }
       const retryInMs = Math.round(reconnectDelayMs(failures, initial, max));
@@ -144,7 +154,7 @@ export function listen(options: ListenOptions): Observable<ListenEvent> {
 
     const connect = async () => {
       const current = new pg.Client({
-        connectionString: options.url,
+        connectionString: url,
         application_name: options.applicationName ?? 'outbatch-listen',
         keepAlive: true,
         keepAliveInitialDelayMillis: KEEPALIVE_DELAY_MS,
@@ -199,6 +209,13 @@ export function listen(options: ListenOptions): Observable<ListenEvent> {
       try {
         await within('connect and LISTEN', async () => {
           await current.connect();
+          // Through a transaction pooler LISTEN would register on whichever server
+          // connection ran it, and the notifications would never reach us: refuse.
+          if ((await detectPooler(current)) !== 'none') {
+            throw new ValidationError(
+              `the LISTEN connection to ${target} goes through a connection pooler: set listenUrl (OUTBATCH_LISTEN_URL) to PostgreSQL itself, not PgBouncer`,
+            );
+          }
           for (const channel of options.channels) await current.query(`LISTEN "${channel}"`);
         });
       } catch (error) {

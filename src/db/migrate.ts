@@ -1,6 +1,6 @@
 /**
- * Brings one schema up to date, under an advisory lock (so any number of processes may
- * migrate at once). A fresh schema (no migrations table) gets `schema/current/schema.sql`,
+ * Brings one schema up to date, one transaction per step, each under a transaction-scoped
+ * advisory lock (so any number of processes may migrate at once, through PgBouncer too). A fresh schema (no migrations table) gets `schema/current/schema.sql`,
  * the whole current schema, in one transaction, with every migration it covers recorded
  * as applied; an existing one gets the numbered files of `schema/` it lacks, one
  * transaction per file. Each is recorded with a checksum: shipped files are append-only,
@@ -164,44 +164,85 @@ export async function migrate(
   validateSchemaName(schema);
   const migrations = await loadMigrations();
   const client = await pool.connect();
-  const q = quoteSchema(schema);
   try {
-    // Session lock: held across all files so a second migrator waits, then finds nothing to do.
-    await client.query('SELECT pg_advisory_lock(hashtext($1))', [lockKey(schema)]);
-    try {
-      await client.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
-      let snapshot: Migration | undefined;
-      let recorded: Migration[] = [];
-      if (!(await hasMigrationsTable(client, schema))) {
-        const installed = await installSnapshot(client, schema, migrations);
-        snapshot = installed.matches;
-        recorded = installed.recorded;
+    let snapshot: Migration | undefined;
+    const applied: Migration[] = [];
+    for (;;) {
+      const step = await migrateOneStep(client, schema, migrations);
+      if (step.kind === 'done') break;
+      if (step.kind === 'snapshot') {
+        snapshot = step.matches;
         log.info(
-          { snapshot: `${snapshot.version}_${snapshot.name}`, recorded: recorded.length },
+          { snapshot: `${snapshot.version}_${snapshot.name}`, recorded: step.recorded.length },
           'fresh schema: current schema installed',
         );
-        for (const migration of recorded) onApplied?.(migration);
+        for (const migration of step.recorded) onApplied?.(migration);
+        applied.push(...step.recorded);
+      } else {
+        log.info({ migration: `${step.migration.version}_${step.migration.name}` }, 'migration applied');
+        onApplied?.(step.migration);
+        applied.push(step.migration);
       }
-      // An existing schema, or one whose snapshot is behind the newest file.
-      const { pending } = compare(schema, await appliedRows(client, schema), migrations);
-      for (const migration of pending) {
-        await applyMigration(client, schema, migration);
-        log.info({ migration: `${migration.version}_${migration.name}` }, 'migration applied');
-        onApplied?.(migration);
-      }
-      return { applied: [...recorded, ...pending], ...(snapshot && { snapshot }) };
-    } finally {
-      await client.query('SELECT pg_advisory_unlock(hashtext($1))', [lockKey(schema)]);
     }
+    return { applied, ...(snapshot && { snapshot }) };
   } finally {
     client.release();
   }
 }
 
 /**
+ * A migration may rebuild an index on a large table: the statement_timeout a managed
+ * service puts on every role must not cut it off half-way (the transaction would roll back
+ * on every deploy). Only for the step's own transaction.
+ */
+const NO_STATEMENT_TIMEOUT = 'SET LOCAL statement_timeout = 0';
+
+type Step =
+  | { kind: 'snapshot'; matches: Migration; recorded: Migration[] }
+  | { kind: 'migration'; migration: Migration }
+  | { kind: 'done' };
+
+/**
+ * One transaction: take the schema's migration lock, look at what is applied, and do the
+ * next thing — install the current schema on a fresh one, or apply the next pending file.
+ * The lock is transaction-scoped (`pg_advisory_xact_lock`), not held by the session across
+ * all files: behind a transaction pooler (PgBouncer) a session lock would stay on whichever
+ * server connection took it, and the unlock could run on another. Concurrent migrators
+ * still never apply a file twice: each step reads the state after the lock is granted
+ * (read committed: a new snapshot per statement), so a migrator that waited finds the
+ * other's work done and moves on to what is left, or to nothing.
+ */
+async function migrateOneStep(client: pg.ClientBase, schema: string, migrations: Migration[]): Promise<Step> {
+  const q = quoteSchema(schema);
+  await client.query('BEGIN');
+  let step: Step;
+  try {
+    // Before the lock: waiting for another migrator is part of the migration too.
+    await client.query(NO_STATEMENT_TIMEOUT);
+    await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [lockKey(schema)]);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
+    // The files and the snapshot name no schema: they run with this search_path, and
+    // their functions capture it (SET search_path FROM CURRENT).
+    await client.query(`SET LOCAL search_path TO ${q}`);
+    if (!(await hasMigrationsTable(client, schema))) {
+      step = { kind: 'snapshot', ...(await installSnapshot(client, schema, migrations)) };
+    } else {
+      const next = compare(schema, await appliedRows(client, schema), migrations).pending[0];
+      if (next) await applyMigration(client, schema, next);
+      step = next ? { kind: 'migration', migration: next } : { kind: 'done' };
+    }
+    await client.query('COMMIT');
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw error;
+  }
+  return step;
+}
+
+/**
  * A fresh schema: the migrations table, the whole current schema, and a row (with its
- * checksum) for every migration up to the one the snapshot matches, all or nothing; a
- * failure leaves no migrations table, so the next run starts fresh again.
+ * checksum) for every migration up to the one the snapshot matches, in the step's
+ * transaction; a failure leaves no migrations table, so the next run starts fresh again.
  */
 async function installSnapshot(
   client: pg.ClientBase,
@@ -210,11 +251,7 @@ async function installSnapshot(
 ): Promise<{ matches: Migration; recorded: Migration[] }> {
   const { sql, matches } = await loadSnapshot(migrations);
   const recorded = migrations.filter((m) => m.version <= matches.version);
-  await client.query('BEGIN');
   try {
-    // Like the migration files, the snapshot names no schema (see applyMigration).
-    await client.query(`SET LOCAL search_path TO ${quoteSchema(schema)}`);
-    await client.query(NO_STATEMENT_TIMEOUT);
     await client.query(MIGRATIONS_TABLE);
     await client.query(sql);
     await client.query(
@@ -222,9 +259,7 @@ async function installSnapshot(
        SELECT * FROM unnest($1::integer[], $2::text[], $3::text[])`,
       [recorded.map((m) => m.version), recorded.map((m) => m.name), recorded.map((m) => m.checksum)],
     );
-    await client.query('COMMIT');
   } catch (error) {
-    await client.query('ROLLBACK');
     throw new MigrationError(
       `installing the current schema (schema/current/schema.sql) into fresh schema "${schema}" failed: ${(error as Error).message}`,
       { cause: error },
@@ -233,30 +268,17 @@ async function installSnapshot(
   return { matches, recorded };
 }
 
-/**
- * A migration may rebuild an index on a large table: the statement_timeout a managed
- * service puts on every role must not cut it off half-way (the transaction would roll back
- * on every deploy). Only for the migration's own transaction.
- */
-const NO_STATEMENT_TIMEOUT = 'SET LOCAL statement_timeout = 0';
-
+/** One numbered file and its row, in the step's transaction. */
 async function applyMigration(client: pg.ClientBase, schema: string, migration: Migration): Promise<void> {
   const q = quoteSchema(schema);
-  await client.query('BEGIN');
   try {
-    // The files name no schema: they run with this search_path, and their
-    // functions capture it (SET search_path FROM CURRENT).
-    await client.query(`SET LOCAL search_path TO ${q}`);
-    await client.query(NO_STATEMENT_TIMEOUT);
     await client.query(migration.sql);
     await client.query(`INSERT INTO ${q}.migrations (version, name, checksum) VALUES ($1, $2, $3)`, [
       migration.version,
       migration.name,
       migration.checksum,
     ]);
-    await client.query('COMMIT');
   } catch (error) {
-    await client.query('ROLLBACK');
     throw new MigrationError(
       `migration ${migration.version}_${migration.name} failed on schema "${schema}": ${(error as Error).message}`,
       { cause: error },

@@ -1,5 +1,6 @@
 /** Running a statement on node-postgres as a named prepared statement, with rows as objects or arrays. */
 import pg from 'pg';
+import { mayPrepare } from './pooler.js';
 import type { Queryable } from './queryable.js';
 
 // Statement names and row modes are node-postgres options: only its pools and clients take
@@ -11,8 +12,12 @@ function isNodePostgres(db: Queryable): db is pg.Pool | pg.Client {
 /**
  * pg clients cache named statements per connection, which saves the parse and plan on
  * every call of a hot statement (defer, claim, complete, fail). `name` must be unique per
- * text: include the schema in it. `queryTimeoutMs`: abandon the statement if no answer
- * comes in time (node-postgres only).
+ * text: include the schema in it. The name is used only on outbatch's own connections to
+ * a server known to be direct (pooler.ts): behind a transaction pooler the next call may
+ * land on a server connection that never saw the statement, and a client the caller hands
+ * in may be behind one without our knowing. Elsewhere the statement goes unnamed, parsed
+ * each time. `queryTimeoutMs`: abandon the statement if no answer comes in time
+ * (node-postgres only).
  */
 export function runPrepared<R extends pg.QueryResultRow>(
   db: Queryable,
@@ -23,7 +28,8 @@ export function runPrepared<R extends pg.QueryResultRow>(
 ): Promise<pg.QueryResult<R>> {
   if (isNodePostgres(db)) {
     // query_timeout per statement is node-postgres' (client.js); its typings omit it.
-    const config = { name, text, values, query_timeout: options.queryTimeoutMs } as pg.QueryConfig;
+    const config = { text, values, query_timeout: options.queryTimeoutMs } as pg.QueryConfig;
+    if (mayPrepare(db)) config.name = name;
     return (db as pg.Client).query<R>(config);
   }
   return db.query<R>(text, values);
@@ -45,7 +51,7 @@ export async function runForArrays(
   if (isNodePostgres(db)) {
     // query_timeout per statement is node-postgres' (client.js); its typings omit it.
     const config = { text, values, rowMode: 'array', query_timeout: queryTimeoutMs } as pg.QueryArrayConfig;
-    if (name) config.name = name;
+    if (name && mayPrepare(db)) config.name = name;
     const { rows } = await db.query(config);
     return rows;
   }

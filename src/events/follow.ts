@@ -43,7 +43,8 @@ export function eventsChannel(schema: string): string {
  */
 export function makeFollow(deps: {
   read: (options: ReadOptions) => Promise<ReadPage>;
-  url: () => Promise<string>;
+  /** Where to LISTEN; undefined: behind a pooler with no listenUrl, so the poll timer alone wakes. */
+  url: () => Promise<string | undefined>;
   schema: string;
   log: Logger;
 }) {

@@ -3,6 +3,7 @@ import os from 'node:os';
 import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
 import { assertMigrated } from '../db/migrate.js';
+import { isBehindPooler } from '../db/pooler.js';
 import { withTransaction } from '../db/transaction.js';
 import { OutbatchError } from '../errors.js';
 
@@ -46,9 +47,12 @@ export async function rebaseTxIds(
   let consumed = 0n;
   if (needed > 0n) {
     const client = await pool.connect();
+    // A session SET behind a transaction pooler would stay on whichever server connection
+    // ran it, for other clients to inherit: there the fsyncs are paid.
+    const session = !isBehindPooler(pool);
     try {
       // These transactions write nothing worth an fsync each.
-      await client.query('SET synchronous_commit TO off');
+      if (session) await client.query('SET synchronous_commit TO off');
       while (consumed < needed) {
         const chunk = needed - consumed < CONSUME_CHUNK ? needed - consumed : CONSUME_CHUNK;
         await client.query(`CALL ${q}.consume_tx_ids($1)`, [chunk.toString()]);
@@ -56,7 +60,7 @@ export async function rebaseTxIds(
         onProgress?.(Number(consumed), Number(needed));
       }
     } finally {
-      await client.query('RESET synchronous_commit').catch(() => {});
+      if (session) await client.query('RESET synchronous_commit').catch(() => {});
       client.release();
     }
   }

@@ -200,7 +200,7 @@ export function makeProcessors(deps: ProcessorDeps) {
    * run of each (catching up after downtime), and wakes onAppend processors on the
    * append NOTIFY — auditTime: at most one trigger per debounce window, however busy.
    */
-  async function start(url: string): Promise<Observable<unknown>> {
+  async function start(url: string | undefined): Promise<Observable<unknown>> {
     const pool = await deps.pool();
     for (const def of definitions.values()) {
       await ensureProcessor(pool, deps.q, def.name, def.types, def.streamPrefix);

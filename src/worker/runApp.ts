@@ -48,7 +48,11 @@ export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promis
     deps.log,
   );
   const triggers = (
-    await retryConnection('starting the processors', () => deps.processors.start(db.url), deps.log)
+    await retryConnection(
+      'starting the processors',
+      () => deps.processors.start(db.route.listenUrl),
+      deps.log,
+    )
   ).subscribe();
   const entries = deps.schedules.entries();
   const scheduler =
@@ -79,6 +83,7 @@ async function runWorker(deps: RunAppDeps, db: Database, options: RunOptions): P
   const worker = startWorker(
     {
       databaseUrl: db.url,
+      route: db.route,
       schema: deps.schema,
       log: deps.log,
       clock: deps.clock,

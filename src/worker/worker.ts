@@ -14,6 +14,7 @@ import { catchError, EMPTY, filter, interval, merge, Subject, takeUntil } from '
 import type { Clock } from '../clock.js';
 import { systemClock } from '../clock.js';
 import { listen } from '../db/listen.js';
+import { type ConnectionRoute, DIRECT } from '../db/pooler.js';
 import { retryConnection } from '../db/retry.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
@@ -35,6 +36,8 @@ const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
 
 export interface WorkerDeps {
   databaseUrl: string;
+  /** Direct or through a pooler (the app's Database.route); default: direct, LISTEN on databaseUrl. */
+  route?: ConnectionRoute;
   /** The queue's defer: a handler's `ctx.defer` takes the same path (validation, clock, wake-ups). */
   defer: JobQueue['defer'];
   schema: string;
@@ -71,9 +74,12 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // deadline (upkeep.ts). The pools' other settings: workerPools.ts.
   const controlDeadlineMs = Math.max(2_000, Math.round(settings.stallTimeoutMs / 3));
   const shelf = deps.pools ?? makeWorkerPoolShelf(deps.log);
+  const route = deps.route ?? { ...DIRECT, listenUrl: deps.databaseUrl };
   const pools = shelf.take(deps.databaseUrl, deps.log, {
     concurrency: settings.concurrency,
     controlDeadlineMs,
+    pooler: route.pooler,
+    preparedStatements: route.preparedStatements,
   });
   const { control, handlers } = pools;
   // A clean stop leaves the pools for the app's next run; a handler still running, or a
@@ -369,7 +375,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     upkeep.start();
     const queues = settings.queues === null ? null : new Set(settings.queues);
     merge(
-      listen({ url: deps.databaseUrl, channels: [channel], log }).pipe(
+      listen({ url: route.listenUrl, channels: [channel], log }).pipe(
         // After a (re)connection notifications may have been missed: check now.
         filter((note) => note.kind === 'connected' || queues === null || queues.has(note.payload)),
         // catchError on the inner stream only: losing LISTEN must not end the polling.

@@ -14,6 +14,7 @@
  */
 import type pg from 'pg';
 import { createPool } from '../db/connection.js';
+import type { Pooler } from '../db/pooler.js';
 import type { Logger } from '../log.js';
 
 /**
@@ -32,6 +33,9 @@ export interface PoolSettings {
   concurrency: number;
   /** The control statements' deadline (query_timeout): see worker.ts. */
   controlDeadlineMs: number;
+  /** Behind a pooler the control pool loses its lock_timeout and jit=off (docs/pgbouncer.md). */
+  pooler?: Pooler;
+  preparedStatements?: boolean;
 }
 
 export interface WorkerPoolShelf {
@@ -45,6 +49,7 @@ export interface WorkerPoolShelf {
 
 /** Makers of the two pools (each made only when the shelf has none to give). */
 function poolMakers(databaseUrl: string, log: Logger, settings: PoolSettings) {
+  const route = { pooler: settings.pooler, preparedStatements: settings.preparedStatements };
   return {
     // lock_timeout: a lock wait ends on the server after 1 s as a transient refusal, so
     // the outcome writer sets that outcome aside instead of holding every other outcome
@@ -59,9 +64,14 @@ function poolMakers(databaseUrl: string, log: Logger, settings: PoolSettings) {
         queryTimeoutMs: settings.controlDeadlineMs,
         lockTimeoutMs: 1_000,
         jit: false,
+        ...route,
       }),
     handlers: () =>
-      createPool(databaseUrl, log, { max: settings.concurrency, applicationName: 'outbatch-handler' }),
+      createPool(databaseUrl, log, {
+        max: settings.concurrency,
+        applicationName: 'outbatch-handler',
+        ...route,
+      }),
   };
 }
 
@@ -128,11 +138,12 @@ export function makeWorkerPoolShelf(log: Logger): WorkerPoolShelf {
   return {
     take(databaseUrl, poolLog, settings) {
       const pools = poolMakers(databaseUrl, poolLog, settings);
+      const route = [settings.pooler, settings.preparedStatements];
       return {
-        control: takeOne('control', JSON.stringify([databaseUrl, settings.controlDeadlineMs]), () =>
+        control: takeOne('control', JSON.stringify([databaseUrl, settings.controlDeadlineMs, route]), () =>
           pools.control(),
         ),
-        handlers: takeOne('handlers', JSON.stringify([databaseUrl, settings.concurrency]), () =>
+        handlers: takeOne('handlers', JSON.stringify([databaseUrl, settings.concurrency, route]), () =>
           pools.handlers(),
         ),
       };
