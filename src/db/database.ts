@@ -21,6 +21,13 @@ export interface Database {
   url: string;
   /** Direct or through a pooler, and what follows: prepared statements, where LISTEN goes. */
   route: ConnectionRoute;
+  /**
+   * Where LISTEN connections go (`route.listenUrl`). Undefined behind a pooler with no
+   * `listenUrl`, and then the first caller logs the one warning that wake-ups come from
+   * polling: said once per database, not by each worker, trigger and follower that polls,
+   * nor by commands that never listen.
+   */
+  listenTarget(): string | undefined;
   embedded?: EmbeddedServer;
   close(): Promise<void>;
 }
@@ -49,18 +56,22 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
       'connected through a transaction pooler: no session state, no startup options',
     );
   }
-  // Said once, here, rather than by each worker, processor trigger and follower that polls.
-  if (!route.listenUrl) {
-    log.warn(
-      'behind a transaction pooler with no listenUrl: LISTEN/NOTIFY is off, workers and processors wake by polling; set listenUrl (OUTBATCH_LISTEN_URL) to a direct connection',
-    );
-  }
   const pool = createPool(url, log, { ...options, pooler, preparedStatements: route.preparedStatements });
   let closing: Promise<void> | undefined;
+  let warned = false;
   return {
     pool,
     url,
     route,
+    listenTarget() {
+      if (!route.listenUrl && !warned) {
+        warned = true;
+        log.warn(
+          'behind a transaction pooler with no listenUrl: LISTEN/NOTIFY is off, workers and processors wake by polling; set listenUrl (OUTBATCH_LISTEN_URL) to a direct connection',
+        );
+      }
+      return route.listenUrl;
+    },
     embedded,
     close() {
       closing ??= (async () => {

@@ -47,7 +47,7 @@ export function makeEvents(deps: {
     get: makeGet(shared),
     follow: makeFollow({
       read,
-      url: async () => (await deps.database()).route.listenUrl,
+      url: async () => (await deps.database()).listenTarget(),
       schema: deps.schema,
       log: deps.log.child({ component: 'events' }),
     }),

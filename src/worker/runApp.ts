@@ -48,11 +48,7 @@ export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promis
     deps.log,
   );
   const triggers = (
-    await retryConnection(
-      'starting the processors',
-      () => deps.processors.start(db.route.listenUrl),
-      deps.log,
-    )
+    await retryConnection('starting the processors', () => deps.processors.start(db.listenTarget()), deps.log)
   ).subscribe();
   const entries = deps.schedules.entries();
   const scheduler =
@@ -83,7 +79,7 @@ async function runWorker(deps: RunAppDeps, db: Database, options: RunOptions): P
   const worker = startWorker(
     {
       databaseUrl: db.url,
-      route: db.route,
+      route: { ...db.route, listenUrl: db.listenTarget() },
       schema: deps.schema,
       log: deps.log,
       clock: deps.clock,
