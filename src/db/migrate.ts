@@ -1,6 +1,7 @@
 /**
  * Brings one schema up to date, one transaction per step, each under a transaction-scoped
- * advisory lock (so any number of processes may migrate at once, through PgBouncer too). A fresh schema (no migrations table) gets `schema/current/schema.sql`,
+ * advisory lock (so any number of processes may migrate at once, through PgBouncer too).
+ * A fresh schema (no migrations table) gets `schema/current/schema.sql`,
  * the whole current schema, in one transaction, with every migration it covers recorded
  * as applied; an existing one gets the numbered files of `schema/` it lacks, one
  * transaction per file. Each is recorded with a checksum: shipped files are append-only,
