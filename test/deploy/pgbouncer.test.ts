@@ -117,6 +117,15 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
     assert.deepEqual(JSON.parse(listed.stdout), []);
     // A command that never listens says nothing about LISTEN.
     assert.doesNotMatch(listed.stderr, new RegExp(NO_LISTEN_WARNING));
+    for (const [name, value, message] of [
+      ['OUTBATCH_POOLER', 'pgpool', 'outbatch: OUTBATCH_POOLER "pgpool" is invalid: expected "pgbouncer"'],
+      ['OUTBATCH_LISTEN_URL', 'localhost:5432', 'outbatch: OUTBATCH_LISTEN_URL has protocol "localhost:"'],
+    ]) {
+      const refused = await runCli(['jobs', 'list', '--schema', schema], { ...env, [name!]: value });
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.equal(refused.stderr.trim().split('\n').length, 1, refused.stderr);
+      assert.ok(refused.stderr.startsWith(message!), refused.stderr);
+    }
   });
 
   it('a listenUrl that goes through PgBouncer is refused in one line', async () => {
@@ -175,6 +184,19 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
         assert.equal(await count(`SELECT count(*) FROM "${schema}".jobs WHERE task = 'noted'`), 1);
       } finally {
         await client.end();
+      }
+    });
+
+    it('outbatch still prepares on its own direct connections', async () => {
+      const straight = createApp({ databaseUrl: databaseUrl(), schema });
+      apps.push(straight);
+      const own = await (await straight.database()).pool.connect();
+      try {
+        await straight.events.append({ stream: 'own', type: 'Single', data: {} }, { client: own });
+        const prepared = await own.query('SELECT count(*) FROM pg_prepared_statements');
+        assert.equal(Number(prepared.rows[0].count), 1);
+      } finally {
+        own.release();
       }
     });
 
@@ -273,6 +295,19 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
       assert.equal(await count(`SELECT count(*) FROM ${q}.runs WHERE task = 'flaky-attempt'`), 40);
       assert.equal(await count(`SELECT count(*) FROM ${q}.runs WHERE task = 'locked'`), 5);
       assert.equal(lockedMostAtOnce, 1);
+      // Many client connections shared two server connections: transactions hopped.
+      const console = new pg.Client(bouncer.adminUrl);
+      await console.connect();
+      try {
+        const clients = (await console.query('SHOW CLIENTS')).rows.filter(
+          (row) => row.database !== 'pgbouncer',
+        );
+        const servers = (await console.query('SHOW SERVERS')).rows;
+        assert.ok(clients.length > 4, `${clients.length} client connections`);
+        assert.ok(servers.length <= 2, `${servers.length} server connections`);
+      } finally {
+        await console.end();
+      }
       assert.equal(
         await count(
           `SELECT count(*) FROM ${q}.jobs WHERE task IN ('flaky', 'locked') AND status <> 'succeeded'`,
