@@ -211,7 +211,9 @@ type Step =
  * server connection took it, and the unlock could run on another. Concurrent migrators
  * still never apply a file twice: each step reads the state after the lock is granted
  * (read committed: a new snapshot per statement), so a migrator that waited finds the
- * other's work done and moves on to what is left, or to nothing.
+ * other's work done and moves on to what is left, or to nothing. A COMMIT whose reply is
+ * lost fails this run; the next one reads what is recorded and never redoes a committed
+ * step. A refused step rolls back whole (lock included) and leaves the earlier ones applied.
  */
 async function migrateOneStep(client: pg.ClientBase, schema: string, migrations: Migration[]): Promise<Step> {
   const q = quoteSchema(schema);
