@@ -8,8 +8,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { firstValueFrom } from 'rxjs';
+import { firstValueFrom, take, toArray } from 'rxjs';
 import { type App, createApp } from '../../src/app.js';
+import { createPool } from '../../src/db/connection.js';
+import { abandonConnection } from '../../src/db/deadline.js';
 import { listen } from '../../src/db/listen.js';
 import { loadMigrations } from '../../src/db/migrate.js';
 import { bulkWrite, type StoredEvent } from '../../src/index.js';
@@ -136,6 +138,28 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
     );
   });
 
+  it('gives up on a connection without terminating a backend by the pid PgBouncer gave it', async () => {
+    const { log } = captureLog();
+    const terminations = async (url: string, pooler: 'pgbouncer' | 'none') => {
+      const pool = createPool(url, log, { pooler });
+      const calls: unknown[] = [];
+      const other = {
+        query: async (...args: unknown[]) => {
+          calls.push(args);
+          return { rows: [] } as never;
+        },
+      };
+      try {
+        await abandonConnection(await pool.connect(), other, log);
+      } finally {
+        await pool.end();
+      }
+      return calls.length;
+    };
+    assert.equal(await terminations(bouncer.url, 'pgbouncer'), 0);
+    assert.equal(await terminations(databaseUrl(), 'none'), 1);
+  });
+
   describe('appends and defers', () => {
     const schema = uniqueSchema('pgb_append');
     let app: App;
@@ -163,6 +187,16 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
       // each on whichever server connection PgBouncer gives.
       for (let i = 0; i < 20; i++) await app.events.append({ stream: 'many', type: 'Single', data: { i } });
       assert.equal(await count(`SELECT count(*) FROM "${schema}".events`), 1 + 1500 + 1 + 20);
+    });
+
+    it('follows the log by polling, with no listenUrl', async () => {
+      const firstThree = await firstValueFrom(
+        app.events.follow(undefined, { pollIntervalMs: 100 }).pipe(take(3), toArray()),
+      );
+      assert.deepEqual(
+        firstThree.map((event) => event.type),
+        ['Single', 'Bulk', 'Bulk'],
+      );
     });
 
     it("appends and defers in the caller's transaction: rolled back together, committed together", async () => {
