@@ -114,6 +114,11 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
       assert.equal(appended.code, 0, appended.stderr);
     }
     assert.equal(await count(`SELECT count(*) FROM "${schema}".events`), 2);
+    const doctor = await runCli(['doctor', '--schema', schema], env);
+    assert.match(
+      doctor.stdout,
+      /connected to 127\.0\.0\.1:\d+ through a transaction pooler \(prepared statements off, LISTEN off: polling\)/,
+    );
     const listed = await runCli(['jobs', 'list', '--schema', schema, '--json'], env);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual(JSON.parse(listed.stdout), []);

@@ -23,7 +23,12 @@ export async function doctorReport(app: App) {
   const target = db.embedded
     ? `embedded PostgreSQL on 127.0.0.1:${db.embedded.port} (${db.embedded.dataDir})`
     : describeTarget(db.url);
-  return runDoctor(db.pool, app.schema, app.clock, target);
+  const { route } = db;
+  const through =
+    route.pooler === 'none'
+      ? ''
+      : ` through a transaction pooler (prepared statements ${route.preparedStatements ? 'on' : 'off'}, LISTEN ${route.listenUrl ? `on ${describeTarget(route.listenUrl)}` : 'off: polling'})`;
+  return runDoctor(db.pool, app.schema, app.clock, `${target}${through}`);
 }
 
 export function formatReport(report: Awaited<ReturnType<typeof doctorReport>>): string {
