@@ -1,0 +1,221 @@
+/**
+ * `readUrl` against a real streaming replica of our own (test/replicaPair.ts): processor
+ * pages and event reads come from the replica, checkpoints and effects commit on the
+ * primary. A replica whose replay is paused only delays: the processor waits (status says
+ * so), and once replay resumes every event is applied exactly once — also when the
+ * checkpoint is ahead of everything the replica has (reads switched from the primary).
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { type App, bulkWrite, createApp, type StoredEvent } from '../../src/index.js';
+import { checkBelowPrimaryHorizon, ReplicaAheadError } from '../../src/processors/replicaReads.js';
+import { captureLog, databaseUrl, uniqueSchema } from '../helpers.js';
+import { waitFor } from '../jobs/support.js';
+import { type ReplicaPair, replicaPairUnavailable, startReplicaPair } from '../replicaPair.js';
+
+const unavailable = replicaPairUnavailable();
+const NAME = 'counter';
+const schema = uniqueSchema('replica');
+const q = `"${schema}"`;
+let pair: ReplicaPair | undefined;
+const apps: App[] = [];
+const workers: { controller: AbortController; running: Promise<void> }[] = [];
+const replicaLog = captureLog('info');
+
+/** An app on the pair's primary, reading on the replica unless `readUrl` says otherwise. */
+function makeApp(readUrl: string | undefined, logger = captureLog('warn').log): App {
+  const app = createApp({ databaseUrl: pair!.primaryUrl, readUrl, schema, logger });
+  apps.push(app);
+  // Each event counted once per application: a second application shows as n = 2.
+  app.processor(NAME, { trigger: { onAppend: { debounce: { milliseconds: 10 } } }, batchSize: 7 }, (events$, ctx) =>
+    events$.pipe(
+      bulkWrite(
+        ctx.tx,
+        `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
+         ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
+        (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
+      ),
+    ),
+  );
+  return app;
+}
+
+function startWorker(app: App) {
+  const controller = new AbortController();
+  const worker = { controller, running: app.run({ concurrency: 2, signal: controller.signal, pollInterval: 50 }) };
+  workers.push(worker);
+  return async () => {
+    controller.abort();
+    await worker.running;
+  };
+}
+
+async function append(app: App, count: number, label: string) {
+  // Several transactions, so pages cross transaction boundaries.
+  for (let i = 0; i < count; i += 5) {
+    const n = Math.min(5, count - i);
+    await app.events.append(Array.from({ length: n }, (_, k) => ({ stream: `${label}-${i + k}`, type: 'T', data: {} })));
+  }
+}
+
+/** How many events were applied, and how many more than once (on the primary). */
+async function applied(): Promise<{ events: number; twice: number }> {
+  const { rows } = await pair!.primary.query<{ events: number; twice: number }>(
+    `SELECT count(*)::int AS events, count(*) FILTER (WHERE n > 1)::int AS twice FROM ${q}.applied`,
+  );
+  return rows[0]!;
+}
+
+async function eventCount(on: 'primary' | 'replica'): Promise<number> {
+  const { rows } = await pair![on].query<{ n: number }>(`SELECT count(*)::int AS n FROM ${q}.events`);
+  return rows[0]!.n;
+}
+
+describe('processors and readers on a streaming replica', { skip: unavailable }, () => {
+  let app: App;
+
+  before(async () => {
+    pair = await startReplicaPair();
+    app = makeApp(pair.replicaUrl, replicaLog.log);
+    await app.migrate();
+    await pair.primary.query(`CREATE TABLE ${q}.applied (position bigint PRIMARY KEY, n int NOT NULL)`);
+    await pair.caughtUp();
+  });
+
+  after(async () => {
+    for (const worker of workers) worker.controller.abort();
+    await Promise.allSettled(workers.map((worker) => worker.running));
+    await Promise.allSettled(apps.map((each) => each.close()));
+    await pair?.stop();
+  });
+
+  it('reads pages on the replica and commits effects and checkpoints on the primary, once each', async () => {
+    const stop = startWorker(app);
+    try {
+      await append(app, 40, 'a');
+      await waitFor('40 events applied', async () => (await applied()).events === 40);
+      assert.deepEqual(await applied(), { events: 40, twice: 0 });
+      const [status] = await app.processors.status(NAME);
+      assert.equal(status!.readReplica?.inRecovery, true);
+    } finally {
+      await stop();
+    }
+  });
+
+  it('waits for a replica whose replay is paused, says so in status, and catches up exactly once', async () => {
+    const stop = startWorker(app);
+    try {
+      await pair!.pauseReplay();
+      await append(app, 30, 'b');
+      const read = await app.events.read({ limit: 1000 });
+      assert.equal(read.events.length, 40, 'events.read sees the replica, which has not replayed the new events');
+      const waiting = await waitFor('status to show the processor waiting for the replica', async () => {
+        const [status] = await app.processors.status(NAME);
+        return status?.readReplica?.waiting && status.readReplica.replayPaused ? status : undefined;
+      });
+      assert.ok(waiting.readReplica!.lagBytes > 0);
+      await waitFor('the run to say it waits for the replica', async () =>
+        replicaLog.lines.some((line) => line.includes('waits for the replica at readUrl')),
+      );
+      // Only delayed: nothing of the new events could be applied without the replica having them.
+      assert.deepEqual(await applied(), { events: 40, twice: 0 });
+
+      await pair!.resumeReplay();
+      await waitFor('70 events applied after replay resumed', async () => (await applied()).events === 70);
+      assert.deepEqual(await applied(), { events: 70, twice: 0 });
+      await pair!.caughtUp();
+      const [status] = await app.processors.status(NAME);
+      assert.equal(status!.readReplica?.waiting, false);
+      assert.equal(status!.readReplica?.replayPaused, false);
+    } finally {
+      await pair!.resumeReplay().catch(() => {});
+      await stop();
+    }
+  });
+
+  it('never skips when the checkpoint is ahead of the replica (reads switched from the primary)', async () => {
+    await pair!.pauseReplay();
+    try {
+      // Primary reads move the checkpoint past everything the paused replica has.
+      const onPrimary = makeApp(undefined);
+      const stopPrimary = startWorker(onPrimary);
+      await append(onPrimary, 20, 'c');
+      await waitFor('90 events applied by primary reads', async () => (await applied()).events === 90);
+      await stopPrimary();
+
+      const stop = startWorker(app);
+      try {
+        await append(app, 10, 'd');
+        assert.equal(await eventCount('replica'), 70, 'the replica holds none of the newer events');
+        await waitFor('status to show the processor waiting for the replica', async () => {
+          const [status] = await app.processors.status(NAME);
+          return status?.readReplica?.waiting;
+        });
+        assert.deepEqual(await applied(), { events: 90, twice: 0 });
+        await pair!.resumeReplay();
+        await waitFor('100 events applied', async () => (await applied()).events === 100);
+        assert.deepEqual(await applied(), { events: 100, twice: 0 });
+        assert.equal(await eventCount('primary'), 100);
+      } finally {
+        await stop();
+      }
+    } finally {
+      await pair!.resumeReplay().catch(() => {});
+    }
+  });
+
+  it('follows on the replica: a wake-up before the replica has the rows is not lost', async () => {
+    const seen: bigint[] = [];
+    const subscription = app.events.follow('0:0', { pollIntervalMs: 50 }).subscribe((event) => {
+      seen.push(event.position);
+    });
+    try {
+      await waitFor('follow to catch up with the log', async () => seen.length === 100);
+      await pair!.pauseReplay();
+      await append(app, 6, 'e'); // each append NOTIFYs on the primary, before the replica has it
+      assert.equal(seen.length, 100);
+      await pair!.resumeReplay();
+      await waitFor('follow to deliver the new events', async () => seen.length === 106);
+      assert.equal(new Set(seen).size, 106, 'each event once');
+    } finally {
+      subscription.unsubscribe();
+      await pair!.resumeReplay().catch(() => {});
+    }
+  });
+
+  it('refuses a checkpoint past the primary horizon (a server that is no replica of this primary)', async () => {
+    const client = await pair!.primary.connect();
+    try {
+      await client.query('BEGIN');
+      await assert.rejects(checkBelowPrimaryHorizon(client, 1n << 40n), ReplicaAheadError);
+      await client.query('ROLLBACK');
+    } finally {
+      client.release();
+    }
+  });
+
+  it('accepts the primary itself as readUrl, and says in status it is no standby', async () => {
+    const self = makeApp(pair!.primaryUrl);
+    const [status] = await self.processors.status(NAME);
+    assert.equal(status!.readReplica?.inRecovery, false);
+    assert.equal(status!.readReplica?.lagBytes, 0);
+    assert.equal((await self.events.read({ limit: 1000 })).events.length, 106);
+  });
+
+  it('refuses a readUrl on another cluster, in one line', async () => {
+    const other = makeApp(databaseUrl());
+    await assert.rejects(other.events.read(), (error: Error) => {
+      assert.match(error.message, /^readUrl \(127\.0\.0\.1:5432\) is another cluster .*streaming replica of databaseUrl$/);
+      return true;
+    });
+  });
+});
+
+describe('a malformed readUrl', () => {
+  it('is refused when the app is created, naming the option', () => {
+    assert.throws(() => createApp({ databaseUrl: databaseUrl(), readUrl: 'not a url' }), /^ValidationError: readUrl is not a valid URL/);
+    assert.throws(() => createApp({ databaseUrl: databaseUrl(), readUrl: 'mysql://h/db' }), {
+      message: /^readUrl has protocol "mysql:"/,
+    });
+  });
+});
