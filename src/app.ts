@@ -101,7 +101,17 @@ export function createApp(options: AppOptions = {}): App {
   const events = makeEvents({ database, reads: reads.get, schema, log, clock, options: options.events });
   const schedules = makeScheduleRegistry(queue);
   const q = quoteSchema(schema);
-  const processors = makeProcessors({ schema, q, log, clock, pool, reads: reads.get, events, queue, schedules });
+  const processors = makeProcessors({
+    schema,
+    q,
+    log,
+    clock,
+    pool,
+    reads: reads.get,
+    events,
+    queue,
+    schedules,
+  });
   const workerPools = makeWorkerPoolShelf(log);
 
   return {

@@ -49,7 +49,10 @@ export function replicaPairUnavailable(): string | undefined {
 
 function userExists(name: string): boolean {
   try {
-    return fs.readFileSync('/etc/passwd', 'utf8').split('\n').some((line) => line.startsWith(`${name}:`));
+    return fs
+      .readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .some((line) => line.startsWith(`${name}:`));
   } catch {
     return false;
   }
@@ -59,9 +62,13 @@ function userExists(name: string): boolean {
 async function pgRun(binary: string, args: string[]): Promise<string> {
   const file = path.join(PG_BIN, binary);
   const asRoot = process.getuid?.() === 0;
-  const { stdout } = await run(asRoot ? 'runuser' : file, asRoot ? ['-u', 'postgres', '--', file, ...args] : args, {
-    env: { ...process.env, LC_ALL: 'C' },
-  });
+  const { stdout } = await run(
+    asRoot ? 'runuser' : file,
+    asRoot ? ['-u', 'postgres', '--', file, ...args] : args,
+    {
+      env: { ...process.env, LC_ALL: 'C' },
+    },
+  );
   return stdout;
 }
 

@@ -11,7 +11,7 @@ import { ValidationError } from '../errors.js';
 import { checkJobId } from '../jobs/control.js';
 import { type JobState, jobsWithoutWorker, STATES } from '../jobs/inspect.js';
 import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
-import { withReplicaView } from '../processors/replicaStatus.js';
+import { replicaView, withReplicaView } from '../processors/replicaStatus.js';
 import { processorStatus } from '../processors/status.js';
 import type { MetricsSnapshot } from './metrics.js';
 import {
@@ -174,16 +174,20 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
     /** What /metrics reads on each scrape. */
     async metricsSnapshot(): Promise<MetricsSnapshot> {
       const db = await pool();
-      const [jobs, processors, head, workers, schedules, oldest, orphaned] = await Promise.all([
+      const reads = await app.reads();
+      const [jobs, processors, head, workers, schedules, oldest, orphaned, readReplica] = await Promise.all([
         countJobs(db, q, app.schema),
-        processorStatus(db, q),
+        api.processors().then((result) => result.processors),
         lastEventPosition(db, q),
         listWorkers(db, q),
         scheduleViews(db, q),
-        oldestTransaction(db),
+        // The primary's, as on the page: its open transactions hold back every horizon.
+        oldestTransaction(await writes()),
         jobsWithoutWorker(db, app.schema),
+        reads.separate ? replicaView(await writes(), db) : undefined,
       ]);
       return {
+        readReplica,
         jobs,
         processors,
         headPosition: head,

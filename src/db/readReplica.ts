@@ -8,7 +8,13 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { ValidationError } from '../errors.js';
-import { checkConnection, connectionFailure, createPool, describeTarget, type PoolOptions } from './connection.js';
+import {
+  checkConnection,
+  connectionFailure,
+  createPool,
+  describeTarget,
+  type PoolOptions,
+} from './connection.js';
 import type { Database } from './database.js';
 
 export interface Reads {
@@ -107,7 +113,9 @@ export function makeReads(options: {
   return {
     get(): Promise<Reads> {
       if (readUrl === undefined) {
-        return options.database().then((db) => ({ pool: db.pool, url: db.url, separate: false, replica: false }));
+        return options
+          .database()
+          .then((db) => ({ pool: db.pool, url: db.url, separate: false, replica: false }));
       }
       opening ??= open(readUrl);
       // A failed open (replica down at start) is tried again on the next read.
@@ -121,7 +129,9 @@ export function makeReads(options: {
     async close(): Promise<void> {
       const opened = await opening?.catch(() => undefined);
       opening = undefined;
-      await opened?.pool.end().catch((error) => options.log.warn({ err: error }, 'closing the read pool failed'));
+      await opened?.pool
+        .end()
+        .catch((error) => options.log.warn({ err: error }, 'closing the read pool failed'));
     },
   };
 }

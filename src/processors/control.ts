@@ -1,12 +1,12 @@
 /** Operator controls on processors (CLI, dashboard, scripts), each audited. */
 import type pg from 'pg';
 import { type Actor, currentActor, recordAudit } from '../audit.js';
+import type { Reads } from '../db/readReplica.js';
 import { withTransaction } from '../db/transaction.js';
 import { ValidationError } from '../errors.js';
-import type { Reads } from '../db/readReplica.js';
 import type { Logger } from '../log.js';
-import { withReplicaView } from './replicaStatus.js';
 import { makeReplay, type ReplayOptions } from './replay.js';
+import { withReplicaView } from './replicaStatus.js';
 import { type ProcessorStatus, processorStatus } from './status.js';
 import { resetFailed, setPaused, wakeProcessor } from './store.js';
 

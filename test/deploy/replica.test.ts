@@ -7,9 +7,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { startAdminServer } from '../../src/admin/server.js';
 import { type App, bulkWrite, createApp, type StoredEvent } from '../../src/index.js';
 import { checkBelowPrimaryHorizon, ReplicaAheadError } from '../../src/processors/replicaReads.js';
-import { captureLog, databaseUrl, uniqueSchema } from '../helpers.js';
+import { captureLog, databaseUrl, runCli, uniqueSchema } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 import { type ReplicaPair, replicaPairUnavailable, startReplicaPair } from '../replicaPair.js';
 
@@ -27,22 +28,28 @@ function makeApp(readUrl: string | undefined, logger = captureLog('warn').log): 
   const app = createApp({ databaseUrl: pair!.primaryUrl, readUrl, schema, logger });
   apps.push(app);
   // Each event counted once per application: a second application shows as n = 2.
-  app.processor(NAME, { trigger: { onAppend: { debounce: { milliseconds: 10 } } }, batchSize: 7 }, (events$, ctx) =>
-    events$.pipe(
-      bulkWrite(
-        ctx.tx,
-        `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
+  app.processor(
+    NAME,
+    { trigger: { onAppend: { debounce: { milliseconds: 10 } } }, batchSize: 7 },
+    (events$, ctx) =>
+      events$.pipe(
+        bulkWrite(
+          ctx.tx,
+          `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
          ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
-        (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
+          (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
+        ),
       ),
-    ),
   );
   return app;
 }
 
 function startWorker(app: App) {
   const controller = new AbortController();
-  const worker = { controller, running: app.run({ concurrency: 2, signal: controller.signal, pollInterval: 50 }) };
+  const worker = {
+    controller,
+    running: app.run({ concurrency: 2, signal: controller.signal, pollInterval: 50 }),
+  };
   workers.push(worker);
   return async () => {
     controller.abort();
@@ -54,7 +61,9 @@ async function append(app: App, count: number, label: string) {
   // Several transactions, so pages cross transaction boundaries.
   for (let i = 0; i < count; i += 5) {
     const n = Math.min(5, count - i);
-    await app.events.append(Array.from({ length: n }, (_, k) => ({ stream: `${label}-${i + k}`, type: 'T', data: {} })));
+    await app.events.append(
+      Array.from({ length: n }, (_, k) => ({ stream: `${label}-${i + k}`, type: 'T', data: {} })),
+    );
   }
 }
 
@@ -108,7 +117,11 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
       await pair!.pauseReplay();
       await append(app, 30, 'b');
       const read = await app.events.read({ limit: 1000 });
-      assert.equal(read.events.length, 40, 'events.read sees the replica, which has not replayed the new events');
+      assert.equal(
+        read.events.length,
+        40,
+        'events.read sees the replica, which has not replayed the new events',
+      );
       const waiting = await waitFor('status to show the processor waiting for the replica', async () => {
         const [status] = await app.processors.status(NAME);
         return status?.readReplica?.waiting && status.readReplica.replayPaused ? status : undefined;
@@ -119,6 +132,33 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
       );
       // Only delayed: nothing of the new events could be applied without the replica having them.
       assert.deepEqual(await applied(), { events: 40, twice: 0 });
+
+      // The dashboard, /metrics and the CLI say the same.
+      const dashboard = await startAdminServer({ app, port: 0 });
+      try {
+        const api = (await (await fetch(`${dashboard.url}/api/processors`)).json()) as {
+          processors: { readReplica?: { waiting: boolean; replayPaused: boolean } }[];
+        };
+        assert.equal(api.processors[0]?.readReplica?.waiting, true);
+        const metrics = await (await fetch(`${dashboard.url}/metrics`)).text();
+        assert.match(
+          metrics,
+          /^outbatch_processor_waiting_for_replica\{processor="counter",version="1"\} 1$/m,
+        );
+        assert.match(metrics, /^outbatch_read_replica_lag_seconds \d/m);
+      } finally {
+        await dashboard.close();
+      }
+      const cli = await runCli(['processors', 'status', NAME], {
+        DATABASE_URL: pair!.primaryUrl,
+        OUTBATCH_READ_URL: pair!.replicaUrl,
+        OUTBATCH_SCHEMA: schema,
+      });
+      assert.equal(cli.code, 0, cli.stderr);
+      assert.match(
+        cli.stdout,
+        /read on the replica at readUrl, .* behind, replay paused; waiting for it: counter@1/,
+      );
 
       await pair!.resumeReplay();
       await waitFor('70 events applied after replay resumed', async () => (await applied()).events === 70);
@@ -142,6 +182,17 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
       await append(onPrimary, 20, 'c');
       await waitFor('90 events applied by primary reads', async () => (await applied()).events === 90);
       await stopPrimary();
+      const { rows: ahead } = await pair!.primary.query<{ tx: string }>(
+        `SELECT checkpoint_tx::text AS tx FROM ${q}.processors WHERE name = $1`,
+        [NAME],
+      );
+      const { rows: horizon } = await pair!.replica.query<{ xmin: string }>(
+        'SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin',
+      );
+      assert.ok(
+        BigInt(ahead[0]!.tx) >= BigInt(horizon[0]!.xmin),
+        'the checkpoint is past the replica horizon',
+      );
 
       const stop = startWorker(app);
       try {
@@ -164,19 +215,52 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     }
   });
 
+  it('replays on the replica: a rewind to the start re-applies every event once more, waiting for the rest', async () => {
+    const stop = startWorker(app);
+    try {
+      await pair!.pauseReplay();
+      await append(app, 10, 'r'); // on the primary only, for now
+      await app.processors.replay(NAME, { from: 'start' });
+      // The rewound run reads what the replica has (100 events) again, then waits for it.
+      await waitFor("the replica's events applied a second time", async () => {
+        const { rows } = await pair!.primary.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM ${q}.applied WHERE n = 2`,
+        );
+        return rows[0]!.n === 100;
+      });
+      await waitFor('status to show the processor waiting for the replica', async () => {
+        const [status] = await app.processors.status(NAME);
+        return status?.readReplica?.waiting;
+      });
+      assert.deepEqual(await applied(), { events: 100, twice: 100 });
+      await pair!.resumeReplay();
+      await waitFor('110 events applied', async () => (await applied()).events === 110);
+      const { rows } = await pair!.primary.query<{ n: number; count: number }>(
+        `SELECT n, count(*)::int AS count FROM ${q}.applied GROUP BY n ORDER BY n`,
+      );
+      assert.deepEqual(rows, [
+        { n: 1, count: 10 },
+        { n: 2, count: 100 },
+      ]);
+    } finally {
+      await pair!.resumeReplay().catch(() => {});
+      await stop();
+    }
+  });
+
   it('follows on the replica: a wake-up before the replica has the rows is not lost', async () => {
     const seen: bigint[] = [];
     const subscription = app.events.follow('0:0', { pollIntervalMs: 50 }).subscribe((event) => {
       seen.push(event.position);
     });
     try {
-      await waitFor('follow to catch up with the log', async () => seen.length === 100);
+      await waitFor('follow to catch up with the log', async () => seen.length === 110);
       await pair!.pauseReplay();
       await append(app, 6, 'e'); // each append NOTIFYs on the primary, before the replica has it
-      assert.equal(seen.length, 100);
+      assert.equal(seen.length, 110);
       await pair!.resumeReplay();
-      await waitFor('follow to deliver the new events', async () => seen.length === 106);
-      assert.equal(new Set(seen).size, 106, 'each event once');
+      await waitFor('follow to deliver the new events', async () => seen.length === 116);
+      assert.equal(new Set(seen).size, 116, 'each event once');
     } finally {
       subscription.unsubscribe();
       await pair!.resumeReplay().catch(() => {});
@@ -199,13 +283,16 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     const [status] = await self.processors.status(NAME);
     assert.equal(status!.readReplica?.inRecovery, false);
     assert.equal(status!.readReplica?.lagBytes, 0);
-    assert.equal((await self.events.read({ limit: 1000 })).events.length, 106);
+    assert.equal((await self.events.read({ limit: 1000 })).events.length, 116);
   });
 
   it('refuses a readUrl on another cluster, in one line', async () => {
     const other = makeApp(databaseUrl());
     await assert.rejects(other.events.read(), (error: Error) => {
-      assert.match(error.message, /^readUrl \(127\.0\.0\.1:5432\) is another cluster .*streaming replica of databaseUrl$/);
+      assert.match(
+        error.message,
+        /^readUrl \(127\.0\.0\.1:5432\) is another cluster .*streaming replica of databaseUrl$/,
+      );
       return true;
     });
   });
@@ -213,7 +300,10 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
 
 describe('a malformed readUrl', () => {
   it('is refused when the app is created, naming the option', () => {
-    assert.throws(() => createApp({ databaseUrl: databaseUrl(), readUrl: 'not a url' }), /^ValidationError: readUrl is not a valid URL/);
+    assert.throws(
+      () => createApp({ databaseUrl: databaseUrl(), readUrl: 'not a url' }),
+      /^ValidationError: readUrl is not a valid URL/,
+    );
     assert.throws(() => createApp({ databaseUrl: databaseUrl(), readUrl: 'mysql://h/db' }), {
       message: /^readUrl has protocol "mysql:"/,
     });
