@@ -33,6 +33,9 @@ export interface ReplicaPair {
   /** Stops WAL replay on the replica: it keeps receiving, its reads stay where they are. */
   pauseReplay(): Promise<void>;
   resumeReplay(): Promise<void>;
+  /** Stops the replica (fast shutdown) and starts it again: an outage of the read server. */
+  stopReplica(): Promise<void>;
+  startReplica(): Promise<void>;
   /** Resolves once the replica has replayed everything the primary had written when called. */
   caughtUp(timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
@@ -137,6 +140,8 @@ export async function startReplicaPair(): Promise<ReplicaPair> {
     const primary = new pg.Pool({ connectionString: primaryUrl, max: 3 });
     const replica = new pg.Pool({ connectionString: replicaUrl, max: 3 });
     pools.push(primary, replica);
+    // An idle connection cut by stopReplica must not crash the test process.
+    for (const pool of pools) pool.on('error', () => {});
     return {
       primaryUrl,
       replicaUrl,
@@ -147,6 +152,12 @@ export async function startReplicaPair(): Promise<ReplicaPair> {
       },
       async resumeReplay() {
         await replica.query('SELECT pg_wal_replay_resume()');
+      },
+      async stopReplica() {
+        await pgRun('pg_ctl', ['-D', replicaDir, '-m', 'fast', '-w', 'stop']);
+      },
+      async startReplica() {
+        await pgRun('pg_ctl', ['-D', replicaDir, '-l', path.join(root, 'replica.log'), '-w', 'start']);
       },
       async caughtUp(timeoutMs = 30_000) {
         const { rows } = await primary.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn');

@@ -117,13 +117,16 @@ export function makeReads(options: {
           .database()
           .then((db) => ({ pool: db.pool, url: db.url, separate: false, replica: false }));
       }
-      opening ??= open(readUrl);
-      // A failed open (replica down at start) is tried again on the next read.
-      opening.catch(async () => {
-        opening = undefined;
-        await pool?.end().catch(() => {});
-        pool = undefined;
-      });
+      if (!opening) {
+        opening = open(readUrl);
+        // A failed open (replica down at start, refused as another cluster) is tried again
+        // on the next read, so a replica that comes up later is used without a restart.
+        opening.catch(async () => {
+          opening = undefined;
+          await pool?.end().catch(() => {});
+          pool = undefined;
+        });
+      }
       return opening;
     },
     async close(): Promise<void> {

@@ -27,6 +27,8 @@ export class ReplicaAheadError extends OutbatchError {
  * primary's, so this only fails for a server that is not (or no longer) a replica of this
  * primary — one left on the old timeline after a failover, say. Saving such a checkpoint
  * would skip, for good, the events the primary gives those transaction ids later.
+ * Reply lost or refused: it only reads, so the page's transaction fails and rolls back with
+ * its effects; the run is retried from the same checkpoint.
  */
 export async function checkBelowPrimaryHorizon(tx: Queryable, txId: bigint): Promise<void> {
   const { rows } = await tx.query<{ ok: boolean; xmin: string }>(
@@ -44,7 +46,8 @@ export async function checkBelowPrimaryHorizon(tx: Queryable, txId: bigint): Pro
 /**
  * Whether `db` has events after the checkpoint that a gap-safe read there would return
  * (below its own horizon). On the primary, after a run read nothing on the replica: the
- * run waits for the replica, not for an open transaction.
+ * run waits for the replica, not for an open transaction. Reply lost or refused: the run
+ * fails after its pages committed, and its job's retry simply looks again.
  */
 export async function readableAfter(
   db: Queryable,

@@ -219,7 +219,9 @@ async function runPage(
         : undefined;
     // On a replica the read is on the read pool, not in tx: what it returns is final all
     // the same (below the replica's own horizon), and the save below is still from
-    // row.checkpoint, the checkpoint it read after.
+    // row.checkpoint, the checkpoint it read after. A lost reply or a refusal there (the
+    // replica down, a recovery conflict) fails the page before anything was written: tx
+    // rolls back and the run is retried.
     const page =
       readAhead ??
       (await deps.read(

@@ -30,7 +30,12 @@ function makeApp(readUrl: string | undefined, logger = captureLog('warn').log): 
   // Each event counted once per application: a second application shows as n = 2.
   app.processor(
     NAME,
-    { trigger: { onAppend: { debounce: { milliseconds: 10 } } }, batchSize: 7 },
+    {
+      trigger: { onAppend: { debounce: { milliseconds: 10 } } },
+      batchSize: 7,
+      // A run that fails on the replica being away is retried soon (the test's outage is short).
+      retry: { backoff: { initial: { milliseconds: 50 }, max: { milliseconds: 500 } } },
+    },
     (events$, ctx) =>
       events$.pipe(
         bulkWrite(
@@ -267,6 +272,30 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     }
   });
 
+  it('rides out the replica going away: runs fail and retry, nothing is saved, then every event once', async () => {
+    const stop = startWorker(app);
+    try {
+      await waitFor('the processor caught up', async () => (await applied()).events === 116);
+      await pair!.stopReplica();
+      await append(app, 12, 'f');
+      // The run the append triggers fails on the read and is retried: its job counts attempts.
+      await waitFor('a processor run to fail on the replica being away', async () => {
+        const { rows } = await pair!.primary.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM ${q}.jobs WHERE lock = $1 AND attempts > 0`,
+          [`processor:${NAME}@1`],
+        );
+        return rows[0]!.n > 0;
+      });
+      assert.deepEqual(await applied(), { events: 116, twice: 100 });
+      await pair!.startReplica();
+      await waitFor('128 events applied', async () => (await applied()).events === 128);
+      assert.deepEqual(await applied(), { events: 128, twice: 100 });
+    } finally {
+      await pair!.startReplica().catch(() => {});
+      await stop();
+    }
+  });
+
   it('refuses a checkpoint past the primary horizon (a server that is no replica of this primary)', async () => {
     const client = await pair!.primary.connect();
     try {
@@ -283,7 +312,7 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     const [status] = await self.processors.status(NAME);
     assert.equal(status!.readReplica?.inRecovery, false);
     assert.equal(status!.readReplica?.lagBytes, 0);
-    assert.equal((await self.events.read({ limit: 1000 })).events.length, 116);
+    assert.equal((await self.events.read({ limit: 1000 })).events.length, 128);
   });
 
   it('refuses a readUrl on another cluster, in one line', async () => {
