@@ -92,6 +92,7 @@ export function createApp(options: AppOptions = {}): App {
 
   const reads = makeReads({
     readUrl: options.readUrl ?? (process.env.OUTBATCH_READ_URL || undefined),
+    readUrlName: options.readUrl === undefined ? 'OUTBATCH_READ_URL' : 'readUrl',
     database,
     log,
     pool: options.pool,

@@ -7,7 +7,7 @@
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { ValidationError } from '../errors.js';
+import { ConnectionError, ValidationError } from '../errors.js';
 import {
   checkConnection,
   connectionFailure,
@@ -30,19 +30,22 @@ export interface Reads {
   replica: boolean;
 }
 
-/** The one-line complaint about a malformed readUrl, before anything connects. */
-export function checkReadUrl(readUrl: string): string {
+/**
+ * The one-line complaint about a malformed readUrl, before anything connects; `name` is
+ * what the user set (`readUrl`, or `OUTBATCH_READ_URL`).
+ */
+export function checkReadUrl(readUrl: string, name = 'readUrl'): string {
   let url: URL;
   try {
     url = new URL(readUrl);
   } catch {
     throw new ValidationError(
-      'readUrl is not a valid URL: expected postgres://user:password@host:port/database of a streaming replica',
+      `${name} is not a valid URL: expected postgres://user:password@host:port/database of a streaming replica`,
     );
   }
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
     throw new ValidationError(
-      `readUrl has protocol "${url.protocol}": expected postgres://user:password@host:port/database of a streaming replica`,
+      `${name} has protocol "${url.protocol}": expected postgres://user:password@host:port/database of a streaming replica`,
     );
   }
   return readUrl;
@@ -73,17 +76,24 @@ async function identity(db: pg.Pool): Promise<Identity> {
 /** Reads on `readUrl` when given, checked against the primary; else the app's own pool. */
 export function makeReads(options: {
   readUrl: string | undefined;
+  /** What the user set, for messages: `readUrl` (default) or `OUTBATCH_READ_URL`. */
+  readUrlName?: string;
   database: () => Promise<Database>;
   log: Logger;
   pool?: PoolOptions;
 }) {
-  const readUrl = options.readUrl === undefined ? undefined : checkReadUrl(options.readUrl);
+  const name = options.readUrlName ?? 'readUrl';
+  const readUrl = options.readUrl === undefined ? undefined : checkReadUrl(options.readUrl, name);
   let opening: Promise<Reads> | undefined;
   let pool: pg.Pool | undefined;
 
   async function open(url: string): Promise<Reads> {
     const primary = await options.database();
-    await checkConnection(url, options.pool?.connectTimeoutMs);
+    await checkConnection(url, options.pool?.connectTimeoutMs).catch((error: unknown) => {
+      // Say which URL: the primary may be fine. Still a ConnectionError, retryable as it was.
+      if (!(error instanceof ConnectionError)) throw error;
+      throw new ConnectionError(`${name}: ${error.message}`, error.retryable, { cause: error.cause });
+    });
     pool = createPool(url, options.log, { ...options.pool, applicationName: 'outbatch-reads' });
     const target = describeTarget(url);
     const [mine, theirs] = await Promise.all([identity(primary.pool), identity(pool)]).catch((error) => {
@@ -91,12 +101,12 @@ export function makeReads(options: {
     });
     if (mine.system && theirs.system && mine.system !== theirs.system) {
       throw new ValidationError(
-        `readUrl (${target}) is another cluster (system identifier ${theirs.system}, the primary's is ${mine.system}): point it at a streaming replica of databaseUrl`,
+        `${name} (${target}) is another cluster (system identifier ${theirs.system}, the primary's is ${mine.system}): point it at a streaming replica of databaseUrl`,
       );
     }
     if (mine.database !== theirs.database) {
       throw new ValidationError(
-        `readUrl (${target}) names database "${theirs.database}" but databaseUrl names "${mine.database}": use the same database on the replica`,
+        `${name} (${target}) names database "${theirs.database}" but databaseUrl names "${mine.database}": use the same database on the replica`,
       );
     }
     if (!theirs.recovery) {

@@ -315,6 +315,24 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     assert.equal((await self.events.read({ limit: 1000 })).events.length, 128);
   });
 
+  it('names readUrl when its server cannot be reached, and uses it once it can', async () => {
+    await pair!.stopReplica();
+    try {
+      const early = makeApp(pair!.replicaUrl);
+      await assert.rejects(early.events.read(), (error: Error) => {
+        assert.match(
+          error.message,
+          /^readUrl: cannot connect to PostgreSQL at 127\.0\.0\.1:\d+: connection refused/,
+        );
+        return true;
+      });
+      await pair!.startReplica();
+      assert.equal((await early.events.read({ limit: 1000 })).events.length, 128);
+    } finally {
+      await pair!.startReplica().catch(() => {});
+    }
+  });
+
   it('refuses a readUrl on another cluster, in one line', async () => {
     const other = makeApp(databaseUrl());
     await assert.rejects(other.events.read(), (error: Error) => {
@@ -328,6 +346,18 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
 });
 
 describe('a malformed readUrl', () => {
+  it('from OUTBATCH_READ_URL fails a CLI command with exit 2 and one line naming the variable', async () => {
+    const result = await runCli(['processors', 'status'], {
+      DATABASE_URL: databaseUrl(),
+      OUTBATCH_READ_URL: 'replica:5432',
+    });
+    assert.equal(result.code, 2);
+    assert.equal(
+      result.stderr,
+      'outbatch: OUTBATCH_READ_URL has protocol "replica:": expected postgres://user:password@host:port/database of a streaming replica\n',
+    );
+  });
+
   it('is refused when the app is created, naming the option', () => {
     assert.throws(
       () => createApp({ databaseUrl: databaseUrl(), readUrl: 'not a url' }),
