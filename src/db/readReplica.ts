@@ -59,8 +59,8 @@ interface Identity {
 
 /**
  * The cluster's system identifier (shared by a primary and its physical replicas, different
- * for any other cluster), the database name, and whether the server is a standby. The
- * identifier needs pg_monitor or superuser; without them it is null and not compared.
+ * for any other cluster), the database name, and whether the server is a standby. A role
+ * that may not call pg_control_system() (revoked by an administrator) gets null: not compared.
  */
 async function identity(db: pg.Pool): Promise<Identity> {
   const { rows } = await db.query<{ recovery: boolean; database: string }>(
