@@ -296,6 +296,37 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     }
   });
 
+  it("is gap-safe on the replica's own horizon: an event whose transaction commits late is not skipped", async () => {
+    const stop = startWorker(app);
+    const late = await pair!.primary.connect();
+    try {
+      await waitFor('the processor caught up', async () => (await applied()).events === 128);
+      await late.query('BEGIN');
+      await app.events.append({ stream: 'late-1', type: 'T', data: {} }, { client: late });
+      await append(app, 5, 'g'); // committed after the late event was written, before it commits
+      await pair!.caughtUp();
+      // The replica has the five, but its horizon is held below the open transaction:
+      // runs stop held back (not waiting for the replica) and apply none of them.
+      await waitFor('a run held back by the open transaction', async () => {
+        const { rows } = await pair!.primary.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM ${q}.jobs WHERE lock = $1 AND (args->>'heldRuns')::int >= 2`,
+          [`processor:${NAME}@1`],
+        );
+        return rows[0]!.n > 0;
+      });
+      assert.deepEqual(await applied(), { events: 128, twice: 100 });
+      const [status] = await app.processors.status(NAME);
+      assert.equal(status!.readReplica?.waiting, false);
+      await late.query('COMMIT');
+      await waitFor('134 events applied', async () => (await applied()).events === 134);
+      assert.deepEqual(await applied(), { events: 134, twice: 100 });
+    } finally {
+      await late.query('ROLLBACK').catch(() => {});
+      late.release();
+      await stop();
+    }
+  });
+
   it('refuses a checkpoint past the primary horizon (a server that is no replica of this primary)', async () => {
     const client = await pair!.primary.connect();
     try {
@@ -312,7 +343,7 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     const [status] = await self.processors.status(NAME);
     assert.equal(status!.readReplica?.inRecovery, false);
     assert.equal(status!.readReplica?.lagBytes, 0);
-    assert.equal((await self.events.read({ limit: 1000 })).events.length, 128);
+    assert.equal((await self.events.read({ limit: 1000 })).events.length, 134);
   });
 
   it('names readUrl when its server cannot be reached, and uses it once it can', async () => {
@@ -327,7 +358,7 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
         return true;
       });
       await pair!.startReplica();
-      assert.equal((await early.events.read({ limit: 1000 })).events.length, 128);
+      assert.equal((await early.events.read({ limit: 1000 })).events.length, 134);
     } finally {
       await pair!.startReplica().catch(() => {});
     }
