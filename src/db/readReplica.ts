@@ -96,8 +96,10 @@ export function makeReads(options: {
     });
     pool = createPool(url, options.log, { ...options.pool, applicationName: 'outbatch-reads' });
     const target = describeTarget(url);
-    const [mine, theirs] = await Promise.all([identity(primary.pool), identity(pool)]).catch((error) => {
-      throw connectionFailure(error, url);
+    const mine = await identity(primary.pool);
+    const theirs = await identity(pool).catch((error) => {
+      const failure = connectionFailure(error, url);
+      throw new ConnectionError(`${name}: ${failure.message}`, failure.retryable, { cause: error });
     });
     if (mine.system && theirs.system && mine.system !== theirs.system) {
       throw new ValidationError(
@@ -112,7 +114,7 @@ export function makeReads(options: {
     if (!theirs.recovery) {
       options.log.warn(
         { target },
-        'readUrl is not a standby (not in recovery): reads go there as to the primary, page reads outside the page transaction',
+        `${name} is not a standby (not in recovery): reads go there as to the primary, page reads outside the page transaction`,
       );
     }
     // A primary at readUrl reads gap-safely on its own snapshot just as a replica does, so
