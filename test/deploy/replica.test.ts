@@ -327,6 +327,37 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     }
   });
 
+  it('rebuilds on the replica: the new version reads every event from the start, once, and waits for the rest', async () => {
+    const stop = startWorker(app);
+    try {
+      await waitFor('the processor caught up', async () => (await applied()).events === 134);
+      await pair!.pauseReplay();
+      await append(app, 4, 'h'); // on the primary only, for now
+      const { version } = await app.processors.rebuild(NAME);
+      assert.equal(version, 2);
+      // Version 2 applies what the replica has (134 events) once more; both versions then wait.
+      await waitFor('the rebuild through what the replica has', async () => {
+        const { rows } = await pair!.primary.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM ${q}.applied WHERE n = 3`,
+        );
+        return rows[0]!.n === 100;
+      });
+      assert.deepEqual(await applied(), { events: 134, twice: 134 });
+      await pair!.resumeReplay();
+      await waitFor('both versions through the 4 new events', async () => (await applied()).twice === 138);
+      const { rows } = await pair!.primary.query<{ n: number; count: number }>(
+        `SELECT n, count(*)::int AS count FROM ${q}.applied GROUP BY n ORDER BY n`,
+      );
+      assert.deepEqual(rows, [
+        { n: 2, count: 38 },
+        { n: 3, count: 100 },
+      ]);
+    } finally {
+      await pair!.resumeReplay().catch(() => {});
+      await stop();
+    }
+  });
+
   it('refuses a checkpoint past the primary horizon (a server that is no replica of this primary)', async () => {
     const client = await pair!.primary.connect();
     try {
@@ -340,10 +371,10 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
 
   it('accepts the primary itself as readUrl, and says in status it is no standby', async () => {
     const self = makeApp(pair!.primaryUrl);
-    const [status] = await self.processors.status(NAME);
+    const [status] = await self.processors.status(NAME); // version 1 (2 is rebuilding)
     assert.equal(status!.readReplica?.inRecovery, false);
     assert.equal(status!.readReplica?.lagBytes, 0);
-    assert.equal((await self.events.read({ limit: 1000 })).events.length, 134);
+    assert.equal((await self.events.read({ limit: 1000 })).events.length, 138);
   });
 
   it('names readUrl when its server cannot be reached, and uses it once it can', async () => {
@@ -358,7 +389,7 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
         return true;
       });
       await pair!.startReplica();
-      assert.equal((await early.events.read({ limit: 1000 })).events.length, 134);
+      assert.equal((await early.events.read({ limit: 1000 })).events.length, 138);
     } finally {
       await pair!.startReplica().catch(() => {});
     }
