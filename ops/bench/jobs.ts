@@ -4,6 +4,11 @@
  * on the same PostgreSQL, each in a schema of its own, dropped afterwards.
  *
  *   DATABASE_URL=postgres://... npx tsx ops/bench/jobs.ts [--jobs 20000] [--latency-jobs 500] [--single 2000]
+ *     [--repeat 3] [--only <system name prefix>] [--peers pinned|current] [--json <file>]
+ *
+ * `--peers current` compares with graphile-worker 0.18 and pg-boss 12 (Node >= 22); the
+ * default, `pinned`, with 0.17.3 and 10.4.2. `ops/bench/peers.ts` runs both, each on its
+ * Node, and prints the ratios side by side. `--json` also writes the figures to a file.
  *
  * Measures: enqueue one at a time (sequential awaits) and in bulk (1,000 per call);
  * a raw single-row INSERT as the floor; processing N queued no-op jobs with one worker
@@ -11,16 +16,10 @@
  * backlog alone, start-up excluded); idle latency defer -> handler start for jobs
  * deferred 10 ms apart. Figures go to ops/bench/RESULTS.md by hand.
  */
+import fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import {
-  Logger as GraphileLogger,
-  makeWorkerUtils,
-  type Runner,
-  run as runGraphile,
-  type WorkerUtils,
-} from 'graphile-worker';
+import type { Runner, WorkerUtils } from 'graphile-worker';
 import pg from 'pg';
-import PgBoss from 'pg-boss';
 import { createApp } from '../../src/app.js';
 
 const { values: flags } = parseArgs({
@@ -30,8 +29,27 @@ const { values: flags } = parseArgs({
     single: { type: 'string', default: '2000' },
     only: { type: 'string' },
     repeat: { type: 'string', default: '3' },
+    peers: { type: 'string', default: 'pinned' },
+    json: { type: 'string' },
   },
 });
+if (flags.peers !== 'pinned' && flags.peers !== 'current') {
+  throw new Error(`--peers must be "pinned" or "current", not "${flags.peers}"`);
+}
+/**
+ * The competitors' releases. `pinned`: graphile-worker 0.17.3 and pg-boss 10.4.2, the newest
+ * that run on Node 20. `current`: graphile-worker 0.18 and pg-boss 12 (devDependencies
+ * `graphile-worker-current`, `pg-boss-current`), which need Node >= 22.
+ */
+const PEERS = flags.peers;
+const graphileLib = (
+  PEERS === 'current' ? await import('graphile-worker-current') : await import('graphile-worker')
+) as typeof import('graphile-worker');
+const bossLib = PEERS === 'current' ? await import('pg-boss-current') : await import('pg-boss');
+const versions = {
+  graphile: PEERS === 'current' ? '0.18.0' : '0.17.3',
+  boss: PEERS === 'current' ? '12.38.0' : '10.4.2',
+};
 const JOBS = Number(flags.jobs);
 const LATENCY_JOBS = Number(flags['latency-jobs']);
 const SINGLE = Number(flags.single);
@@ -112,12 +130,12 @@ function graphile(name: string, tuned: boolean): System {
   const schema = 'bench_graphile';
   let utils: WorkerUtils;
   let onJob: (args: { t: number }) => void = () => {};
-  const logger = new GraphileLogger(() => () => {});
+  const logger = new graphileLib.Logger(() => () => {});
   return {
     name,
     async setup() {
       await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-      utils = await makeWorkerUtils({ connectionString: url, schema, logger });
+      utils = await graphileLib.makeWorkerUtils({ connectionString: url, schema, logger });
       await utils.migrate();
     },
     async enqueueOne(args) {
@@ -128,7 +146,7 @@ function graphile(name: string, tuned: boolean): System {
     },
     async startWorker(concurrency, handler) {
       onJob = handler;
-      const runner: Runner = await runGraphile({
+      const runner: Runner = await graphileLib.run({
         connectionString: url,
         schema,
         concurrency,
@@ -160,41 +178,74 @@ function graphile(name: string, tuned: boolean): System {
   };
 }
 
+/**
+ * pg-boss 10 (pinned) has no LISTEN/NOTIFY and no concurrency option: one work() call per
+ * unit of concurrency, polling every 0.5 s (its minimum). pg-boss 12 (current) runs with its
+ * LISTEN/NOTIFY (`useListenNotify`, queue `notify`), `localConcurrency`, and fetches again at
+ * once while batches come back full (`burstWhenBatchFull`).
+ */
 function pgBoss(): System {
   const schema = 'bench_pgboss';
   const queue = 'noop';
-  const boss = new PgBoss({ connectionString: url, schema, supervise: false, schedule: false });
-  boss.on('error', (error) => console.error('pg-boss error', error));
+  const current = PEERS === 'current';
+  // biome-ignore lint/suspicious/noExplicitAny: two majors with different typings, used alike
+  const Boss: any = current
+    ? (bossLib as { PgBoss: unknown }).PgBoss
+    : (bossLib as { default: unknown }).default;
+  const boss = new Boss({
+    connectionString: url,
+    schema,
+    supervise: false,
+    schedule: false,
+    ...(current && { useListenNotify: true }),
+  });
+  boss.on('error', (error: unknown) => console.error('pg-boss error', error));
   return {
-    name: 'pg-boss (batchSize 100)',
+    name: `pg-boss ${versions.boss} (batchSize 100${current ? ', notify' : ''})`,
     async setup() {
       await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
       await boss.start();
-      await boss.createQueue(queue);
+      await boss.createQueue(queue, current ? { notify: true } : undefined);
     },
     async enqueueOne(args) {
       await boss.send(queue, args);
     },
     async enqueueMany(args) {
-      await boss.insert(args.map((data) => ({ name: queue, data })));
+      if (current)
+        await boss.insert(
+          queue,
+          args.map((data) => ({ data })),
+        );
+      else await boss.insert(args.map((data) => ({ name: queue, data })));
     },
     async startWorker(concurrency, handler) {
-      // pg-boss 10 has no concurrency option: one work() call is one fetch loop.
+      const work = async (jobs: { data: { t: number } }[]) => {
+        for (const job of jobs) handler(job.data);
+      };
+      if (current) {
+        await boss.work(
+          queue,
+          {
+            batchSize: 100,
+            localConcurrency: concurrency,
+            pollingIntervalSeconds: 0.5,
+            burstWhenBatchFull: true,
+          },
+          work,
+        );
+        return {
+          async stop() {
+            await boss.offWork(queue);
+          },
+        };
+      }
       const ids: string[] = [];
       for (let i = 0; i < concurrency; i += 1) {
-        ids.push(
-          await boss.work<{ t: number }>(
-            queue,
-            { batchSize: 100, pollingIntervalSeconds: 0.5 },
-            async (jobs) => {
-              for (const job of jobs) handler(job.data);
-            },
-          ),
-        );
+        ids.push(await boss.work(queue, { batchSize: 100, pollingIntervalSeconds: 0.5 }, work));
       }
       return {
         async stop() {
-          for (const id of ids) await boss.offWork({ id } as never);
+          for (const id of ids) await boss.offWork({ id });
         },
       };
     },
@@ -360,8 +411,8 @@ const runs = (values: number[] | undefined) =>
 async function main() {
   const raw = rawInsert();
   const ours = outbatch();
-  const gDefault = graphile('graphile-worker (default)', false);
-  const gTuned = graphile('graphile-worker (tuned)', true);
+  const gDefault = graphile(`graphile-worker ${versions.graphile} (default)`, false);
+  const gTuned = graphile(`graphile-worker ${versions.graphile} (tuned)`, true);
   const boss = pgBoss();
   const all = [ours, gDefault, gTuned, boss].filter((s) => !flags.only || s.name.startsWith(flags.only));
   const rows = new Map<System, Row>([raw, ...all].map((s) => [s, { system: s.name }]));
@@ -421,6 +472,32 @@ async function main() {
   const t = rows.get(gTuned);
   const d = rows.get(gDefault);
   const r = row(raw);
+  if (flags.json) {
+    const ratio = (a: number[] | undefined, b: number[] | undefined) =>
+      a && b ? median(a)! / median(b)! : undefined;
+    const boss = [...rows.values()].find((entry) => entry.system.startsWith('pg-boss'));
+    fs.writeFileSync(
+      flags.json,
+      JSON.stringify(
+        {
+          postgres: pgVersion,
+          node: process.version,
+          peers: PEERS,
+          versions,
+          jobs: JOBS,
+          rows: [...rows.values()],
+          ratios: {
+            c10VsTunedGraphile: ratio(o.c10, t?.c10),
+            c1VsTunedGraphile: ratio(o.c1, t?.c1),
+            c10VsPgBoss: ratio(o.c10, boss?.c10),
+            c1VsPgBoss: ratio(o.c1, boss?.c1),
+          },
+        },
+        null,
+        2,
+      ),
+    );
+  }
   if (t && d) {
     console.log('\nratios (median of runs; target in brackets):');
     console.log(

@@ -6,7 +6,9 @@
 -- It creates three NOLOGIN group roles (prefix from the setting outbatch.role_prefix,
 -- default "outbatch") and grants them what each part of outbatch needs; grant them to
 -- your login roles (GRANT outbatch_worker TO my_worker_login). Rerunning is safe, and
--- rerun it after upgrading outbatch so new tables get their grants.
+-- rerun it after upgrading outbatch so new tables get their grants (new tables and
+-- functions the owner creates get the read and execute grants at once: see the default
+-- privileges at the end).
 --
 --   <prefix>_appender   services: append events and defer jobs (SQL functions or the
 --                       TypeScript API in their own transaction); nothing else
@@ -14,6 +16,24 @@
 --                       processors, replays
 --   <prefix>_dashboard  read-only: the dashboard's views and /metrics (actions need a
 --                       worker role as well)
+--
+-- A separate migration owner (what managed PostgreSQL allows: no superuser, no CREATEDB).
+-- As the administrator, once:
+--
+--   CREATE ROLE outbatch_owner LOGIN PASSWORD '...' NOSUPERUSER NOCREATEDB;
+--   GRANT CREATE ON DATABASE app TO outbatch_owner;   -- it creates the outbatch schema
+--   -- only if outbatch_owner may not create roles (no CREATEROLE):
+--   CREATE ROLE outbatch_appender NOLOGIN;
+--   CREATE ROLE outbatch_worker NOLOGIN;
+--   CREATE ROLE outbatch_dashboard NOLOGIN;
+--
+-- then, as outbatch_owner: `outbatch migrate` and this file. The services, workers and
+-- dashboard log in as roles that own nothing and are members of the group roles
+-- (GRANT outbatch_worker TO my_worker_login, by the administrator or a CREATEROLE owner).
+-- Without CREATEROLE this file names the group roles it cannot create and changes nothing.
+-- The dashboard's view of other sessions (the oldest open transaction) needs
+-- pg_read_all_stats, which only a role holding it with the admin option can grant: without
+-- it this file says so in a NOTICE and the dashboard shows those sessions without details.
 --
 -- The SQL functions run with the caller's rights, so what a role may do is decided by
 -- the table grants below. The projections your processors write (your own tables) are
@@ -26,12 +46,21 @@ DECLARE
   worker text := prefix || '_worker';
   dashboard text := prefix || '_dashboard';
   r text;
+  missing text;
 BEGIN
   IF s IS NULL OR to_regclass(quote_ident(s) || '.migrations') IS NULL THEN
     RAISE EXCEPTION 'roles.sql: search_path must name a migrated outbatch schema (got %)', coalesce(s, 'none');
   END IF;
   IF prefix !~ '^[a-z_][a-z0-9_]{0,40}$' THEN
     RAISE EXCEPTION 'roles.sql: outbatch.role_prefix % is invalid: use lower-case letters, digits and _', prefix;
+  END IF;
+  SELECT string_agg(m, ', ') INTO missing
+  FROM unnest(ARRAY[appender, worker, dashboard]) AS m
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = m);
+  IF missing IS NOT NULL
+     AND NOT (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user) THEN
+    RAISE EXCEPTION 'roles.sql: % cannot create roles (no CREATEROLE) and these do not exist: %; have an administrator run CREATE ROLE <name> NOLOGIN for each, then run this file again',
+      current_user, missing;
   END IF;
   FOREACH r IN ARRAY ARRAY[appender, worker, dashboard] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
@@ -65,6 +94,17 @@ BEGIN
 
   -- Dashboard: read everything (and the server's activity, for the oldest transaction).
   EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO %I', s, dashboard);
-  EXECUTE format('GRANT pg_read_all_stats TO %I', dashboard);
+  BEGIN
+    EXECUTE format('GRANT pg_read_all_stats TO %I', dashboard);
+  EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'roles.sql: % may not grant pg_read_all_stats; the dashboard shows other roles'' sessions without their start time and query until an administrator runs GRANT pg_read_all_stats TO %',
+      current_user, dashboard;
+  END;
+
+  -- What the owner creates in this schema later (a newer outbatch's migrations) can be read
+  -- by the worker and the dashboard, and its functions called, before this file is rerun;
+  -- the finer grants above (INSERT, UPDATE, DELETE) still need the rerun.
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO %I, %I', s, worker, dashboard);
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT EXECUTE ON FUNCTIONS TO %I, %I', s, appender, worker);
 END
 $roles$;

@@ -214,6 +214,7 @@ async function installSnapshot(
   try {
     // Like the migration files, the snapshot names no schema (see applyMigration).
     await client.query(`SET LOCAL search_path TO ${quoteSchema(schema)}`);
+    await client.query(NO_STATEMENT_TIMEOUT);
     await client.query(MIGRATIONS_TABLE);
     await client.query(sql);
     await client.query(
@@ -232,6 +233,13 @@ async function installSnapshot(
   return { matches, recorded };
 }
 
+/**
+ * A migration may rebuild an index on a large table: the statement_timeout a managed
+ * service puts on every role must not cut it off half-way (the transaction would roll back
+ * on every deploy). Only for the migration's own transaction.
+ */
+const NO_STATEMENT_TIMEOUT = 'SET LOCAL statement_timeout = 0';
+
 async function applyMigration(client: pg.ClientBase, schema: string, migration: Migration): Promise<void> {
   const q = quoteSchema(schema);
   await client.query('BEGIN');
@@ -239,6 +247,7 @@ async function applyMigration(client: pg.ClientBase, schema: string, migration: 
     // The files name no schema: they run with this search_path, and their
     // functions capture it (SET search_path FROM CURRENT).
     await client.query(`SET LOCAL search_path TO ${q}`);
+    await client.query(NO_STATEMENT_TIMEOUT);
     await client.query(migration.sql);
     await client.query(`INSERT INTO ${q}.migrations (version, name, checksum) VALUES ($1, $2, $3)`, [
       migration.version,

@@ -67,6 +67,9 @@ export async function rebaseTxIds(
     // ever reads (found by review). The table lock only orders the inserts; it cannot give
     // such a transaction another id. So, with appends blocked, refuse while any open
     // transaction is at or below the highest new id.
+    // Rewrites every stored tx id: as long as the log is big, whatever statement_timeout
+    // the role carries (a managed service's default).
+    await client.query('SET LOCAL statement_timeout = 0');
     await client.query(`LOCK TABLE ${q}.events IN SHARE ROW EXCLUSIVE MODE`);
     const open = await client.query<{ in_range: boolean; pids: string | null }>(
       `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
