@@ -7,6 +7,7 @@ import { quoteSchema, validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
 import { makeReads, type Reads } from './db/readReplica.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
+import { makeRead } from './events/read.js';
 import { type RedriveOptions, type RedriveResult, redrive } from './events/redrive.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
 import { silentLogger } from './log.js';
@@ -142,7 +143,14 @@ export function createApp(options: AppOptions = {}): App {
       ...events,
       redrive: (redriveOptions) =>
         redrive(
-          { pool, q, read: events.read, defer: (task, args, opts) => queue.defer(task, args, opts) },
+          {
+            pool,
+            q,
+            // On the primary even with readUrl: the re-drive counts its range there, and must
+            // defer every event it counted, not stop at a lagging replica's head.
+            read: makeRead({ pool, schema }),
+            defer: (task, args, opts) => queue.defer(task, args, opts),
+          },
           redriveOptions,
         ),
     },

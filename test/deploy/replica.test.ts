@@ -358,6 +358,22 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     }
   });
 
+  it('re-drives on the primary: every event it counts is deferred, even with the replica behind', async () => {
+    await pair!.pauseReplay();
+    try {
+      await append(app, 3, 'i'); // on the primary only, for now
+      const result = await app.events.redrive({ from: 'start', task: 'sink', batch: 10_000 });
+      assert.equal(result.events, 141);
+      const { rows } = await pair!.primary.query<{ n: number }>(
+        `SELECT coalesce(sum(jsonb_array_length(args->'events')), 0)::int AS n FROM ${q}.jobs WHERE task = 'sink'`,
+      );
+      assert.equal(rows[0]!.n, 141);
+    } finally {
+      await pair!.resumeReplay().catch(() => {});
+    }
+    await pair!.primary.query(`DELETE FROM ${q}.jobs WHERE task = 'sink'`);
+  });
+
   it('refuses a checkpoint past the primary horizon (a server that is no replica of this primary)', async () => {
     const client = await pair!.primary.connect();
     try {
@@ -374,7 +390,7 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     const [status] = await self.processors.status(NAME); // version 1 (2 is rebuilding)
     assert.equal(status!.readReplica?.inRecovery, false);
     assert.equal(status!.readReplica?.lagBytes, 0);
-    assert.equal((await self.events.read({ limit: 1000 })).events.length, 138);
+    assert.equal((await self.events.read({ limit: 1000 })).events.length, 141);
   });
 
   it('names readUrl when its server cannot be reached, and uses it once it can', async () => {
@@ -389,7 +405,7 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
         return true;
       });
       await pair!.startReplica();
-      assert.equal((await early.events.read({ limit: 1000 })).events.length, 138);
+      assert.equal((await early.events.read({ limit: 1000 })).events.length, 141);
     } finally {
       await pair!.startReplica().catch(() => {});
     }
