@@ -228,6 +228,17 @@ export function makeProcessors(deps: ProcessorDeps) {
    */
   async function start(url: string): Promise<Observable<unknown>> {
     const pool = await deps.pool();
+    if (definitions.size > 0) {
+      // A readUrl that is no replica of this primary fails the start in one line, not every
+      // run; a replica that is only down does not hold up jobs: runs retry until it is back.
+      await deps.reads().catch((error: unknown) => {
+        if (error instanceof ValidationError) throw error;
+        deps.log.warn(
+          { err: error },
+          'the readUrl replica cannot be reached: processor runs retry until it can',
+        );
+      });
+    }
     for (const def of definitions.values()) {
       await ensureProcessor(pool, deps.q, def.name, def.types, def.streamPrefix);
       await deferRuns(def.name);

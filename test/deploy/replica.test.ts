@@ -420,6 +420,8 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
       );
       return true;
     });
+    // A worker with processors refuses to start on it, with the same line.
+    await assert.rejects(other.run({ signal: AbortSignal.timeout(30_000) }), /is another cluster/);
   });
 });
 
