@@ -150,5 +150,3 @@ export function makeReads(options: {
     },
   };
 }
-
-export type ReadsSource = ReturnType<typeof makeReads>;
