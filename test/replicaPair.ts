@@ -8,7 +8,7 @@
  * `stop()` stops both servers immediately and removes the folders; call it in `after`,
  * and it is safe to call after a failed `start` (it stops whatever did start).
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -61,17 +61,14 @@ function userExists(name: string): boolean {
   }
 }
 
-/** Runs a PostgreSQL binary, as the postgres user when we are root. */
-async function pgRun(binary: string, args: string[]): Promise<string> {
+/** The command line running a PostgreSQL binary, as the postgres user when we are root. */
+function pgCommand(binary: string, args: string[]): [string, string[]] {
   const file = path.join(PG_BIN, binary);
-  const asRoot = process.getuid?.() === 0;
-  const { stdout } = await run(
-    asRoot ? 'runuser' : file,
-    asRoot ? ['-u', 'postgres', '--', file, ...args] : args,
-    {
-      env: { ...process.env, LC_ALL: 'C' },
-    },
-  );
+  return process.getuid?.() === 0 ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args];
+}
+
+async function pgRun(binary: string, args: string[]): Promise<string> {
+  const { stdout } = await run(...pgCommand(binary, args), { env: { ...process.env, LC_ALL: 'C' } });
   return stdout;
 }
 
@@ -99,11 +96,26 @@ export async function startReplicaPair(): Promise<ReplicaPair> {
   const replicaDir = path.join(root, 'replica');
   const started: string[] = [];
   const pools: pg.Pool[] = [];
+  // A test process that exits without calling stop() (a crash, process.exit) still stops
+  // the servers: 'exit' handlers may only run synchronous code, hence execFileSync.
+  const stopOnExit = () => {
+    for (const dir of started.reverse()) {
+      try {
+        execFileSync(...pgCommand('pg_ctl', ['-D', dir, '-m', 'immediate', 'stop']), { stdio: 'ignore' });
+      } catch {
+        // already stopped
+      }
+    }
+    fs.rmSync(root, { recursive: true, force: true });
+  };
+  process.once('exit', stopOnExit);
   const stop = async () => {
+    process.off('exit', stopOnExit);
     await Promise.all(pools.map((pool) => pool.end().catch(() => {})));
     for (const dir of started.reverse()) {
       await pgRun('pg_ctl', ['-D', dir, '-m', 'immediate', '-w', 'stop']).catch(() => {});
     }
+    started.length = 0;
     fs.rmSync(root, { recursive: true, force: true });
   };
   try {
