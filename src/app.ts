@@ -6,7 +6,9 @@ import { type Database, openDatabase } from './db/database.js';
 import { quoteSchema, validateSchemaName } from './db/identifiers.js';
 import { type Migration, migrate } from './db/migrate.js';
 import { checkPooler } from './db/pooler.js';
+import { makeReads, type Reads } from './db/readReplica.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
+import { makeRead } from './events/read.js';
 import { type RedriveOptions, type RedriveResult, redrive } from './events/redrive.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
 import { silentLogger } from './log.js';
@@ -36,6 +38,11 @@ export interface AppOptions {
   clock?: Clock;
   /** Event outbox settings (`maxEventBytes`). */
   events?: EventsOptions;
+  /**
+   * postgres:// URL of a streaming replica of databaseUrl (default OUTBATCH_READ_URL): processor
+   * page reads, `events.read/stream/follow`, status and the dashboard read there; see docs/replicas.md.
+   */
+  readUrl?: string;
 }
 
 export interface App {
@@ -44,6 +51,8 @@ export interface App {
   readonly clock: Clock;
   /** The connection pool, opened (and the embedded server started) on first use. */
   database(): Promise<Database>;
+  /** Where reads go: the `readUrl` replica's pool, or the database's own without one. */
+  reads(): Promise<Reads>;
   migrate(options?: { onApplied?: (migration: Migration) => void }): Promise<{ applied: Migration[] }>;
   close(): Promise<void>;
   /** The event outbox: append, read, follow, and re-drive a range of events to a task. */
@@ -98,12 +107,29 @@ export function createApp(options: AppOptions = {}): App {
     return opening;
   };
 
+  const reads = makeReads({
+    readUrl: options.readUrl ?? (process.env.OUTBATCH_READ_URL || undefined),
+    readUrlName: options.readUrl === undefined ? 'OUTBATCH_READ_URL' : 'readUrl',
+    database,
+    log,
+    pool: options.pool,
+  });
   const queue = makeJobQueue({ schema, log, clock, database });
   const pool = async () => (await database()).pool;
-  const events = makeEvents({ database, schema, log, clock, options: options.events });
+  const events = makeEvents({ database, reads: reads.get, schema, log, clock, options: options.events });
   const schedules = makeScheduleRegistry(queue);
   const q = quoteSchema(schema);
-  const processors = makeProcessors({ schema, q, log, clock, pool, events, queue, schedules });
+  const processors = makeProcessors({
+    schema,
+    q,
+    log,
+    clock,
+    pool,
+    reads: reads.get,
+    events,
+    queue,
+    schedules,
+  });
   const workerPools = makeWorkerPoolShelf(log);
 
   return {
@@ -111,6 +137,7 @@ export function createApp(options: AppOptions = {}): App {
     log,
     clock,
     database,
+    reads: reads.get,
     task: queue.task,
     defer: queue.defer,
     run: (runOptions) =>
@@ -123,7 +150,7 @@ export function createApp(options: AppOptions = {}): App {
       schedules: schedules.entries().map((entry) => entry.schedule),
       processors: processors.definitions().map((def) => def.name),
     }),
-    processors: makeProcessorControl({ pool, q, log }),
+    processors: makeProcessorControl({ pool, reads: reads.get, q, log }),
     async migrate(migrateOptions = {}) {
       const db = await database();
       return migrate(db.pool, schema, log, migrateOptions.onApplied);
@@ -132,12 +159,20 @@ export function createApp(options: AppOptions = {}): App {
       ...events,
       redrive: (redriveOptions) =>
         redrive(
-          { pool, q, read: events.read, defer: (task, args, opts) => queue.defer(task, args, opts) },
+          {
+            pool,
+            q,
+            // On the primary even with readUrl: the re-drive counts its range there, and must
+            // defer every event it counted, not stop at a lagging replica's head.
+            read: makeRead({ pool, schema }),
+            defer: (task, args, opts) => queue.defer(task, args, opts),
+          },
           redriveOptions,
         ),
     },
     async close() {
       await workerPools.close();
+      await reads.close();
       if (!opening) return;
       const db = await opening.catch(() => undefined);
       await db?.close();

@@ -11,6 +11,7 @@ import { ValidationError } from '../errors.js';
 import { checkJobId } from '../jobs/control.js';
 import { type JobState, jobsWithoutWorker, STATES } from '../jobs/inspect.js';
 import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
+import { replicaView, withReplicaView } from '../processors/replicaStatus.js';
 import { processorStatus } from '../processors/status.js';
 import type { MetricsSnapshot } from './metrics.js';
 import {
@@ -118,7 +119,10 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
       return { schedules: await scheduleViews(await pool(), q) };
     },
     async processors() {
-      return { processors: await processorStatus(await pool(), q) };
+      const statuses = await processorStatus(await pool(), q);
+      // With readUrl the rows are the replica's: say how far behind it is, and who waits for it.
+      if (!(await app.reads()).separate) return { processors: statuses };
+      return { processors: await withReplicaView(statuses, await writes(), await pool(), q) };
     },
     async throughput(query: Query) {
       checkParams(query, ['minutes']);
@@ -126,7 +130,9 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
       return { minutes: await throughput(await pool(), q, minutes) };
     },
     async oldestTransaction(options: { showQueries: boolean }) {
-      return { oldestTransaction: withQuery(await oldestTransaction(await pool()), options.showQueries) };
+      // On the primary even with readUrl: its open transactions hold back every horizon,
+      // the replica's too (it replays them); a replica's own sessions hold back none.
+      return { oldestTransaction: withQuery(await oldestTransaction(await writes()), options.showQueries) };
     },
     /** Tasks with due jobs that no live worker knows (migration 024's workers.tasks). */
     async withoutWorker() {
@@ -168,16 +174,20 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
     /** What /metrics reads on each scrape. */
     async metricsSnapshot(): Promise<MetricsSnapshot> {
       const db = await pool();
-      const [jobs, processors, head, workers, schedules, oldest, orphaned] = await Promise.all([
+      const reads = await app.reads();
+      const [jobs, processors, head, workers, schedules, oldest, orphaned, readReplica] = await Promise.all([
         countJobs(db, q, app.schema),
-        processorStatus(db, q),
+        api.processors().then((result) => result.processors),
         lastEventPosition(db, q),
         listWorkers(db, q),
         scheduleViews(db, q),
-        oldestTransaction(db),
+        // The primary's, as on the page: its open transactions hold back every horizon.
+        oldestTransaction(await writes()),
         jobsWithoutWorker(db, app.schema),
+        reads.separate ? replicaView(await writes(), db) : undefined,
       ]);
       return {
+        readReplica,
         jobs,
         processors,
         headPosition: head,

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { errorMessage } from '../errors.js';
 import type { TaskWithoutWorker } from '../jobs/inspect.js';
+import type { ReplicaView } from '../processors/replicaStatus.js';
 import type { ProcessorStatus } from '../processors/status.js';
 import type { JobFinished } from '../worker/options.js';
 import type { JobCount, OldestTransaction } from './queries.js';
@@ -23,6 +24,8 @@ export interface MetricsSnapshot {
   schedules: ScheduleView[];
   oldestTransaction: OldestTransaction | null;
   withoutWorker: TaskWithoutWorker[];
+  /** With readUrl: the replica's lag. */
+  readReplica?: ReplicaView;
 }
 
 export interface Metrics {
@@ -92,7 +95,7 @@ export function makeMetrics(deps: { snapshot: () => Promise<MetricsSnapshot>; lo
   const perVersion = (
     name: string,
     help: string,
-    value: (p: ProcessorStatus) => number,
+    value: (p: ProcessorStatus) => number | undefined,
   ): Gauge<'processor' | 'version'> =>
     new Gauge({
       name,
@@ -103,8 +106,9 @@ export function makeMetrics(deps: { snapshot: () => Promise<MetricsSnapshot>; lo
         this.reset();
         const snap = await snapshot();
         for (const p of snap?.processors ?? []) {
-          if (p.state === 'retired') continue;
-          this.set({ processor: p.name, version: String(p.version) }, value(p));
+          const v = value(p);
+          if (p.state === 'retired' || v === undefined) continue;
+          this.set({ processor: p.name, version: String(p.version) }, v);
         }
       },
     });
@@ -124,6 +128,22 @@ export function makeMetrics(deps: { snapshot: () => Promise<MetricsSnapshot>; lo
   perVersion('outbatch_processor_paused', '1 when paused by an operator', (p) =>
     p.state === 'paused' ? 1 : 0,
   );
+  // With readUrl only (absent without it): a version that waits for the replica, and how far behind it is.
+  perVersion(
+    'outbatch_processor_waiting_for_replica',
+    '1 when the primary has events the readUrl replica cannot read yet (absent without readUrl)',
+    (p) => (p.readReplica ? (p.readReplica.waiting ? 1 : 0) : undefined),
+  );
+  new Gauge({
+    name: 'outbatch_read_replica_lag_seconds',
+    help: 'Age of the last transaction the readUrl replica replayed, while it has WAL to replay; 0 when caught up (absent without readUrl)',
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const view = (await snapshot())?.readReplica;
+      if (view) this.set(view.lagSeconds);
+    },
+  });
 
   let lastHead: bigint | undefined;
   new Gauge({

@@ -239,6 +239,15 @@ function transaction(o) {
       el('td', null, tx.queryHidden ? el('span', { class: 'muted' }, 'hidden: enter the dashboard token to see it') : el('code', null, tx.query || '-')))], '');
 }
 
+// With readUrl the row is the replica's view: how far behind it is, and whether the version waits for it.
+function replicaNote(r) {
+  if (!r) return null;
+  var text = r.waiting ? 'waits for replica' : 'replica';
+  if (r.lagBytes > 0) text += ' ' + age(r.lagSeconds) + ' behind';
+  if (r.replayPaused) text += ', replay paused';
+  return el('div', { class: r.waiting || r.replayPaused ? 'err' : '' }, text);
+}
+
 function processors(o) {
   return table(['processor', 'version', 'state', 'checkpoint', 'head', 'lag events', 'lag age', 'last run', 'last error', ''], o.processors.map(function (p) {
     var name = encodeURIComponent(p.name);
@@ -248,7 +257,7 @@ function processors(o) {
       : el('button', { type: 'button', onclick: function () { act('/api/processors/' + name + '/pause', 'Pause ' + p.name); } }, 'Pause');
     return el('tr', { class: p.state === 'failed' ? 'bad' : p.state === 'paused' ? 'warn' : '' },
       el('td', null, p.name), el('td', { class: 'num' }, p.version + (p.active ? ' (active)' : '')),
-      el('td', null, pill(p.state)), el('td', null, el('code', null, p.checkpoint)), el('td', { class: 'num' }, p.headPosition || '-'),
+      el('td', null, pill(p.state), replicaNote(p.readReplica)), el('td', null, el('code', null, p.checkpoint)), el('td', { class: 'num' }, p.headPosition || '-'),
       el('td', { class: 'num' }, num(p.lagEvents)), el('td', { class: 'num' }, age(p.lagSeconds)), el('td', null, when(p.lastRunAt)),
       el('td', null, p.lastError ? el('div', { class: 'err' }, p.lastError.split('\n')[0]) : '-'), el('td', null, action));
   }), 'no processors yet (they appear once a worker with them in its code has started)');

@@ -2,6 +2,7 @@
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import type { Database } from '../db/database.js';
+import type { Reads } from '../db/readReplica.js';
 import { ValidationError } from '../errors.js';
 import { makeAppend } from './append.js';
 import { makeFollow } from './follow.js';
@@ -22,6 +23,8 @@ export interface EventsOptions {
 /** `app.events`: the outbox. Every operation takes the pool lazily, on first use. */
 export function makeEvents(deps: {
   database: () => Promise<Database>;
+  /** Where read, stream and follow read (a replica with `readUrl`); appends and the rest use the database. */
+  reads: () => Promise<Reads>;
   schema: string;
   log: Logger;
   clock: Clock;
@@ -35,11 +38,14 @@ export function makeEvents(deps: {
   }
   const pool = async () => (await deps.database()).pool;
   const shared = { pool, schema: deps.schema };
-  const read = makeRead(shared);
+  // get, last and head stay on the primary: a service reading back what it just appended
+  // must find it, and they are single-row lookups.
+  const replicated = { pool: async () => (await deps.reads()).pool, schema: deps.schema };
+  const read = makeRead(replicated);
   return {
     append: makeAppend({ ...shared, maxEventBytes }),
     read,
-    stream: makeStream(shared),
+    stream: makeStream(replicated),
     head: makeHead(shared),
     /** The newest events, oldest first (what `outbatch events tail` prints). */
     last: makeLast(shared),
@@ -47,6 +53,9 @@ export function makeEvents(deps: {
     get: makeGet(shared),
     follow: makeFollow({
       read,
+      // LISTEN on the primary, or its direct listenUrl behind a pooler (a standby cannot
+      // LISTEN); a wake that comes before the replica has the rows reads nothing, and the
+      // poll timer reads again.
       url: async () => (await deps.database()).listenTarget(),
       schema: deps.schema,
       log: deps.log.child({ component: 'events' }),

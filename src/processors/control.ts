@@ -1,14 +1,22 @@
 /** Operator controls on processors (CLI, dashboard, scripts), each audited. */
 import type pg from 'pg';
 import { type Actor, currentActor, recordAudit } from '../audit.js';
+import type { Reads } from '../db/readReplica.js';
 import { withTransaction } from '../db/transaction.js';
 import { ValidationError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { makeReplay, type ReplayOptions } from './replay.js';
+import { withReplicaView } from './replicaStatus.js';
 import { type ProcessorStatus, processorStatus } from './status.js';
 import { resetFailed, setPaused, wakeProcessor } from './store.js';
 
-export function makeProcessorControl(deps: { pool: () => Promise<pg.Pool>; q: string; log: Logger }) {
+export function makeProcessorControl(deps: {
+  pool: () => Promise<pg.Pool>;
+  /** Status reads there (a replica with readUrl); actions and their checks stay on the primary. */
+  reads: () => Promise<Reads>;
+  q: string;
+  log: Logger;
+}) {
   const known = async (name: string) => {
     const status = await processorStatus(await deps.pool(), deps.q, name);
     if (status.length === 0) {
@@ -52,9 +60,14 @@ export function makeProcessorControl(deps: { pool: () => Promise<pg.Pool>; q: st
       replays.promote(name, version, { ...options, by: options.by ?? currentActor() }),
     /** Past rewinds, rebuilds and promotions, newest first. */
     history: replays.history,
-    /** Every processor version, or one processor's versions. */
+    /** Every processor version, or one processor's versions; with readUrl, as the replica sees them. */
     async status(name?: string): Promise<ProcessorStatus[]> {
-      return name === undefined ? processorStatus(await deps.pool(), deps.q) : known(name);
+      const reads = await deps.reads();
+      if (!reads.separate) return name === undefined ? processorStatus(reads.pool, deps.q) : known(name);
+      const onReplica = await processorStatus(reads.pool, deps.q, name);
+      // A processor the replica has not replayed yet: the primary's rows (or the one-line "unknown").
+      const statuses = name !== undefined && onReplica.length === 0 ? await known(name) : onReplica;
+      return withReplicaView(statuses, await deps.pool(), reads.pool, deps.q);
     },
     pause: (name: string, by = currentActor()) =>
       act(name, 'processors.pause', (db) => setPaused(db, deps.q, name, true), by),

@@ -21,6 +21,7 @@ import type { Clock } from '../clock.js';
 import { withOwnDeadline } from '../db/deadline.js';
 import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
+import type { Reads } from '../db/readReplica.js';
 import { ValidationError } from '../errors.js';
 import type { Events } from '../events/events.js';
 import { eventsChannel } from '../events/follow.js';
@@ -59,6 +60,8 @@ export interface ProcessorDeps {
   log: Logger;
   clock: Clock;
   pool: () => Promise<pg.Pool>;
+  /** Where pages are read: with `readUrl`, a replica, outside the page's transaction. */
+  reads: () => Promise<Reads>;
   events: Events;
   queue: JobQueue;
   schedules: ScheduleRegistry;
@@ -114,12 +117,25 @@ export function makeProcessors(deps: ProcessorDeps) {
    * again, sooner than the safety poll but later each time the hold persists (see
    * heldBack.ts), and say so once per hold, when it has lasted long enough to matter.
    */
-  async function onHeldBack(def: ProcessorDefinition, args: RunArgs, processed: number, log: Logger) {
+  async function onHeldBack(
+    def: ProcessorDefinition,
+    args: RunArgs,
+    processed: number,
+    log: Logger,
+    by: 'transaction' | 'replica',
+  ) {
     // outbatch's own statements: a hung one would leave the run job doing for good.
     const pool = withOwnDeadline(await deps.pool());
     const streak = heldBackStreak(heldRunsOf(args), processed);
     const delayMs = heldBackDelayMs(streak);
-    if (streak === HELD_RUNS_BEFORE_LOG) {
+    if (streak === HELD_RUNS_BEFORE_LOG && by === 'replica') {
+      // Same backoff as an open transaction: the replica's lag is the wait, and the
+      // primary's NOTIFY for those events is spent.
+      log.warn(
+        { processor: def.name, version: args.version, heldRuns: streak },
+        `processor "${def.name}" waits for the replica at readUrl: the primary has newer events it has not replayed yet; looking again every ${HELD_BACK_MAX_MS / 1000} s at most`,
+      );
+    } else if (streak === HELD_RUNS_BEFORE_LOG) {
       // Only to name the holder in the log: failing to find it must not fail the run.
       const oldest = await oldestOpenTransaction(pool).catch(() => null);
       const holder =
@@ -166,8 +182,16 @@ export function makeProcessors(deps: ProcessorDeps) {
       },
       async (args, ctx) => {
         const pool = await deps.pool();
+        const reads = await deps.reads();
         const outcome = await runProcessor(
-          { pool, q: deps.q, log: deps.log, clock: deps.clock, read: deps.events.read },
+          {
+            pool,
+            q: deps.q,
+            log: deps.log,
+            clock: deps.clock,
+            read: deps.events.read,
+            pageReads: reads.separate ? 'replica' : 'in-transaction',
+          },
           def,
           args.version,
           ctx.signal,
@@ -175,11 +199,13 @@ export function makeProcessors(deps: ProcessorDeps) {
         ctx.log.debug({ processor: def.name, version: args.version, ...outcome }, 'processor run finished');
         // Out of time but not at the head: queue the continuation (it waits for our lock).
         if (outcome.stopped === 'budget') await deferRuns(def.name);
-        if (outcome.stopped === 'held') await onHeldBack(def, args, outcome.processed, ctx.log);
-        else if (heldRunsOf(args) >= HELD_RUNS_BEFORE_LOG) {
+        if (outcome.stopped === 'held' || outcome.stopped === 'replica') {
+          const by = outcome.stopped === 'held' ? 'transaction' : 'replica';
+          await onHeldBack(def, args, outcome.processed, ctx.log, by);
+        } else if (heldRunsOf(args) >= HELD_RUNS_BEFORE_LOG) {
           ctx.log.info(
             { processor: def.name, version: args.version, heldRuns: heldRunsOf(args) },
-            `processor "${def.name}" reads on: the open transaction that held it back ended`,
+            `processor "${def.name}" reads on: what held it back (an open transaction, or the replica) has passed`,
           );
         }
       },
@@ -202,6 +228,17 @@ export function makeProcessors(deps: ProcessorDeps) {
    */
   async function start(url: string | undefined): Promise<Observable<unknown>> {
     const pool = await deps.pool();
+    if (definitions.size > 0) {
+      // A readUrl that is no replica of this primary fails the start in one line, not every
+      // run; a replica that is only down does not hold up jobs: runs retry until it is back.
+      await deps.reads().catch((error: unknown) => {
+        if (error instanceof ValidationError) throw error;
+        deps.log.warn(
+          { err: error },
+          'the readUrl replica cannot be reached: processor runs retry until it can',
+        );
+      });
+    }
     for (const def of definitions.values()) {
       await ensureProcessor(pool, deps.q, def.name, def.types, def.streamPrefix);
       await deferRuns(def.name);

@@ -21,6 +21,7 @@ import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { StoredEvent } from '../events/storedEvent.js';
 import type { Logger } from '../log.js';
 import type { ProcessorDefinition } from './definition.js';
+import { checkBelowPrimaryHorizon, readableAfter } from './replicaReads.js';
 import {
   deadLetter,
   haltVersion,
@@ -38,10 +39,23 @@ export interface RunDeps {
   clock: Clock;
   /** `queryTimeoutMs`: the page reads are outbatch's own statements, abandoned after it. */
   read(options: ReadOptions, queryTimeoutMs?: number): Promise<ReadPage>;
+  /**
+   * Where pages are read: in the page's transaction on the primary, or (`readUrl`) on the
+   * read pool, a replica, with the checkpoint still saved in the page's transaction
+   * (replicaReads.ts says why that is safe).
+   */
+  pageReads: 'in-transaction' | 'replica';
 }
 
+/**
+ * `held`: at the gap-safe head, newer events held back by an open transaction;
+ * `replica`: at the replica's head, newer events readable on the primary already.
+ */
 export type RunOutcome =
-  | { stopped: 'head' | 'held' | 'budget' | 'paused' | 'failed' | 'retired' | 'aborted'; processed: number }
+  | {
+      stopped: 'head' | 'held' | 'replica' | 'budget' | 'paused' | 'failed' | 'retired' | 'aborted';
+      processed: number;
+    }
   | { stopped: 'halted'; processed: number; position: bigint };
 
 /** A pipeline failure on known events, as opposed to the database failing under us. */
@@ -121,6 +135,20 @@ export async function runProcessor(
     }
     if (step.kind === 'head' || (step.kind === 'page' && step.caughtUp)) {
       if (step.kind === 'page') processed += step.count;
+      // At the replica's head while the primary has more: the replica lags (or holds an
+      // older copy); the run is looked again at like a held one, its wake-up already spent.
+      if (
+        deps.pageReads === 'replica' &&
+        (await readableAfter(
+          withOwnDeadline(deps.pool),
+          deps.q,
+          step.row.checkpoint,
+          def.types,
+          def.streamPrefix,
+        ))
+      ) {
+        return { stopped: 'replica', processed };
+      }
       // At the gap-safe head, but newer events may be held back by an open transaction.
       const held = await heldBackEvents(deps.pool, deps.q, step.row.checkpoint, def.types, def.streamPrefix);
       return { stopped: held ? 'held' : 'head', processed };
@@ -189,6 +217,11 @@ async function runPage(
       known && ahead?.after === row.checkpoint && ahead.limit === limit
         ? await ahead.page.catch(() => undefined)
         : undefined;
+    // On a replica the read is on the read pool, not in tx: what it returns is final all
+    // the same (below the replica's own horizon), and the save below is still from
+    // row.checkpoint, the checkpoint it read after. A lost reply or a refusal there (the
+    // replica down, a recovery conflict) fails the page before anything was written: tx
+    // rolls back and the run is retried.
     const page =
       readAhead ??
       (await deps.read(
@@ -197,7 +230,7 @@ async function runPage(
           types: def.types ?? undefined,
           streamPrefix: def.streamPrefix ?? undefined,
           limit,
-          client: tx,
+          client: deps.pageReads === 'replica' ? undefined : tx,
         },
         deadlineMs,
       ));
@@ -212,6 +245,9 @@ async function runPage(
     }
     if (!page.caughtUp) prefetch(page.checkpoint, limit);
     if (page.checkpoint !== row.checkpoint) {
+      if (deps.pageReads === 'replica') {
+        await own(() => checkBelowPrimaryHorizon(tx, parseCheckpoint(page.checkpoint).txId));
+      }
       const saved = await own(() =>
         saveCheckpoint(
           tx,

@@ -1,5 +1,6 @@
 /** What `processors list|status`, the dashboard and the metrics show about each processor version. */
 import type { Queryable } from '../db/queryable.js';
+import type { ReplicaView, ReplicaWait } from './replicaStatus.js';
 
 export type ProcessorState = 'idle' | 'running' | 'paused' | 'failed' | 'retired';
 
@@ -21,6 +22,11 @@ export interface ProcessorStatus {
   failedPosition: string | null;
   failingAttempts: number;
   deadLetters: number;
+  /**
+   * With `readUrl` only: the row above is as of the replica's replay point; this says how
+   * far behind that is and whether the version waits for the replica (docs/replicas.md).
+   */
+  readReplica?: ReplicaView & (ReplicaWait | { primaryCheckpoint: null; waiting: false });
 }
 
 export const LAG_CAP = 1_000_000;

@@ -36,12 +36,30 @@ function formatStatus(list: ProcessorStatus[]): string {
   );
 }
 
+/** With readUrl: one line on the replica the rows were read from, and who waits for it. */
+function formatReplica(list: ProcessorStatus[]): string {
+  const view = list.find((p) => p.readReplica)?.readReplica;
+  if (!view) return '';
+  if (!view.inRecovery) return '\nread on readUrl, which is not a standby (the primary itself?)';
+  const behind =
+    view.lagBytes > 0
+      ? `${shortDuration(view.lagSeconds)} (${view.lagBytes} bytes of WAL) behind`
+      : 'caught up';
+  const waiting = list.filter((p) => p.readReplica?.waiting).map((p) => `${p.name}@${p.version}`);
+  return `\nread on the replica at readUrl, ${behind}${view.replayPaused ? ', replay paused' : ''}${
+    waiting.length > 0 ? `; waiting for it: ${waiting.join(', ')}` : ''
+  }`;
+}
+
 export function registerProcessors(program: Command): void {
   const processors = program.command('processors').description('batch processors: status and control');
   const show = (name: string | undefined, command: Command) =>
     runCommand(command, async ({ app, print }) => {
       const list = await app.processors.status(name);
-      print(`${formatStatus(list)}${list.length > 0 ? '\n(* = active version)' : ''}`, list);
+      print(
+        `${formatStatus(list)}${list.length > 0 ? '\n(* = active version)' : ''}${formatReplica(list)}`,
+        list,
+      );
     });
   processors
     .command('list')
