@@ -222,7 +222,15 @@ async function migrateOneStep(client: pg.ClientBase, schema: string, migrations:
   try {
     // Before the lock: waiting for another migrator is part of the migration too.
     await client.query(NO_STATEMENT_TIMEOUT);
+    // A role's lock_timeout (a managed service's default) applies to advisory locks too: a
+    // second deploy's migrator would fail after it while the first applies a long step.
+    // The wait blocks no one else, so it goes unbounded; the role's value is put back for
+    // the step's own DDL, whose lock waits do queue other sessions behind them.
+    const { rows } = await client.query<{ lock_timeout: string }>(
+      `SELECT current_setting('lock_timeout') AS lock_timeout, set_config('lock_timeout', '0', true)`,
+    );
     await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [lockKey(schema)]);
+    await client.query(`SELECT set_config('lock_timeout', $1, true)`, [rows[0]!.lock_timeout]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
     // The files and the snapshot name no schema: they run with this search_path, and
     // their functions capture it (SET search_path FROM CURRENT).

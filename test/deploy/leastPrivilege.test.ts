@@ -271,4 +271,29 @@ describe('least privilege on managed PostgreSQL', () => {
       await admin.query(`ALTER ROLE ${LOGINS.owner} SET statement_timeout = '5s'`);
     }
   });
+
+  it('a migrator waits for another past a forced lock_timeout', async () => {
+    await admin.query(`ALTER ROLE ${LOGINS.owner} SET lock_timeout = '100ms'`);
+    const other = uniqueSchema('least_privilege_waits');
+    const holder = await admin.connect();
+    const owner = createApp({ databaseUrl: urlFor(LOGINS.owner), schema: other, logger: silent });
+    try {
+      // Another deploy's migrator in the middle of a long step: it holds the schema's lock.
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`outbatch.migrate:${other}`]);
+      const migrating = owner.migrate();
+      migrating.catch(() => {});
+      // Longer than the role's lock_timeout: a wait cut off by it fails the deploy.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      await holder.query('COMMIT');
+      const result = await migrating;
+      assert.ok(result.applied.length > 0, 'the waiting migrator installs the schema once the lock is free');
+    } finally {
+      await holder.query('ROLLBACK').catch(() => {});
+      holder.release();
+      await owner.close();
+      await admin.query(`DROP SCHEMA IF EXISTS "${other}" CASCADE`);
+      await admin.query(`ALTER ROLE ${LOGINS.owner} SET lock_timeout = '2s'`);
+    }
+  });
 });
