@@ -9,7 +9,9 @@
  *   checkpoint the page read after (compare-and-set on the primary);
  * - a checkpoint ahead of the replica (a replica re-created from an older backup, reads
  *   switched from the primary) reads nothing and keeps the checkpoint — a checkpoint never
- *   moves back — so the processor waits for the replica instead of skipping.
+ *   moves back — so the processor waits for the replica instead of skipping;
+ * - a page the primary does not hold as read (tx ids rewritten by `events rebase-tx-ids`,
+ *   which the replica has not replayed yet) is not applied: the run waits for the replica.
  */
 import type { Queryable } from '../db/queryable.js';
 import { OutbatchError } from '../errors.js';
@@ -68,4 +70,28 @@ export async function readableAfter(
     [tx, position, types, streamPrefix],
   );
   return rows[0]?.readable ?? false;
+}
+
+/**
+ * Whether the primary holds a page read on the replica under the same ids: its first and
+ * last events, at the same (tx_id, position). A rebase-tx-ids the replica has not replayed
+ * yet rewrote the checkpoint here to a small id but left the replica's events under their
+ * old, larger ones: read after the rebased checkpoint, the replica hands back events the
+ * processor already applied, and saving their old ids would then skip the rebased ones
+ * (found by review). The rebase moves every id at once, so both ends of a stale page
+ * differ; two index probes per page, not one per event. Reply lost or refused: it only
+ * reads, so the page's transaction fails and rolls back; the run is retried.
+ */
+export async function pageOnPrimary(
+  tx: Queryable,
+  q: string,
+  first: { txId: bigint; position: bigint },
+  last: { txId: bigint; position: bigint },
+): Promise<boolean> {
+  const { rows } = await tx.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM ${q}.events
+     WHERE (tx_id, position) IN (($1::text::xid8, $2::bigint), ($3::text::xid8, $4::bigint))`,
+    [first.txId.toString(), first.position.toString(), last.txId.toString(), last.position.toString()],
+  );
+  return rows[0]?.n === (first.position === last.position ? 1 : 2);
 }

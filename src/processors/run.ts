@@ -21,7 +21,7 @@ import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { StoredEvent } from '../events/storedEvent.js';
 import type { Logger } from '../log.js';
 import type { ProcessorDefinition } from './definition.js';
-import { checkBelowPrimaryHorizon, readableAfter } from './replicaReads.js';
+import { checkBelowPrimaryHorizon, pageOnPrimary, readableAfter } from './replicaReads.js';
 import {
   deadLetter,
   haltVersion,
@@ -153,6 +153,8 @@ export async function runProcessor(
       const held = await heldBackEvents(deps.pool, deps.q, step.row.checkpoint, def.types, def.streamPrefix);
       return { stopped: held ? 'held' : 'head', processed };
     }
+    // The replica's page is not the primary's yet (a rebase it has not replayed): wait for it.
+    if (step.kind === 'stale') return { stopped: 'replica', processed };
     if (step.kind !== 'page') return { stopped: step.kind, processed };
     known = step.row;
     processed += step.count;
@@ -178,7 +180,7 @@ interface Prefetch {
 type PageStep =
   | { kind: 'page'; count: number; caughtUp: boolean; row: VersionRow }
   | { kind: 'head'; row: VersionRow }
-  | { kind: 'paused' | 'failed' | 'retired' };
+  | { kind: 'paused' | 'failed' | 'retired' | 'stale' };
 
 /**
  * One page in one transaction: read after the checkpoint, the pipeline, the new checkpoint.
@@ -234,6 +236,10 @@ async function runPage(
         },
         deadlineMs,
       ));
+    if (deps.pageReads === 'replica' && page.events.length > 0) {
+      const [first, last] = [page.events[0]!, page.events.at(-1)!];
+      if (!(await own(() => pageOnPrimary(tx, deps.q, first, last)))) return { kind: 'stale' };
+    }
     if (page.events.length > 0) {
       try {
         await applyPipeline(def, page.events, { tx, log, signal, processor: def.name, version });

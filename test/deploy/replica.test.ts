@@ -418,6 +418,67 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     // A worker with processors refuses to start on it, with the same line.
     await assert.rejects(other.run({ signal: AbortSignal.timeout(30_000) }), /is another cluster/);
   });
+  it('never re-applies events a lagging replica still holds under their ids from before a rebase', async () => {
+    // A schema of its own: the rebase rewrites every stored tx id in it.
+    const other = uniqueSchema('replica_rebase');
+    const oq = `"${other}"`;
+    const rebased = createApp({
+      databaseUrl: pair!.primaryUrl,
+      readUrl: pair!.replicaUrl,
+      schema: other,
+      logger: captureLog('warn').log,
+    });
+    apps.push(rebased);
+    rebased.processor(
+      NAME,
+      { trigger: { onAppend: { debounce: { milliseconds: 10 } } }, batchSize: 7 },
+      (events$, ctx) =>
+        events$.pipe(
+          bulkWrite(
+            ctx.tx,
+            `INSERT INTO ${oq}.applied AS a SELECT unnest($1::bigint[]), 1
+             ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
+            (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
+          ),
+        ),
+    );
+    await rebased.migrate();
+    await pair!.primary.query(`CREATE TABLE ${oq}.applied (position bigint PRIMARY KEY, n int NOT NULL)`);
+    const twice = async () => {
+      const { rows } = await pair!.primary.query<{ events: number; twice: number }>(
+        `SELECT count(*)::int AS events, count(*) FILTER (WHERE n > 1)::int AS twice FROM ${oq}.applied`,
+      );
+      return rows[0]!;
+    };
+    let stop = startWorker(rebased);
+    try {
+      await append(rebased, 20, 'k');
+      await waitFor('20 events applied', async () => (await twice()).events === 20);
+      await stop();
+      await pair!.caughtUp();
+      await pair!.pauseReplay();
+      // On the primary: events and checkpoints get new, smaller ids; the replica has the old ones.
+      await rebased.events.rebaseTxIds();
+      stop = startWorker(rebased);
+      await append(rebased, 5, 'l');
+      // The replica still holds the 20 under their old ids, after the rebased checkpoint.
+      await waitFor('runs that wait for the replica', async () => {
+        const { rows } = await pair!.primary.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM ${oq}.jobs WHERE lock = $1 AND (args->>'heldRuns')::int >= 2`,
+          [`processor:${NAME}@1`],
+        );
+        return rows[0]!.n > 0;
+      });
+      assert.deepEqual(await twice(), { events: 20, twice: 0 });
+      await pair!.resumeReplay();
+      await waitFor('25 events applied', async () => (await twice()).events === 25);
+      assert.deepEqual(await twice(), { events: 25, twice: 0 });
+    } finally {
+      await pair!.resumeReplay().catch(() => {});
+      await stop();
+      await pair!.primary.query(`DROP SCHEMA IF EXISTS ${oq} CASCADE`);
+    }
+  });
 });
 
 describe('a malformed readUrl', () => {
