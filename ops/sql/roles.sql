@@ -78,6 +78,12 @@ BEGIN
   -- The insert trigger wakes workers only when one is idle: it reads the workers table.
   EXECUTE format('GRANT SELECT ON %I.workers TO %I', s, appender);
   EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %I TO %I', s, appender);
+  -- Sequences are not tables to GRANT ... ON ALL TABLES: the bulk append (COPY) reads the
+  -- position sequence's last value, and defer_jobs() draws job ids with nextval() itself.
+  FOREACH r IN ARRAY ARRAY[appender, worker] LOOP
+    EXECUTE format('GRANT SELECT ON SEQUENCE %s TO %I', pg_get_serial_sequence(format('%I.events', s), 'position'), r);
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence(format('%I.jobs', s), 'id'), r);
+  END LOOP;
 
   -- Worker: everything that runs, nothing that reshapes the schema. It never deletes or
   -- rewrites events (so rebase_tx_ids, which does, stays with the owner).

@@ -236,6 +236,22 @@ describe('least privilege on managed PostgreSQL', () => {
     }
   });
 
+  it('services use the bulk paths too: an append by COPY and deferMany', async () => {
+    const service = appAs(LOGINS.service);
+    const bulk = service.task('bulk', {}, async () => {});
+    // 1000 events take the COPY path, which reads the position sequence.
+    const appended = await service.events.append(
+      Array.from({ length: 1000 }, (_, i) => ({ stream: `bulk-${i}`, type: 'Bulk', data: {} })),
+    );
+    assert.equal(appended.length, 1000);
+    // Without queueing locks defer_jobs() draws the ids from the jobs' sequence itself.
+    const results = await bulk.deferMany([{ args: { i: 1 } }, { args: { i: 2 } }]);
+    assert.deepEqual(
+      results.map((result) => result.enqueued),
+      [true, true],
+    );
+  });
+
   it('a table the owner adds later is readable by worker and dashboard before roles.sql is rerun', async () => {
     const ownerClient = new pg.Client({ connectionString: urlFor(LOGINS.owner) });
     await ownerClient.connect();
