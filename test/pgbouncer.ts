@@ -1,6 +1,7 @@
 /**
  * A PgBouncer of the test's own, in transaction mode, in front of the test's PostgreSQL: its
- * ini and auth file in a temporary folder, on a free port from 6432-6440, stopped by
+ * ini and auth file in a temporary folder, on a free port from 6432-6440 (or the range
+ * OUTBATCH_TEST_PGBOUNCER_PORTS names, `6441-6450`, beside another suite's), stopped by
  * `stop()`. `missingReason()` says in one line why a test must be skipped (no binary).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -11,7 +12,10 @@ import path from 'node:path';
 import { databaseUrl } from './helpers.js';
 
 const CANDIDATES = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer', '/usr/local/bin/pgbouncer'];
-const PORTS = [6432, 6433, 6434, 6435, 6436, 6437, 6438, 6439, 6440];
+const [FIRST_PORT, LAST_PORT] = (process.env.OUTBATCH_TEST_PGBOUNCER_PORTS || '6432-6440')
+  .split('-')
+  .map(Number);
+const PORTS = Array.from({ length: LAST_PORT! - FIRST_PORT! + 1 }, (_, i) => FIRST_PORT! + i);
 
 function binary(): string | undefined {
   const found = CANDIDATES.find((file) => fs.existsSync(file));

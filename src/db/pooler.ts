@@ -8,6 +8,7 @@
  */
 import type pg from 'pg';
 import { ValidationError } from '../errors.js';
+import { sqlState } from './retryable.js';
 
 /** `pgbouncer`: a transaction-mode pooler is in the way; `none`: connected to PostgreSQL itself. */
 export type Pooler = 'pgbouncer' | 'none';
@@ -70,4 +71,21 @@ export function mayPrepare(db: object): boolean {
 /** Whether `db` (an outbatch pool or one of its clients) reaches PostgreSQL through a pooler. */
 export function isBehindPooler(db: object): boolean {
   return pooled.has(db);
+}
+
+/**
+ * PgBouncer's refusal of a startup parameter (`lock_timeout`, `options`) that only a direct
+ * connection is sent: `pooler: 'none'` (OUTBATCH_POOLER=none) set in front of PgBouncer.
+ * Its SQLSTATE is 08P01, which reads as connection trouble and was retried for a minute at
+ * start; it never goes away, so it is said as the setting to change. Undefined otherwise.
+ */
+export function poolerRefusedStartup(error: unknown): ValidationError | undefined {
+  const message = (error as { message?: unknown } | null)?.message;
+  if (sqlState(error) !== '08P01' || typeof message !== 'string') return undefined;
+  const refused = /^unsupported startup parameter: (\S+)/.exec(message);
+  if (!refused) return undefined;
+  return new ValidationError(
+    `the server refused startup parameter "${refused[1]}", as PgBouncer does: pool.pooler (OUTBATCH_POOLER) is "none" but a transaction pooler is in the way; unset it to detect the pooler, or set "pgbouncer"`,
+    { cause: error },
+  );
 }

@@ -6,6 +6,7 @@
  * server refuses (pending migrations, a tx id horizon) is final at once.
  */
 import type { Logger } from 'pino';
+import { poolerRefusedStartup } from './pooler.js';
 import { failureKind } from './retryable.js';
 
 export async function retryConnection<T>(
@@ -19,6 +20,8 @@ export async function retryConnection<T>(
     try {
       return await fn();
     } catch (error) {
+      const misconfigured = poolerRefusedStartup(error);
+      if (misconfigured) throw misconfigured;
       if (failureKind(error) !== 'connection' || Date.now() >= deadline) throw error;
       const waitMs = Math.min(100 * 2 ** attempt, 5_000);
       log.warn({ err: error, waitMs }, `${what} failed; retrying`);

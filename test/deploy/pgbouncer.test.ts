@@ -77,6 +77,19 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
     );
   });
 
+  it('a worker told pooler "none" in front of PgBouncer fails at once, in one line saying so', async () => {
+    const schema = uniqueSchema('pgb_none');
+    await bouncedApp(schema).migrate();
+    // The control pool's lock_timeout is a startup parameter PgBouncer refuses: 08P01, which
+    // looked like connection trouble and was retried for a minute.
+    const wrong = bouncedApp(schema, { pool: { pooler: 'none' } });
+    await assert.rejects(wrong.run({ signal: AbortSignal.timeout(30_000) }), {
+      name: 'ValidationError',
+      message:
+        'the server refused startup parameter "lock_timeout", as PgBouncer does: pool.pooler (OUTBATCH_POOLER) is "none" but a transaction pooler is in the way; unset it to detect the pooler, or set "pgbouncer"',
+    });
+  });
+
   it('two migrators at once through PgBouncer apply every migration exactly once', async () => {
     const schema = uniqueSchema('pgb_migrate');
     const [a, b] = [bouncedApp(schema), bouncedApp(schema)];
