@@ -1,7 +1,7 @@
 /** openDatabase: a pool on DATABASE_URL, or on an embedded server started for it. */
-import type pg from 'pg';
+import pg from 'pg';
 import type { Logger } from 'pino';
-import { checkConnection, createPool, type PoolOptions } from './connection.js';
+import { checkConnection, createPool, describeTarget, type PoolOptions } from './connection.js';
 import { type EmbeddedServer, startEmbedded } from './embedded.js';
 import type { ConnectionRoute } from './pooler.js';
 
@@ -59,6 +59,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   const pool = createPool(url, log, { ...options, pooler, preparedStatements: route.preparedStatements });
   let closing: Promise<void> | undefined;
   let warned = false;
+  let checked = false;
   return {
     pool,
     url,
@@ -69,6 +70,10 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
         log.warn(
           'behind a transaction pooler with no listenUrl: LISTEN/NOTIFY is off, workers and processors wake by polling; set listenUrl (OUTBATCH_LISTEN_URL) to a direct connection',
         );
+      }
+      if (options.listenUrl && !checked) {
+        checked = true;
+        void checkListenTarget(pool, options.listenUrl, log);
       }
       return route.listenUrl;
     },
@@ -81,4 +86,41 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
       return closing;
     },
   };
+}
+
+/** The database, and its cluster's system identifier (null where a role may not read it). */
+async function identity(db: pg.Pool | pg.Client): Promise<{ database: string; system: string | null }> {
+  const { rows } = await db.query<{ database: string }>('SELECT current_database() AS database');
+  const system = await db
+    .query<{ id: string }>('SELECT system_identifier::text AS id FROM pg_control_system()')
+    .then((result) => result.rows[0]?.id ?? null)
+    .catch(() => null);
+  return { database: rows[0]!.database, system };
+}
+
+/**
+ * A NOTIFY reaches only listeners on the same database of the same server: a `listenUrl`
+ * naming another one is accepted by LISTEN and then hears nothing, so every wake-up falls
+ * back to the poll without a word (found by review: a job waited the whole poll interval).
+ * Checked once, the first time something would listen, off the start-up path (the LISTEN
+ * server may be down for now; the listener retries it). A mismatch is said once, as an error.
+ */
+async function checkListenTarget(pool: pg.Pool, listenUrl: string, log: Logger): Promise<void> {
+  const client = new pg.Client({ connectionString: listenUrl, connectionTimeoutMillis: 5_000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    const [mine, theirs] = await Promise.all([identity(pool), identity(client)]);
+    const otherCluster = mine.system !== null && theirs.system !== null && mine.system !== theirs.system;
+    if (otherCluster || mine.database !== theirs.database) {
+      log.error(
+        { listen: describeTarget(listenUrl) },
+        `listenUrl (${describeTarget(listenUrl)}) is database "${theirs.database}"${otherCluster ? ' on another cluster' : ''}, but databaseUrl is "${mine.database}": no notification reaches it, and workers and processors wake by polling only; point listenUrl at databaseUrl's PostgreSQL server and database`,
+      );
+    }
+  } catch {
+    // Unreachable for now: the listener itself says so, and retries.
+  } finally {
+    await client.end().catch(() => {});
+  }
 }

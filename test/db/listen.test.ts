@@ -3,6 +3,7 @@ import net from 'node:net';
 import { describe, it } from 'node:test';
 import pg from 'pg';
 import { filter, firstValueFrom, type Observable, ReplaySubject, take, toArray } from 'rxjs';
+import { openDatabase } from '../../src/db/database.js';
 import { type ListenEvent, listen } from '../../src/db/listen.js';
 import { ValidationError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
@@ -239,3 +240,25 @@ function tcpProxy() {
     },
   };
 }
+
+describe('listenUrl', () => {
+  it('naming another database than databaseUrl is said once, as an error: no NOTIFY would reach it', async () => {
+    const other = new URL(databaseUrl());
+    other.pathname = other.pathname === '/postgres' ? '/template1' : '/postgres';
+    const { log, lines } = captureLog('warn');
+    const db = await openDatabase({ databaseUrl: databaseUrl(), listenUrl: other.toString(), log });
+    try {
+      assert.equal(db.listenTarget(), other.toString());
+      db.listenTarget();
+      await waitFor('the listenUrl complaint', async () => lines.some((line) => line.includes('"level":50')));
+      const errors = lines.filter((line) => line.includes('"level":50'));
+      assert.equal(errors.length, 1);
+      assert.match(
+        JSON.parse(errors[0]!).msg,
+        /^listenUrl \(.+\) is database "(postgres|template1)", but databaseUrl is ".+": no notification reaches it/,
+      );
+    } finally {
+      await db.close();
+    }
+  });
+});
