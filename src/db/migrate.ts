@@ -15,6 +15,7 @@ import type { Logger } from 'pino';
 import { MigrationError } from '../errors.js';
 import { PACKAGE_ROOT } from '../packageRoot.js';
 import { quoteSchema, validateSchemaName } from './identifiers.js';
+import { assertSupportedServer } from './serverVersion.js';
 
 export interface Migration {
   version: number;
@@ -166,6 +167,8 @@ export async function migrate(
   const client = await pool.connect();
   const q = quoteSchema(schema);
   try {
+    // Before anything is written: on 12 or older the files would fail halfway, on xid8.
+    await assertSupportedServer(client);
     // Session lock: held across all files so a second migrator waits, then finds nothing to do.
     await client.query('SELECT pg_advisory_lock(hashtext($1))', [lockKey(schema)]);
     try {
