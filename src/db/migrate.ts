@@ -167,7 +167,7 @@ export async function migrate(
   const client = await pool.connect();
   const q = quoteSchema(schema);
   try {
-    // Before anything is written: on 12 or older the files would fail halfway, on xid8.
+    // First, in words: on 12 or older the schema would fail on "type xid8 does not exist".
     await assertSupportedServer(client);
     // Session lock: held across all files so a second migrator waits, then finds nothing to do.
     await client.query('SELECT pg_advisory_lock(hashtext($1))', [lockKey(schema)]);
