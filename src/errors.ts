@@ -36,6 +36,17 @@ export class MigrationError extends OutbatchError {
   }
 }
 
+/** The server is older than outbatch supports (src/db/serverVersion.ts); the message names both versions. */
+export class UnsupportedServerError extends OutbatchError {
+  constructor(
+    message: string,
+    /** `server_version` as the server printed it. */
+    readonly found: string,
+  ) {
+    super('OUTBATCH_SERVER_VERSION', message);
+  }
+}
+
 /** The embedded PostgreSQL server could not be prepared or started. */
 export class EmbeddedServerError extends OutbatchError {
   constructor(message: string, options?: { cause?: unknown }) {

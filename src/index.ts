@@ -22,6 +22,7 @@ export {
   MigrationError,
   OutbatchError,
   TxIdHorizonError,
+  UnsupportedServerError,
   ValidationError,
 } from './errors.js';
 export type { AppendedEvent, AppendOptions } from './events/append.js';

@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 027_worker_is_live
+-- Matches migration: 028_rebase_tx_ids_on_13
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -781,7 +781,8 @@ $$;
 
 -- Replaces each stored tx id by 2 + its dense rank among all stored ids (3, 4, 5, …: the
 -- first normal transaction ids), in every table of stored_tx_ids, preserving order and
--- equality across tables, in one transaction that blocks appenders. 0 stays 0. [010, 025]
+-- equality across tables, in one transaction that blocks appenders. 0 stays 0. The highest
+-- new id is read with ORDER BY ... DESC LIMIT 1: PostgreSQL 13 has no max(xid8). [010, 025, 028]
 CREATE FUNCTION rebase_tx_ids()
 RETURNS TABLE (
   distinct_ids bigint,
@@ -804,7 +805,8 @@ BEGIN
   CREATE TEMP TABLE tx_id_map ON COMMIT DROP AS
   SELECT old, (2 + dense_rank() OVER (ORDER BY old))::text::xid8 AS new
   FROM (SELECT DISTINCT tx_id AS old FROM stored_tx_ids WHERE tx_id <> '0'::xid8) ids;
-  SELECT count(*), coalesce(max(m.new), '0'::xid8) INTO distinct_ids, highest_new FROM tx_id_map m;
+  SELECT count(*) INTO distinct_ids FROM tx_id_map;
+  highest_new := coalesce((SELECT m.new FROM tx_id_map m ORDER BY m.new DESC LIMIT 1), '0'::xid8);
   IF highest_new >= mine THEN
     RAISE EXCEPTION 'rebase_tx_ids: % distinct tx ids need the server past %, but it is at %: call consume_tx_ids(%) first',
       distinct_ids, highest_new, mine, (highest_new::text::bigint - mine::text::bigint + 1)

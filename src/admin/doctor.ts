@@ -2,6 +2,7 @@
 import type pg from 'pg';
 import type { Clock } from '../clock.js';
 import { migrationStatus } from '../db/migrate.js';
+import { readServerVersion, type ServerVersion, serverVersionProblem } from '../db/serverVersion.js';
 import { errorMessage } from '../errors.js';
 import { checkTxIdHorizon } from '../events/txIdHorizon.js';
 
@@ -36,17 +37,19 @@ export async function runDoctor(
   };
 
   await check('connection', async () => ({ ok: true, detail: `connected to ${target}` }));
+  let server: ServerVersion | undefined;
   await check('server version', async () => {
-    const { rows } = await pool.query<{ version: string; num: string }>(
-      `SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num`,
-    );
-    const num = Number(rows[0]!.num);
-    return {
-      ok: num >= 130000,
-      detail: `PostgreSQL ${rows[0]!.version}${num < 130000 ? ' (13 or newer required)' : ''}`,
-    };
+    server = await readServerVersion(pool);
+    const problem = serverVersionProblem(server);
+    return { ok: !problem, detail: problem ?? `PostgreSQL ${server.version}` };
   });
   await check('xid8 support', async () => {
+    if (server && serverVersionProblem(server)) {
+      return {
+        ok: false,
+        detail: `xid8 and pg_current_xact_id() arrived in PostgreSQL 13; found ${server.version}`,
+      };
+    }
     const { rows } = await pool.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
     return { ok: true, detail: `pg_current_xact_id() = ${rows[0]!.xid}` };
   });

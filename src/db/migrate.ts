@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 import { MigrationError } from '../errors.js';
 import { PACKAGE_ROOT } from '../packageRoot.js';
 import { quoteSchema, validateSchemaName } from './identifiers.js';
+import { assertSupportedServer } from './serverVersion.js';
 
 export interface Migration {
   version: number;
@@ -166,6 +167,8 @@ export async function migrate(
   const migrations = await loadMigrations();
   const client = await pool.connect();
   try {
+    // First, in words: on 12 or older the schema would fail on "type xid8 does not exist".
+    await assertSupportedServer(client);
     let snapshot: Migration | undefined;
     const applied: Migration[] = [];
     for (;;) {

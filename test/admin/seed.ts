@@ -116,12 +116,14 @@ export async function seedDashboard(
   await pool.query(
     `INSERT INTO ${s}.processors (name, version, active, types, checkpoint_tx, checkpoint_position, paused,
                                   failed_at, failed_position, last_error, events_processed, last_run_at)
-     SELECT 'order-totals', 1, true, '{OrderPlaced,OrderPaid}'::text[], max(tx_id), max(position), false, NULL::timestamptz, NULL::bigint, NULL::text,
+     SELECT 'order-totals', 1, true, '{OrderPlaced,OrderPaid}'::text[],
+            (SELECT tx_id FROM ${s}.events ORDER BY tx_id DESC LIMIT 1), max(position), false, NULL::timestamptz, NULL::bigint, NULL::text,
             count(*), now() - interval '3 seconds' FROM ${s}.events
      UNION ALL
      SELECT 'search-index', 1, true, NULL, '0'::xid8, 0, true, NULL::timestamptz, NULL::bigint, NULL::text, 0, now() - interval '2 hours'
      UNION ALL
-     SELECT 'crm-export', 1, true, '{OrderShipped}', min(tx_id), min(position), false, now() - interval '4 minutes',
+     SELECT 'crm-export', 1, true, '{OrderShipped}', (SELECT tx_id FROM ${s}.events ORDER BY tx_id LIMIT 1),
+            min(position), false, now() - interval '4 minutes',
             min(position) + 2, 'crm-export: HTTP 422 {"error":"<invalid> customer id"}', 0, now() - interval '4 minutes'
      FROM ${s}.events`,
   );

@@ -1,3 +1,4 @@
+// @smoke
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { TxIdHorizonError } from '../../src/errors.js';

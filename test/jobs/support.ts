@@ -45,7 +45,7 @@ export async function processorState(pool: pg.Pool, schema: string, name: string
     ),
     pool.query(
       `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
-              (SELECT max(tx_id)::text FROM ${q}.events) AS newest_event_tx,
+              (SELECT tx_id::text FROM ${q}.events ORDER BY tx_id DESC LIMIT 1) AS newest_event_tx,
               (SELECT json_agg(json_build_object('pid', pid, 'xid', backend_xid::text, 'since', xact_start,
                         'state', state, 'query', left(query, 120)))
                FROM pg_stat_activity WHERE backend_xid IS NOT NULL) AS writers`,
