@@ -9,12 +9,21 @@ import type { Logger } from 'pino';
 import { poolerRefusedStartup } from './pooler.js';
 import { failureKind } from './retryable.js';
 
+/** Start-up was given up because its abort signal fired (app.run's `signal`) while it retried. */
+export class StartAborted extends Error {
+  constructor(what: string, options?: { cause?: unknown }) {
+    super(`${what}: stopped retrying, the run was aborted`, options);
+    this.name = 'StartAborted';
+  }
+}
+
 export async function retryConnection<T>(
   what: string,
   fn: () => Promise<T>,
   log: Logger,
-  timeoutMs = 60_000,
+  options: { timeoutMs?: number; signal?: AbortSignal } = {},
 ): Promise<T> {
+  const { timeoutMs = 60_000, signal } = options;
   const deadline = Date.now() + timeoutMs;
   for (let attempt = 1; ; attempt += 1) {
     try {
@@ -23,9 +32,20 @@ export async function retryConnection<T>(
       const misconfigured = poolerRefusedStartup(error);
       if (misconfigured) throw misconfigured;
       if (failureKind(error) !== 'connection' || Date.now() >= deadline) throw error;
+      if (signal?.aborted) throw new StartAborted(what, { cause: error });
       const waitMs = Math.min(100 * 2 ** attempt, 5_000);
       log.warn({ err: error, waitMs }, `${what} failed; retrying`);
-      await new Promise((resolve) => setTimeout(resolve, waitMs));
+      // An abort ends the wait at once: a stop asked for during an outage is not held up to a minute.
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', done);
+          resolve();
+        };
+        const timer = setTimeout(done, waitMs);
+        signal?.addEventListener('abort', done, { once: true });
+      });
+      if (signal?.aborted) throw new StartAborted(what, { cause: error });
     }
   }
 }

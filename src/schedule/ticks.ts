@@ -32,6 +32,24 @@ function isRepeatedWallTime(t: number, zone: string): boolean {
   return earlier.toFormat(format) === at.toFormat(format);
 }
 
+/** Longer than any clocks-forward gap (an hour, 30 minutes on Lord Howe). */
+const GAP_LOOKBACK_MS = 3 * 3600_000;
+
+/**
+ * Where cron iteration starts for ticks after `after`. cron-parser shifts a skipped wall time
+ * (02:02 -> 03:02) only when its iteration crosses the gap, so a period starting just after
+ * a clocks-forward change lost the shifted ticks that a period starting before it had: the
+ * ticks depended on how the scheduler cut time (found by the cron property test). After a
+ * change that went forward within the lookback, iteration starts before it; the ticks up
+ * to `after` are dropped below.
+ */
+function iterationStart(after: Date, zone: string | undefined): Date {
+  const before = new Date(after.getTime() - GAP_LOOKBACK_MS);
+  const wentForward =
+    DateTime.fromJSDate(after, { zone }).offset > DateTime.fromJSDate(before, { zone }).offset;
+  return wentForward ? before : after;
+}
+
 /** Ticks in (after, until], oldest first, at most `limit`. */
 export function ticksBetween(schedule: Schedule, after: Date, until: Date, limit = 10_000): Date[] {
   const ticks: Date[] = [];
@@ -48,7 +66,7 @@ export function ticksBetween(schedule: Schedule, after: Date, until: Date, limit
     return ticks;
   }
   const cron = CronExpressionParser.parse(schedule.expression, {
-    currentDate: after,
+    currentDate: iterationStart(after, schedule.timezone),
     endDate: until,
     tz: schedule.timezone,
     hashSeed: schedule.name,

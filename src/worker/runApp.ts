@@ -8,7 +8,7 @@ import type { Clock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { assertMigrated } from '../db/migrate.js';
-import { retryConnection } from '../db/retry.js';
+import { retryConnection, StartAborted } from '../db/retry.js';
 import { checkTxIdHorizon } from '../events/txIdHorizon.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { Logger } from '../log.js';
@@ -38,7 +38,21 @@ export interface RunAppDeps {
 }
 
 export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promise<void> {
+  try {
+    await startAndRun(deps, options);
+  } catch (error) {
+    // Aborted while start-up waited out connection trouble: the run ends as asked, quietly.
+    if (error instanceof StartAborted) {
+      deps.log.info({ reason: error.message }, 'run aborted during start-up');
+      return;
+    }
+    throw error;
+  }
+}
+
+async function startAndRun(deps: RunAppDeps, options: RunOptions): Promise<void> {
   const db = await deps.database();
+  const { signal } = options;
   await retryConnection(
     'checking the schema',
     async () => {
@@ -46,9 +60,12 @@ export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promis
       await checkTxIdHorizon(db.pool, deps.schema);
     },
     deps.log,
+    { signal },
   );
   const triggers = (
-    await retryConnection('starting the processors', () => deps.processors.start(db.listenTarget()), deps.log)
+    await retryConnection('starting the processors', () => deps.processors.start(db.listenTarget()), deps.log, {
+      signal,
+    })
   ).subscribe();
   const entries = deps.schedules.entries();
   const scheduler =
@@ -86,6 +103,7 @@ async function runWorker(deps: RunAppDeps, db: Database, options: RunOptions): P
       tasks,
       defer: deps.queue.defer,
       pools: deps.workerPools,
+      startSignal: signal,
     },
     workerOptions,
   );

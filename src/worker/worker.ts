@@ -46,6 +46,8 @@ export interface WorkerDeps {
   tasks: ReadonlyMap<string, ResolvedTask>;
   /** Where the worker takes its connections from and leaves them at a clean stop (the app's); none: its own, ended at stop. */
   pools?: WorkerPoolShelf;
+  /** Ends start-up's retries through connection trouble (app.run's `signal`): `started` rejects with StartAborted. */
+  startSignal?: AbortSignal;
 }
 
 export interface Worker {
@@ -367,6 +369,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         for (const name of await otherTasks(control, schema, info.tasks)) foreignTasks.add(name);
       },
       log,
+      { signal: deps.startSignal },
     );
     log.info(
       { queues: settings.queues ?? 'all', concurrency: settings.concurrency, tasks: [...tasks.keys()] },

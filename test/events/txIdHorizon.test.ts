@@ -7,6 +7,9 @@ import { checkTxIdHorizon } from '../../src/events/txIdHorizon.js';
 import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitUntilReadable } from './readable.js';
 
+/** Above this many transaction ids handed out, the consuming case is left to a fresh server. */
+const MAX_SERVER_TX_IDS = 100_000n;
+
 /** Every event's data.i, in the readers' order. */
 async function readOrder(t: TestApp, wait = true): Promise<number[]> {
   if (wait) await waitUntilReadable(t.pool, t.schema);
@@ -160,12 +163,23 @@ describe('transaction ids after a logical restore', () => {
     }
   });
 
-  it('consumes transaction ids first when the server is not yet past the rebased range', async () => {
+  it('consumes transaction ids first when the server is not yet past the rebased range', async (context) => {
     const u = await isolatedApp('ev_horizon_consume');
     try {
       const next = BigInt(
         (await u.pool.query('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS x')).rows[0].x,
       );
+      if (next > MAX_SERVER_TX_IDS) {
+        // The case inserts as many events as the server has ever handed out transaction ids,
+        // in one statement: on a long-lived server that is hundreds of thousands of rows and
+        // tens of seconds, during which every other file's processors are held back behind
+        // it (gap safety) and time out. A fresh server runs it: the embedded smoke run and
+        // ops/matrix/run (it is a smoke file).
+        context.skip(
+          `this server has handed out ${next} transaction ids (over ${MAX_SERVER_TX_IDS}); the case runs on a fresh server`,
+        );
+        return;
+      }
       const distinct = Number(next) + 8000; // ahead even if other sessions take ids meanwhile
       // As many distinct (restored) transaction ids as the server has ever handed out, and more.
       await u.pool.query(

@@ -359,6 +359,33 @@ describe('connections', () => {
   });
 });
 
+describe('start-up', () => {
+  it('a run aborted while start-up retries through a dead connection ends at once, quietly', async () => {
+    // Found by review: start-up retried connection trouble for up to a minute whatever the
+    // run's signal said, so a stop asked for during an outage waited out the whole minute.
+    const proxy = await startFaultProxy(databaseUrl());
+    const app = newApp(proxy.url);
+    app.task('never', {}, async () => {});
+    try {
+      await app.database(); // opened before the outage
+      const { fired } = proxy.addRule({
+        match: (m) => m.connection.applicationName === 'outbatch-control',
+        action: 'cut',
+        times: 10_000,
+      });
+      const controller = new AbortController();
+      const run = app.run({ ...FAST, signal: controller.signal });
+      await fired; // registering the worker failed at least once: it is retrying
+      controller.abort();
+      const ended = await Promise.race([run.then(() => 'ended'), sleep(20_000).then(() => 'still retrying')]);
+      assert.equal(ended, 'ended', 'the run did not end on its signal (start-up retries for 60 s)');
+    } finally {
+      await app.close();
+      await proxy.close();
+    }
+  });
+});
+
 describe('workers and tasks', () => {
   it('a worker claims only the tasks it knows; the job waits for a worker that knows it', async () => {
     const old = newApp();
