@@ -63,9 +63,14 @@ async function startAndRun(deps: RunAppDeps, options: RunOptions): Promise<void>
     { signal },
   );
   const triggers = (
-    await retryConnection('starting the processors', () => deps.processors.start(db.listenTarget()), deps.log, {
-      signal,
-    })
+    await retryConnection(
+      'starting the processors',
+      () => deps.processors.start(db.listenTarget()),
+      deps.log,
+      {
+        signal,
+      },
+    )
   ).subscribe();
   const entries = deps.schedules.entries();
   const scheduler =
