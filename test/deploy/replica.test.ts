@@ -408,11 +408,14 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
 
   it('refuses a readUrl on another cluster, in one line', async () => {
     const other = makeApp(databaseUrl());
+    // The server the tests run on, wherever that is (the machine's, or a matrix run's port).
+    const target = new URL(databaseUrl());
     await assert.rejects(other.events.read(), (error: Error) => {
-      assert.match(
+      assert.ok(
+        error.message.startsWith(`readUrl (${target.hostname}:${target.port || 5432}) is another cluster `),
         error.message,
-        /^readUrl \(127\.0\.0\.1:5432\) is another cluster .*streaming replica of databaseUrl$/,
       );
+      assert.match(error.message, /streaming replica of databaseUrl$/);
       return true;
     });
     // A worker with processors refuses to start on it, with the same line.
