@@ -81,9 +81,13 @@ for (const [moment, marker] of [
       assert.deepEqual(await seen(name), { total: 6, distinct: 6 });
     } finally {
       controller.abort();
-      await running;
-      await app.close();
-      await proxy.close();
+      try {
+        await running; // a worker that failed to start rejects here, and the test fails with why
+      } finally {
+        // Always: a proxy left listening keeps the file's process, and the whole suite, alive.
+        await app.close();
+        await proxy.close();
+      }
     }
   });
 }

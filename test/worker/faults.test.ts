@@ -49,8 +49,11 @@ async function withWorker(app: App, body: () => Promise<void>, options: Record<s
     await body();
   } finally {
     controller.abort();
-    await running;
-    await app.close();
+    try {
+      await running;
+    } finally {
+      await app.close();
+    }
   }
 }
 
@@ -667,9 +670,13 @@ describe('found by review', () => {
       );
     } finally {
       peerStop.abort();
-      await peerRun;
-      await peer.close();
-      await proxy.close();
+      try {
+        await peerRun;
+      } finally {
+        // Always: a proxy left listening keeps the file's process alive.
+        await peer.close();
+        await proxy.close();
+      }
     }
   });
 
