@@ -46,33 +46,6 @@ export async function checkBelowPrimaryHorizon(tx: Queryable, txId: bigint): Pro
 }
 
 /**
- * Whether `db` has events after the checkpoint that a gap-safe read there would return
- * (below its own horizon). On the primary, after a run read nothing on the replica: the
- * run waits for the replica, not for an open transaction. Reply lost or refused: the run
- * fails after its pages committed, and its job's retry simply looks again.
- */
-export async function readableAfter(
-  db: Queryable,
-  q: string,
-  checkpoint: string,
-  types: string[] | null,
-  streamPrefix: string | null,
-): Promise<boolean> {
-  const [tx, position] = checkpoint.split(':');
-  const { rows } = await db.query<{ readable: boolean }>(
-    `SELECT EXISTS (
-       SELECT 1 FROM ${q}.events
-       WHERE (tx_id, position) > ($1::text::xid8, $2::bigint)
-         AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-         AND ($3::text[] IS NULL OR type = ANY ($3::text[]))
-         AND ($4::text IS NULL OR starts_with(stream, $4::text))
-     ) AS readable`,
-    [tx, position, types, streamPrefix],
-  );
-  return rows[0]?.readable ?? false;
-}
-
-/**
  * Whether the primary holds a page read on the replica under the same ids: its first and
  * last events, at the same (tx_id, position). A rebase-tx-ids the replica has not replayed
  * yet rewrote the checkpoint here to a small id but left the replica's events under their

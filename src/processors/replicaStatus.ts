@@ -6,8 +6,8 @@
  * has events the primary could give it but the replica cannot yet.
  */
 import type { Queryable } from '../db/queryable.js';
-import { readableAfter } from './replicaReads.js';
 import type { ProcessorStatus } from './status.js';
+import { eventsAfter } from './store.js';
 
 export interface ReplicaView {
   /** False when readUrl is not a standby (a primary given as readUrl): no lag to report. */
@@ -85,8 +85,8 @@ export async function replicaWaits(
     const row = onPrimary.get(key);
     if (!row) continue;
     const waiting =
-      (await readableAfter(primary, q, row.checkpoint, row.types, row.stream_prefix)) &&
-      !(await readableAfter(replica, q, row.checkpoint, row.types, row.stream_prefix));
+      (await eventsAfter(primary, q, row.checkpoint, row.types, row.stream_prefix, { readableNow: true })) &&
+      !(await eventsAfter(replica, q, row.checkpoint, row.types, row.stream_prefix, { readableNow: true }));
     waits.set(key, { primaryCheckpoint: row.checkpoint, waiting });
   }
   return waits;

@@ -21,11 +21,11 @@ import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { StoredEvent } from '../events/storedEvent.js';
 import type { Logger } from '../log.js';
 import type { ProcessorDefinition } from './definition.js';
-import { checkBelowPrimaryHorizon, pageOnPrimary, readableAfter } from './replicaReads.js';
+import { checkBelowPrimaryHorizon, pageOnPrimary } from './replicaReads.js';
 import {
   deadLetter,
+  eventsAfter,
   haltVersion,
-  heldBackEvents,
   lockVersion,
   recordFailure,
   saveCheckpoint,
@@ -139,18 +139,23 @@ export async function runProcessor(
       // older copy); the run is looked again at like a held one, its wake-up already spent.
       if (
         deps.pageReads === 'replica' &&
-        (await readableAfter(
+        (await eventsAfter(
           withOwnDeadline(deps.pool),
           deps.q,
           step.row.checkpoint,
           def.types,
           def.streamPrefix,
+          {
+            readableNow: true,
+          },
         ))
       ) {
         return { stopped: 'replica', processed };
       }
       // At the gap-safe head, but newer events may be held back by an open transaction.
-      const held = await heldBackEvents(deps.pool, deps.q, step.row.checkpoint, def.types, def.streamPrefix);
+      const held = await eventsAfter(deps.pool, deps.q, step.row.checkpoint, def.types, def.streamPrefix, {
+        readableNow: false,
+      });
       return { stopped: held ? 'held' : 'head', processed };
     }
     // The replica's page is not the primary's yet (a rebase it has not replayed): wait for it.

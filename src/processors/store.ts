@@ -207,28 +207,35 @@ export async function wakeProcessor(db: Queryable, q: string, name: string): Pro
 }
 
 /**
- * Whether events after the checkpoint exist that a gap-safe read could not see yet (their
- * transaction is above the oldest open one). A run that stops at the head with such events
- * held back must look again soon: their append NOTIFY has already been spent.
+ * Whether `db` holds events after the checkpoint, of these types and stream prefix.
+ * `readableNow`: only those a gap-safe read there would return now (below its own horizon).
+ * Without it, after a read that returned nothing: events a gap-safe read could not see yet
+ * (their transaction is above the oldest open one), so a run that stops at the head must
+ * look again soon (their append NOTIFY has already been spent). With it, on the primary
+ * after a run read nothing on a replica (`readUrl`): the replica lags, and the run waits for
+ * it rather than for an open transaction. Reply lost or refused: the run fails after its
+ * pages committed, and its job's retry simply looks again.
  */
-export async function heldBackEvents(
+export async function eventsAfter(
   db: Queryable,
   q: string,
   checkpoint: string,
   types: string[] | null,
   streamPrefix: string | null,
+  options: { readableNow: boolean },
 ): Promise<boolean> {
   const [tx, position] = checkpoint.split(':');
-  const { rows } = await db.query<{ held: boolean }>(
+  const { rows } = await db.query<{ found: boolean }>(
     `SELECT EXISTS (
        SELECT 1 FROM ${q}.events
        WHERE (tx_id, position) > ($1::text::xid8, $2::bigint)
+         AND (NOT $5::boolean OR tx_id < pg_snapshot_xmin(pg_current_snapshot()))
          AND ($3::text[] IS NULL OR type = ANY ($3::text[]))
          AND ($4::text IS NULL OR starts_with(stream, $4::text))
-     ) AS held`,
-    [tx, position, types, streamPrefix],
+     ) AS found`,
+    [tx, position, types, streamPrefix, options.readableNow],
   );
-  return rows[0]?.held ?? false;
+  return rows[0]?.found ?? false;
 }
 
 /**
