@@ -6,7 +6,10 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type App, type AppOptions, createApp } from '../src/app.js';
+import type { Queryable } from '../src/db/queryable.js';
+import type { StoredEvent } from '../src/events/storedEvent.js';
 import { createLogger, type Logger } from '../src/log.js';
+import { bulkWrite } from '../src/processors/operators.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -46,6 +49,22 @@ export async function isolatedApp(label: string, options: Partial<AppOptions> = 
     },
   };
 }
+
+/**
+ * Exactly once, counted: a table of how many times each event was applied (`appliedTable`),
+ * and the processor pipeline step that counts a page into it in the page's transaction.
+ * An event applied twice shows as n = 2.
+ */
+export const appliedTable = (q: string) =>
+  `CREATE TABLE ${q}.applied (position bigint PRIMARY KEY, n int NOT NULL)`;
+
+export const countApplied = (tx: Queryable, q: string) =>
+  bulkWrite(
+    tx,
+    `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
+     ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
+    (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
+  );
 
 export interface CliResult {
   code: number | null;

@@ -19,8 +19,8 @@ import { after, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { readServerVersion } from '../../src/db/serverVersion.js';
-import { type App, bulkWrite, createApp, createLogger, type StoredEvent } from '../../src/index.js';
-import { databaseUrl, runCli, uniqueSchema } from '../helpers.js';
+import { type App, createApp, createLogger } from '../../src/index.js';
+import { appliedTable, countApplied, databaseUrl, runCli, uniqueSchema } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 
 const run = promisify(execFile);
@@ -32,15 +32,7 @@ function define(app: App, q: string) {
   app.processor(
     'count',
     { batchSize: 100, trigger: { onAppend: { debounce: { milliseconds: 10 } } } },
-    (events$, ctx) =>
-      events$.pipe(
-        bulkWrite(
-          ctx.tx,
-          `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
-           ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
-          (events: StoredEvent[]) => [events.map((e) => e.position.toString())],
-        ),
-      ),
+    (events$, ctx) => events$.pipe(countApplied(ctx.tx, q)),
   );
   return app.task('note', { transaction: true }, async (args: { n: number }, ctx) => {
     await ctx.tx!.query(
@@ -104,7 +96,7 @@ describe('moving a schema from an older PostgreSQL major to a newer one', () => 
     const source = createApp({ databaseUrl: fromUrl, schema, logger: silent });
     apps.push(source);
     await source.migrate();
-    await sourcePool.query(`CREATE TABLE ${q}.applied (position bigint PRIMARY KEY, n int NOT NULL)`);
+    await sourcePool.query(appliedTable(q));
     await sourcePool.query(`CREATE TABLE ${q}.noted (n int PRIMARY KEY, n_runs int NOT NULL)`);
     const note = define(source, q);
     // The old cluster has lived longer than the new one: the ids it stores are ahead of the

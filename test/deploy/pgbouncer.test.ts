@@ -14,9 +14,8 @@ import { createPool } from '../../src/db/connection.js';
 import { abandonConnection } from '../../src/db/deadline.js';
 import { listen } from '../../src/db/listen.js';
 import { loadMigrations } from '../../src/db/migrate.js';
-import { bulkWrite, type StoredEvent } from '../../src/index.js';
 import type { JobContext } from '../../src/jobs/task.js';
-import { captureLog, databaseUrl, runCli, uniqueSchema } from '../helpers.js';
+import { appliedTable, captureLog, countApplied, databaseUrl, runCli, uniqueSchema } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 import { type Bouncer, missingReason, startBouncer } from '../pgbouncer.js';
 
@@ -285,7 +284,7 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
       await direct.query(
         `CREATE TABLE ${q}.runs (task text NOT NULL, job_id bigint NOT NULL, attempt int NOT NULL)`,
       );
-      await direct.query(`CREATE TABLE ${q}.applied (position bigint PRIMARY KEY, n int NOT NULL)`);
+      await direct.query(appliedTable(q));
       const record = (task: string) => async (_args: unknown, ctx: JobContext) => {
         await ctx.tx!.query(`INSERT INTO ${q}.runs VALUES ($1, $2, $3)`, [task, ctx.job.id, ctx.job.attempt]);
       };
@@ -312,14 +311,7 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
       const tick = app.task('tick', { transaction: true }, record('tick'));
       app.schedule('every-second', { every: { seconds: 1 } }, tick, {});
       app.processor('counter', { trigger: { every: { seconds: 1 } }, batchSize: 250 }, (events$, ctx) =>
-        events$.pipe(
-          bulkWrite(
-            ctx.tx,
-            `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
-             ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
-            (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
-          ),
-        ),
+        events$.pipe(countApplied(ctx.tx, q)),
       );
       // Appended before the worker starts: the processor catches up on them.
       await app.events.append(

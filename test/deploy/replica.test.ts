@@ -8,9 +8,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startAdminServer } from '../../src/admin/server.js';
-import { type App, bulkWrite, createApp, type StoredEvent } from '../../src/index.js';
+import { type App, createApp } from '../../src/index.js';
 import { checkBelowPrimaryHorizon, ReplicaAheadError } from '../../src/processors/replicaReads.js';
-import { captureLog, databaseUrl, runCli, uniqueSchema } from '../helpers.js';
+import { appliedTable, captureLog, countApplied, databaseUrl, runCli, uniqueSchema } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 import { type ReplicaPair, replicaPairUnavailable, startReplicaPair } from '../replicaPair.js';
 
@@ -36,15 +36,7 @@ function makeApp(readUrl: string | undefined, logger = captureLog('warn').log): 
       // A run that fails on the replica being away is retried soon (the test's outage is short).
       retry: { backoff: { initial: { milliseconds: 50 }, max: { milliseconds: 500 } } },
     },
-    (events$, ctx) =>
-      events$.pipe(
-        bulkWrite(
-          ctx.tx,
-          `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
-         ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
-          (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
-        ),
-      ),
+    (events$, ctx) => events$.pipe(countApplied(ctx.tx, q)),
   );
   return app;
 }
@@ -92,7 +84,7 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     pair = await startReplicaPair();
     app = makeApp(pair.replicaUrl, replicaLog.log);
     await app.migrate();
-    await pair.primary.query(`CREATE TABLE ${q}.applied (position bigint PRIMARY KEY, n int NOT NULL)`);
+    await pair.primary.query(appliedTable(q));
     await pair.caughtUp();
   });
 
@@ -435,18 +427,10 @@ describe('processors and readers on a streaming replica', { skip: unavailable },
     rebased.processor(
       NAME,
       { trigger: { onAppend: { debounce: { milliseconds: 10 } } }, batchSize: 7 },
-      (events$, ctx) =>
-        events$.pipe(
-          bulkWrite(
-            ctx.tx,
-            `INSERT INTO ${oq}.applied AS a SELECT unnest($1::bigint[]), 1
-             ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
-            (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
-          ),
-        ),
+      (events$, ctx) => events$.pipe(countApplied(ctx.tx, oq)),
     );
     await rebased.migrate();
-    await pair!.primary.query(`CREATE TABLE ${oq}.applied (position bigint PRIMARY KEY, n int NOT NULL)`);
+    await pair!.primary.query(appliedTable(oq));
     const twice = async () => {
       const { rows } = await pair!.primary.query<{ events: number; twice: number }>(
         `SELECT count(*)::int AS events, count(*) FILTER (WHERE n > 1)::int AS twice FROM ${oq}.applied`,

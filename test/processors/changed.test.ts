@@ -7,8 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { concatMap, from } from 'rxjs';
-import { bulkWrite, type StoredEvent } from '../../src/index.js';
-import { isolatedApp, type TestApp } from '../helpers.js';
+import { appliedTable, countApplied, isolatedApp, type TestApp } from '../helpers.js';
 import { processorState, waitFor } from '../jobs/support.js';
 
 let t: TestApp;
@@ -26,18 +25,13 @@ before(async () => {
   t = await isolatedApp('proc_changed');
   q = `"${t.schema}"`;
   // How many times each event was applied.
-  await t.pool.query(`CREATE TABLE ${q}.applied (position bigint PRIMARY KEY, n int NOT NULL)`);
+  await t.pool.query(appliedTable(q));
   t.app.processor(
     NAME,
     { trigger: { onAppend: { debounce: { milliseconds: 10 } } }, batchSize: 10 },
     (events$, ctx) =>
       events$.pipe(
-        bulkWrite(
-          ctx.tx,
-          `INSERT INTO ${q}.applied AS a SELECT unnest($1::bigint[]), 1
-           ON CONFLICT (position) DO UPDATE SET n = a.n + 1`,
-          (events: StoredEvent[]) => [events.map((event) => event.position.toString())],
-        ),
+        countApplied(ctx.tx, q),
         concatMap((result) => {
           pages += 1;
           if (pages !== holdPage) return from([result]);
