@@ -83,20 +83,23 @@ export function redactUrl(databaseUrl: string): string {
   }
 }
 
-/** Throws one line naming `what` (the option) unless `databaseUrl` is a postgres:// URL. */
-export function checkDatabaseUrl(databaseUrl: string, what = 'database URL'): string {
+/**
+ * Throws one line naming `what` (the option) unless `databaseUrl` is a postgres:// URL;
+ * `expected` says what was wanted instead.
+ */
+export function checkDatabaseUrl(
+  databaseUrl: string,
+  what = 'database URL',
+  expected = 'postgres://user:password@host:port/database',
+): string {
   let url: URL;
   try {
     url = new URL(databaseUrl);
   } catch {
-    throw new ValidationError(
-      `${what} is not a valid URL: expected postgres://user:password@host:port/database`,
-    );
+    throw new ValidationError(`${what} is not a valid URL: expected ${expected}`);
   }
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
-    throw new ValidationError(
-      `${what} has protocol "${url.protocol}": expected postgres://user:password@host:port/database`,
-    );
+    throw new ValidationError(`${what} has protocol "${url.protocol}": expected ${expected}`);
   }
   return databaseUrl;
 }

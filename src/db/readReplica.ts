@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { ConnectionError, ValidationError } from '../errors.js';
 import {
   checkConnection,
+  checkDatabaseUrl,
   connectionFailure,
   createPool,
   describeTarget,
@@ -35,20 +36,11 @@ export interface Reads {
  * what the user set (`readUrl`, or `OUTBATCH_READ_URL`).
  */
 export function checkReadUrl(readUrl: string, name = 'readUrl'): string {
-  let url: URL;
-  try {
-    url = new URL(readUrl);
-  } catch {
-    throw new ValidationError(
-      `${name} is not a valid URL: expected postgres://user:password@host:port/database of a streaming replica`,
-    );
-  }
-  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
-    throw new ValidationError(
-      `${name} has protocol "${url.protocol}": expected postgres://user:password@host:port/database of a streaming replica`,
-    );
-  }
-  return readUrl;
+  return checkDatabaseUrl(
+    readUrl,
+    name,
+    'postgres://user:password@host:port/database of a streaming replica',
+  );
 }
 
 interface Identity {
