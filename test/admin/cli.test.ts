@@ -5,18 +5,26 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { CLI, databaseUrl, isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
 
-function freePort(): Promise<number> {
+/**
+ * The address the child's dashboard bound (`--port 0`), from what it prints: a port picked
+ * free here and released could be taken by another test file's server before the child
+ * bound it, and the test then talked to that one (seen in CI: a 401 from a dashboard with
+ * a token). `dashboard` prints "dashboard on <url>"; the worker logs "dashboard listening on <url>".
+ */
+function boundUrl(child: ChildProcess): Promise<string> {
   return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
+    let output = '';
+    const look = (chunk: Buffer) => {
+      output += chunk.toString();
+      const found = /dashboard (?:on|listening on) (http:\/\/127\.0\.0\.1:\d+)/.exec(output);
+      if (found) resolve(found[1]!);
+    };
+    child.stdout?.on('data', look);
+    child.stderr?.on('data', look);
+    child.once('exit', (code) => reject(new Error(`exited ${code} before serving: ${output}`)));
   });
 }
 
@@ -54,17 +62,17 @@ describe('dashboard CLI', () => {
   });
 
   it('outbatch dashboard serves /healthz and /metrics and stops on SIGTERM', async () => {
-    const port = await freePort();
-    const child = start(['--schema', t.schema, 'dashboard', '--port', String(port)]);
+    const child = start(['--schema', t.schema, 'dashboard', '--port', '0']);
     try {
+      const base = await boundUrl(child);
       const health = await until('/healthz', async () => {
-        const response = await fetch(`http://127.0.0.1:${port}/healthz`);
+        const response = await fetch(`${base}/healthz`);
         return response.ok ? response.json() : undefined;
       });
       assert.deepEqual(health, { status: 'ok' });
-      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const metrics = await (await fetch(`${base}/metrics`)).text();
       assert.match(metrics, /^outbatch_workers_alive 0$/m);
-      const refused = await fetch(`http://127.0.0.1:${port}/api/jobs/1/retry`, { method: 'POST' });
+      const refused = await fetch(`${base}/api/jobs/1/retry`, { method: 'POST' });
       assert.equal(refused.status, 403);
     } finally {
       child.kill('SIGTERM');
@@ -74,25 +82,28 @@ describe('dashboard CLI', () => {
 
   it('outbatch worker --dashboard counts the jobs it runs in /metrics', async () => {
     await t.app.defer('hello', {}, { queue: 'cli' });
-    const port = await freePort();
-    const child = start([
-      '--schema',
-      t.schema,
-      'worker',
-      '--app',
-      'test/admin/fixture-app.ts',
-      '--queue',
-      'cli',
-      '--dashboard',
-      '--port',
-      String(port),
-    ]);
+    const child = start(
+      [
+        '--schema',
+        t.schema,
+        'worker',
+        '--app',
+        'test/admin/fixture-app.ts',
+        '--queue',
+        'cli',
+        '--dashboard',
+        '--port',
+        '0',
+      ],
+      { LOG_LEVEL: 'info' },
+    );
     try {
+      const base = await boundUrl(child);
       await until('the job counted', async () => {
-        const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+        const text = await (await fetch(`${base}/metrics`)).text();
         return /^outbatch_jobs_completed_total\{task="hello"\} 1$/m.test(text) ? true : undefined;
       });
-      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const text = await (await fetch(`${base}/metrics`)).text();
       assert.match(text, /^outbatch_workers_alive 1$/m);
     } finally {
       child.kill('SIGTERM');
