@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 028_rebase_tx_ids_on_13
+-- Matches migration: 029_events_partitioned
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -296,6 +296,280 @@ BEGIN
   END IF;
 END;
 $fn$;
+
+-- ===========================================================================================
+-- The event log's lifecycle: partitions, archive, retention
+-- ===========================================================================================
+
+-- `events` is partitioned by position range, so that what every processor has long passed
+-- can be archived and dropped whole (a DROP TABLE, never a long DELETE), and vacuum and
+-- index upkeep touch the recent partitions only. docs/event-log.md is the operator's side.
+-- An upgrade with events already stored converts online (`outbatch events partition`,
+-- src/events/partitioning.ts), through the functions below. [029]
+
+-- The lifecycle's settings and state, one row.
+CREATE TABLE event_log (
+  only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  -- Events per partition, for partitions created from now on.
+  partition_size bigint NOT NULL DEFAULT 10000000 CHECK (partition_size BETWEEN 100 AND 1000000000000),
+  -- Partitions kept ready above the one appends currently fill.
+  partitions_ahead integer NOT NULL DEFAULT 2 CHECK (partitions_ahead BETWEEN 1 AND 100),
+  -- The highest (tx_id, position), in the readers' order, of every archived event: a reader
+  -- whose checkpoint is below it would miss archived events, and is refused.
+  archived_through_tx xid8 NOT NULL DEFAULT '0',
+  archived_through_position bigint NOT NULL DEFAULT 0
+);
+INSERT INTO event_log DEFAULT VALUES;
+
+-- Idempotency keys, unique across the whole partitioned log. PostgreSQL only enforces
+-- uniqueness on a partitioned table for keys that include the partition key (position),
+-- and a key must be unique whatever partition its event lands in; each partition also has
+-- its own unique index on idempotency_key, which answers "is this key stored?" fast.
+-- Filled by a trigger, so every path (append_events, COPY, other languages' INSERTs)
+-- registers its keys; an archive deletes the keys of the partitions it drops (the
+-- idempotency window is the retained log, see docs/event-log.md).
+CREATE TABLE event_keys (
+  idempotency_key text PRIMARY KEY,
+  position bigint NOT NULL
+);
+
+-- SECURITY DEFINER: appender roles (ops/sql/roles.sql) insert into events and need no
+-- right on event_keys. Two transactions appending the same new key at the same moment: the
+-- later one fails here (or on the partition's unique index) with a unique violation, as
+-- it did on events_idempotency_key_key before, and a retry returns the stored event.
+CREATE FUNCTION register_event_key() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+  INSERT INTO event_keys (idempotency_key, position) VALUES (NEW.idempotency_key, NEW.position);
+  RETURN NULL;
+END;
+$$;
+
+-- One row per archived partition: where its events went, and how to check the file.
+CREATE TABLE event_archives (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  partition text NOT NULL,
+  -- [from_position, to_position): the partition's range.
+  from_position bigint NOT NULL,
+  to_position bigint NOT NULL,
+  events bigint NOT NULL,
+  -- The highest (tx_id, position) in the partition, in the readers' order.
+  through_tx xid8 NOT NULL,
+  through_position bigint NOT NULL,
+  file text NOT NULL,
+  -- SHA-256 of the file's uncompressed NDJSON, as written and as read back.
+  sha256 text NOT NULL,
+  archived_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Retention: which events may leave the database. No row matching an event = kept forever.
+-- An event's policy is the matching row with the longest stream_prefix, a row naming its
+-- type before one for any type ('').
+CREATE TABLE event_retention (
+  stream_prefix text NOT NULL CHECK (length(stream_prefix) <= 200),
+  type text NOT NULL CHECK (length(type) <= 200),
+  -- NULL: forever.
+  keep_days integer CHECK (keep_days BETWEEN 1 AND 365000),
+  PRIMARY KEY (stream_prefix, type)
+);
+
+-- Creates one empty range partition [from_position, to_position) and attaches it. The
+-- partition gets the indexes the parent cannot hold (unique ones without position), and
+-- the CHECK that makes the ATTACH skip its scan. ATTACH takes SHARE UPDATE EXCLUSIVE on
+-- events (appends and reads go on) and ACCESS EXCLUSIVE on the default partition, which
+-- is empty unless partitions fell behind, so it is brief; the caller sets lock_timeout.
+-- SECURITY DEFINER: workers create partitions ahead without owning the table.
+CREATE FUNCTION create_event_partition(from_position bigint, to_position bigint)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+  name text := 'events_from_' || from_position;
+BEGIN
+  EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+  EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (position >= %s AND position < %s)',
+                 name, name || '_range', from_position, to_position);
+  EXECUTE format('CREATE UNIQUE INDEX %I ON %I (idempotency_key)', name || '_idempotency_key', name);
+  EXECUTE format('CREATE UNIQUE INDEX %I ON %I (stream, stream_version)', name || '_stream_version', name);
+  EXECUTE format('ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
+                 name, from_position, to_position);
+  EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', name, name || '_range');
+  RETURN name;
+END;
+$$;
+
+-- Keeps partitions_ahead partitions ready above the position appends have reached; returns
+-- the partitions it created (usually none). Cheap when nothing is due: it reads the
+-- sequence and the highest bound. Rows that landed in events_overflow (the default
+-- partition) because partitions fell behind stay there; new partitions start above them.
+CREATE FUNCTION create_event_partitions_ahead()
+RETURNS SETOF text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+  settings event_log%ROWTYPE;
+  reached bigint;
+  top bigint;
+BEGIN
+  IF (SELECT c.relkind FROM pg_class c WHERE c.oid = 'events'::regclass) <> 'p' THEN
+    RETURN;
+  END IF;
+  SELECT * INTO settings FROM event_log;
+  SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO reached FROM events_position_seq;
+  SELECT max(b.upper) INTO top FROM event_partition_bounds b;
+  top := greatest(coalesce(top, 1), (SELECT coalesce(max(o.position), 0) + 1 FROM events_overflow o));
+  WHILE top <= reached + settings.partitions_ahead * settings.partition_size LOOP
+    RETURN NEXT create_event_partition(top, top + settings.partition_size);
+    top := top + settings.partition_size;
+  END LOOP;
+END;
+$$;
+
+-- The range partitions of events with their bounds, in position order (the default
+-- partition, events_overflow, has none and is not listed).
+CREATE VIEW event_partition_bounds AS
+SELECT c.relname::text AS name,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''?(-?\d+)''?\)'))[1]::bigint AS lower,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''?(-?\d+)''?\)'))[1]::bigint AS upper
+FROM pg_class parent
+JOIN pg_inherits i ON i.inhparent = parent.oid
+JOIN pg_class c ON c.oid = i.inhrelid
+-- By name in this schema, not 'events'::regclass: a view stores that as the table's oid,
+-- which the conversion gives to the old table.
+WHERE parent.relname = 'events'
+  AND parent.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'event_log'::regclass)
+  AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT';
+
+-- Online conversion, step 1 of 3: a CHECK on the old table that proves every row is below
+-- `bound`, added NOT VALID (instant; new rows are checked). Step 2, run by the caller, is
+-- ALTER TABLE events VALIDATE CONSTRAINT events_partition_bound: it scans the table under
+-- SHARE UPDATE EXCLUSIVE, which appends and reads do not wait for. Step 3 is
+-- swap_events_to_partitioned(bound). `bound` must leave room for the appends that come
+-- before step 3 (the command picks the next multiple of partition_size at least one
+-- partition above the sequence); if they reach it, appends fail the CHECK, so step 3
+-- checks the room left and the command starts again with a higher bound.
+CREATE FUNCTION prepare_events_partitioning(bound bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+  IF (SELECT c.relkind FROM pg_class c WHERE c.oid = 'events'::regclass) = 'p' THEN
+    RAISE EXCEPTION 'events is already partitioned' USING ERRCODE = '55000';
+  END IF;
+  ALTER TABLE events DROP CONSTRAINT IF EXISTS events_partition_bound;
+  EXECUTE format('ALTER TABLE events ADD CONSTRAINT events_partition_bound CHECK (position >= 1 AND position < %s) NOT VALID', bound);
+END;
+$$;
+
+-- Step 3: one short transaction that renames the old table to events_from_1, creates the
+-- partitioned events over the same columns, defaults and checks, and attaches the old
+-- table as its first partition [1, bound). Catalog work only: the validated CHECK makes
+-- the ATTACH skip its scan, and the parent's indexes are the old table's (PostgreSQL
+-- attaches matching indexes instead of building them). It takes ACCESS EXCLUSIVE on the
+-- old table for those milliseconds; the caller sets lock_timeout and retries. The identity
+-- becomes a sequence of the same name (PostgreSQL before 17 has no identity columns on
+-- partitioned tables), continuing where the identity stopped. Grants on the table and the
+-- sequence are carried over. The old table keeps its own unique indexes on
+-- idempotency_key and (stream, stream_version), which answer for its rows; keys appended
+-- from now on are registered in event_keys.
+CREATE FUNCTION swap_events_to_partitioned(bound bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+  old_sequence regclass;
+  reached bigint;
+  called boolean;
+  grant_row record;
+  sequence_privileges text[];
+  sequence_grantees oid[];
+  size bigint := (SELECT partition_size FROM event_log);
+BEGIN
+  IF (SELECT c.relkind FROM pg_class c WHERE c.oid = 'events'::regclass) = 'p' THEN
+    RAISE EXCEPTION 'events is already partitioned' USING ERRCODE = '55000';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                 WHERE conrelid = 'events'::regclass AND conname = 'events_partition_bound' AND convalidated
+                   AND pg_get_constraintdef(oid) = format('CHECK ((("position" >= 1) AND ("position" < %s)))', bound)) THEN
+    RAISE EXCEPTION 'events has no validated events_partition_bound CHECK below %: run prepare_events_partitioning(%) and VALIDATE it first', bound, bound
+      USING ERRCODE = '55000';
+  END IF;
+  LOCK TABLE events IN ACCESS EXCLUSIVE MODE;
+  old_sequence := pg_get_serial_sequence('events', 'position')::regclass;
+  EXECUTE format('SELECT last_value, is_called FROM %s', old_sequence) INTO reached, called;
+  -- Less than a tenth of a partition of room left: start again with a higher bound.
+  IF bound - reached < greatest(size / 10, 100) THEN
+    RAISE EXCEPTION 'events reached position % while the bound % was validated: run the conversion again', reached, bound
+      USING ERRCODE = '55000';
+  END IF;
+
+  -- Dropping the identity drops its sequence: its grants are read first.
+  SELECT array_agg(a.privilege_type), array_agg(a.grantee) INTO sequence_privileges, sequence_grantees
+  FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = old_sequence AND a.grantee <> c.relowner;
+  ALTER TABLE events ALTER COLUMN position DROP IDENTITY;
+  ALTER TABLE events RENAME TO events_from_1;
+  ALTER INDEX events_pkey RENAME TO events_from_1_pkey;
+  ALTER INDEX events_tx_id_position RENAME TO events_from_1_tx_id_position_idx;
+  ALTER INDEX events_type RENAME TO events_from_1_type_tx_id_position_idx;
+  ALTER INDEX events_idempotency_key_key RENAME TO events_from_1_idempotency_key;
+  ALTER INDEX events_stream_version RENAME TO events_from_1_stream_version;
+
+  CREATE SEQUENCE events_position_seq;
+  PERFORM setval('events_position_seq', reached, called);
+  CREATE TABLE events (LIKE events_from_1 INCLUDING DEFAULTS INCLUDING CONSTRAINTS) PARTITION BY RANGE (position);
+  ALTER TABLE events DROP CONSTRAINT events_partition_bound;
+  ALTER TABLE events ALTER COLUMN position SET DEFAULT nextval('events_position_seq');
+  ALTER SEQUENCE events_position_seq OWNED BY events.position;
+  ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (position);
+  -- The readers' order, and the checkpoint's key; the type filter's walk.
+  CREATE INDEX events_tx_id_position ON events (tx_id, position);
+  CREATE INDEX events_type ON events (type, tx_id, position);
+  CREATE TRIGGER events_register_key AFTER INSERT ON events
+    FOR EACH ROW WHEN (NEW.idempotency_key IS NOT NULL) EXECUTE FUNCTION register_event_key();
+  CREATE TABLE events_overflow PARTITION OF events DEFAULT;
+  CREATE UNIQUE INDEX events_overflow_idempotency_key ON events_overflow (idempotency_key);
+  CREATE UNIQUE INDEX events_overflow_stream_version ON events_overflow (stream, stream_version);
+  EXECUTE format('ALTER TABLE events ATTACH PARTITION events_from_1 FOR VALUES FROM (1) TO (%s)', bound);
+  ALTER TABLE events_from_1 DROP CONSTRAINT events_partition_bound;
+
+  FOR grant_row IN
+    SELECT a.privilege_type, a.grantee FROM pg_class c, aclexplode(c.relacl) a
+    WHERE c.oid = 'events_from_1'::regclass AND a.grantee <> c.relowner
+  LOOP
+    EXECUTE format('GRANT %s ON events TO %s', grant_row.privilege_type,
+                   CASE WHEN grant_row.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grant_row.grantee)) END);
+  END LOOP;
+  FOR grant_row IN SELECT * FROM unnest(sequence_privileges, sequence_grantees) AS g(privilege_type, grantee) LOOP
+    EXECUTE format('GRANT %s ON SEQUENCE events_position_seq TO %s', grant_row.privilege_type,
+                   CASE WHEN grant_row.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grant_row.grantee)) END);
+  END LOOP;
+END;
+$$;
+
+-- events is created above as a plain table and converted here, by the same functions an
+-- upgrade runs, so both roads name every partition, index and constraint alike: the
+-- result is the partitioned events (range partitions events_from_<first position>, and
+-- events_overflow, the default), its sequence events_position_seq, and the trigger
+-- events_register_key. [029]
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM events) THEN
+    PERFORM prepare_events_partitioning((SELECT partition_size FROM event_log));
+    ALTER TABLE events VALIDATE CONSTRAINT events_partition_bound;
+    PERFORM swap_events_to_partitioned((SELECT partition_size FROM event_log));
+    PERFORM create_event_partitions_ahead();
+  END IF;
+END;
+$$;
 
 -- ===========================================================================================
 -- Workers and tasks: who runs jobs, what they know, how it went
@@ -741,7 +1015,9 @@ CREATE INDEX audit_log_at ON audit_log (at);
 --                                    filtered processor moves to the read horizon, xmin - 1),
 --                                    which the shared dense rank keeps in place: between the
 --                                    same two event ids, or ahead of all of them;
---   processor_dead_letters.tx_id     a copy of its event's id: it stays equal to it.
+--   processor_dead_letters.tx_id     a copy of its event's id: it stays equal to it;
+--   event_log.archived_through_tx,   the archived horizon and each archive's highest id:
+--   event_archives.through_tx        readers' checkpoints are compared with them. [029]
 -- Rebasing events.tx_id alone (as 010 did) left processor checkpoints on the old cluster's
 -- higher ids: a new event sorted before every checkpoint, was processed by nothing, and
 -- status reported lag 0. A table added later that holds tx ids adds a UNION ALL line here,
@@ -762,7 +1038,11 @@ SELECT tx_id FROM events
 UNION ALL
 SELECT checkpoint_tx FROM processors WHERE checkpoint_tx <> '0'::xid8
 UNION ALL
-SELECT tx_id FROM processor_dead_letters;
+SELECT tx_id FROM processor_dead_letters
+UNION ALL
+SELECT archived_through_tx FROM event_log WHERE archived_through_tx <> '0'::xid8
+UNION ALL
+SELECT through_tx FROM event_archives;
 
 -- One transaction per call, each taking a transaction id: moves the server's counter past
 -- the range the rebased ids will occupy. The caller turns synchronous_commit off first.
@@ -801,7 +1081,7 @@ BEGIN
   -- Workers should be stopped; a page that runs anyway either waits (its checkpoint save
   -- then finds the row moved and rolls the page back) or meets a deadlock that PostgreSQL
   -- resolves by rolling one side back whole: never a half-rebased schema.
-  LOCK TABLE events, processor_dead_letters, processors IN SHARE ROW EXCLUSIVE MODE;
+  LOCK TABLE events, processor_dead_letters, processors, event_log, event_archives IN SHARE ROW EXCLUSIVE MODE;
   CREATE TEMP TABLE tx_id_map ON COMMIT DROP AS
   SELECT old, (2 + dense_rank() OVER (ORDER BY old))::text::xid8 AS new
   FROM (SELECT DISTINCT tx_id AS old FROM stored_tx_ids WHERE tx_id <> '0'::xid8) ids;
@@ -820,6 +1100,8 @@ BEGIN
   GET DIAGNOSTICS checkpoints_updated = ROW_COUNT;
   UPDATE processor_dead_letters d SET tx_id = m.new FROM tx_id_map m WHERE d.tx_id = m.old;
   GET DIAGNOSTICS dead_letters_updated = ROW_COUNT;
+  UPDATE event_log l SET archived_through_tx = m.new FROM tx_id_map m WHERE l.archived_through_tx = m.old;
+  UPDATE event_archives a SET through_tx = m.new FROM tx_id_map m WHERE a.through_tx = m.old;
   RETURN NEXT;
 END;
 $$;

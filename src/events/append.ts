@@ -138,7 +138,7 @@ export function appendFailure(error: unknown): unknown {
     };
     return new ConcurrencyError(detail.stream, detail.expected, detail.actual, { cause: error });
   }
-  if (code === '23505' && (error as { constraint?: string }).constraint === 'events_idempotency_key_key') {
+  if (code === '23505' && isIdempotencyKeyIndex((error as { constraint?: string }).constraint)) {
     return new IdempotencyConflictError(
       'another transaction appended an event with the same idempotency key at the same time and committed first: retry the transaction to get the stored event',
       { cause: error },
@@ -148,4 +148,16 @@ export function appendFailure(error: unknown): unknown {
     return new ValidationError((error as Error).message, { cause: error });
   }
   return error;
+}
+
+/**
+ * The unique indexes a racing duplicate key can fail on: event_keys' (the whole log's,
+ * schema/029), a partition's own, or the unpartitioned table's.
+ */
+function isIdempotencyKeyIndex(constraint: string | undefined): boolean {
+  return (
+    constraint === 'event_keys_pkey' ||
+    constraint === 'events_idempotency_key_key' ||
+    (constraint?.startsWith('events_') === true && constraint.endsWith('_idempotency_key'))
+  );
 }
