@@ -30,6 +30,13 @@ export class ConnectionError extends OutbatchError {
 }
 
 /** The database's migrations do not match this code (pending, newer, or edited). */
+/** The online conversion of events to partitions could not finish; running it again is safe. */
+export class ConversionError extends OutbatchError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('OUTBATCH_CONVERSION', message, options);
+  }
+}
+
 export class MigrationError extends OutbatchError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('OUTBATCH_MIGRATION', message, options);

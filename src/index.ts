@@ -15,6 +15,7 @@ export {
   AlreadyEnqueued,
   ConcurrencyError,
   ConnectionError,
+  ConversionError,
   EmbeddedServerError,
   type ExpectedVersion,
   IdempotencyConflictError,
@@ -37,6 +38,8 @@ export type { Events, EventsOptions } from './events/events.js';
 export type { EventFilter } from './events/filter.js';
 export { eventsChannel, type FollowOptions } from './events/follow.js';
 export type { Head } from './events/head.js';
+export type { EventLogStatus, EventPartition } from './events/logStatus.js';
+export type { ConvertOptions, ConvertStep, EventsLayout } from './events/partitioning.js';
 export type { ReadOptions, ReadPage } from './events/read.js';
 export type { StoredEvent } from './events/storedEvent.js';
 export type { StreamOptions } from './events/stream.js';

@@ -313,7 +313,7 @@ CREATE TABLE event_log (
   -- Events per partition, for partitions created from now on.
   partition_size bigint NOT NULL DEFAULT 10000000 CHECK (partition_size BETWEEN 100 AND 1000000000000),
   -- Partitions kept ready above the one appends currently fill.
-  partitions_ahead integer NOT NULL DEFAULT 2 CHECK (partitions_ahead BETWEEN 1 AND 100),
+  partitions_ahead integer NOT NULL DEFAULT 2 CHECK (partitions_ahead BETWEEN 1 AND 1000),
   -- The highest (tx_id, position), in the readers' order, of every archived event: a reader
   -- whose checkpoint is below it would miss archived events, and is refused.
   archived_through_tx xid8 NOT NULL DEFAULT '0',
@@ -405,7 +405,8 @@ $$;
 
 -- Keeps partitions_ahead partitions ready above the position appends have reached; returns
 -- the partitions it created (usually none). Cheap when nothing is due: it reads the
--- sequence and the highest bound. Rows that landed in events_overflow (the default
+-- sequence and the highest bound. Workers call it on every maintenance pass, with a short
+-- lock_timeout, in a transaction of its own. Rows that landed in events_overflow (the default
 -- partition) because partitions fell behind stay there; new partitions start above them.
 CREATE FUNCTION create_event_partitions_ahead()
 RETURNS SETOF text
@@ -418,13 +419,23 @@ DECLARE
   reached bigint;
   top bigint;
 BEGIN
-  IF (SELECT c.relkind FROM pg_class c WHERE c.oid = 'events'::regclass) <> 'p' THEN
+  -- One creator at a time: a worker that finds another at it has nothing to do.
+  IF (SELECT c.relkind FROM pg_class c WHERE c.oid = 'events'::regclass) <> 'p'
+     OR NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '.create_event_partitions_ahead')) THEN
     RETURN;
   END IF;
   SELECT * INTO settings FROM event_log;
   SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO reached FROM events_position_seq;
   SELECT max(b.upper) INTO top FROM event_partition_bounds b;
-  top := greatest(coalesce(top, 1), (SELECT coalesce(max(o.position), 0) + 1 FROM events_overflow o));
+  -- Appends outran the partitions (no worker ran for a while), or are about to: positions
+  -- from top up go to events_overflow, and an append already routed there fails (a
+  -- partition constraint violation) if the partition attached meanwhile covers its row.
+  -- So the next partition starts clear of every position an append in flight may hold:
+  -- 100 000 above the sequence (bigger batches are COPY's 10 000s); the positions below it
+  -- go to events_overflow, where they stay.
+  IF top IS NULL OR top < reached + 100000 THEN
+    top := greatest(coalesce(top, 1), reached + 100000, (SELECT coalesce(max(o.position), 0) + 1 FROM events_overflow o));
+  END IF;
   WHILE top <= reached + settings.partitions_ahead * settings.partition_size LOOP
     RETURN NEXT create_event_partition(top, top + settings.partition_size);
     top := top + settings.partition_size;

@@ -9,6 +9,8 @@ import { makeFollow } from './follow.js';
 import { makeGet } from './get.js';
 import { makeHead } from './head.js';
 import { makeLast } from './last.js';
+import { eventLogStatus } from './logStatus.js';
+import { type ConvertOptions, convertToPartitioned, setPartitionSize } from './partitioning.js';
 import { makeRead } from './read.js';
 import { rebaseTxIds } from './rebaseTxIds.js';
 import { makeStream } from './stream.js';
@@ -62,6 +64,12 @@ export function makeEvents(deps: {
     }),
     /** Throws TxIdHorizonError after a logical restore; see txIdHorizon.ts. */
     checkTxIdHorizon: async () => checkTxIdHorizon(await pool(), deps.schema),
+    /** Converts a stored, unpartitioned log to the partitioned layout, online; see docs/event-log.md. */
+    partition: async (options?: ConvertOptions) => convertToPartitioned(await pool(), deps.schema, options),
+    /** Events per partition for partitions created from now on. */
+    setPartitionSize: async (size: number) => setPartitionSize(await pool(), deps.schema, size),
+    /** Partitions, size, archived horizon (estimates: no count over the whole log). */
+    logStatus: async () => eventLogStatus(await pool(), deps.schema),
     /** The way out of a TxIdHorizonError (stop workers first); see rebaseTxIds.ts. */
     rebaseTxIds: async (onProgress?: (consumed: number, total: number) => void) =>
       rebaseTxIds(await pool(), deps.schema, onProgress),

@@ -1,13 +1,15 @@
 /**
  * The worker's upkeep, on the control pool beside the claim loop: the heartbeat that
  * keeps its jobs from looking dirty, and the maintenance pass — recovering other workers'
- * dirty jobs, reconciling its own, purging kept rows, pruning silent workers.
+ * dirty jobs, reconciling its own, purging kept rows, pruning silent workers, keeping
+ * event partitions ready ahead of the appends.
  */
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { exhaustMap, from, Subject, takeUntil, timer } from 'rxjs';
 import { withDeadline } from '../db/deadline.js';
 import { LOCK_NOT_AVAILABLE, sqlState } from '../db/retryable.js';
+import { createPartitionsAhead } from '../events/partitioning.js';
 import { pruneHistory, pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { type RecoveredJob, recoverStalledJobs } from '../jobs/recover.js';
 import type { WorkerSettings } from './options.js';
@@ -127,6 +129,21 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
     await purgeSucceeded(control, schema, dbNow()).catch(logFailure('purging kept succeeded jobs'));
     await pruneWorkers(control, schema, dbNow()).catch(logFailure('pruning silent workers'));
     await pruneTables().catch(logFailure('pruning history tables'));
+    await createPartitionsAhead(control, schema)
+      .then((created) => {
+        if (created.length > 0)
+          log.info({ partitions: created }, 'created event partitions ahead of the appends');
+      })
+      .catch(partitionFailure);
+  }
+
+  // A lock timeout (a long read holds the default partition) is routine: the next pass
+  // has time enough, partitions are made two ahead. Anything else is said once.
+  let partitionFailureLogged = false;
+  function partitionFailure(error: unknown): void {
+    if (sqlState(error) === LOCK_NOT_AVAILABLE || partitionFailureLogged) return;
+    partitionFailureLogged = true;
+    logFailure('creating event partitions ahead')(error);
   }
 
   const logFailure = (what: string) => (error: unknown) => {

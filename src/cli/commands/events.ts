@@ -1,10 +1,11 @@
-/** `outbatch events`: tail, show and rebase-tx-ids on the event log. */
+/** `outbatch events`: tail, show, partition(s) and rebase-tx-ids on the event log. */
 import type { Command } from 'commander';
 import { fromEvent, lastValueFrom, takeUntil, tap } from 'rxjs';
 import { ValidationError } from '../../errors.js';
 import { parseCheckpoint } from '../../events/checkpoint.js';
 import type { StoredEvent } from '../../events/storedEvent.js';
 import { jsonReplacer, runCommand } from '../context.js';
+import { formatBytes } from '../format.js';
 import { parseCount } from '../parse.js';
 
 interface TailFlags {
@@ -81,6 +82,77 @@ export function registerEvents(program: Command): void {
             `data            ${JSON.stringify(event.data, null, 2)}`,
           ].join('\n'),
           event,
+        );
+      }),
+    );
+
+  events
+    .command('partitions')
+    .description('list the partitions of the event log, its size and the archived horizon')
+    .action((_flags: unknown, command: Command) =>
+      runCommand(command, async ({ app, print }) => {
+        const status = await app.events.logStatus();
+        const lines =
+          status.layout === 'unpartitioned'
+            ? [
+                `events is one unpartitioned table: ~${status.estimatedEvents} events, ${formatBytes(status.bytes)}`,
+                'convert it online with: outbatch events partition',
+              ]
+            : [
+                `${status.partitions.length} partitions, ~${status.estimatedEvents} events, ${formatBytes(status.bytes)}; ` +
+                  `position ${status.reachedPosition} reached; new partitions hold ${status.partitionSize} events, ${status.partitionsAhead} kept ahead`,
+                `archived through ${status.archivedThrough ?? '- (nothing archived)'}`,
+                ...status.partitions.map(
+                  (p) =>
+                    `  ${p.name.padEnd(28)} ${p.lower === null ? 'default (overflow)'.padEnd(30) : `[${p.lower}, ${p.upper})`.padEnd(30)} ~${String(p.estimatedEvents).padStart(10)} events  ${formatBytes(p.bytes)}`,
+                ),
+                ...(status.overflowEvents > 0
+                  ? [
+                      `${status.overflowEvents} events are in events_overflow: partitions fell behind the appends (is a worker running?)`,
+                    ]
+                  : []),
+              ];
+        print(lines.join('\n'), status);
+      }),
+    );
+
+  events
+    .command('partition')
+    .description(
+      'convert an unpartitioned event log to partitions by position, online (appends and reads go on)',
+    )
+    .option('--size <events>', 'events per partition from now on (default 10000000)')
+    .option('--lock-timeout <ms>', 'how long each attempt at the final swap waits for its lock', '2000')
+    .action((flags: { size?: string; lockTimeout: string }, command: Command) =>
+      runCommand(command, async ({ app, print, json }) => {
+        const size = flags.size === undefined ? undefined : parseCount(flags.size, '--size', 100, 1e12);
+        const lockTimeoutMs = parseCount(flags.lockTimeout, '--lock-timeout', 1, 600_000);
+        const say = (text: string) => {
+          if (!json) process.stderr.write(`${text}\n`);
+        };
+        const started = Date.now();
+        const result = await app.events.partition({
+          ...(size !== undefined && { partitionSize: size }),
+          lockTimeoutMs,
+          onProgress: (step) => {
+            if (step.step === 'validating') {
+              say(
+                `checking that the ${step.events} stored events are below position ${step.bound} (a scan; appends and reads go on)...`,
+              );
+            } else if (step.step === 'waiting') {
+              say(`attempt ${step.attempt}: ${step.reason}; trying again`);
+            } else if (step.step === 'swapping' && step.attempt === 1) {
+              say(
+                `checked in ${((Date.now() - started) / 1000).toFixed(1)} s; swapping in the partitioned table...`,
+              );
+            }
+          },
+        });
+        print(
+          result.converted
+            ? `events is partitioned by position; created ${result.partitions.join(', ') || 'no new partition'}`
+            : 'events is already partitioned: nothing to do',
+          result,
         );
       }),
     );

@@ -1,0 +1,346 @@
+/**
+ * The partitioned event log (schema/029): appends, reads, streams and idempotency keys
+ * across partition boundaries, partitions created ahead by the worker, and the online
+ * conversion of a stored log of two million events while appenders and a processor run.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import pg from 'pg';
+import { loadMigrations } from '../../src/db/migrate.js';
+import { createPartitionsAhead, eventsLayout } from '../../src/events/partitioning.js';
+import { createApp, createLogger } from '../../src/index.js';
+import { appliedTable, countApplied, databaseUrl, isolatedApp, runCli, uniqueSchema } from '../helpers.js';
+import { waitFor } from '../jobs/support.js';
+
+const pool = new pg.Pool({ connectionString: databaseUrl(), max: 8 });
+const cleanups: (() => Promise<void>)[] = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+  await pool.end();
+});
+
+/** Moves the position sequence so the next appends land just below `position`. */
+async function jumpTo(schema: string, position: number) {
+  await pool.query(`SELECT setval('"${schema}".events_position_seq', $1)`, [position - 1]);
+}
+
+async function partitionsOf(schema: string): Promise<string[]> {
+  const { rows } = await pool.query(
+    `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = '"${schema}".events'::regclass ORDER BY 1`,
+  );
+  return rows.map((row) => row.relname as string);
+}
+
+describe('a partitioned event log', () => {
+  it('is the layout of a new schema, with partitions ready ahead', async () => {
+    const t = await isolatedApp('part_new');
+    cleanups.push(t.cleanup);
+    assert.equal(await eventsLayout(pool, t.schema), 'partitioned');
+    assert.deepEqual(await partitionsOf(t.schema), [
+      'events_from_1',
+      'events_from_10000000',
+      'events_from_20000000',
+      'events_overflow',
+    ]);
+    const status = await t.app.events.logStatus();
+    assert.equal(status.layout, 'partitioned');
+    assert.equal(status.partitions.length, 4);
+    assert.equal(status.archivedThrough, null);
+    // Nothing due: a second call creates nothing.
+    assert.deepEqual(await createPartitionsAhead(pool, t.schema), []);
+  });
+
+  it('keeps order, stream versions and idempotency keys across partition boundaries', async () => {
+    const t = await isolatedApp('part_bounds');
+    cleanups.push(t.cleanup);
+    const q = `"${t.schema}"`;
+    await jumpTo(t.schema, 29_999_990);
+    // Partitions of 100 above 30 000 000, then appends through several of them: single,
+    // keyed, batched, and by COPY (1000 and more).
+    await pool.query(
+      `SELECT ${q}.create_event_partition(p, p + 100) FROM generate_series(30000000, 30001900, 100) p`,
+    );
+    const keyed = await t.app.events.append({ stream: 'a', type: 'T', data: 0, idempotencyKey: 'k-first' });
+    for (let i = 1; i <= 20; i++) await t.app.events.append({ stream: 'a', type: 'T', data: i });
+    await t.app.events.append(
+      Array.from({ length: 50 }, (_, i) => ({ stream: `b-${i % 3}`, type: 'U', data: i })),
+    );
+    await t.app.events.append(
+      Array.from({ length: 1200 }, (_, i) => ({ stream: `c-${i % 7}`, type: 'V', data: i })),
+    );
+    // The key stored partitions ago is found: the duplicate returns the stored event.
+    const again = await t.app.events.append({ stream: 'a', type: 'T', data: 99, idempotencyKey: 'k-first' });
+    assert.equal(again.duplicate, true);
+    assert.equal(again.position, keyed.position);
+
+    const partitions = await partitionsOf(t.schema);
+    assert.ok(partitions.length >= 15, `appends spread over ${partitions.length} partitions`);
+    const { rows: spread } = await pool.query(
+      `SELECT tableoid::regclass::text AS partition, count(*)::int AS n FROM ${q}.events GROUP BY 1`,
+    );
+    assert.ok(spread.length >= 13, `events are in ${spread.length} partitions`);
+    assert.equal(
+      spread.find((row) => row.partition.endsWith('events_overflow')),
+      undefined,
+    );
+
+    // read() walks every partition in (tx_id, position) order, nothing missing or repeated.
+    const seen: bigint[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await t.app.events.read({ ...(after && { after }), limit: 97 });
+      seen.push(...page.events.map((e) => e.position));
+      if (page.events.length === 0) break;
+      after = page.checkpoint;
+    }
+    assert.equal(seen.length, 1 + 20 + 50 + 1200);
+    assert.equal(new Set(seen).size, seen.length);
+    // Stream versions stay contiguous across partitions.
+    const { rows: versions } = await pool.query(
+      `SELECT stream, count(*)::int AS n, max(stream_version)::int AS top FROM ${q}.events GROUP BY stream`,
+    );
+    for (const row of versions) assert.equal(row.top, row.n, `stream ${row.stream}`);
+    const stream = await t.app.events.stream('c-3');
+    assert.deepEqual(
+      stream.map((e) => e.streamVersion),
+      Array.from({ length: stream.length }, (_, i) => i + 1),
+    );
+  });
+
+  it('stores one event for two transactions racing with the same key on either side of a boundary', async () => {
+    const t = await isolatedApp('part_race');
+    cleanups.push(t.cleanup);
+    const q = `"${t.schema}"`;
+    await jumpTo(t.schema, 9_999_999);
+    const first = await pool.connect();
+    try {
+      await first.query('BEGIN');
+      // The first transaction's event takes the last position of events_from_1 …
+      const held = await t.app.events.append(
+        { stream: 's', type: 'T', data: 1, idempotencyKey: 'race' },
+        { client: first },
+      );
+      assert.equal(held.position, 9_999_999n);
+      // … the second, while the first is open, lands in events_from_10000000, where that
+      // partition's own index cannot see the first: event_keys does, and makes it wait.
+      const second = t.app.events.append({ stream: 'other', type: 'T', data: 2, idempotencyKey: 'race' });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await first.query('COMMIT');
+      const stored = await second;
+      assert.equal(stored.duplicate, true);
+      assert.equal(stored.position, 9_999_999n);
+    } finally {
+      first.release();
+    }
+    const { rows } = await pool.query(
+      `SELECT count(*)::int AS n FROM ${q}.events WHERE idempotency_key = 'race'`,
+    );
+    assert.equal(rows[0].n, 1);
+  });
+
+  it('lands appends in events_overflow, never failing them, when partitions fell behind; the worker catches up above them', async () => {
+    const t = await isolatedApp('part_overflow');
+    cleanups.push(t.cleanup);
+    const q = `"${t.schema}"`;
+    await jumpTo(t.schema, 30_000_000); // above every partition made ahead
+    const late = await t.app.events.append([{ stream: 's', type: 'T', data: 1 }]);
+    const { rows } = await pool.query(
+      `SELECT tableoid::regclass::text AS p FROM ${q}.events WHERE position = $1`,
+      [late[0]!.position.toString()],
+    );
+    assert.match(rows[0].p, /events_overflow$/);
+    assert.equal((await t.app.events.logStatus()).overflowEvents, 1);
+    // The worker's pass makes partitions clear of any append in flight: the positions up to
+    // them go on landing in events_overflow, without an error.
+    const created = await createPartitionsAhead(pool, t.schema);
+    assert.ok(created.length >= 2);
+    const start = Number(created[0]!.replace('events_from_', ''));
+    assert.ok(start >= 30_100_000, `the first new partition starts at ${start}`);
+    await t.app.events.append({ stream: 's', type: 'T', data: 2 });
+    await jumpTo(t.schema, start);
+    const next = await t.app.events.append({ stream: 's', type: 'T', data: 3 });
+    const { rows: where } = await pool.query(
+      `SELECT tableoid::regclass::text AS p FROM ${q}.events WHERE position = $1`,
+      [next.position.toString()],
+    );
+    assert.match(where[0].p, new RegExp(`${created[0]}$`));
+    assert.equal((await t.app.events.logStatus()).overflowEvents, 2);
+    assert.deepEqual(
+      (await t.app.events.read({})).events.map((e) => e.data),
+      [1, 2, 3],
+    );
+  });
+
+  it('is converted online from a stored log of two million events while appenders and a processor run', async () => {
+    const schema = uniqueSchema('part_convert');
+    const q = `"${schema}"`;
+    const app = createApp({ databaseUrl: databaseUrl(), schema, logger: createLogger({ level: 'silent' }) });
+    cleanups.push(async () => {
+      await app.close();
+      await pool.query(`DROP SCHEMA IF EXISTS ${q} CASCADE`);
+    });
+    // An install from before 029, with events stored: the migration leaves them as they are.
+    await migrateUpTo(schema, 28);
+    await pool.query(
+      `INSERT INTO ${q}.events (stream, stream_version, type, data, idempotency_key)
+       SELECT 'legacy-' || (i % 1000), i / 1000 + 1, CASE WHEN i % 50 = 0 THEN 'Counted' ELSE 'Old' END,
+              jsonb_build_object('i', i), CASE WHEN i % 100000 = 0 THEN 'legacy-key-' || i END
+       FROM generate_series(0, 1999999) i;
+       INSERT INTO ${q}.streams (stream, version)
+       SELECT 'legacy-' || s, 2000 FROM generate_series(0, 999) s;
+       ANALYZE ${q}.events`,
+    );
+    await app.migrate();
+    assert.equal(await eventsLayout(pool, schema), 'unpartitioned');
+    // Partitions of 1000 after the conversion, made 200 ahead: the worker's pass keeps up
+    // with two appenders without any append landing in events_overflow.
+    await pool.query(`UPDATE ${q}.event_log SET partitions_ahead = 200`);
+
+    await pool.query(appliedTable(q));
+    app.processor(
+      'counter',
+      { types: ['Counted'], trigger: { onAppend: { debounce: { milliseconds: 20 } } } },
+      (events$, ctx) => events$.pipe(countApplied(ctx.tx, q)),
+    );
+    const stop = new AbortController();
+    const worker = app.run({
+      concurrency: 2,
+      signal: stop.signal,
+      pollInterval: 50,
+      recoverInterval: { milliseconds: 200 },
+    });
+
+    // Two appenders the whole time: singles, keyed ones (some repeated), batches and COPY.
+    let appending = true;
+    let appended = 0;
+    const failures: unknown[] = [];
+    const appender = async (id: number) => {
+      for (let round = 0; appending; round++) {
+        try {
+          if (round % 10 === 9) {
+            const batch = Array.from({ length: 1000 }, (_, i) => ({
+              stream: `new-${id}-${i % 5}`,
+              type: 'Counted',
+              data: i,
+            }));
+            const stored = await app.events.append(batch);
+            appended += stored.length;
+          } else {
+            const key = round % 3 === 0 ? `key-${id}-${Math.floor(round / 6)}` : undefined;
+            const stored = await app.events.append({
+              stream: `new-${id}`,
+              type: 'Counted',
+              data: round,
+              ...(key && { idempotencyKey: key }),
+            });
+            if (!stored.duplicate) appended += 1;
+          }
+        } catch (error) {
+          failures.push(error);
+        }
+      }
+    };
+    const appenders = [appender(1), appender(2)];
+    await new Promise((resolve) => setTimeout(resolve, 500));
+
+    const converted = await runCli(['events', 'partition', '--size', '1000', '--lock-timeout', '500'], {
+      DATABASE_URL: databaseUrl(),
+      OUTBATCH_SCHEMA: schema,
+    });
+    assert.equal(converted.code, 0, converted.stderr);
+    assert.match(converted.stdout, /events is partitioned by position/);
+    assert.match(converted.stderr, /checking that the \d+ stored events are below position/);
+    assert.equal(await eventsLayout(pool, schema), 'partitioned');
+    // The old table has room above its rows for the appends during the scan (a tenth of
+    // it): skip to its end, so that the appends go on into several new partitions.
+    const { rows: first } = await pool.query(
+      `SELECT upper FROM ${q}.event_partition_bounds WHERE name = 'events_from_1'`,
+    );
+    await jumpTo(schema, Number(first[0].upper) - 500);
+    const filled = async () =>
+      (await pool.query(`SELECT count(DISTINCT tableoid)::int AS n FROM ${q}.events`)).rows[0].n as number;
+    await waitFor('appends to fill several new partitions', async () => (await filled()) >= 5, 60_000);
+    appending = false;
+    await Promise.all(appenders);
+    assert.deepEqual(failures, []);
+
+    const { rows: totals } = await pool.query(
+      `SELECT count(*)::int AS n, count(DISTINCT position)::int AS distinct_positions,
+              count(*) FILTER (WHERE type = 'Counted')::int AS counted FROM ${q}.events`,
+    );
+    assert.equal(totals[0].n, 2_000_000 + appended);
+    assert.equal(totals[0].distinct_positions, totals[0].n);
+    // Every Counted event applied exactly once, across the old table and the new partitions.
+    await waitFor(
+      'the processor to catch up',
+      async () =>
+        Number((await pool.query(`SELECT count(*) FROM ${q}.applied`)).rows[0].count) === totals[0].counted,
+      120_000,
+    );
+    const { rows: twice } = await pool.query(`SELECT count(*)::int AS n FROM ${q}.applied WHERE n <> 1`);
+    assert.equal(twice[0].n, 0);
+    stop.abort();
+    await worker;
+    // Keys from before the conversion still answer as duplicates.
+    const legacy = await app.events.append({
+      stream: 'x',
+      type: 'T',
+      data: 0,
+      idempotencyKey: 'legacy-key-100000',
+    });
+    assert.equal(legacy.duplicate, true);
+    assert.equal(legacy.position, 100_001n);
+    const status = await runCli(['events', 'partitions'], {
+      DATABASE_URL: databaseUrl(),
+      OUTBATCH_SCHEMA: schema,
+    });
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /events_from_1 +\[1, \d+\)/);
+    // Once is enough: a second run says so.
+    const again = await runCli(['events', 'partition'], {
+      DATABASE_URL: databaseUrl(),
+      OUTBATCH_SCHEMA: schema,
+    });
+    assert.match(again.stdout, /already partitioned/);
+  });
+
+  it('refuses a bad partition size in one line, changing nothing', async () => {
+    const t = await isolatedApp('part_bad');
+    cleanups.push(t.cleanup);
+    await assert.rejects(
+      t.app.events.setPartitionSize(5),
+      /partition size 5 is invalid: use a whole number of events from 100/,
+    );
+    const cli = await runCli(['events', 'partition', '--size', 'lots'], {
+      DATABASE_URL: databaseUrl(),
+      OUTBATCH_SCHEMA: t.schema,
+    });
+    assert.equal(cli.code, 2);
+    assert.match(cli.stderr, /--size/);
+    assert.equal((await t.app.events.logStatus()).partitionSize, 10_000_000);
+  });
+});
+
+/** A schema as an install of `version` left it: the numbered files up to it, recorded as applied. */
+async function migrateUpTo(schema: string, version: number) {
+  const q = `"${schema}"`;
+  const client = await pool.connect();
+  try {
+    await client.query(`CREATE SCHEMA ${q}; SET search_path TO ${q}`);
+    await client.query(
+      'CREATE TABLE migrations (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())',
+    );
+    for (const migration of (await loadMigrations()).filter((m) => m.version <= version)) {
+      await client.query(migration.sql);
+      await client.query('INSERT INTO migrations (version, name, checksum) VALUES ($1, $2, $3)', [
+        migration.version,
+        migration.name,
+        migration.checksum,
+      ]);
+    }
+  } finally {
+    await client.query('RESET search_path');
+    client.release();
+  }
+}
