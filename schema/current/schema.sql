@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 028_rebase_tx_ids_on_13
+-- Matches migration: 030_event_type_version
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -43,8 +43,16 @@ CREATE TABLE events (
   data jsonb NOT NULL,
   metadata jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(metadata) = 'object'),
   recorded_at timestamptz NOT NULL DEFAULT now(),
-  idempotency_key text UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 200)
+  idempotency_key text UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 200),
+  -- The version of its type's shape the appending code wrote (docs/upcasting.md); readers
+  -- upcast older versions on read, the row stays as written. Events from before 030 are 1. [030]
+  type_version integer NOT NULL DEFAULT 1
 );
+-- NOT VALID because 030 added it to a table that may be large: every row there held the
+-- default 1, and validating would have scanned the table under an exclusive lock. New rows
+-- are checked all the same. (Written NOT VALID here too, so both roads end in the same
+-- catalog; CREATE TABLE would mark an inline check valid.) [030]
+ALTER TABLE events ADD CONSTRAINT events_type_version_check CHECK (type_version >= 1) NOT VALID;
 
 -- The readers' order, and the checkpoint's key. [002]
 CREATE INDEX events_tx_id_position ON events (tx_id, position);
@@ -62,7 +70,8 @@ CREATE TABLE streams (
 );
 
 -- append_events(events, expected_versions): the outbox for any language and for triggers.
---   events: a JSON array of {"stream", "type", "data", "metadata"?, "idempotency_key"?}
+--   events: a JSON array of {"stream", "type", "data", "metadata"?, "idempotency_key"?,
+--           "type_version"?}
 --   expected_versions: optional JSON object {"<stream>": <version> | "no_stream" | "any"}
 -- Returns one row per input element, in input order: the stored event, with
 -- duplicate = true when an event with that idempotency key was already stored (by an
@@ -74,6 +83,9 @@ CREATE TABLE streams (
 --
 -- Measured (ops/bench/RESULTS.md): a single event, the common case from services, takes a
 -- path of three plain statements; any other array goes to append_events_batch below. [011]
+--
+-- Each element may carry "type_version" (a whole number >= 1, default 1), stored in
+-- events.type_version and returned before "duplicate". [030]
 CREATE FUNCTION append_events(events jsonb, expected_versions jsonb DEFAULT NULL)
 RETURNS TABLE (
   "position" bigint,
@@ -85,6 +97,7 @@ RETURNS TABLE (
   metadata jsonb,
   recorded_at timestamptz,
   idempotency_key text,
+  type_version integer,
   duplicate boolean
 )
 LANGUAGE plpgsql
@@ -116,7 +129,7 @@ BEGIN
   IF e->>'idempotency_key' IS NOT NULL THEN
     RETURN QUERY
     SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
-           s.recorded_at, s.idempotency_key, true
+           s.recorded_at, s.idempotency_key, s.type_version, true
     FROM events s WHERE s.idempotency_key = e->>'idempotency_key';
     IF FOUND THEN
       RETURN;
@@ -150,11 +163,11 @@ BEGIN
                                         'actual', version_after - 1)::text;
   END IF;
   RETURN QUERY
-  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key)
+  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key, type_version)
   VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
-          e->>'idempotency_key')
+          e->>'idempotency_key', coalesce((e->>'type_version')::integer, 1))
   RETURNING n."position", n.tx_id, n.stream, n.stream_version, n.type, n.data, n.metadata,
-            n.recorded_at, n.idempotency_key, false;
+            n.recorded_at, n.idempotency_key, n.type_version, false;
   PERFORM pg_notify(current_schema() || '_events', '');
 END;
 $fn$;
@@ -173,6 +186,7 @@ RETURNS TABLE (
   metadata jsonb,
   recorded_at timestamptz,
   idempotency_key text,
+  type_version integer,
   duplicate boolean
 )
 LANGUAGE plpgsql
@@ -248,6 +262,7 @@ BEGIN
   WITH input AS (
     SELECT x.ord, x.e->>'stream' AS stream, x.e->>'type' AS type, x.e->'data' AS data,
            coalesce(x.e->'metadata', '{}'::jsonb) AS metadata, x.e->>'idempotency_key' AS key,
+           coalesce((x.e->>'type_version')::integer, 1) AS type_version,
            min(x.ord) OVER (PARTITION BY x.e->>'idempotency_key') AS first_ord
     FROM jsonb_array_elements(events) WITH ORDINALITY AS x(e, ord)
   ), numbered AS (
@@ -257,30 +272,30 @@ BEGIN
     JOIN unnest(bumped_streams, versions_before) AS b(stream, before) ON b.stream = i.stream
   ), inserted AS (
     -- ORDER BY ord: positions follow input order.
-    INSERT INTO events (stream, stream_version, type, data, metadata, idempotency_key)
-    SELECT n.stream, n.version, n.type, n.data, n.metadata, n.key FROM numbered n ORDER BY n.ord
+    INSERT INTO events (stream, stream_version, type, data, metadata, idempotency_key, type_version)
+    SELECT n.stream, n.version, n.type, n.data, n.metadata, n.key, n.type_version FROM numbered n ORDER BY n.ord
     RETURNING *
   ), stored_new AS (
     SELECT n.ord, ins.* FROM numbered n
     JOIN inserted ins ON ins.stream = n.stream AND ins.stream_version = n.version
   )
   SELECT r."position", r.tx_id, r.stream, r.stream_version, r.type, r.data, r.metadata,
-         r.recorded_at, r.idempotency_key, r.duplicate
+         r.recorded_at, r.idempotency_key, r.type_version, r.duplicate
   FROM (
     SELECT sn.ord, sn."position", sn.tx_id, sn.stream, sn.stream_version, sn.type, sn.data,
-           sn.metadata, sn.recorded_at, sn.idempotency_key, false AS duplicate
+           sn.metadata, sn.recorded_at, sn.idempotency_key, sn.type_version, false AS duplicate
     FROM stored_new sn
     UNION ALL
     -- Repeated earlier in this array: the event stored for its first occurrence.
     SELECT i.ord, sn."position", sn.tx_id, sn.stream, sn.stream_version, sn.type, sn.data,
-           sn.metadata, sn.recorded_at, sn.idempotency_key, true
+           sn.metadata, sn.recorded_at, sn.idempotency_key, sn.type_version, true
     FROM input i JOIN stored_new sn ON sn.ord = i.first_ord
     WHERE i.key IS NOT NULL AND i.ord <> i.first_ord
     UNION ALL
     -- Stored by an earlier call (this statement's snapshot does not see its own inserts).
     -- A subquery per key, so the lookup is an index probe even with nested loops off.
     SELECT d.ord, (d.s)."position", (d.s).tx_id, (d.s).stream, (d.s).stream_version, (d.s).type,
-           (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, true
+           (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, (d.s).type_version, true
     FROM (
       SELECT i.ord, (SELECT s FROM events s WHERE s.idempotency_key = i.key) AS s
       FROM input i WHERE i.key IS NOT NULL
