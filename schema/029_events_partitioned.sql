@@ -160,10 +160,8 @@ WHERE parent.relname = 'events'
   AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT';
 
 -- Online conversion, step 1 of 3: a CHECK on the old table that proves every row is below
--- `bound`, added NOT VALID (instant; new rows are checked). Step 2, run by the caller, is
--- ALTER TABLE events VALIDATE CONSTRAINT events_partition_bound: it scans the table under
--- SHARE UPDATE EXCLUSIVE, which appends and reads do not wait for. Step 3 is
--- swap_events_to_partitioned(bound). `bound` must leave room for the appends that come
+-- `bound`, added NOT VALID (instant; new rows are checked). Step 2 validates it, step 3
+-- swaps. `bound` must leave room for the appends that come
 -- before step 3 (the command picks the next multiple of partition_size at least one
 -- partition above the sequence); if they reach it, appends fail the CHECK, so step 3
 -- checks the room left and the command starts again with a higher bound.
@@ -178,6 +176,26 @@ BEGIN
   END IF;
   ALTER TABLE events DROP CONSTRAINT IF EXISTS events_partition_bound;
   EXECUTE format('ALTER TABLE events ADD CONSTRAINT events_partition_bound CHECK (position >= 1 AND position < %s) NOT VALID', bound);
+END;
+$$;
+
+-- Step 2: validates events_partition_bound and any other CHECK added NOT VALID (ATTACH
+-- refuses a partition whose constraint is not valid where the parent's is). Each VALIDATE
+-- scans the table under SHARE UPDATE EXCLUSIVE, which appends and reads do not wait for;
+-- the caller turns statement_timeout off for it.
+CREATE FUNCTION validate_events_for_partitioning()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+  pending text;
+BEGIN
+  FOR pending IN
+    SELECT conname FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'c' AND NOT convalidated
+  LOOP
+    EXECUTE format('ALTER TABLE events VALIDATE CONSTRAINT %I', pending);
+  END LOOP;
 END;
 $$;
 
@@ -212,7 +230,11 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_constraint
                  WHERE conrelid = 'events'::regclass AND conname = 'events_partition_bound' AND convalidated
                    AND pg_get_constraintdef(oid) = format('CHECK ((("position" >= 1) AND ("position" < %s)))', bound)) THEN
-    RAISE EXCEPTION 'events has no validated events_partition_bound CHECK below %: run prepare_events_partitioning(%) and VALIDATE it first', bound, bound
+    RAISE EXCEPTION 'events has no validated events_partition_bound CHECK below %: run prepare_events_partitioning(%) and validate_events_for_partitioning() first', bound, bound
+      USING ERRCODE = '55000';
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'c' AND NOT convalidated) THEN
+    RAISE EXCEPTION 'events has a CHECK constraint that is not validated: run validate_events_for_partitioning() first'
       USING ERRCODE = '55000';
   END IF;
   LOCK TABLE events IN ACCESS EXCLUSIVE MODE;
@@ -272,7 +294,7 @@ DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM events) THEN
     PERFORM prepare_events_partitioning((SELECT partition_size FROM event_log));
-    ALTER TABLE events VALIDATE CONSTRAINT events_partition_bound;
+    PERFORM validate_events_for_partitioning();
     PERFORM swap_events_to_partitioned((SELECT partition_size FROM event_log));
     PERFORM create_event_partitions_ahead();
   END IF;

@@ -10,6 +10,7 @@ import { makeReads, type Reads } from './db/readReplica.js';
 import { type Events, type EventsOptions, makeEvents } from './events/events.js';
 import { makeRead } from './events/read.js';
 import { type RedriveOptions, type RedriveResult, redrive } from './events/redrive.js';
+import { makeUpcasters, type Upcaster } from './events/upcast.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
 import { silentLogger } from './log.js';
 import { makeProcessorControl, type ProcessorControl } from './processors/control.js';
@@ -68,6 +69,12 @@ export interface App {
   run(options?: RunOptions): Promise<void>;
   /** A cron or `every` schedule whose ticks defer `target` with `args` plus `tick`; see docs/schedules.md. */
   schedule: ScheduleRegistry['schedule'];
+  /**
+   * Registers how `data` of `type` at version `fromVersion` becomes version `fromVersion + 1`
+   * on read; appends then record the highest version as the type's current one. In version
+   * order from 1, before the app appends or reads; see docs/upcasting.md.
+   */
+  upcast<From = unknown, To = unknown>(type: string, fromVersion: number, fn: Upcaster<From, To>): void;
   /** A batch processor over the event log; see docs/processors.md. */
   processor(
     name: string,
@@ -116,7 +123,17 @@ export function createApp(options: AppOptions = {}): App {
   });
   const queue = makeJobQueue({ schema, log, clock, database });
   const pool = async () => (await database()).pool;
-  const events = makeEvents({ database, reads: reads.get, schema, log, clock, options: options.events });
+  // One registry per app: every reader below upcasts with it, every append records its versions.
+  const upcasters = makeUpcasters();
+  const events = makeEvents({
+    database,
+    reads: reads.get,
+    schema,
+    log,
+    clock,
+    upcasters,
+    options: options.events,
+  });
   const schedules = makeScheduleRegistry(queue);
   const q = quoteSchema(schema);
   const processors = makeProcessors({
@@ -126,7 +143,8 @@ export function createApp(options: AppOptions = {}): App {
     clock,
     pool,
     reads: reads.get,
-    events,
+    readStored: makeRead({ pool: async () => (await reads.get()).pool, schema, upcasters: null }),
+    upcasters,
     queue,
     schedules,
   });
@@ -144,6 +162,7 @@ export function createApp(options: AppOptions = {}): App {
       runApp({ database, schema, log, clock, queue, schedules, processors, workerPools }, runOptions),
     jobs: queue.jobs,
     schedule: schedules.schedule,
+    upcast: (type, fromVersion, fn) => upcasters.register(type, fromVersion, fn),
     processor: processors.define,
     definitions: () => ({
       tasks: queue.taskNames(),
@@ -164,7 +183,7 @@ export function createApp(options: AppOptions = {}): App {
             q,
             // On the primary even with readUrl: the re-drive counts its range there, and must
             // defer every event it counted, not stop at a lagging replica's head.
-            read: makeRead({ pool, schema }),
+            read: makeRead({ pool, schema, upcasters }),
             defer: (task, args, opts) => queue.defer(task, args, opts),
           },
           redriveOptions,

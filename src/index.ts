@@ -44,6 +44,7 @@ export type { ReadOptions, ReadPage } from './events/read.js';
 export type { StoredEvent } from './events/storedEvent.js';
 export type { StreamOptions } from './events/stream.js';
 export { checkTxIdHorizon, type TxIdHorizon } from './events/txIdHorizon.js';
+export { UpcastError, type Upcaster } from './events/upcast.js';
 export type { NewEvent } from './events/validate.js';
 // Jobs
 export type { BackoffOptions } from './jobs/backoff.js';

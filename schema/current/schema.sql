@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 029_events_partitioned
+-- Matches migration: 030_event_type_version
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -43,8 +43,12 @@ CREATE TABLE events (
   data jsonb NOT NULL,
   metadata jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(metadata) = 'object'),
   recorded_at timestamptz NOT NULL DEFAULT now(),
-  idempotency_key text UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 200)
+  idempotency_key text UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 200),
+  -- The version of its type's shape the appending code wrote (docs/upcasting.md); readers
+  -- upcast older versions on read, the row stays as written. Events from before 030 are 1. [030]
+  type_version integer NOT NULL DEFAULT 1
 );
+-- type_version's CHECK is added after the conversion to partitions, below. [030]
 
 -- The readers' order, and the checkpoint's key. [002]
 CREATE INDEX events_tx_id_position ON events (tx_id, position);
@@ -62,7 +66,8 @@ CREATE TABLE streams (
 );
 
 -- append_events(events, expected_versions): the outbox for any language and for triggers.
---   events: a JSON array of {"stream", "type", "data", "metadata"?, "idempotency_key"?}
+--   events: a JSON array of {"stream", "type", "data", "metadata"?, "idempotency_key"?,
+--           "type_version"?}
 --   expected_versions: optional JSON object {"<stream>": <version> | "no_stream" | "any"}
 -- Returns one row per input element, in input order: the stored event, with
 -- duplicate = true when an event with that idempotency key was already stored (by an
@@ -74,6 +79,9 @@ CREATE TABLE streams (
 --
 -- Measured (ops/bench/RESULTS.md): a single event, the common case from services, takes a
 -- path of three plain statements; any other array goes to append_events_batch below. [011]
+--
+-- Each element may carry "type_version" (a whole number >= 1, default 1), stored in
+-- events.type_version and returned before "duplicate". [030]
 CREATE FUNCTION append_events(events jsonb, expected_versions jsonb DEFAULT NULL)
 RETURNS TABLE (
   "position" bigint,
@@ -85,6 +93,7 @@ RETURNS TABLE (
   metadata jsonb,
   recorded_at timestamptz,
   idempotency_key text,
+  type_version integer,
   duplicate boolean
 )
 LANGUAGE plpgsql
@@ -116,7 +125,7 @@ BEGIN
   IF e->>'idempotency_key' IS NOT NULL THEN
     RETURN QUERY
     SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
-           s.recorded_at, s.idempotency_key, true
+           s.recorded_at, s.idempotency_key, s.type_version, true
     FROM events s WHERE s.idempotency_key = e->>'idempotency_key';
     IF FOUND THEN
       RETURN;
@@ -150,11 +159,11 @@ BEGIN
                                         'actual', version_after - 1)::text;
   END IF;
   RETURN QUERY
-  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key)
+  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key, type_version)
   VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
-          e->>'idempotency_key')
+          e->>'idempotency_key', coalesce((e->>'type_version')::integer, 1))
   RETURNING n."position", n.tx_id, n.stream, n.stream_version, n.type, n.data, n.metadata,
-            n.recorded_at, n.idempotency_key, false;
+            n.recorded_at, n.idempotency_key, n.type_version, false;
   PERFORM pg_notify(current_schema() || '_events', '');
 END;
 $fn$;
@@ -173,6 +182,7 @@ RETURNS TABLE (
   metadata jsonb,
   recorded_at timestamptz,
   idempotency_key text,
+  type_version integer,
   duplicate boolean
 )
 LANGUAGE plpgsql
@@ -248,6 +258,7 @@ BEGIN
   WITH input AS (
     SELECT x.ord, x.e->>'stream' AS stream, x.e->>'type' AS type, x.e->'data' AS data,
            coalesce(x.e->'metadata', '{}'::jsonb) AS metadata, x.e->>'idempotency_key' AS key,
+           coalesce((x.e->>'type_version')::integer, 1) AS type_version,
            min(x.ord) OVER (PARTITION BY x.e->>'idempotency_key') AS first_ord
     FROM jsonb_array_elements(events) WITH ORDINALITY AS x(e, ord)
   ), numbered AS (
@@ -257,30 +268,30 @@ BEGIN
     JOIN unnest(bumped_streams, versions_before) AS b(stream, before) ON b.stream = i.stream
   ), inserted AS (
     -- ORDER BY ord: positions follow input order.
-    INSERT INTO events (stream, stream_version, type, data, metadata, idempotency_key)
-    SELECT n.stream, n.version, n.type, n.data, n.metadata, n.key FROM numbered n ORDER BY n.ord
+    INSERT INTO events (stream, stream_version, type, data, metadata, idempotency_key, type_version)
+    SELECT n.stream, n.version, n.type, n.data, n.metadata, n.key, n.type_version FROM numbered n ORDER BY n.ord
     RETURNING *
   ), stored_new AS (
     SELECT n.ord, ins.* FROM numbered n
     JOIN inserted ins ON ins.stream = n.stream AND ins.stream_version = n.version
   )
   SELECT r."position", r.tx_id, r.stream, r.stream_version, r.type, r.data, r.metadata,
-         r.recorded_at, r.idempotency_key, r.duplicate
+         r.recorded_at, r.idempotency_key, r.type_version, r.duplicate
   FROM (
     SELECT sn.ord, sn."position", sn.tx_id, sn.stream, sn.stream_version, sn.type, sn.data,
-           sn.metadata, sn.recorded_at, sn.idempotency_key, false AS duplicate
+           sn.metadata, sn.recorded_at, sn.idempotency_key, sn.type_version, false AS duplicate
     FROM stored_new sn
     UNION ALL
     -- Repeated earlier in this array: the event stored for its first occurrence.
     SELECT i.ord, sn."position", sn.tx_id, sn.stream, sn.stream_version, sn.type, sn.data,
-           sn.metadata, sn.recorded_at, sn.idempotency_key, true
+           sn.metadata, sn.recorded_at, sn.idempotency_key, sn.type_version, true
     FROM input i JOIN stored_new sn ON sn.ord = i.first_ord
     WHERE i.key IS NOT NULL AND i.ord <> i.first_ord
     UNION ALL
     -- Stored by an earlier call (this statement's snapshot does not see its own inserts).
     -- A subquery per key, so the lookup is an index probe even with nested loops off.
     SELECT d.ord, (d.s)."position", (d.s).tx_id, (d.s).stream, (d.s).stream_version, (d.s).type,
-           (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, true
+           (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, (d.s).type_version, true
     FROM (
       SELECT i.ord, (SELECT s FROM events s WHERE s.idempotency_key = i.key) AS s
       FROM input i WHERE i.key IS NOT NULL
@@ -459,10 +470,8 @@ WHERE parent.relname = 'events'
   AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT';
 
 -- Online conversion, step 1 of 3: a CHECK on the old table that proves every row is below
--- `bound`, added NOT VALID (instant; new rows are checked). Step 2, run by the caller, is
--- ALTER TABLE events VALIDATE CONSTRAINT events_partition_bound: it scans the table under
--- SHARE UPDATE EXCLUSIVE, which appends and reads do not wait for. Step 3 is
--- swap_events_to_partitioned(bound). `bound` must leave room for the appends that come
+-- `bound`, added NOT VALID (instant; new rows are checked). Step 2 validates it, step 3
+-- swaps. `bound` must leave room for the appends that come
 -- before step 3 (the command picks the next multiple of partition_size at least one
 -- partition above the sequence); if they reach it, appends fail the CHECK, so step 3
 -- checks the room left and the command starts again with a higher bound.
@@ -477,6 +486,26 @@ BEGIN
   END IF;
   ALTER TABLE events DROP CONSTRAINT IF EXISTS events_partition_bound;
   EXECUTE format('ALTER TABLE events ADD CONSTRAINT events_partition_bound CHECK (position >= 1 AND position < %s) NOT VALID', bound);
+END;
+$$;
+
+-- Step 2: validates events_partition_bound and any other CHECK added NOT VALID (ATTACH
+-- refuses a partition whose constraint is not valid where the parent's is). Each VALIDATE
+-- scans the table under SHARE UPDATE EXCLUSIVE, which appends and reads do not wait for;
+-- the caller turns statement_timeout off for it.
+CREATE FUNCTION validate_events_for_partitioning()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+  pending text;
+BEGIN
+  FOR pending IN
+    SELECT conname FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'c' AND NOT convalidated
+  LOOP
+    EXECUTE format('ALTER TABLE events VALIDATE CONSTRAINT %I', pending);
+  END LOOP;
 END;
 $$;
 
@@ -511,7 +540,11 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_constraint
                  WHERE conrelid = 'events'::regclass AND conname = 'events_partition_bound' AND convalidated
                    AND pg_get_constraintdef(oid) = format('CHECK ((("position" >= 1) AND ("position" < %s)))', bound)) THEN
-    RAISE EXCEPTION 'events has no validated events_partition_bound CHECK below %: run prepare_events_partitioning(%) and VALIDATE it first', bound, bound
+    RAISE EXCEPTION 'events has no validated events_partition_bound CHECK below %: run prepare_events_partitioning(%) and validate_events_for_partitioning() first', bound, bound
+      USING ERRCODE = '55000';
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'c' AND NOT convalidated) THEN
+    RAISE EXCEPTION 'events has a CHECK constraint that is not validated: run validate_events_for_partitioning() first'
       USING ERRCODE = '55000';
   END IF;
   LOCK TABLE events IN ACCESS EXCLUSIVE MODE;
@@ -575,12 +608,19 @@ DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM events) THEN
     PERFORM prepare_events_partitioning((SELECT partition_size FROM event_log));
-    ALTER TABLE events VALIDATE CONSTRAINT events_partition_bound;
+    PERFORM validate_events_for_partitioning();
     PERFORM swap_events_to_partitioned((SELECT partition_size FROM event_log));
     PERFORM create_event_partitions_ahead();
   END IF;
 END;
 $$;
+
+-- NOT VALID because 030 added it to a table that may be large: every row there held the
+-- default 1, and validating would have scanned the table under an exclusive lock. New rows
+-- are checked all the same. (Written NOT VALID here too, after the conversion as on the
+-- migrations' road, so both roads end in the same catalog; CREATE TABLE would mark an
+-- inline check valid.) [030]
+ALTER TABLE events ADD CONSTRAINT events_type_version_check CHECK (type_version >= 1) NOT VALID;
 
 -- ===========================================================================================
 -- Workers and tasks: who runs jobs, what they know, how it went

@@ -38,8 +38,8 @@ export function makeCopyAppend(deps: { schema: string }) {
             FROM ${q}.events_position_seq)::text AS floor,
            (SELECT pg_notify('${eventsChannel(deps.schema)}', '')) AS notified
     FROM bumped b`;
-  const copySql = (withMetadata: boolean) =>
-    `COPY ${q}.events (stream, stream_version, type, data${withMetadata ? ', metadata' : ''}) FROM STDIN`;
+  const copySql = (withMetadata: boolean, withVersion: boolean) =>
+    `COPY ${q}.events (stream, stream_version, type, data${withMetadata ? ', metadata' : ''}${withVersion ? ', type_version' : ''}) FROM STDIN`;
   // Every position above the floor in this transaction is ours (one appender per client).
   // Usually they are one unbroken run (no concurrent appender drew from the sequence
   // meanwhile): then min and max say it all, without reading 10k rows back.
@@ -82,6 +82,8 @@ export function makeCopyAppend(deps: { schema: string }) {
     for (const row of bumped.rows) next.set(row.stream, Number(row.version) - counts.get(row.stream)! + 1);
     // Without metadata anywhere the column is left to its default: one jsonb less to parse per row.
     const withMetadata = events.some((e) => e.metadata !== '{}');
+    // Likewise type versions when every event is version 1, the column's default.
+    const withVersion = events.some((e) => e.version !== 1);
     const versions: number[] = new Array(events.length);
     const lines: string[] = new Array(events.length);
     for (let i = 0; i < events.length; i++) {
@@ -91,9 +93,13 @@ export function makeCopyAppend(deps: { schema: string }) {
       versions[i] = version;
       lines[i] =
         `${copyText(e.stream)}\t${version}\t${copyText(e.type)}\t${copyJson(e.data)}` +
-        (withMetadata ? `\t${copyJson(e.metadata)}\n` : '\n');
+        (withMetadata ? `\t${copyJson(e.metadata)}` : '') +
+        (withVersion ? `\t${e.version}\n` : '\n');
     }
-    const copied = pipeline(Readable.from([lines.join('')]), client.query(copyFrom(copySql(withMetadata))));
+    const copied = pipeline(
+      Readable.from([lines.join('')]),
+      client.query(copyFrom(copySql(withMetadata, withVersion))),
+    );
     copied.catch(() => {}); // awaited below; must not count as unhandled meanwhile
     const { floor, tx_id, recorded_at_ms } = bumped.rows[0]!;
     const recordedAt = Number(recorded_at_ms);
@@ -113,6 +119,7 @@ export function makeCopyAppend(deps: { schema: string }) {
           stream: e.stream,
           streamVersion: versions[i]!,
           type: e.type,
+          version: e.version,
           data: JSON.parse(e.data),
           metadata: e.metadata === '{}' ? {} : JSON.parse(e.metadata),
           recordedAt: new Date(recordedAt),

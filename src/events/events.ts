@@ -15,6 +15,7 @@ import { makeRead } from './read.js';
 import { rebaseTxIds } from './rebaseTxIds.js';
 import { makeStream } from './stream.js';
 import { checkTxIdHorizon } from './txIdHorizon.js';
+import type { Upcasters } from './upcast.js';
 import { DEFAULT_MAX_EVENT_BYTES } from './validate.js';
 
 export interface EventsOptions {
@@ -30,6 +31,8 @@ export function makeEvents(deps: {
   schema: string;
   log: Logger;
   clock: Clock;
+  /** The app's upcasters: every read brings events to their type's current version, every append records it. */
+  upcasters: Upcasters;
   options?: EventsOptions;
 }) {
   const maxEventBytes = deps.options?.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
@@ -39,10 +42,14 @@ export function makeEvents(deps: {
     );
   }
   const pool = async () => (await deps.database()).pool;
-  const shared = { pool, schema: deps.schema };
+  const shared = { pool, schema: deps.schema, upcasters: deps.upcasters };
   // get, last and head stay on the primary: a service reading back what it just appended
   // must find it, and they are single-row lookups.
-  const replicated = { pool: async () => (await deps.reads()).pool, schema: deps.schema };
+  const replicated = {
+    pool: async () => (await deps.reads()).pool,
+    schema: deps.schema,
+    upcasters: deps.upcasters,
+  };
   const read = makeRead(replicated);
   return {
     append: makeAppend({ ...shared, maxEventBytes }),

@@ -4,9 +4,10 @@ import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import { checkLimit, type EventFilter, filterParams } from './filter.js';
 import { EVENT_COLUMNS, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import type { Upcasters } from './upcast.js';
 
 /** The newest `limit` gap-safe events matching the filter, oldest first (`events tail`). */
-export function makeLast(deps: { pool: () => Promise<Queryable>; schema: string }) {
+export function makeLast(deps: { pool: () => Promise<Queryable>; schema: string; upcasters: Upcasters }) {
   const sql = `
     SELECT ${EVENT_COLUMNS} FROM (
       SELECT * FROM ${quoteSchema(deps.schema)}.events
@@ -21,6 +22,8 @@ export function makeLast(deps: { pool: () => Promise<Queryable>; schema: string 
     const limit = checkLimit(options.limit ?? 20);
     const [types, prefix] = filterParams(options);
     const rows = await runForArrays(await deps.pool(), sql, [types, prefix, limit]);
-    return rows.map(toStoredEvent);
+    const events = rows.map(toStoredEvent);
+    deps.upcasters.apply(events);
+    return events;
   };
 }

@@ -95,7 +95,7 @@ export async function convertToPartitioned(
     // Step 2 scans the whole table; with no statement_timeout of ours on a long scan.
     await withTransaction(pool, async (client) => {
       await client.query('SET LOCAL statement_timeout = 0');
-      await client.query(`ALTER TABLE ${q}.events VALIDATE CONSTRAINT events_partition_bound`);
+      await client.query(`SELECT ${q}.validate_events_for_partitioning()`);
     });
     for (let attempt = 1; attempt <= attempts; attempt++) {
       options.onProgress?.({ step: 'swapping', attempt });

@@ -12,6 +12,7 @@ import {
 } from './checkpoint.js';
 import { checkLimit, type EventFilter, filterParams } from './filter.js';
 import { EVENT_COLUMNS, EXTRA_COLUMN, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import type { Upcasters } from './upcast.js';
 
 export interface ReadOptions extends EventFilter {
   /** Read events after this checkpoint (default: from the start). */
@@ -38,7 +39,15 @@ export interface ReadPage {
  * The snapshot's xmin comes back with the page, in a last row of its own: a CTE with a
  * lateral join did the same but cost more than the page itself to plan.
  */
-export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string }) {
+export function makeRead(deps: {
+  pool: () => Promise<Queryable>;
+  schema: string;
+  /**
+   * Brings events to their type's current version. null: the events as stored, for
+   * processors, which upcast each page themselves so a failing upcaster is that event's failure.
+   */
+  upcasters: Upcasters | null;
+}) {
   const sql = `
     (SELECT ${EVENT_COLUMNS}, NULL::xid8 AS xmin
      FROM ${quoteSchema(deps.schema)}.events e
@@ -49,7 +58,7 @@ export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string 
      ORDER BY e.tx_id, e.position
      LIMIT $5)
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())`;
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())`;
 
   /** `queryTimeoutMs`: outbatch's own reads (a processor's pages) are abandoned after it. */
   return async function read(options: ReadOptions = {}, queryTimeoutMs?: number): Promise<ReadPage> {
@@ -68,6 +77,7 @@ export function makeRead(deps: { pool: () => Promise<Queryable>; schema: string 
     const at = rows.findLastIndex((row) => row[0] === null);
     const xmin = rows.splice(at, 1)[0]![EXTRA_COLUMN] as string;
     const events = rows.map(toStoredEvent);
+    deps.upcasters?.apply(events);
     const last = events.at(-1);
     let next = last ? { txId: last.txId, position: last.position } : after;
     const caughtUp = events.length < limit;

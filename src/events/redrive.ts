@@ -52,6 +52,7 @@ function eventArgs(event: StoredEvent) {
     stream: event.stream,
     streamVersion: event.streamVersion,
     type: event.type,
+    version: event.version,
     data: event.data,
     metadata: event.metadata,
     recordedAt: event.recordedAt.toISOString(),

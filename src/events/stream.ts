@@ -5,6 +5,7 @@ import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
 import { checkLimit } from './filter.js';
 import { EVENT_COLUMNS, type StoredEvent, toStoredEvent } from './storedEvent.js';
+import type { Upcasters } from './upcast.js';
 
 export interface StreamOptions {
   /** First version to return (default 1). */
@@ -18,7 +19,7 @@ export interface StreamOptions {
  * One stream in version order. No xmin filter: the stream row lock orders a stream's
  * appends by commit, so what is committed is a gap-free prefix of versions.
  */
-export function makeStream(deps: { pool: () => Promise<Queryable>; schema: string }) {
+export function makeStream(deps: { pool: () => Promise<Queryable>; schema: string; upcasters: Upcasters }) {
   const sql = `
     SELECT ${EVENT_COLUMNS} FROM ${quoteSchema(deps.schema)}.events
     WHERE stream = $1 AND stream_version >= $2
@@ -35,6 +36,8 @@ export function makeStream(deps: { pool: () => Promise<Queryable>; schema: strin
     const limit = options.limit === undefined ? null : checkLimit(options.limit);
     const db = options.client ?? (await deps.pool());
     const rows = await runForArrays(db, sql, [name, from, limit]);
-    return rows.map(toStoredEvent);
+    const events = rows.map(toStoredEvent);
+    deps.upcasters.apply(events);
+    return events;
   };
 }

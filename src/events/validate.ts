@@ -1,6 +1,7 @@
 /** Checking events before they are appended: shape, JSON, size. */
 import { type ExpectedVersion, ValidationError } from '../errors.js';
 import { checkJson, storable, unstorable } from '../json.js';
+import { MAX_TYPE_VERSION } from './upcast.js';
 
 /** An event as a service hands it to `append`. */
 export interface NewEvent<D = unknown> {
@@ -12,6 +13,11 @@ export interface NewEvent<D = unknown> {
   metadata?: Record<string, unknown>;
   /** Appending the same key again returns the stored event instead of storing a second one. */
   idempotencyKey?: string;
+  /**
+   * The version of the type's shape `data` is in (a whole number >= 1). Default: the
+   * type's current version in this app's upcasters (docs/upcasting.md), 1 without any.
+   */
+  version?: number;
 }
 
 export const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
@@ -24,6 +30,8 @@ export interface ValidatedEvent {
   data: string;
   metadata: string;
   idempotencyKey?: string;
+  /** The type version recorded with the event. */
+  version: number;
 }
 
 export interface ValidatedBatch {
@@ -39,7 +47,12 @@ export interface ValidatedBatch {
  * Checks every event before anything is sent, so one bad event rejects the whole batch
  * with a message naming where it is, and the database sees only valid JSON.
  */
-export function validateEvents(input: unknown, maxEventBytes: number): ValidatedBatch {
+export function validateEvents(
+  input: unknown,
+  maxEventBytes: number,
+  /** The version recorded for an event that does not give one: its type's current version. */
+  currentVersion: (type: string) => number = () => 1,
+): ValidatedBatch {
   const many = Array.isArray(input);
   const list: unknown[] = many ? (input as unknown[]) : [input];
   const events: ValidatedEvent[] = new Array(list.length);
@@ -68,6 +81,12 @@ export function validateEvents(input: unknown, maxEventBytes: number): Validated
         `${where}.idempotencyKey is ${describe(key)}: expected a string of 1-${MAX_NAME_LENGTH} characters`,
       );
     }
+    const version = event.version ?? currentVersion(type);
+    if (!Number.isSafeInteger(version) || version < 1 || version > MAX_TYPE_VERSION) {
+      throw new ValidationError(
+        `${where}.version is ${describe(version)}: expected a whole number >= 1 (the version of the type's shape its data is in), or none for the current one`,
+      );
+    }
     const data = JSON.stringify(event.data);
     const metadata = event.metadata === undefined ? '{}' : JSON.stringify(event.metadata);
     // String length bounds the UTF-8 size from below and 3x from above: count bytes only near the limit.
@@ -80,7 +99,7 @@ export function validateEvents(input: unknown, maxEventBytes: number): Validated
       }
     }
     streams.add(stream);
-    events[i] = { stream, type, data, metadata, idempotencyKey: key };
+    events[i] = { stream, type, data, metadata, idempotencyKey: key, version };
   }
   return { json: () => toAppendEventsJson(events), events, count: list.length, streams: [...streams] };
 }
@@ -88,8 +107,8 @@ export function validateEvents(input: unknown, maxEventBytes: number): Validated
 /** The array `append_events` takes, from validated events (built only for that path). */
 function toAppendEventsJson(events: ValidatedEvent[]): string {
   const parts = events.map(
-    ({ stream, type, data, metadata, idempotencyKey: key }) =>
-      `{"stream":${JSON.stringify(stream)},"type":${JSON.stringify(type)},"data":${data},"metadata":${metadata}` +
+    ({ stream, type, data, metadata, idempotencyKey: key, version }) =>
+      `{"stream":${JSON.stringify(stream)},"type":${JSON.stringify(type)},"data":${data},"metadata":${metadata},"type_version":${version}` +
       (key === undefined ? '}' : `,"idempotency_key":${JSON.stringify(key)}}`),
   );
   return `[${parts.join(',')}]`;

@@ -23,8 +23,9 @@ import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
 import type { Reads } from '../db/readReplica.js';
 import { ValidationError } from '../errors.js';
-import type { Events } from '../events/events.js';
 import { eventsChannel } from '../events/follow.js';
+import type { ReadOptions, ReadPage } from '../events/read.js';
+import type { Upcasters } from '../events/upcast.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { Logger } from '../log.js';
 import type { ScheduleRegistry } from '../schedule/registry.js';
@@ -62,7 +63,9 @@ export interface ProcessorDeps {
   pool: () => Promise<pg.Pool>;
   /** Where pages are read: with `readUrl`, a replica, outside the page's transaction. */
   reads: () => Promise<Reads>;
-  events: Events;
+  /** Pages as stored (on the read pool): each run upcasts its pages itself, see run.ts. */
+  readStored(options: ReadOptions, queryTimeoutMs?: number): Promise<ReadPage>;
+  upcasters: Upcasters;
   queue: JobQueue;
   schedules: ScheduleRegistry;
 }
@@ -189,7 +192,8 @@ export function makeProcessors(deps: ProcessorDeps) {
             q: deps.q,
             log: deps.log,
             clock: deps.clock,
-            read: deps.events.read,
+            read: deps.readStored,
+            upcasters: deps.upcasters,
             pageReads: reads.separate ? 'replica' : 'in-transaction',
           },
           def,

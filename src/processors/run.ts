@@ -19,6 +19,7 @@ import {
 } from '../events/checkpoint.js';
 import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { StoredEvent } from '../events/storedEvent.js';
+import { UpcastError, type Upcasters } from '../events/upcast.js';
 import type { Logger } from '../log.js';
 import type { ProcessorDefinition } from './definition.js';
 import { checkBelowPrimaryHorizon, pageOnPrimary } from './replicaReads.js';
@@ -37,8 +38,13 @@ export interface RunDeps {
   q: string;
   log: Logger;
   clock: Clock;
-  /** `queryTimeoutMs`: the page reads are outbatch's own statements, abandoned after it. */
+  /**
+   * Events as stored (not upcast). `queryTimeoutMs`: the page reads are outbatch's own
+   * statements, abandoned after it.
+   */
   read(options: ReadOptions, queryTimeoutMs?: number): Promise<ReadPage>;
+  /** Applied to each page before the pipeline, where a failure counts against its event. */
+  upcasters: Upcasters;
   /**
    * Where pages are read: in the page's transaction on the primary, or (`readUrl`) on the
    * read pool, a replica, with the checkpoint still saved in the page's transaction
@@ -246,6 +252,7 @@ async function runPage(
       if (!(await own(() => pageOnPrimary(tx, deps.q, first, last)))) return { kind: 'stale' };
     }
     if (page.events.length > 0) {
+      upcastPage(deps.upcasters, page.events);
       try {
         await applyPipeline(def, page.events, { tx, log, signal, processor: def.name, version });
       } catch (error) {
@@ -277,6 +284,22 @@ async function runPage(
     if (page.events.length === 0) return { kind: 'head', row: after };
     return { kind: 'page', count: page.events.length, caughtUp: page.caughtUp, row: after };
   });
+}
+
+/**
+ * Brings the page to the current versions. An upcaster that fails on an event fails that
+ * event, as the pipeline would: the events before it are re-run one at a time and commit,
+ * then its retries and poison handling (halt or skip) apply. The skip's own read is of
+ * stored events, so a dead-lettered event is not upcast again.
+ */
+function upcastPage(upcasters: Upcasters, events: StoredEvent[]): void {
+  try {
+    upcasters.apply(events);
+  } catch (error) {
+    if (!(error instanceof UpcastError)) throw error;
+    const at = events.findIndex((event) => event.position === error.position);
+    throw new PageFailed(events.slice(0, at + 1), error);
+  }
 }
 
 async function applyPipeline(

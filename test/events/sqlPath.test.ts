@@ -6,7 +6,7 @@ import { isolatedApp, type TestApp } from '../helpers.js';
 
 type Step = { events: NewEvent[]; expected?: Record<string, number | 'no_stream' | 'any'> };
 type Outcome =
-  | { rows: [string, number, unknown, boolean][] }
+  | { rows: [string, number, unknown, boolean, number][] }
   | { conflict: { stream: string; expected: unknown; actual: number } };
 
 // The same script through both paths; every outcome must match.
@@ -35,6 +35,24 @@ const SCRIPT: Step[] = [
     })),
   },
   { events: [{ stream: 'a', type: 'T', data: 'after bulk' }], expected: { a: 378 } },
+  // Type versions ("type_version" in SQL): given or not, alone (ONE_EVENT), in a batch, by COPY.
+  { events: [{ stream: 'v', type: 'V', data: 'one', version: 3 }] },
+  {
+    events: [
+      { stream: 'v', type: 'V', data: 'two', version: 2, idempotencyKey: 'kv' },
+      { stream: 'v', type: 'V', data: 'again', idempotencyKey: 'kv' },
+      { stream: 'w', type: 'V', data: 'three' },
+    ],
+  },
+  { events: [{ stream: 'v', type: 'V', data: 'dup', version: 5, idempotencyKey: 'kv' }] },
+  {
+    events: Array.from({ length: 1200 }, (_, i) => ({
+      stream: `versioned-${i % 7}`,
+      type: 'V',
+      data: { i },
+      ...(i % 3 === 0 ? {} : { version: i % 3 }),
+    })),
+  },
 ];
 
 describe('append_events() in SQL behaves like app.events.append()', () => {
@@ -48,7 +66,7 @@ describe('append_events() in SQL behaves like app.events.append()', () => {
   async function throughTs(step: Step): Promise<Outcome> {
     try {
       const rows = await ts.app.events.append(step.events, { expectedVersion: step.expected });
-      return { rows: rows.map((e) => [e.stream, e.streamVersion, e.data, e.duplicate]) };
+      return { rows: rows.map((e) => [e.stream, e.streamVersion, e.data, e.duplicate, e.version]) };
     } catch (error) {
       if (!(error instanceof ConcurrencyError)) throw error;
       return { conflict: { stream: error.stream, expected: error.expected, actual: error.actual } };
@@ -62,13 +80,16 @@ describe('append_events() in SQL behaves like app.events.append()', () => {
       type: e.type,
       data: e.data,
       ...(e.idempotencyKey ? { idempotency_key: e.idempotencyKey } : {}),
+      ...(e.version === undefined ? {} : { type_version: e.version }),
     }));
     try {
       const { rows } = await sql.pool.query(
-        `SELECT stream, stream_version, data, duplicate FROM "${sql.schema}".append_events($1, $2)`,
+        `SELECT stream, stream_version, data, duplicate, type_version FROM "${sql.schema}".append_events($1, $2)`,
         [JSON.stringify(events), step.expected ? JSON.stringify(step.expected) : null],
       );
-      return { rows: rows.map((r) => [r.stream, Number(r.stream_version), r.data, r.duplicate]) };
+      return {
+        rows: rows.map((r) => [r.stream, Number(r.stream_version), r.data, r.duplicate, r.type_version]),
+      };
     } catch (error) {
       const { code, detail } = error as { code?: string; detail?: string };
       if (code !== 'OB409') throw error;
@@ -84,21 +105,34 @@ describe('append_events() in SQL behaves like app.events.append()', () => {
       outcomes.push(a);
     }
     // And the script means what it says.
-    assert.deepEqual(outcomes[2], { rows: [['a', 2, 2, true]] }, 'a stored key is not checked again');
+    assert.deepEqual(outcomes[2], { rows: [['a', 2, 2, true, 1]] }, 'a stored key is not checked again');
     assert.deepEqual(outcomes[3], { conflict: { stream: 'a', expected: 0, actual: 2 } });
     assert.deepEqual(outcomes[5], { conflict: { stream: 'b', expected: 'no_stream', actual: 1 } });
     assert.deepEqual(outcomes[6], {
       rows: [
-        ['a', 3, 7, false],
-        ['a', 3, 7, true],
-        ['a', 2, 2, true],
-        ['b', 2, 10, false],
+        ['a', 3, 7, false, 1],
+        ['a', 3, 7, true, 1],
+        ['a', 2, 2, true, 1],
+        ['b', 2, 10, false, 1],
       ],
     });
+    assert.deepEqual(outcomes[9], { rows: [['v', 1, 'one', false, 3]] });
+    assert.deepEqual(
+      outcomes[10],
+      {
+        rows: [
+          ['v', 2, 'two', false, 2],
+          ['v', 2, 'two', true, 2],
+          ['w', 1, 'three', false, 1],
+        ],
+      },
+      'a duplicate returns the stored version, not the one asked for',
+    );
+    assert.deepEqual(outcomes[11], { rows: [['v', 2, 'two', true, 2]] });
     const dump = async (t: TestApp) =>
       (
         await t.pool.query(
-          `SELECT stream, stream_version, type, data, metadata, idempotency_key FROM "${t.schema}".events ORDER BY position`,
+          `SELECT stream, stream_version, type, data, metadata, idempotency_key, type_version FROM "${t.schema}".events ORDER BY position`,
         )
       ).rows;
     assert.deepEqual(await dump(sql), await dump(ts));
@@ -109,6 +143,10 @@ describe('append_events() in SQL behaves like app.events.append()', () => {
       sql.pool.query(`SELECT * FROM "${sql.schema}".append_events($1, $2)`, [events, expected]);
     await assert.rejects(call('{"stream":"a"}'), /events must be a JSON array/);
     await assert.rejects(call('[{"stream":"","type":"T","data":1}]'), /violates check constraint/);
+    await assert.rejects(
+      call('[{"stream":"a","type":"T","data":1,"type_version":0}]'),
+      /events_type_version_check/,
+    );
     await assert.rejects(
       call('[{"stream":"a","type":"T","data":1}]', '{"a":"latest"}'),
       /expected version "latest"/,

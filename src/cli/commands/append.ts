@@ -7,7 +7,7 @@ import { errorMessage, ValidationError } from '../../errors.js';
 import type { AppendedEvent } from '../../events/append.js';
 import { DEFAULT_MAX_EVENT_BYTES, type NewEvent, validateEvents } from '../../events/validate.js';
 import { runCommand } from '../context.js';
-import { parseExpectedVersion, parseJson } from '../parse.js';
+import { parseExpectedVersion, parseInteger, parseJson } from '../parse.js';
 
 // Events per append_events call for NDJSON input; all chunks share one transaction.
 const CHUNK = 5000;
@@ -19,6 +19,7 @@ interface AppendFlags {
   data?: string;
   metadata?: string;
   idempotencyKey?: string;
+  typeVersion?: string;
   expectedVersion?: string;
   ndjson?: boolean;
 }
@@ -32,6 +33,10 @@ export function registerAppend(program: Command): void {
     .option('--data <json|@file>', 'event data: JSON, or @path of a JSON file')
     .option('--metadata <json|@file>', 'event metadata: a JSON object, or @path')
     .option('--idempotency-key <key>', 'appending the same key again returns the stored event')
+    .option(
+      '--type-version <n>',
+      "the version of the type's shape the data is in (default 1: the CLI does not load your app's upcasters)",
+    )
     .option('--expected-version <n|no_stream|any>', 'fail unless the stream is at this version')
     .option('--ndjson', 'read events from standard input, one JSON object per line')
     .action((flags: AppendFlags, command: Command) =>
@@ -93,6 +98,9 @@ function singleEvent(flags: AppendFlags): NewEvent {
       ? {}
       : { metadata: jsonArgument('--metadata', flags.metadata) as Record<string, unknown> }),
     ...(flags.idempotencyKey === undefined ? {} : { idempotencyKey: flags.idempotencyKey }),
+    ...(flags.typeVersion === undefined
+      ? {}
+      : { version: parseInteger(flags.typeVersion, '--type-version') }),
   };
   validateEvents(event, DEFAULT_MAX_EVENT_BYTES);
   return event;
@@ -112,7 +120,14 @@ function jsonArgument(name: string, value: string): unknown {
 
 /** Every line is parsed and checked before anything is written; a bad one names its line. */
 async function readNdjson(flags: AppendFlags): Promise<NewEvent[]> {
-  if (flags.stream || flags.type || flags.data || flags.metadata || flags.idempotencyKey) {
+  if (
+    flags.stream ||
+    flags.type ||
+    flags.data ||
+    flags.metadata ||
+    flags.idempotencyKey ||
+    flags.typeVersion
+  ) {
     throw new ValidationError(
       '--ndjson takes events from standard input: leave out --stream, --type, --data',
     );

@@ -75,7 +75,7 @@ export function registerEvents(program: Command): void {
             `position        ${event.position}`,
             `checkpoint      ${event.checkpoint}`,
             `stream          ${event.stream} (version ${event.streamVersion})`,
-            `type            ${event.type}`,
+            `type            ${event.type} (version ${event.version}, as stored: the CLI has no upcasters)`,
             `recorded at     ${event.recordedAt.toISOString()}`,
             `idempotency key ${event.idempotencyKey ?? '-'}`,
             `metadata        ${JSON.stringify(event.metadata)}`,
