@@ -13,6 +13,7 @@ import {
 } from '../errors.js';
 import { COPY_FROM, copyCapable, makeCopyAppend } from './appendCopy.js';
 import { eventsChannel } from './follow.js';
+import { applyEventSchemas, type EventSchemaMap } from './schemas.js';
 import {
   EVENT_COLUMNS,
   type EventRow,
@@ -51,7 +52,13 @@ export interface Append {
  * batch of 1000 or more goes through COPY (appendCopy.ts), ~1.7x faster. The parity test
  * runs the SQL function and these paths over the same script.
  */
-export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string; maxEventBytes: number }) {
+export function makeAppend(deps: {
+  pool: () => Promise<pg.Pool>;
+  schema: string;
+  maxEventBytes: number;
+  /** Validators by event type; undefined when the app registered none. */
+  schemas?: EventSchemaMap;
+}) {
   const copyAppend = makeCopyAppend(deps);
 
   /** The COPY path when it applies (see appendCopy.ts), else undefined. */
@@ -87,7 +94,9 @@ export function makeAppend(deps: { pool: () => Promise<pg.Pool>; schema: string;
     SELECT ${EVENT_COLUMNS}, false AS duplicate, pg_notify('${eventsChannel(deps.schema)}', '') AS notified
     FROM inserted`;
 
-  async function append(input: NewEvent | NewEvent[], options: AppendOptions = {}) {
+  async function append(given: NewEvent | NewEvent[], options: AppendOptions = {}) {
+    // Only an app that registered schemas pays for this step.
+    const input = deps.schemas ? await applyEventSchemas(given, deps.schemas) : given;
     const batch = validateEvents(input, deps.maxEventBytes);
     const expected = expectedVersions(options.expectedVersion, batch.streams);
     if (batch.count === 0) return [];
