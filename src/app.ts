@@ -14,14 +14,25 @@ import { makeUpcasters, type Upcaster } from './events/upcast.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
 import { silentLogger } from './log.js';
 import { makeProcessorControl, type ProcessorControl } from './processors/control.js';
-import type { Pipeline, ProcessorOptions } from './processors/definition.js';
 import { makeProcessors } from './processors/processors.js';
 import type { Schedule } from './schedule/definition.js';
 import { makeScheduleRegistry, type ScheduleRegistry } from './schedule/registry.js';
+import type { AppTypes, DeclaredEvents, DeclaredTasks, EventSchemas } from './typing/declare.js';
+import type {
+  TypedAppend,
+  TypedProcessors,
+  TypedTasks,
+  UntypedAppend,
+  UntypedProcessors,
+} from './typing/surface.js';
 import { type RunOptions, runApp } from './worker/runApp.js';
 import { makeWorkerPoolShelf } from './worker/workerPools.js';
 
-export interface AppOptions {
+/**
+ * `T` declares the app's events and tasks for the compiler (docs/typing.md); without it
+ * everything is untyped, as before.
+ */
+export interface AppOptions<T extends AppTypes = AppTypes> {
   /** postgres:// URL; defaults to DATABASE_URL, and without either the embedded server is started. */
   databaseUrl?: string;
   /**
@@ -37,8 +48,8 @@ export interface AppOptions {
   dataDir?: string;
   pool?: PoolOptions;
   clock?: Clock;
-  /** Event outbox settings (`maxEventBytes`). */
-  events?: EventsOptions;
+  /** Event outbox settings (`maxEventBytes`, `schemas`: a validator per event type). */
+  events?: Omit<EventsOptions, 'schemas'> & { schemas?: EventSchemas<T> };
   /**
    * postgres:// URL of a streaming replica of databaseUrl (default OUTBATCH_READ_URL): processor
    * page reads, `events.read/stream/follow`, status and the dashboard read there; see docs/replicas.md.
@@ -46,7 +57,49 @@ export interface AppOptions {
   readUrl?: string;
 }
 
-export interface App {
+/** The events side of App<T>: `append` checked against the declared events, if any. */
+export type AppEvents<T extends AppTypes = AppTypes> = Omit<Events, 'append'> &
+  (DeclaredEvents<T> extends object ? TypedAppend<T> : UntypedAppend) & {
+    redrive(options: RedriveOptions): Promise<RedriveResult>;
+  };
+
+type AppTasks<T> = DeclaredTasks<T> extends object ? TypedTasks<T> : JobQueue;
+type AppProcessors<T> = DeclaredEvents<T> extends object ? TypedProcessors<T> : UntypedProcessors;
+
+/**
+ * The app: `App` untyped, or `App<T>` for an app that declared its events and/or tasks
+ * (docs/typing.md). Two interfaces rather than one generic: TypeScript then compares a
+ * typed app with a plain one member by member, so `App<T>` fits where `App` is expected.
+ */
+export type App<T extends AppTypes = AppTypes> =
+  DeclaredEvents<T> extends object ? TypedApp<T> : DeclaredTasks<T> extends object ? TypedApp<T> : UntypedApp;
+
+/** An app without declarations: any event type, any task name, `unknown` data. */
+export interface UntypedApp extends AppCommon {
+  /** The event outbox: append, read, follow, and re-drive a range of events to a task. */
+  readonly events: AppEvents;
+  /** Registers a task; see docs/jobs.md. */
+  task: JobQueue['task'];
+  /** Defers a job by task name (or task), for services that do not import the handler. */
+  defer: JobQueue['defer'];
+  /** A batch processor over the event log; see docs/processors.md. */
+  processor: UntypedProcessors['processor'];
+}
+
+/** An app that declared its events and/or tasks: those members check against T. */
+export interface TypedApp<T extends AppTypes> extends AppCommon {
+  /** The event outbox: `append` takes only the declared types (when events are declared). */
+  readonly events: AppEvents<T>;
+  /** Registers a task; with declared tasks, only a declared name, and the handler gets its args. */
+  task: AppTasks<T>['task'];
+  /** Defers a job by task name (or task), its args checked against the declaration. */
+  defer: AppTasks<T>['defer'];
+  /** A batch processor; with declared events, `types` narrows `events$`. */
+  processor: AppProcessors<T>['processor'];
+}
+
+/** What every app has, declared or not. */
+export interface AppCommon {
   readonly schema: string;
   readonly log: Logger;
   readonly clock: Clock;
@@ -56,12 +109,6 @@ export interface App {
   reads(): Promise<Reads>;
   migrate(options?: { onApplied?: (migration: Migration) => void }): Promise<{ applied: Migration[] }>;
   close(): Promise<void>;
-  /** The event outbox: append, read, follow, and re-drive a range of events to a task. */
-  readonly events: Events & { redrive(options: RedriveOptions): Promise<RedriveResult> };
-  /** Registers a task; see docs/jobs.md. */
-  task: JobQueue['task'];
-  /** Defers a job by task name (or task), for services that do not import the handler. */
-  defer: JobQueue['defer'];
   /**
    * Runs the worker — jobs, the scheduler and the processors' triggers — until the signal
    * aborts (or SIGINT/SIGTERM without one).
@@ -75,12 +122,6 @@ export interface App {
    * order from 1, before the app appends or reads; see docs/upcasting.md.
    */
   upcast<From = unknown, To = unknown>(type: string, fromVersion: number, fn: Upcaster<From, To>): void;
-  /** A batch processor over the event log; see docs/processors.md. */
-  processor(
-    name: string,
-    options: ProcessorOptions,
-    pipeline: Pipeline,
-  ): { name: string; runNow(): Promise<string | null> };
   /** What this app defines in code: for `schedules check` and tooling. */
   definitions(): { tasks: string[]; schedules: Schedule[]; processors: string[] };
   /** Operator controls on processors: status, pause, resume, resetFailed. */
@@ -89,7 +130,7 @@ export interface App {
   jobs: JobQueue['jobs'];
 }
 
-export function createApp(options: AppOptions = {}): App {
+export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> = {}): App<T> {
   const schema = validateSchemaName(options.schema ?? (process.env.OUTBATCH_SCHEMA || 'outbatch'));
   const log = (options.logger ?? silentLogger()).child({ schema });
   const clock = options.clock ?? systemClock;
@@ -150,7 +191,7 @@ export function createApp(options: AppOptions = {}): App {
   });
   const workerPools = makeWorkerPoolShelf(log);
 
-  return {
+  const app: App = {
     schema,
     log,
     clock,
@@ -197,4 +238,6 @@ export function createApp(options: AppOptions = {}): App {
       await db?.close();
     },
   };
+  // T is for the compiler only: the typed app is this same object.
+  return app as unknown as App<T>;
 }

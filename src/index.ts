@@ -4,7 +4,14 @@ export {
   type AdminServerOptions,
   startAdminServer,
 } from './admin/server.js';
-export { type App, type AppOptions, createApp } from './app.js';
+export {
+  type App,
+  type AppEvents,
+  type AppOptions,
+  createApp,
+  type TypedApp,
+  type UntypedApp,
+} from './app.js';
 export { type Clock, systemClock } from './clock.js';
 export { type ListenEvent, type ListenOptions, listen } from './db/listen.js';
 export type { Queryable } from './db/queryable.js';
@@ -78,5 +85,31 @@ export {
 export type { ProcessorState, ProcessorStatus } from './processors/status.js';
 // Schedules
 export type { Schedule, ScheduleSpec } from './schedule/definition.js';
+// Typing and validation (docs/typing.md)
+export type {
+  AppTypes,
+  EventData,
+  EventName,
+  EventSchemas,
+  EventVersion,
+  InferSchemas,
+  TaskArgs,
+  TaskName,
+  TypedNewEvent,
+  TypedStoredEvent,
+  Versioned,
+} from './typing/declare.js';
+export type { StandardSchemaV1 } from './typing/standardSchema.js';
+export type {
+  DeferArgs,
+  ProcessorHandle,
+  TypedAppend,
+  TypedAppendedEvent,
+  TypedPipeline,
+  TypedProcessors,
+  TypedTasks,
+  UntypedAppend,
+  UntypedProcessors,
+} from './typing/surface.js';
 export type { JobFinished, WorkerOptions } from './worker/options.js';
 export type { RunOptions } from './worker/runApp.js';

@@ -10,6 +10,7 @@ import type { Queryable } from '../src/db/queryable.js';
 import type { StoredEvent } from '../src/events/storedEvent.js';
 import { createLogger, type Logger } from '../src/log.js';
 import { bulkWrite } from '../src/processors/operators.js';
+import type { AppTypes } from '../src/typing/declare.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -24,8 +25,8 @@ export function uniqueSchema(label: string): string {
   return `t_${label.replace(/[^a-z0-9_]/g, '_')}_${randomBytes(4).toString('hex')}`;
 }
 
-export interface TestApp {
-  app: App;
+export interface TestApp<T extends AppTypes = AppTypes> {
+  app: App<T>;
   schema: string;
   pool: pg.Pool;
   /** Drops the schema and closes every connection. */
@@ -33,9 +34,12 @@ export interface TestApp {
 }
 
 /** A migrated app in a fresh schema, so test files never see each other's rows. */
-export async function isolatedApp(label: string, options: Partial<AppOptions> = {}): Promise<TestApp> {
+export async function isolatedApp<T extends AppTypes = AppTypes>(
+  label: string,
+  options: Partial<AppOptions<T>> = {},
+): Promise<TestApp<T>> {
   const schema = uniqueSchema(label);
-  const app = createApp({ databaseUrl: databaseUrl(), schema, ...options });
+  const app = createApp<T>({ databaseUrl: databaseUrl(), schema, ...options });
   await app.migrate();
   const pool = new pg.Pool({ connectionString: databaseUrl(), max: 4 });
   return {

@@ -13,6 +13,7 @@ import {
 } from '../errors.js';
 import { COPY_FROM, copyCapable, makeCopyAppend } from './appendCopy.js';
 import { eventsChannel } from './follow.js';
+import { applyEventSchemas, type EventSchemaMap } from './schemas.js';
 import {
   EVENT_COLUMNS,
   type EventRow,
@@ -58,6 +59,8 @@ export function makeAppend(deps: {
   maxEventBytes: number;
   /** Says which version an event without `version` records: its type's current one. */
   upcasters: Upcasters;
+  /** Validators by event type; undefined when the app registered none. */
+  schemas?: EventSchemaMap;
 }) {
   const copyAppend = makeCopyAppend(deps);
 
@@ -94,7 +97,9 @@ export function makeAppend(deps: {
     SELECT ${EVENT_COLUMNS}, false AS duplicate, pg_notify('${eventsChannel(deps.schema)}', '') AS notified
     FROM inserted`;
 
-  async function append(input: NewEvent | NewEvent[], options: AppendOptions = {}) {
+  async function append(given: NewEvent | NewEvent[], options: AppendOptions = {}) {
+    // Only an app that registered schemas pays for this step.
+    const input = deps.schemas ? await applyEventSchemas(given, deps.schemas) : given;
     const batch = validateEvents(input, deps.maxEventBytes, deps.upcasters.current);
     const expected = expectedVersions(options.expectedVersion, batch.streams);
     if (batch.count === 0) return [];

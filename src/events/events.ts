@@ -4,6 +4,7 @@ import type { Clock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import type { Reads } from '../db/readReplica.js';
 import { ValidationError } from '../errors.js';
+import type { StandardSchemaV1 } from '../typing/standardSchema.js';
 import { makeAppend } from './append.js';
 import { makeFollow } from './follow.js';
 import { makeGet } from './get.js';
@@ -13,6 +14,7 @@ import { eventLogStatus } from './logStatus.js';
 import { type ConvertOptions, convertToPartitioned, setPartitionSize } from './partitioning.js';
 import { makeRead } from './read.js';
 import { rebaseTxIds } from './rebaseTxIds.js';
+import { eventSchemaMap } from './schemas.js';
 import { makeStream } from './stream.js';
 import { checkTxIdHorizon } from './txIdHorizon.js';
 import type { Upcasters } from './upcast.js';
@@ -21,6 +23,12 @@ import { DEFAULT_MAX_EVENT_BYTES } from './validate.js';
 export interface EventsOptions {
   /** Largest `data` + `metadata` JSON per event, in bytes (default 1 MB). */
   maxEventBytes?: number;
+  /**
+   * A Standard Schema validator (zod, valibot…) per event type: `append` refuses data that
+   * fails it with a ValidationError, before anything is written, and stores its output.
+   * Types without one are not validated (at no cost). See docs/typing.md.
+   */
+  schemas?: Record<string, StandardSchemaV1>;
 }
 
 /** `app.events`: the outbox. Every operation takes the pool lazily, on first use. */
@@ -41,6 +49,7 @@ export function makeEvents(deps: {
       `maxEventBytes is ${JSON.stringify(maxEventBytes)}: expected a whole number of bytes >= 1`,
     );
   }
+  const schemas = eventSchemaMap(deps.options?.schemas);
   const pool = async () => (await deps.database()).pool;
   const shared = { pool, schema: deps.schema, upcasters: deps.upcasters };
   // get, last and head stay on the primary: a service reading back what it just appended
@@ -52,7 +61,7 @@ export function makeEvents(deps: {
   };
   const read = makeRead(replicated);
   return {
-    append: makeAppend({ ...shared, maxEventBytes }),
+    append: makeAppend({ ...shared, maxEventBytes, schemas }),
     read,
     stream: makeStream(replicated),
     head: makeHead(shared),

@@ -12,6 +12,7 @@ import { ValidationError } from '../errors.js';
 import { type JobControl, makeJobControl } from './control.js';
 import type { DeferResult } from './defer.js';
 import {
+  checkArgs,
   type DeferOptions,
   deferSpec,
   type Handler,
@@ -25,7 +26,7 @@ import {
 } from './task.js';
 
 export interface JobQueue {
-  task<A = unknown>(name: string, options: TaskOptions, handler: Handler<A>): Task<A>;
+  task<A = unknown>(name: string, options: TaskOptions<A>, handler: Handler<A>): Task<A>;
   defer(task: string | Task, args?: unknown, options?: DeferOptions): Promise<DeferResult>;
   jobs: JobControl;
   /** Names of the registered tasks. */
@@ -74,7 +75,11 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
 
     async defer(task, args, options = {}) {
       const name = typeof task === 'string' ? task : task?.name;
-      const spec = toJobSpec(name, args, options, tasks.get(name), now, injectedClock);
+      const resolved = tasks.get(name);
+      // By name the schema applies only where the task is registered: a service deferring
+      // a task it has no handler for does not know its schema.
+      const checked = resolved?.schema ? await checkArgs(resolved, args, 'args') : args;
+      const spec = toJobSpec(name, checked, options, resolved, now, injectedClock);
       return deferSpec(env, spec, options.client);
     },
 

@@ -6,6 +6,8 @@ import type { Logger } from 'pino';
 import type { Queryable } from '../db/queryable.js';
 import { type DurationInput, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
+import { checkSchema, validateWith } from '../typing/check.js';
+import type { StandardSchemaV1 } from '../typing/standardSchema.js';
 import { type Backoff, type BackoffOptions, checkBackoff } from './backoff.js';
 import { type DeferResult, deferJob, deferJobs, type JobSpec } from './defer.js';
 import {
@@ -26,7 +28,8 @@ export interface RetryOptions {
   retryOn?: (error: unknown) => boolean;
 }
 
-export interface TaskOptions {
+// biome-ignore lint/suspicious/noExplicitAny: see Handler
+export interface TaskOptions<A = any> {
   /** Queue the task's jobs go to (default `default`). */
   queue?: string;
   /** Higher runs first (default 0). */
@@ -40,6 +43,12 @@ export interface TaskOptions {
   keepSucceededFor?: DurationInput;
   /** Open `ctx.tx` before the handler runs; it commits together with the job's completion. */
   transaction?: boolean;
+  /**
+   * A Standard Schema validator (zod, valibot…) for the args, run at every defer of this
+   * task from this app: a failure is a ValidationError and nothing is enqueued; the job
+   * gets the schema's output. See docs/typing.md.
+   */
+  schema?: StandardSchemaV1<unknown, A>;
 }
 
 export interface DeferOptions {
@@ -102,6 +111,8 @@ export interface ResolvedTask {
   keepSucceededForMs: number | null;
   transaction: boolean;
   handler: Handler;
+  /** The args' validator, if the task has one. */
+  schema: StandardSchemaV1 | undefined;
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: see Handler
@@ -149,6 +160,7 @@ export function resolveTask(name: string, options: TaskOptions, handler: Handler
         : toMilliseconds(options.keepSucceededFor, `task "${name}" keepSucceededFor`),
     transaction: Boolean(options.transaction),
     handler,
+    schema: options.schema === undefined ? undefined : checkSchema(options.schema, `task "${name}" schema`),
   };
 }
 
@@ -193,6 +205,12 @@ export function toJobSpec(
   };
 }
 
+/** The args as the task's schema outputs them (what the job stores), or a ValidationError naming `where`. */
+export function checkArgs(task: ResolvedTask, args: unknown, where: string): Promise<unknown> {
+  if (!task.schema) return Promise.resolve(args);
+  return validateWith(task.schema, args, where, `the schema of task "${task.name}"`);
+}
+
 export interface TaskEnv {
   schema: string;
   pool: () => Promise<Queryable>;
@@ -215,22 +233,31 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
     name: resolved.name,
     options: resolved,
     async defer(args, options = {}) {
-      const spec = toJobSpec(resolved.name, args, options, resolved, env.now, env.injectedClock);
+      const checked = resolved.schema ? await checkArgs(resolved, args, 'args') : args;
+      const spec = toJobSpec(resolved.name, checked, options, resolved, env.now, env.injectedClock);
       return deferSpec(env, spec, options.client);
     },
     async deferMany(jobs, options = {}) {
       if (!Array.isArray(jobs)) {
         throw new ValidationError(`deferMany of "${resolved.name}" expects an array of { args, ...options }`);
       }
-      const specs = jobs.map((job, i) => {
+      for (const [i, job] of jobs.entries()) {
         if (job === null || typeof job !== 'object') {
           throw new ValidationError(
             `deferMany of "${resolved.name}": item ${i} is not an object { args, ...options }`,
           );
         }
-        const { args, ...rest } = job;
-        return toJobSpec(resolved.name, args, rest, resolved, env.now, env.injectedClock);
-      });
+      }
+      // The schema's output is what is stored, so it is taken before the args become JSON.
+      const argsList: unknown[] = jobs.map((job) => job.args);
+      if (resolved.schema) {
+        for (const [i, args] of argsList.entries()) {
+          argsList[i] = await checkArgs(resolved, args, `jobs[${i}].args`);
+        }
+      }
+      const specs = jobs.map(({ args: _args, ...rest }, i) =>
+        toJobSpec(resolved.name, argsList[i], rest, resolved, env.now, env.injectedClock),
+      );
       const result = await deferJobs(options.client ?? (await env.pool()), env.schema, specs);
       for (const spec of specs) if (spec.runAt) env.deferredFor(spec.runAt);
       return result;
