@@ -8,6 +8,7 @@ import type { App } from '../app.js';
 import type { Actor } from '../audit.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { ValidationError } from '../errors.js';
+import { eventLogStatus } from '../events/logStatus.js';
 import { checkJobId } from '../jobs/control.js';
 import { type JobState, jobsWithoutWorker, STATES } from '../jobs/inspect.js';
 import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
@@ -146,18 +147,41 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
         gapSafeHeadCheckpoint: head.checkpoint,
       };
     },
+    /** The log's partitions, size and archived horizon (catalog estimates: no count over the log). */
+    async eventLog() {
+      const status = await eventLogStatus(await pool(), app.schema);
+      return {
+        layout: status.layout,
+        bytes: status.bytes,
+        estimatedEvents: status.estimatedEvents,
+        partitionSize: status.partitionSize,
+        partitionsAhead: status.partitionsAhead,
+        reachedPosition: status.reachedPosition.toString(),
+        archivedThrough: status.archivedThrough,
+        overflowEvents: status.overflowEvents,
+        partitions: status.partitions.map((p) => ({
+          name: p.name,
+          lower: p.lower?.toString() ?? null,
+          upper: p.upper?.toString() ?? null,
+          estimatedEvents: p.estimatedEvents,
+          bytes: p.bytes,
+        })),
+      };
+    },
     /** Everything the page shows but the job lists, in one round trip. */
     async overview(options: { showQueries: boolean }) {
-      const [counts, workers, schedules, processors, minutes, oldest, head, orphaned] = await Promise.all([
-        api.counts(),
-        api.workers(),
-        api.schedules(),
-        api.processors(),
-        api.throughput(new URLSearchParams()),
-        api.oldestTransaction(options),
-        api.head(),
-        api.withoutWorker(),
-      ]);
+      const [counts, workers, schedules, processors, minutes, oldest, head, orphaned, eventLog] =
+        await Promise.all([
+          api.counts(),
+          api.workers(),
+          api.schedules(),
+          api.processors(),
+          api.throughput(new URLSearchParams()),
+          api.oldestTransaction(options),
+          api.head(),
+          api.withoutWorker(),
+          api.eventLog(),
+        ]);
       return {
         generatedAt: new Date(),
         schema: app.schema,
@@ -168,6 +192,7 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
         throughput: minutes.minutes,
         ...oldest,
         events: head,
+        eventLog,
         ...orphaned,
       };
     },
@@ -175,19 +200,22 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
     async metricsSnapshot(): Promise<MetricsSnapshot> {
       const db = await pool();
       const reads = await app.reads();
-      const [jobs, processors, head, workers, schedules, oldest, orphaned, readReplica] = await Promise.all([
-        countJobs(db, q, app.schema),
-        api.processors().then((result) => result.processors),
-        lastEventPosition(db, q),
-        listWorkers(db, q),
-        scheduleViews(db, q),
-        // The primary's, as on the page: its open transactions hold back every horizon.
-        oldestTransaction(await writes()),
-        jobsWithoutWorker(db, app.schema),
-        reads.separate ? replicaView(await writes(), db) : undefined,
-      ]);
+      const [jobs, processors, head, workers, schedules, oldest, orphaned, readReplica, eventLog] =
+        await Promise.all([
+          countJobs(db, q, app.schema),
+          api.processors().then((result) => result.processors),
+          lastEventPosition(db, q),
+          listWorkers(db, q),
+          scheduleViews(db, q),
+          // The primary's, as on the page: its open transactions hold back every horizon.
+          oldestTransaction(await writes()),
+          jobsWithoutWorker(db, app.schema),
+          reads.separate ? replicaView(await writes(), db) : undefined,
+          eventLogStatus(db, app.schema),
+        ]);
       return {
         readReplica,
+        eventLog,
         jobs,
         processors,
         headPosition: head,

@@ -1,9 +1,10 @@
-/** The checks behind `outbatch doctor`: connection, server version, migrations, xid8 support, clock skew. */
+/** The checks behind `outbatch doctor`: connection, server version, migrations, xid8 support, tx id horizon, event log, clock skew. */
 import type pg from 'pg';
 import type { Clock } from '../clock.js';
 import { migrationStatus } from '../db/migrate.js';
 import { readServerVersion, type ServerVersion, serverVersionProblem } from '../db/serverVersion.js';
 import { errorMessage } from '../errors.js';
+import { eventLogStatus } from '../events/logStatus.js';
 import { checkTxIdHorizon } from '../events/txIdHorizon.js';
 
 export interface Check {
@@ -75,6 +76,35 @@ export async function runDoctor(
     return {
       ok: true,
       detail: `stored tx ids up to ${horizon.highestStored}, server at ${horizon.nextServer}`,
+    };
+  });
+  await check('event log', async () => {
+    const { rows } = await pool.query<{ exists: boolean }>('SELECT to_regclass($1) IS NOT NULL AS exists', [
+      `"${schema}".event_log`,
+    ]);
+    if (!rows[0]!.exists) return { ok: true, detail: 'not partitioned (migration 029 pending)' };
+    const log = await eventLogStatus(pool, schema);
+    if (log.layout === 'unpartitioned') {
+      return {
+        ok: true,
+        detail: `one unpartitioned table (~${log.estimatedEvents} events): convert it online with "outbatch events partition" (docs/event-log.md)`,
+      };
+    }
+    const top = log.partitions.reduce((max, p) => (p.upper !== null && p.upper > max ? p.upper : max), 0n);
+    const overflow =
+      log.overflowEvents > 0
+        ? `; ${log.overflowEvents} events in events_overflow (partitions fell behind once)`
+        : '';
+    // Appends landing in the default partition now: no worker has made partitions ahead.
+    if (top <= log.reachedPosition) {
+      return {
+        ok: false,
+        detail: `appends are past the last partition (position ${log.reachedPosition}, partitions end at ${top}) and land in events_overflow: run a worker, which makes partitions ahead${overflow}`,
+      };
+    }
+    return {
+      ok: true,
+      detail: `${log.partitions.length} partitions, ready up to position ${top} (${log.reachedPosition} reached)${log.archivedThrough ? `, archived through ${log.archivedThrough}` : ''}${overflow}`,
     };
   });
   await check('clock skew', async () => {

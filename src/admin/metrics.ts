@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { errorMessage } from '../errors.js';
+import type { EventLogStatus } from '../events/logStatus.js';
 import type { TaskWithoutWorker } from '../jobs/inspect.js';
 import type { ReplicaView } from '../processors/replicaStatus.js';
 import type { ProcessorStatus } from '../processors/status.js';
@@ -26,6 +27,7 @@ export interface MetricsSnapshot {
   withoutWorker: TaskWithoutWorker[];
   /** With readUrl: the replica's lag. */
   readReplica?: ReplicaView;
+  eventLog: EventLogStatus;
 }
 
 export interface Metrics {
@@ -144,6 +146,38 @@ export function makeMetrics(deps: { snapshot: () => Promise<MetricsSnapshot>; lo
       if (view) this.set(view.lagSeconds);
     },
   });
+
+  const eventLogGauge = (name: string, help: string, value: (log: EventLogStatus) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      async collect() {
+        this.reset();
+        const snap = await snapshot();
+        if (snap) this.set(value(snap.eventLog));
+      },
+    });
+  eventLogGauge(
+    'outbatch_events_log_bytes',
+    'Size of the event log: every partition with its indexes and TOAST',
+    (l) => l.bytes,
+  );
+  eventLogGauge(
+    'outbatch_events_partitions',
+    'Partitions of the event log, the default one included (0: not partitioned yet; see docs/event-log.md)',
+    (l) => l.partitions.length,
+  );
+  eventLogGauge(
+    'outbatch_events_overflow',
+    'Events in events_overflow, the default partition: > 0 means partitions fell behind the appends (no worker ran)',
+    (l) => l.overflowEvents,
+  );
+  eventLogGauge(
+    'outbatch_events_archived_through_position',
+    'Position of the archived horizon: events up to it were archived and dropped (0: nothing archived)',
+    (l) => (l.archivedThrough === null ? 0 : Number(l.archivedThrough.split(':')[1])),
+  );
 
   let lastHead: bigint | undefined;
   new Gauge({

@@ -52,6 +52,12 @@ function age(seconds) {
 function when(iso) { return iso ? String(iso).replace('T', ' ').slice(0, 19) + 'Z' : '-'; }
 function since(iso) { return iso ? (Date.now() - Date.parse(iso)) / 1000 : null; }
 function num(n) { return Number(n).toLocaleString('en-US'); }
+function bytes(n) {
+  var units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  var unit = 0;
+  while (n >= 1024 && unit < units.length - 1) { n /= 1024; unit++; }
+  return (unit === 0 ? n : n.toFixed(1)) + ' ' + units[unit];
+}
 function table(headers, rows, empty) {
   if (rows.length === 0) return el('div', { class: 'empty' }, empty);
   return el('table', null,
@@ -150,6 +156,10 @@ function tiles(o) {
     tile('late schedules', num(o.schedules.filter(function (s) { return s.late; }).length), o.schedules.some(function (s) { return s.late; }) ? 'bad' : ''),
     tile('oldest transaction', tx ? age(tx.age_seconds) : 'none', tx && tx.age_seconds > 300 ? 'bad' : ''),
     tile('event head', num(o.events.headPosition)),
+    tile('event log', bytes(o.eventLog.bytes) + ' · ' + (o.eventLog.layout === 'partitioned'
+      ? num(o.eventLog.partitions.length) + ' partitions'
+      : 'unpartitioned'), o.eventLog.overflowEvents > 0 || o.eventLog.layout !== 'partitioned' ? 'warn' : ''),
+    tile('archived through', o.eventLog.archivedThrough || 'nothing archived'),
   ];
 }
 

@@ -288,6 +288,11 @@ describe('dashboard', () => {
       assert.equal(sample(samples, 'outbatch_workers_alive'), 1);
       assert.equal(sample(samples, 'outbatch_events_head_position'), 30);
       assert.equal(sample(samples, 'outbatch_events_appended_total'), 30);
+      // The partitioned log: events_from_1 and two ahead, the default one, nothing archived.
+      assert.equal(sample(samples, 'outbatch_events_partitions'), 4);
+      assert.equal(sample(samples, 'outbatch_events_overflow'), 0);
+      assert.equal(sample(samples, 'outbatch_events_archived_through_position'), 0);
+      assert.ok(sample(samples, 'outbatch_events_log_bytes')! > 0);
       assert.equal(
         sample(samples, 'outbatch_processor_failed', { processor: 'crm-export', version: '1' }),
         1,
@@ -320,7 +325,23 @@ describe('dashboard', () => {
       schedules: { name: string; late: boolean; nextTick: string }[];
       throughput: { succeeded: number }[];
       events: { headPosition: string };
+      eventLog: {
+        layout: string;
+        partitions: { name: string; lower: string | null }[];
+        archivedThrough: null;
+      };
     };
+    assert.equal(o.eventLog.layout, 'partitioned');
+    assert.deepEqual(
+      o.eventLog.partitions.map((p) => [p.name, p.lower]),
+      [
+        ['events_from_1', '1'],
+        ['events_from_10000000', '10000000'],
+        ['events_from_20000000', '20000000'],
+        ['events_overflow', null],
+      ],
+    );
+    assert.equal(o.eventLog.archivedThrough, null);
     const dirty = o.jobs.counts.find((c) => c.state === 'dirty');
     assert.deepEqual(dirty, {
       state: 'dirty',

@@ -151,6 +151,10 @@ describe('a partitioned event log', () => {
     );
     assert.match(rows[0].p, /events_overflow$/);
     assert.equal((await t.app.events.logStatus()).overflowEvents, 1);
+    const env = { DATABASE_URL: databaseUrl(), OUTBATCH_SCHEMA: t.schema };
+    const behind = await runCli(['doctor'], env);
+    assert.equal(behind.code, 1);
+    assert.match(behind.stdout, /FAIL {2}event log +appends are past the last partition .* run a worker/);
     // The worker's pass makes partitions clear of any append in flight: the positions up to
     // them go on landing in events_overflow, without an error.
     const created = await createPartitionsAhead(pool, t.schema);
@@ -166,6 +170,11 @@ describe('a partitioned event log', () => {
     );
     assert.match(where[0].p, new RegExp(`${created[0]}$`));
     assert.equal((await t.app.events.logStatus()).overflowEvents, 2);
+    const caughtUp = await runCli(['doctor'], env);
+    assert.match(
+      caughtUp.stdout,
+      /ok {4}event log +\d+ partitions, ready up to position \d+ .*2 events in events_overflow/,
+    );
     assert.deepEqual(
       (await t.app.events.read({})).events.map((e) => e.data),
       [1, 2, 3],
