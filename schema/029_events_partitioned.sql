@@ -18,36 +18,26 @@ CREATE TABLE event_log (
   -- The highest (tx_id, position), in the readers' order, of every archived event: a reader
   -- whose checkpoint is below it would miss archived events, and is refused.
   archived_through_tx xid8 NOT NULL DEFAULT '0',
-  archived_through_position bigint NOT NULL DEFAULT 0
+  archived_through_position bigint NOT NULL DEFAULT 0,
+  -- Keys of events from this position on are in event_keys; below it, in the unique index
+  -- of the table events was before 029 (set by 030, when append_events() began
+  -- registering them).
+  keys_from bigint NOT NULL DEFAULT 1
 );
 INSERT INTO event_log DEFAULT VALUES;
 
--- Idempotency keys, unique across the whole partitioned log. PostgreSQL only enforces
--- uniqueness on a partitioned table for keys that include the partition key (position),
--- and a key must be unique whatever partition its event lands in; each partition also has
--- its own unique index on idempotency_key, which answers "is this key stored?" fast.
--- Filled by a trigger, so every path (append_events, COPY, other languages' INSERTs)
--- registers its keys; an archive deletes the keys of the partitions it drops (the
--- idempotency window is the retained log, see docs/event-log.md).
+-- Idempotency keys, unique across the whole partitioned log, and the index that finds a
+-- key's event. PostgreSQL only enforces uniqueness on a partitioned table for keys that
+-- include the partition key (position), and a per-partition index would be probed once per
+-- partition for every keyed append. append_events() registers each key it stores here, in
+-- the same statement (030); a key stored before that (below event_log.keys_from) is found
+-- by the old table's own unique index, which stays on it as the partition events_from_1.
+-- An archive deletes the keys of the partitions it drops: the idempotency window is the
+-- retained log (docs/event-log.md).
 CREATE TABLE event_keys (
   idempotency_key text PRIMARY KEY,
   position bigint NOT NULL
 );
-
--- SECURITY DEFINER: appender roles (ops/sql/roles.sql) insert into events and need no
--- right on event_keys. Two transactions appending the same new key at the same moment: the
--- later one fails here (or on the partition's unique index) with a unique violation, as
--- it did on events_idempotency_key_key before, and a retry returns the stored event.
-CREATE FUNCTION register_event_key() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path FROM CURRENT
-AS $$
-BEGIN
-  INSERT INTO event_keys (idempotency_key, position) VALUES (NEW.idempotency_key, NEW.position);
-  RETURN NULL;
-END;
-$$;
 
 -- One row per archived partition: where its events went, and how to check the file.
 CREATE TABLE event_archives (
@@ -95,7 +85,6 @@ BEGIN
   EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
   EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (position >= %s AND position < %s)',
                  name, name || '_range', from_position, to_position);
-  EXECUTE format('CREATE UNIQUE INDEX %I ON %I (idempotency_key)', name || '_idempotency_key', name);
   EXECUTE format('CREATE UNIQUE INDEX %I ON %I (stream, stream_version)', name || '_stream_version', name);
   EXECUTE format('ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
                  name, from_position, to_position);
@@ -208,8 +197,7 @@ $$;
 -- becomes a sequence of the same name (PostgreSQL before 17 has no identity columns on
 -- partitioned tables), continuing where the identity stopped. Grants on the table and the
 -- sequence are carried over. The old table keeps its own unique indexes on
--- idempotency_key and (stream, stream_version), which answer for its rows; keys appended
--- from now on are registered in event_keys.
+-- idempotency_key and (stream, stream_version), which answer for its rows.
 CREATE FUNCTION swap_events_to_partitioned(bound bigint)
 RETURNS void
 LANGUAGE plpgsql
@@ -267,10 +255,7 @@ BEGIN
   -- The readers' order, and the checkpoint's key; the type filter's walk.
   CREATE INDEX events_tx_id_position ON events (tx_id, position);
   CREATE INDEX events_type ON events (type, tx_id, position);
-  CREATE TRIGGER events_register_key AFTER INSERT ON events
-    FOR EACH ROW WHEN (NEW.idempotency_key IS NOT NULL) EXECUTE FUNCTION register_event_key();
   CREATE TABLE events_overflow PARTITION OF events DEFAULT;
-  CREATE UNIQUE INDEX events_overflow_idempotency_key ON events_overflow (idempotency_key);
   CREATE UNIQUE INDEX events_overflow_stream_version ON events_overflow (stream, stream_version);
   EXECUTE format('ALTER TABLE events ATTACH PARTITION events_from_1 FOR VALUES FROM (1) TO (%s)', bound);
   ALTER TABLE events_from_1 DROP CONSTRAINT events_partition_bound;
@@ -296,6 +281,8 @@ BEGIN
     PERFORM prepare_events_partitioning((SELECT partition_size FROM event_log));
     PERFORM validate_events_for_partitioning();
     PERFORM swap_events_to_partitioned((SELECT partition_size FROM event_log));
+    -- No key was stored before event_keys: the old table's key index has nothing to answer.
+    ALTER TABLE events_from_1 DROP CONSTRAINT events_from_1_idempotency_key;
     PERFORM create_event_partitions_ahead();
   END IF;
 END;

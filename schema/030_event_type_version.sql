@@ -17,6 +17,22 @@ ALTER TABLE events ADD CONSTRAINT events_type_version_check CHECK (type_version 
 -- "type_version" per element (a whole number >= 1, default 1), stored in
 -- events.type_version and returned as a column before "duplicate". The result changes, so
 -- DROP + CREATE (CREATE OR REPLACE cannot change a function's result columns).
+--
+-- Idempotency keys now go through event_keys (029): each stored key is registered there in
+-- the same statement, and a key is looked up there, then its event by position (one index
+-- probe and one pruned partition, however many partitions there are), or, for a key stored
+-- before this migration, in the old table's unique index (position < keys_from, which
+-- prunes every newer partition). Two transactions appending the same new key at once: the
+-- later one fails on event_keys_pkey, and a retry returns the stored event. A per-row
+-- trigger did the registering first: a PL/pgSQL call per keyed event cost a fifth of a
+-- keyed batch's throughput (ops/bench/eventLog.ts); a statement of the batch costs little.
+--
+-- keys_from is where registering begins: the sequence's next position, read under a lock
+-- that waits for the appends in flight (old code, without registering) to commit, and
+-- stops new ones for the moment it takes; keys below it are in the old table's index.
+LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE;
+UPDATE event_log SET keys_from = (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM events_position_seq);
+
 DROP FUNCTION append_events(jsonb, jsonb);
 DROP FUNCTION append_events_batch(jsonb, jsonb);
 
@@ -42,6 +58,7 @@ SET enable_nestloop = off
 AS $fn$
 #variable_conflict use_column
 DECLARE
+  keys_below bigint := (SELECT l.keys_from FROM event_log l);
   fresh_ords bigint[];
   bumped_streams text[];
   versions_before bigint[];
@@ -59,7 +76,8 @@ BEGIN
   ), fresh AS (
     SELECT i.ord, i.stream FROM input i
     WHERE i.key IS NULL
-       OR (i.nth = 1 AND NOT EXISTS (SELECT 1 FROM events s WHERE s.idempotency_key = i.key))
+       OR (i.nth = 1 AND NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.idempotency_key = i.key)
+                     AND NOT EXISTS (SELECT 1 FROM events s WHERE s.idempotency_key = i.key AND s."position" < keys_below))
   ), counts AS (
     SELECT f.stream, count(*) AS n FROM fresh f GROUP BY f.stream
   ), bumped AS (
@@ -120,6 +138,9 @@ BEGIN
     INSERT INTO events (stream, stream_version, type, data, metadata, idempotency_key, type_version)
     SELECT n.stream, n.version, n.type, n.data, n.metadata, n.key, n.type_version FROM numbered n ORDER BY n.ord
     RETURNING *
+  ), registered AS (
+    INSERT INTO event_keys (idempotency_key, "position")
+    SELECT ins.idempotency_key, ins."position" FROM inserted ins WHERE ins.idempotency_key IS NOT NULL
   ), stored_new AS (
     SELECT n.ord, ins.* FROM numbered n
     JOIN inserted ins ON ins.stream = n.stream AND ins.stream_version = n.version
@@ -142,7 +163,10 @@ BEGIN
     SELECT d.ord, (d.s)."position", (d.s).tx_id, (d.s).stream, (d.s).stream_version, (d.s).type,
            (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, (d.s).type_version, true
     FROM (
-      SELECT i.ord, (SELECT s FROM events s WHERE s.idempotency_key = i.key) AS s
+      SELECT i.ord, coalesce(
+               (SELECT s FROM events s
+                WHERE s."position" = (SELECT k."position" FROM event_keys k WHERE k.idempotency_key = i.key)),
+               (SELECT s FROM events s WHERE s.idempotency_key = i.key AND s."position" < keys_below)) AS s
       FROM input i WHERE i.key IS NOT NULL
     ) d
     WHERE d.s IS NOT NULL
@@ -176,6 +200,7 @@ SET search_path FROM CURRENT
 AS $fn$
 #variable_conflict use_column
 DECLARE
+  keys_below bigint := (SELECT l.keys_from FROM event_log l);
   e jsonb;
   want jsonb;
   expected bigint;
@@ -201,7 +226,15 @@ BEGIN
     RETURN QUERY
     SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
            s.recorded_at, s.idempotency_key, s.type_version, true
-    FROM events s WHERE s.idempotency_key = e->>'idempotency_key';
+    FROM events s
+    WHERE s."position" = (SELECT k."position" FROM event_keys k WHERE k.idempotency_key = e->>'idempotency_key');
+    IF FOUND THEN
+      RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
+           s.recorded_at, s.idempotency_key, s.type_version, true
+    FROM events s WHERE s.idempotency_key = e->>'idempotency_key' AND s."position" < keys_below;
     IF FOUND THEN
       RETURN;
     END IF;
@@ -234,11 +267,18 @@ BEGIN
                                         'actual', version_after - 1)::text;
   END IF;
   RETURN QUERY
-  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key, type_version)
-  VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
-          e->>'idempotency_key', coalesce((e->>'type_version')::integer, 1))
-  RETURNING n."position", n.tx_id, n.stream, n.stream_version, n.type, n.data, n.metadata,
-            n.recorded_at, n.idempotency_key, n.type_version, false;
+  WITH inserted AS (
+    INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key, type_version)
+    VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
+            e->>'idempotency_key', coalesce((e->>'type_version')::integer, 1))
+    RETURNING n.*
+  ), registered AS (
+    INSERT INTO event_keys (idempotency_key, "position")
+    SELECT ins.idempotency_key, ins."position" FROM inserted ins WHERE ins.idempotency_key IS NOT NULL
+  )
+  SELECT ins."position", ins.tx_id, ins.stream, ins.stream_version, ins.type, ins.data, ins.metadata,
+         ins.recorded_at, ins.idempotency_key, ins.type_version, false
+  FROM inserted ins;
   PERFORM pg_notify(current_schema() || '_events', '');
 END;
 $fn$;

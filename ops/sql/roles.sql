@@ -77,11 +77,17 @@ BEGIN
   EXECUTE format('GRANT SELECT ON %I.tasks TO %I', s, appender);
   -- The insert trigger wakes workers only when one is idle: it reads the workers table.
   EXECUTE format('GRANT SELECT ON %I.workers TO %I', s, appender);
+  -- Idempotency keys: append_events() looks them up and registers them in event_keys, and
+  -- reads where registering began in event_log (schema/029, 030).
+  EXECUTE format('GRANT SELECT, INSERT ON %I.event_keys TO %I', s, appender);
+  EXECUTE format('GRANT SELECT ON %I.event_log TO %I', s, appender);
   EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %I TO %I', s, appender);
   -- Sequences are not tables to GRANT ... ON ALL TABLES: the bulk append (COPY) reads the
   -- position sequence's last value, and defer_jobs() draws job ids with nextval() itself.
+  -- Since 029 events.position is a plain sequence default, not an identity: every insert
+  -- draws it with nextval(), which needs USAGE.
   FOREACH r IN ARRAY ARRAY[appender, worker] LOOP
-    EXECUTE format('GRANT SELECT ON SEQUENCE %s TO %I', pg_get_serial_sequence(format('%I.events', s), 'position'), r);
+    EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO %I', pg_get_serial_sequence(format('%I.events', s), 'position'), r);
     EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence(format('%I.jobs', s), 'id'), r);
   END LOOP;
 
@@ -89,6 +95,7 @@ BEGIN
   -- rewrites events (so rebase_tx_ids, which does, stays with the owner).
   EXECUTE format('GRANT SELECT, INSERT ON %I.events TO %I', s, worker);
   EXECUTE format('GRANT SELECT, INSERT, UPDATE ON %I.streams TO %I', s, worker);
+  EXECUTE format('GRANT SELECT, INSERT ON %I.event_keys TO %I', s, worker);
   FOREACH r IN ARRAY ARRAY['jobs', 'workers', 'tasks', 'task_stats', 'schedules', 'schedule_ticks', 'processors',
                            'processor_dead_letters'] LOOP
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I.%I TO %I', s, r, worker);

@@ -101,6 +101,7 @@ SET search_path FROM CURRENT
 AS $fn$
 #variable_conflict use_column
 DECLARE
+  keys_below bigint := (SELECT l.keys_from FROM event_log l);
   e jsonb;
   want jsonb;
   expected bigint;
@@ -126,7 +127,15 @@ BEGIN
     RETURN QUERY
     SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
            s.recorded_at, s.idempotency_key, s.type_version, true
-    FROM events s WHERE s.idempotency_key = e->>'idempotency_key';
+    FROM events s
+    WHERE s."position" = (SELECT k."position" FROM event_keys k WHERE k.idempotency_key = e->>'idempotency_key');
+    IF FOUND THEN
+      RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT s."position", s.tx_id, s.stream, s.stream_version, s.type, s.data, s.metadata,
+           s.recorded_at, s.idempotency_key, s.type_version, true
+    FROM events s WHERE s.idempotency_key = e->>'idempotency_key' AND s."position" < keys_below;
     IF FOUND THEN
       RETURN;
     END IF;
@@ -159,11 +168,18 @@ BEGIN
                                         'actual', version_after - 1)::text;
   END IF;
   RETURN QUERY
-  INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key, type_version)
-  VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
-          e->>'idempotency_key', coalesce((e->>'type_version')::integer, 1))
-  RETURNING n."position", n.tx_id, n.stream, n.stream_version, n.type, n.data, n.metadata,
-            n.recorded_at, n.idempotency_key, n.type_version, false;
+  WITH inserted AS (
+    INSERT INTO events AS n (stream, stream_version, type, data, metadata, idempotency_key, type_version)
+    VALUES (e->>'stream', version_after, e->>'type', e->'data', coalesce(e->'metadata', '{}'::jsonb),
+            e->>'idempotency_key', coalesce((e->>'type_version')::integer, 1))
+    RETURNING n.*
+  ), registered AS (
+    INSERT INTO event_keys (idempotency_key, "position")
+    SELECT ins.idempotency_key, ins."position" FROM inserted ins WHERE ins.idempotency_key IS NOT NULL
+  )
+  SELECT ins."position", ins.tx_id, ins.stream, ins.stream_version, ins.type, ins.data, ins.metadata,
+         ins.recorded_at, ins.idempotency_key, ins.type_version, false
+  FROM inserted ins;
   PERFORM pg_notify(current_schema() || '_events', '');
 END;
 $fn$;
@@ -193,6 +209,7 @@ SET enable_nestloop = off
 AS $fn$
 #variable_conflict use_column
 DECLARE
+  keys_below bigint := (SELECT l.keys_from FROM event_log l);
   fresh_ords bigint[];
   bumped_streams text[];
   versions_before bigint[];
@@ -210,7 +227,8 @@ BEGIN
   ), fresh AS (
     SELECT i.ord, i.stream FROM input i
     WHERE i.key IS NULL
-       OR (i.nth = 1 AND NOT EXISTS (SELECT 1 FROM events s WHERE s.idempotency_key = i.key))
+       OR (i.nth = 1 AND NOT EXISTS (SELECT 1 FROM event_keys k WHERE k.idempotency_key = i.key)
+                     AND NOT EXISTS (SELECT 1 FROM events s WHERE s.idempotency_key = i.key AND s."position" < keys_below))
   ), counts AS (
     SELECT f.stream, count(*) AS n FROM fresh f GROUP BY f.stream
   ), bumped AS (
@@ -271,6 +289,9 @@ BEGIN
     INSERT INTO events (stream, stream_version, type, data, metadata, idempotency_key, type_version)
     SELECT n.stream, n.version, n.type, n.data, n.metadata, n.key, n.type_version FROM numbered n ORDER BY n.ord
     RETURNING *
+  ), registered AS (
+    INSERT INTO event_keys (idempotency_key, "position")
+    SELECT ins.idempotency_key, ins."position" FROM inserted ins WHERE ins.idempotency_key IS NOT NULL
   ), stored_new AS (
     SELECT n.ord, ins.* FROM numbered n
     JOIN inserted ins ON ins.stream = n.stream AND ins.stream_version = n.version
@@ -293,7 +314,10 @@ BEGIN
     SELECT d.ord, (d.s)."position", (d.s).tx_id, (d.s).stream, (d.s).stream_version, (d.s).type,
            (d.s).data, (d.s).metadata, (d.s).recorded_at, (d.s).idempotency_key, (d.s).type_version, true
     FROM (
-      SELECT i.ord, (SELECT s FROM events s WHERE s.idempotency_key = i.key) AS s
+      SELECT i.ord, coalesce(
+               (SELECT s FROM events s
+                WHERE s."position" = (SELECT k."position" FROM event_keys k WHERE k.idempotency_key = i.key)),
+               (SELECT s FROM events s WHERE s.idempotency_key = i.key AND s."position" < keys_below)) AS s
       FROM input i WHERE i.key IS NOT NULL
     ) d
     WHERE d.s IS NOT NULL
@@ -328,36 +352,26 @@ CREATE TABLE event_log (
   -- The highest (tx_id, position), in the readers' order, of every archived event: a reader
   -- whose checkpoint is below it would miss archived events, and is refused.
   archived_through_tx xid8 NOT NULL DEFAULT '0',
-  archived_through_position bigint NOT NULL DEFAULT 0
+  archived_through_position bigint NOT NULL DEFAULT 0,
+  -- Keys of events from this position on are in event_keys; below it, in the unique index
+  -- of the table events was before 029 (set by 030, when append_events() began
+  -- registering them).
+  keys_from bigint NOT NULL DEFAULT 1
 );
 INSERT INTO event_log DEFAULT VALUES;
 
--- Idempotency keys, unique across the whole partitioned log. PostgreSQL only enforces
--- uniqueness on a partitioned table for keys that include the partition key (position),
--- and a key must be unique whatever partition its event lands in; each partition also has
--- its own unique index on idempotency_key, which answers "is this key stored?" fast.
--- Filled by a trigger, so every path (append_events, COPY, other languages' INSERTs)
--- registers its keys; an archive deletes the keys of the partitions it drops (the
--- idempotency window is the retained log, see docs/event-log.md).
+-- Idempotency keys, unique across the whole partitioned log, and the index that finds a
+-- key's event. PostgreSQL only enforces uniqueness on a partitioned table for keys that
+-- include the partition key (position), and a per-partition index would be probed once per
+-- partition for every keyed append. append_events() registers each key it stores here, in
+-- the same statement (030); a key stored before that (below event_log.keys_from) is found
+-- by the old table's own unique index, which stays on it as the partition events_from_1.
+-- An archive deletes the keys of the partitions it drops: the idempotency window is the
+-- retained log (docs/event-log.md).
 CREATE TABLE event_keys (
   idempotency_key text PRIMARY KEY,
   position bigint NOT NULL
 );
-
--- SECURITY DEFINER: appender roles (ops/sql/roles.sql) insert into events and need no
--- right on event_keys. Two transactions appending the same new key at the same moment: the
--- later one fails here (or on the partition's unique index) with a unique violation, as
--- it did on events_idempotency_key_key before, and a retry returns the stored event.
-CREATE FUNCTION register_event_key() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path FROM CURRENT
-AS $$
-BEGIN
-  INSERT INTO event_keys (idempotency_key, position) VALUES (NEW.idempotency_key, NEW.position);
-  RETURN NULL;
-END;
-$$;
 
 -- One row per archived partition: where its events went, and how to check the file.
 CREATE TABLE event_archives (
@@ -405,7 +419,6 @@ BEGIN
   EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
   EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (position >= %s AND position < %s)',
                  name, name || '_range', from_position, to_position);
-  EXECUTE format('CREATE UNIQUE INDEX %I ON %I (idempotency_key)', name || '_idempotency_key', name);
   EXECUTE format('CREATE UNIQUE INDEX %I ON %I (stream, stream_version)', name || '_stream_version', name);
   EXECUTE format('ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
                  name, from_position, to_position);
@@ -518,8 +531,7 @@ $$;
 -- becomes a sequence of the same name (PostgreSQL before 17 has no identity columns on
 -- partitioned tables), continuing where the identity stopped. Grants on the table and the
 -- sequence are carried over. The old table keeps its own unique indexes on
--- idempotency_key and (stream, stream_version), which answer for its rows; keys appended
--- from now on are registered in event_keys.
+-- idempotency_key and (stream, stream_version), which answer for its rows.
 CREATE FUNCTION swap_events_to_partitioned(bound bigint)
 RETURNS void
 LANGUAGE plpgsql
@@ -577,10 +589,7 @@ BEGIN
   -- The readers' order, and the checkpoint's key; the type filter's walk.
   CREATE INDEX events_tx_id_position ON events (tx_id, position);
   CREATE INDEX events_type ON events (type, tx_id, position);
-  CREATE TRIGGER events_register_key AFTER INSERT ON events
-    FOR EACH ROW WHEN (NEW.idempotency_key IS NOT NULL) EXECUTE FUNCTION register_event_key();
   CREATE TABLE events_overflow PARTITION OF events DEFAULT;
-  CREATE UNIQUE INDEX events_overflow_idempotency_key ON events_overflow (idempotency_key);
   CREATE UNIQUE INDEX events_overflow_stream_version ON events_overflow (stream, stream_version);
   EXECUTE format('ALTER TABLE events ATTACH PARTITION events_from_1 FOR VALUES FROM (1) TO (%s)', bound);
   ALTER TABLE events_from_1 DROP CONSTRAINT events_partition_bound;
@@ -602,14 +611,15 @@ $$;
 -- events is created above as a plain table and converted here, by the same functions an
 -- upgrade runs, so both roads name every partition, index and constraint alike: the
 -- result is the partitioned events (range partitions events_from_<first position>, and
--- events_overflow, the default), its sequence events_position_seq, and the trigger
--- events_register_key. [029]
+-- events_overflow, the default) and its sequence events_position_seq. [029]
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM events) THEN
     PERFORM prepare_events_partitioning((SELECT partition_size FROM event_log));
     PERFORM validate_events_for_partitioning();
     PERFORM swap_events_to_partitioned((SELECT partition_size FROM event_log));
+    -- No key was stored before event_keys: the old table's key index has nothing to answer.
+    ALTER TABLE events_from_1 DROP CONSTRAINT events_from_1_idempotency_key;
     PERFORM create_event_partitions_ahead();
   END IF;
 END;

@@ -166,12 +166,13 @@ export function appendFailure(error: unknown): unknown {
 
 /**
  * The unique indexes a racing duplicate key can fail on: event_keys' (the whole log's,
- * schema/029), a partition's own, or the unpartitioned table's.
+ * schema/029 and 030), or the one of the table from before 029, which keeps it unpartitioned
+ * and as the partition events_from_1 (whichever index the two inserts meet first).
  */
 function isIdempotencyKeyIndex(constraint: string | undefined): boolean {
   return (
     constraint === 'event_keys_pkey' ||
     constraint === 'events_idempotency_key_key' ||
-    (constraint?.startsWith('events_') === true && constraint.endsWith('_idempotency_key'))
+    constraint === 'events_from_1_idempotency_key'
   );
 }

@@ -12,6 +12,7 @@ import {
 } from '../../src/index.js';
 import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { processorState, waitFor } from '../jobs/support.js';
+import { waitUntilReadable } from './readable.js';
 
 // OrderPlaced's shapes over time: the total as a string of euros, then cents, then cents
 // with a currency. The code of each time is an app of its own on the same schema.
@@ -141,6 +142,8 @@ describe('event type versions and upcasting', () => {
       { version: 3, data: { totalCents: 5, currency: 'SEK' } },
     ];
     const shape = (events: StoredEvent[]) => events.map(({ version, data }) => ({ version, data }));
+    // Another file's open transaction may hold the read horizon back for a while.
+    await waitUntilReadable(t.pool, t.schema);
     const page = await t.app.events.read({ types: ['OrderPlaced'], streamPrefix: 'read-' });
     assert.deepEqual(shape(page.events), current);
     assert.deepEqual(shape(await t.app.events.stream('read-1')), current.slice(0, 1));
@@ -218,6 +221,7 @@ describe('event type versions and upcasting', () => {
       { stream: 'shop-2', type: 'OrderPlaced', data: { total: '0.99' } },
     ]);
     await old2.events.append({ stream: 'shop-3', type: 'OrderPlaced', data: { totalCents: 300 } });
+    await waitUntilReadable(t.pool, t.schema);
     const expected = async () =>
       (await t.app.events.read({ types: ['OrderPlaced'], streamPrefix: 'shop-', limit: 100 })).events.map(
         (e) => ({ position: e.position.toString(), ...(e.data as V3) }),
@@ -275,6 +279,7 @@ describe('event type versions and upcasting', () => {
     const [event] = await old1.events.append([
       { stream: 'redrive-1', type: 'OrderPlaced', data: { total: '2' } },
     ]);
+    await waitUntilReadable(t.pool, t.schema);
     const result = await t.app.events.redrive({
       from: event!.position.toString(),
       types: ['OrderPlaced'],
@@ -297,6 +302,7 @@ describe('event type versions and upcasting', () => {
       { stream: 'fragile-3', type: 'Fragile', data: { n: 3 }, version: 1 },
     ]);
     const message = `upcasting Fragile event at position ${bad!.position} from version 1 to 2 failed: no n for 2`;
+    await waitUntilReadable(t.pool, t.schema);
     await assert.rejects(t.app.events.read({ types: ['Fragile'] }), (error: Error) => {
       assert.ok(error instanceof UpcastError);
       assert.equal(error.type, 'Fragile');
