@@ -5,12 +5,15 @@ import type { Database } from '../db/database.js';
 import type { Reads } from '../db/readReplica.js';
 import { ValidationError } from '../errors.js';
 import { makeAppend } from './append.js';
+import { makeArchive } from './archive.js';
 import { makeFollow } from './follow.js';
 import { makeGet } from './get.js';
 import { makeHead } from './head.js';
+import { makeImport } from './importArchive.js';
 import { makeLast } from './last.js';
 import { makeRead } from './read.js';
 import { rebaseTxIds } from './rebaseTxIds.js';
+import { makeRetention } from './retention.js';
 import { makeStream } from './stream.js';
 import { checkTxIdHorizon } from './txIdHorizon.js';
 import { DEFAULT_MAX_EVENT_BYTES } from './validate.js';
@@ -60,6 +63,12 @@ export function makeEvents(deps: {
       schema: deps.schema,
       log: deps.log.child({ component: 'events' }),
     }),
+    /** Retention policies: which events an archive may take out; see retention.ts. */
+    retention: makeRetention({ pool, schema: deps.schema }),
+    /** Archives whole partitions to a verified file and drops them; see archive.ts. */
+    archive: makeArchive({ pool, schema: deps.schema, log: deps.log.child({ component: 'archive' }) }),
+    /** Brings an archive file back, into this app's schema; see importArchive.ts. */
+    importArchive: makeImport({ pool, schema: deps.schema, log: deps.log.child({ component: 'import' }) }),
     /** Throws TxIdHorizonError after a logical restore; see txIdHorizon.ts. */
     checkTxIdHorizon: async () => checkTxIdHorizon(await pool(), deps.schema),
     /** The way out of a TxIdHorizonError (stop workers first); see rebaseTxIds.ts. */
