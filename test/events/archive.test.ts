@@ -209,6 +209,32 @@ describe('events archive, import and retention', () => {
   });
 });
 
+describe('events import from another cluster', () => {
+  it('says when the imported tx ids are ahead of this server, so readers would not see them', async () => {
+    const file = path.join(folder, 'ahead.ndjson.gz');
+    writeFileSync(
+      file,
+      gzipSync(
+        '{"position":7,"tx_id":"900000000000","stream":"far-1","stream_version":1,"type":"T","data":{"n":1},"metadata":{},"recorded_at":"2026-01-01T00:00:00.123456Z","idempotency_key":"far-key"}\n',
+      ),
+    );
+    const target = uniqueSchema('ahead');
+    const app = createTestApp({ schema: target });
+    try {
+      const result = await app.events.importArchive({ file });
+      assert.equal(result.events, 1);
+      assert.equal(result.txIdsAhead?.highestStored, 900000000000n);
+      await assert.rejects(app.events.checkTxIdHorizon(), /rebase-tx-ids/);
+    } finally {
+      await app.close();
+      const pool = (await import('pg')).default.Pool;
+      const admin = new pool({ connectionString: databaseUrl(), max: 1 });
+      await admin.query(`DROP SCHEMA IF EXISTS "${target}" CASCADE`);
+      await admin.end();
+    }
+  });
+});
+
 describe('events archive: what stays, and why', () => {
   let t: TestApp;
   before(async () => {
