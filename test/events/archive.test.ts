@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
+import { tap } from 'rxjs';
 import { ArchivedEventsError } from '../../src/errors.js';
 import { verifyArchive } from '../../src/events/archiveFile.js';
 import {
@@ -158,6 +159,32 @@ describe('events archive, import and retention', () => {
     await assert.rejects(t.app.events.redrive({ from: 'start', task: 'nothing' }), ArchivedEventsError);
     const moved = await t.app.processors.replay('counter', { from: 'archived' });
     assert.equal(moved.checkpoint, result.horizon);
+
+    // A processor new to the archived log: its runs fail with the error, naming the replay
+    // that starts it after the archive; once replayed there, it reads what is left.
+    let seen = 0;
+    t.app.processor(
+      'late',
+      { batchSize: 50, trigger: { onAppend: { debounce: { milliseconds: 10 } } } },
+      (events$) => events$.pipe(tap(() => seen++)),
+    );
+    const again = new AbortController();
+    const rerun = t.app.run({ concurrency: 2, signal: again.signal, pollInterval: 50 });
+    try {
+      const failure = await waitFor('the new processor fails on the archive', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT last_error::text AS error FROM ${q}.jobs WHERE task = 'processor:late' AND last_error IS NOT NULL LIMIT 1`,
+        );
+        return rows[0]?.error as string | undefined;
+      });
+      assert.match(failure, /outbatch replay late --from archived --yes/);
+      await t.app.processors.replay('late', { from: 'archived' });
+      const left = total - original.length;
+      await waitFor('the new processor reads what is left', async () => seen === left, 90_000);
+    } finally {
+      again.abort();
+      await rerun;
+    }
 
     // Import into a schema of its own, checked against the archive's record.
     const target = uniqueSchema('imported');
