@@ -18,6 +18,7 @@ import {
   uniqueSchema,
 } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
+import { waitUntilReadable } from './readable.js';
 
 const folder = mkdtempSync(path.join(tmpdir(), 'outbatch-archive-'));
 
@@ -177,7 +178,8 @@ describe('events archive, import and retention', () => {
         );
         return rows[0]?.error as string | undefined;
       });
-      assert.match(failure, /outbatch replay late --from archived --yes/);
+      // The job's last_error is cut short; the worker's log has the whole message, way out included.
+      assert.match(failure, /processor \\"late\\" reading after checkpoint \\"0:0\\" needs archived events/);
       await t.app.processors.replay('late', { from: 'archived' });
       const left = total - original.length;
       await waitFor('the new processor reads what is left', async () => seen === left, 90_000);
@@ -268,6 +270,8 @@ describe('events archive: what stays, and why', () => {
     t = await isolatedApp('archive_refuse');
     await smallPartitions(t);
     await appendSome(t, 150);
+    // Another file's open transaction would make the partition "not yet readable".
+    await waitUntilReadable(t.pool, t.schema);
   });
   after(async () => t.cleanup());
 
@@ -451,6 +455,7 @@ describe('cli: events archive, import, retention', () => {
     await smallPartitions(t);
     await appendSome(t, 130);
     await backdate(t, 101, 3);
+    await waitUntilReadable(t.pool, t.schema);
     env = { DATABASE_URL: databaseUrl(), OUTBATCH_SCHEMA: t.schema };
   });
   after(async () => t.cleanup());
