@@ -13,6 +13,7 @@ export { withTransaction } from './db/transaction.js';
 export type { DurationInput, DurationLike } from './duration.js';
 export {
   AlreadyEnqueued,
+  ArchivedEventsError,
   ConcurrencyError,
   ConnectionError,
   EmbeddedServerError,
@@ -26,6 +27,7 @@ export {
   ValidationError,
 } from './errors.js';
 export type { AppendedEvent, AppendOptions } from './events/append.js';
+export type { ArchiveOptions, ArchiveResult, PartitionPlan } from './events/archive.js';
 export {
   type Checkpoint,
   type CheckpointParts,
@@ -37,7 +39,9 @@ export type { Events, EventsOptions } from './events/events.js';
 export type { EventFilter } from './events/filter.js';
 export { eventsChannel, type FollowOptions } from './events/follow.js';
 export type { Head } from './events/head.js';
+export type { ImportOptions, ImportResult } from './events/importArchive.js';
 export type { ReadOptions, ReadPage } from './events/read.js';
+export type { RetentionKey, RetentionPolicy } from './events/retention.js';
 export type { StoredEvent } from './events/storedEvent.js';
 export type { StreamOptions } from './events/stream.js';
 export { checkTxIdHorizon, type TxIdHorizon } from './events/txIdHorizon.js';
