@@ -267,7 +267,10 @@ export function makeArchive(deps: { pool: () => Promise<pg.Pool>; schema: string
       try {
         return await archiveLocked(pool, session, before, file, options);
       } finally {
-        await session.query(`SELECT pg_advisory_unlock(hashtext($1))`, [`${deps.schema}.events.archive`]);
+        // A lost connection has released it already; the run's own error is the one to report.
+        await session
+          .query(`SELECT pg_advisory_unlock(hashtext($1))`, [`${deps.schema}.events.archive`])
+          .catch(() => {});
       }
     } finally {
       session.release();
