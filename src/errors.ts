@@ -149,3 +149,21 @@ export class JobTimeoutError extends OutbatchError {
     super('OUTBATCH_JOB_TIMEOUT', `job exceeded its timeout of ${timeoutMs} ms`);
   }
 }
+
+/**
+ * A read, a processor, a replay or a re-drive asked for events before the archived
+ * horizon: they left the database (`outbatch events archive`). The message names the
+ * archive file(s), when, and the ways out: read from the horizon on, or import the file
+ * into another schema.
+ */
+export class ArchivedEventsError extends OutbatchError {
+  constructor(
+    message: string,
+    /** The archived horizon, `"<tx_id>:<position>"`: reading after it is allowed. */
+    readonly horizon: string,
+    /** The archive files, oldest first. */
+    readonly files: string[],
+  ) {
+    super('OUTBATCH_ARCHIVED', message);
+  }
+}

@@ -20,6 +20,7 @@ export { withTransaction } from './db/transaction.js';
 export type { DurationInput, DurationLike } from './duration.js';
 export {
   AlreadyEnqueued,
+  ArchivedEventsError,
   ConcurrencyError,
   ConnectionError,
   ConversionError,
@@ -34,6 +35,7 @@ export {
   ValidationError,
 } from './errors.js';
 export type { AppendedEvent, AppendOptions } from './events/append.js';
+export type { ArchiveOptions, ArchiveResult, PartitionPlan } from './events/archive.js';
 export {
   type Checkpoint,
   type CheckpointParts,
@@ -45,9 +47,11 @@ export type { Events, EventsOptions } from './events/events.js';
 export type { EventFilter } from './events/filter.js';
 export { eventsChannel, type FollowOptions } from './events/follow.js';
 export type { Head } from './events/head.js';
+export type { ImportOptions, ImportResult } from './events/importArchive.js';
 export type { EventLogStatus, EventPartition } from './events/logStatus.js';
 export type { ConvertOptions, ConvertStep, EventsLayout } from './events/partitioning.js';
 export type { ReadOptions, ReadPage } from './events/read.js';
+export type { RetentionKey, RetentionPolicy } from './events/retention.js';
 export type { StoredEvent } from './events/storedEvent.js';
 export type { StreamOptions } from './events/stream.js';
 export { checkTxIdHorizon, type TxIdHorizon } from './events/txIdHorizon.js';

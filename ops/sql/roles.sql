@@ -78,9 +78,11 @@ BEGIN
   -- The insert trigger wakes workers only when one is idle: it reads the workers table.
   EXECUTE format('GRANT SELECT ON %I.workers TO %I', s, appender);
   -- Idempotency keys: append_events() looks them up and registers them in event_keys, and
-  -- reads where registering began in event_log (schema/029, 030).
+  -- reads where registering began in event_log (schema/029, 030). A read (events.read,
+  -- follow) checks the archived horizon in event_log, and a refused one names the archive
+  -- from event_archives (src/events/archivedHorizon.ts).
   EXECUTE format('GRANT SELECT, INSERT ON %I.event_keys TO %I', s, appender);
-  EXECUTE format('GRANT SELECT ON %I.event_log TO %I', s, appender);
+  EXECUTE format('GRANT SELECT ON %I.event_log, %I.event_archives TO %I', s, s, appender);
   EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %I TO %I', s, appender);
   -- Sequences are not tables to GRANT ... ON ALL TABLES: the bulk append (COPY) reads the
   -- position sequence's last value, and defer_jobs() draws job ids with nextval() itself.

@@ -3,6 +3,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { packageVersion } from '../packageRoot.js';
 import { registerAppend } from './commands/append.js';
+import { registerArchive } from './commands/archive.js';
 import { registerDashboard } from './commands/dashboard.js';
 import { registerDb } from './commands/db.js';
 import { registerDefer } from './commands/defer.js';
@@ -58,6 +59,7 @@ export function buildProgram(): Command {
   registerReplay(program);
   registerDashboard(program);
   registerRedrive(program.commands.find((command) => command.name() === 'events')!);
+  registerArchive(program.commands.find((command) => command.name() === 'events')!);
   program.commands.forEach(applyExitOverride);
   applyExitOverride(program);
   return program;

@@ -6,14 +6,17 @@ import type { Reads } from '../db/readReplica.js';
 import { ValidationError } from '../errors.js';
 import type { StandardSchemaV1 } from '../typing/standardSchema.js';
 import { makeAppend } from './append.js';
+import { makeArchive } from './archive.js';
 import { makeFollow } from './follow.js';
 import { makeGet } from './get.js';
 import { makeHead } from './head.js';
+import { makeImport } from './importArchive.js';
 import { makeLast } from './last.js';
 import { eventLogStatus } from './logStatus.js';
 import { type ConvertOptions, convertToPartitioned, setPartitionSize } from './partitioning.js';
 import { makeRead } from './read.js';
 import { rebaseTxIds } from './rebaseTxIds.js';
+import { makeRetention } from './retention.js';
 import { eventSchemaMap } from './schemas.js';
 import { makeStream } from './stream.js';
 import { checkTxIdHorizon } from './txIdHorizon.js';
@@ -78,6 +81,12 @@ export function makeEvents(deps: {
       schema: deps.schema,
       log: deps.log.child({ component: 'events' }),
     }),
+    /** Retention policies: which events an archive may take out; see retention.ts. */
+    retention: makeRetention({ pool, schema: deps.schema }),
+    /** Archives whole partitions to a verified file and drops them; see archive.ts. */
+    archive: makeArchive({ pool, schema: deps.schema, log: deps.log.child({ component: 'archive' }) }),
+    /** Brings an archive file back, into this app's schema; see importArchive.ts. */
+    importArchive: makeImport({ pool, schema: deps.schema, log: deps.log.child({ component: 'import' }) }),
     /** Throws TxIdHorizonError after a logical restore; see txIdHorizon.ts. */
     checkTxIdHorizon: async () => checkTxIdHorizon(await pool(), deps.schema),
     /** Converts a stored, unpartitioned log to the partitioned layout, online; see docs/event-log.md. */

@@ -6,13 +6,24 @@
 import { DateTime } from 'luxon';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
-import { type Checkpoint, parseCheckpoint, START_CHECKPOINT } from './checkpoint.js';
+import {
+  archivedEventsError,
+  archivedPosition,
+  archivedSince,
+  readArchivedHorizon,
+} from './archivedHorizon.js';
+import { type Checkpoint, formatCheckpoint, parseCheckpoint, START_CHECKPOINT } from './checkpoint.js';
 import { type EventFilter, filterParams } from './filter.js';
 
-export type Point = { kind: 'start' } | { kind: 'position'; position: bigint } | { kind: 'time'; at: Date };
+export type Point =
+  | { kind: 'start' }
+  | { kind: 'archived' }
+  | { kind: 'position'; position: bigint }
+  | { kind: 'time'; at: Date };
 
 export function parsePoint(text: unknown, what: string): Point {
   if (text === 'start') return { kind: 'start' };
+  if (text === 'archived') return { kind: 'archived' };
   if (typeof text === 'string' && /^\d{1,19}$/.test(text))
     return { kind: 'position', position: BigInt(text) };
   if (typeof text === 'string') {
@@ -20,7 +31,7 @@ export function parsePoint(text: unknown, what: string): Point {
     if (at.isValid && /\d{4}-\d{2}-\d{2}/.test(text)) return { kind: 'time', at: at.toJSDate() };
   }
   throw new ValidationError(
-    `${what} ${JSON.stringify(text)} is invalid: expected "start", an event position (a whole number) or an ISO time such as 2026-01-31T12:00:00Z`,
+    `${what} ${JSON.stringify(text)} is invalid: expected "start", an event position (a whole number), an ISO time such as 2026-01-31T12:00:00Z, or "archived" (right after the archived events)`,
   );
 }
 
@@ -29,6 +40,8 @@ async function eventAt(db: Queryable, q: string, position: bigint) {
     `SELECT tx_id::text, position::text FROM ${q}.events WHERE position = $1`,
     [position.toString()],
   );
+  if (!rows[0] && (await archivedPosition(db, q, position)))
+    throw await archivedEventsError(db, q, `event ${position}`);
   if (!rows[0])
     throw new ValidationError(
       `there is no event at position ${position}: check "outbatch events show ${position}"`,
@@ -38,6 +51,11 @@ async function eventAt(db: Queryable, q: string, position: bigint) {
 
 /** The first event (in readers' order) recorded at or after `at`, if any. */
 async function firstAtOrAfter(db: Queryable, q: string, at: Date) {
+  // The archived events' times are gone with them: a time inside the archive is refused,
+  // not answered with the first event still stored.
+  if (await archivedSince(db, q, at)) {
+    throw await archivedEventsError(db, q, `time ${at.toISOString()}`);
+  }
   const { rows } = await db.query<{ tx_id: string; position: string }>(
     `SELECT tx_id::text, position::text FROM ${q}.events e WHERE recorded_at >= $1 ORDER BY e.tx_id, e.position LIMIT 1`,
     [at],
@@ -52,6 +70,8 @@ export async function checkpointBefore(
   point: Point,
 ): Promise<Checkpoint | undefined> {
   if (point.kind === 'start') return START_CHECKPOINT;
+  // Right after the archived events: where a new processor on an archived log starts.
+  if (point.kind === 'archived') return formatCheckpoint(await readArchivedHorizon(db, q));
   const event =
     point.kind === 'position' ? await eventAt(db, q, point.position) : await firstAtOrAfter(db, q, point.at);
   return event ? `${event.txId}:${event.position - 1n}` : undefined;
@@ -63,8 +83,8 @@ export async function checkpointThrough(
   q: string,
   point: Point,
 ): Promise<Checkpoint | undefined> {
-  if (point.kind === 'start')
-    throw new ValidationError('--to cannot be "start": give a position or an ISO time');
+  if (point.kind === 'start' || point.kind === 'archived')
+    throw new ValidationError(`--to cannot be "${point.kind}": give a position or an ISO time`);
   if (point.kind === 'position') {
     const event = await eventAt(db, q, point.position);
     return `${event.txId}:${event.position}`;

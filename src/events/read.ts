@@ -2,6 +2,7 @@
 import { quoteSchema } from '../db/identifiers.js';
 import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
+import { archivedEventsError } from './archivedHorizon.js';
 import {
   type Checkpoint,
   formatCheckpoint,
@@ -21,6 +22,10 @@ export interface ReadOptions extends EventFilter {
   limit?: number;
   /** A client inside your transaction (a processor's page). */
   client?: Queryable;
+  /** Who reads, for an ArchivedEventsError's message (`processor "name" reading`). */
+  reader?: string;
+  /** The processor reading, for an ArchivedEventsError's way out (its replay). */
+  processor?: string;
 }
 
 export interface ReadPage {
@@ -38,6 +43,11 @@ export interface ReadPage {
  * running (the snapshot's xmin) means nothing can ever appear behind a checkpoint.
  * The snapshot's xmin comes back with the page, in a last row of its own: a CTE with a
  * lateral join did the same but cost more than the page itself to plan.
+ *
+ * That row also says whether `after` is below the archived horizon (archivedHorizon.ts):
+ * then the page would silently lack archived events, and the read is refused. In the same
+ * statement, so under the same snapshot as the page: an archive that commits between two
+ * pages is seen by the next one, never by half of one (its DROP waits for this statement).
  */
 export function makeRead(deps: {
   pool: () => Promise<Queryable>;
@@ -49,7 +59,7 @@ export function makeRead(deps: {
   upcasters: Upcasters | null;
 }) {
   const sql = `
-    (SELECT ${EVENT_COLUMNS}, NULL::xid8 AS xmin
+    (SELECT ${EVENT_COLUMNS}, NULL::xid8 AS xmin, NULL::boolean AS archived
      FROM ${quoteSchema(deps.schema)}.events e
      WHERE (e.tx_id, e.position) > ($1::xid8, $2::bigint)
        AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -58,7 +68,9 @@ export function makeRead(deps: {
      ORDER BY e.tx_id, e.position
      LIMIT $5)
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())`;
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot()),
+           (SELECT ($1::xid8, $2::bigint) < (l.archived_through_tx, l.archived_through_position)
+            FROM ${quoteSchema(deps.schema)}.event_log l)`;
 
   /** `queryTimeoutMs`: outbatch's own reads (a processor's pages) are abandoned after it. */
   return async function read(options: ReadOptions = {}, queryTimeoutMs?: number): Promise<ReadPage> {
@@ -75,7 +87,12 @@ export function makeRead(deps: {
     );
     // One row, with no position, carries the snapshot's xmin (one statement, so one snapshot).
     const at = rows.findLastIndex((row) => row[0] === null);
-    const xmin = rows.splice(at, 1)[0]![EXTRA_COLUMN] as string;
+    const extra = rows.splice(at, 1)[0]!;
+    const xmin = extra[EXTRA_COLUMN] as string;
+    if (extra[EXTRA_COLUMN + 1] === true) {
+      const asked = `${options.reader ?? 'reading'} after checkpoint "${formatCheckpoint(after)}"`;
+      throw await archivedEventsError(db, quoteSchema(deps.schema), asked, options.processor);
+    }
     const events = rows.map(toStoredEvent);
     deps.upcasters?.apply(events);
     const last = events.at(-1);

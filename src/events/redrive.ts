@@ -6,6 +6,7 @@
  */
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
+import { checkArchivedHorizon } from './archivedHorizon.js';
 import type { Checkpoint } from './checkpoint.js';
 import { type EventFilter, filterParams } from './filter.js';
 import { checkpointBefore, checkpointThrough, countRange, parsePoint } from './range.js';
@@ -82,6 +83,7 @@ export async function redrive(deps: RedriveDeps, options: RedriveOptions): Promi
     throw new ValidationError(
       `--from ${options.from} is past the head: no event was recorded at or after it`,
     );
+  await checkArchivedHorizon(db, deps.q, after, `re-driving from ${options.from}`);
   const through =
     options.to === undefined
       ? undefined

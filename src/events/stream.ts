@@ -3,6 +3,7 @@ import { quoteSchema } from '../db/identifiers.js';
 import { runForArrays } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
+import { archivedEventsError } from './archivedHorizon.js';
 import { checkLimit } from './filter.js';
 import { EVENT_COLUMNS, type StoredEvent, toStoredEvent } from './storedEvent.js';
 import type { Upcasters } from './upcast.js';
@@ -20,8 +21,10 @@ export interface StreamOptions {
  * appends by commit, so what is committed is a gap-free prefix of versions.
  */
 export function makeStream(deps: { pool: () => Promise<Queryable>; schema: string; upcasters: Upcasters }) {
+  const q = quoteSchema(deps.schema);
+  const versionSql = `SELECT version::text FROM ${q}.streams WHERE stream = $1`;
   const sql = `
-    SELECT ${EVENT_COLUMNS} FROM ${quoteSchema(deps.schema)}.events
+    SELECT ${EVENT_COLUMNS} FROM ${q}.events
     WHERE stream = $1 AND stream_version >= $2
     ORDER BY stream_version
     LIMIT $3`;
@@ -37,6 +40,14 @@ export function makeStream(deps: { pool: () => Promise<Queryable>; schema: strin
     const db = options.client ?? (await deps.pool());
     const rows = await runForArrays(db, sql, [name, from, limit]);
     const events = rows.map(toStoredEvent);
+    // Versions have no gaps: a first one above `from` (or none) while the stream is at or
+    // past `from` means the versions before it were archived. Checked only then.
+    if (events[0]?.streamVersion !== from) {
+      const { rows: at } = await db.query<{ version: string }>(versionSql, [name]);
+      if (at[0] && Number(at[0].version) >= from) {
+        throw await archivedEventsError(db, q, `reading stream "${name}" from version ${from}`);
+      }
+    }
     deps.upcasters.apply(events);
     return events;
   };

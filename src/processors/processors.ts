@@ -22,7 +22,8 @@ import { withOwnDeadline } from '../db/deadline.js';
 import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
 import type { Reads } from '../db/readReplica.js';
-import { ValidationError } from '../errors.js';
+import { ArchivedEventsError, ValidationError } from '../errors.js';
+import type { Events } from '../events/events.js';
 import { eventsChannel } from '../events/follow.js';
 import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { Upcasters } from '../events/upcast.js';
@@ -199,7 +200,12 @@ export function makeProcessors(deps: ProcessorDeps) {
           def,
           args.version,
           ctx.signal,
-        );
+        ).catch((error: unknown) => {
+          // Not the database failing: the checkpoint is below the archived horizon, and
+          // every retry fails the same until an operator moves it; said as an error.
+          if (error instanceof ArchivedEventsError) ctx.log.error({ processor: def.name }, error.message);
+          throw error;
+        });
         ctx.log.debug({ processor: def.name, version: args.version, ...outcome }, 'processor run finished');
         // Out of time but not at the head: queue the continuation (it waits for our lock).
         if (outcome.stopped === 'budget') await deferRuns(def.name);

@@ -7,7 +7,8 @@ import type pg from 'pg';
 import { type Actor, recordAudit } from '../audit.js';
 import { withTransaction } from '../db/transaction.js';
 import { OutbatchError, ValidationError } from '../errors.js';
-import { type Checkpoint, parseCheckpoint } from '../events/checkpoint.js';
+import { checkArchivedHorizon } from '../events/archivedHorizon.js';
+import { type Checkpoint, parseCheckpoint, START_CHECKPOINT } from '../events/checkpoint.js';
 import { checkpointBefore, checkpointThrough, countByType, countRange, parsePoint } from '../events/range.js';
 import type { Logger } from '../log.js';
 import { processorLock } from './names.js';
@@ -107,6 +108,9 @@ export function makeReplay(deps: { pool: () => Promise<pg.Pool>; q: string; log:
         `--from ${options.from} is past the head: no event was recorded at or after it`,
       );
     }
+    // Refused up front, not left to the workers: a rewind below the archived horizon would
+    // leave the processor failing on every run.
+    await checkArchivedHorizon(db, q, checkpoint, `replaying processor "${name}" from ${options.from}`, name);
     const through = to === undefined ? undefined : await checkpointThrough(db, q, to);
     if (through !== undefined && compare(through, checkpoint) <= 0) {
       throw new ValidationError(`--to ${options.to} is not after --from ${options.from}: nothing to replay`);
@@ -186,6 +190,7 @@ export function makeReplay(deps: { pool: () => Promise<pg.Pool>; q: string; log:
   ): Promise<{ version: number }> {
     const db = await deps.pool();
     await version(db, name);
+    await checkArchivedHorizon(db, q, START_CHECKPOINT, `rebuilding processor "${name}" from the start`);
     const created = await withTransaction(db, async (tx) => {
       const { rows } = await tx.query<{ version: number }>(
         `INSERT INTO ${q}.processors (name, version, active, types, stream_prefix)

@@ -97,7 +97,14 @@ export async function runProcessor(
   let next: Prefetch | undefined;
   const prefetch = (after: Checkpoint, limit: number) => {
     const page = deps.read(
-      { after, types: def.types ?? undefined, streamPrefix: def.streamPrefix ?? undefined, limit },
+      {
+        after,
+        types: def.types ?? undefined,
+        streamPrefix: def.streamPrefix ?? undefined,
+        limit,
+        reader: `processor "${def.name}" reading`,
+        processor: def.name,
+      },
       ownDeadline(deps.pool),
     );
     page.catch(() => {}); // a failed read-ahead is read again in the page's transaction
@@ -244,6 +251,10 @@ async function runPage(
           streamPrefix: def.streamPrefix ?? undefined,
           limit,
           client: deps.pageReads === 'replica' ? undefined : tx,
+          // Below the archived horizon (a new processor on an archived log) the read throws
+          // ArchivedEventsError, naming the archive and the replay that starts after it.
+          reader: `processor "${def.name}" reading`,
+          processor: def.name,
         },
         deadlineMs,
       ));
