@@ -108,6 +108,7 @@ DECLARE
   settings event_log%ROWTYPE;
   reached bigint;
   top bigint;
+  margin bigint;
 BEGIN
   -- One creator at a time: a worker that finds another at it has nothing to do.
   IF (SELECT c.relkind FROM pg_class c WHERE c.oid = 'events'::regclass) <> 'p'
@@ -121,10 +122,11 @@ BEGIN
   -- from top up go to events_overflow, and an append already routed there fails (a
   -- partition constraint violation) if the partition attached meanwhile covers its row.
   -- So the next partition starts clear of every position an append in flight may hold:
-  -- 100 000 above the sequence (bigger batches are COPY's 10 000s); the positions below it
-  -- go to events_overflow, where they stay.
-  IF top IS NULL OR top < reached + 100000 THEN
-    top := greatest(coalesce(top, 1), reached + 100000, (SELECT coalesce(max(o.position), 0) + 1 FROM events_overflow o));
+  -- `margin` above the sequence, 100 000 (COPY batches are 10 000s), or half the room kept
+  -- ahead for small partitions; the positions below it go to events_overflow, and stay.
+  margin := least(100000, settings.partition_size * settings.partitions_ahead / 2);
+  IF top IS NULL OR top < reached + margin THEN
+    top := greatest(coalesce(top, 1), reached + margin, (SELECT coalesce(max(o.position), 0) + 1 FROM events_overflow o));
   END IF;
   WHILE top <= reached + settings.partitions_ahead * settings.partition_size LOOP
     RETURN NEXT create_event_partition(top, top + settings.partition_size);

@@ -346,7 +346,7 @@ export function makeImport(deps: { pool: () => Promise<pg.Pool>; schema: string;
         // The events' own row type: every column, typed from the line's JSON by name.
         await tx.query(
           `INSERT INTO ${q}.events
-           SELECT r.* FROM outbatch_import s, jsonb_populate_record(NULL::${q}.events, s.line) r ORDER BY s.position`,
+           SELECT r.* FROM outbatch_import s, jsonb_populate_record(NULL::${q}.events, '{"type_version": 1}'::jsonb || s.line) r ORDER BY s.position`,
         );
         // Their idempotency keys are registered as append_events() registers keys, so an
         // append with one of them returns the imported event; a key already stored refuses

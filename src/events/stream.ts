@@ -22,7 +22,14 @@ export interface StreamOptions {
  */
 export function makeStream(deps: { pool: () => Promise<Queryable>; schema: string; upcasters: Upcasters }) {
   const q = quoteSchema(deps.schema);
-  const versionSql = `SELECT version::text FROM ${q}.streams WHERE stream = $1`;
+  // One statement, so one snapshot: the stream's version and its first stored version
+  // agree (two statements let an append commit in between, which looked like an archive).
+  const archivedSql = `
+    SELECT l.archived_through_position > 0
+           AND (SELECT s.version FROM ${q}.streams s WHERE s.stream = $1) >= $2
+           AND coalesce((SELECT min(e.stream_version) FROM ${q}.events e WHERE e.stream = $1 AND e.stream_version >= $2) > $2, true)
+           AS archived
+    FROM ${q}.event_log l`;
   const sql = `
     SELECT ${EVENT_COLUMNS} FROM ${q}.events
     WHERE stream = $1 AND stream_version >= $2
@@ -43,8 +50,8 @@ export function makeStream(deps: { pool: () => Promise<Queryable>; schema: strin
     // Versions have no gaps: a first one above `from` (or none) while the stream is at or
     // past `from` means the versions before it were archived. Checked only then.
     if (events[0]?.streamVersion !== from) {
-      const { rows: at } = await db.query<{ version: string }>(versionSql, [name]);
-      if (at[0] && Number(at[0].version) >= from) {
+      const { rows: at } = await db.query<{ archived: boolean | null }>(archivedSql, [name, from]);
+      if (at[0]?.archived === true) {
         throw await archivedEventsError(db, q, `reading stream "${name}" from version ${from}`);
       }
     }

@@ -23,7 +23,6 @@ import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
 import type { Reads } from '../db/readReplica.js';
 import { ArchivedEventsError, ValidationError } from '../errors.js';
-import type { Events } from '../events/events.js';
 import { eventsChannel } from '../events/follow.js';
 import type { ReadOptions, ReadPage } from '../events/read.js';
 import type { Upcasters } from '../events/upcast.js';
