@@ -55,6 +55,11 @@ SET search_path FROM CURRENT
 -- Row estimates for jsonb_array_elements and unnest of a variable are guesses (100, 10),
 -- so a cached plan may nest-loop 10,000 x 10,000 rows; hash joins are right at any size.
 SET enable_nestloop = off
+-- On a partitioned log the row estimates of the joins above grow with the partitions'
+-- sizes, the plan's cost passed jit_above_cost, and compiling it took 1.9 s of a 10k
+-- batch's 2.1 s (auto_explain; ops/bench/eventLog.ts measured keyed batches at 0.18 of the
+-- single table's): the statements here are cheap to run and never worth compiling.
+SET jit = off
 AS $fn$
 #variable_conflict use_column
 DECLARE

@@ -106,6 +106,8 @@ BEGIN
   EXECUTE format('GRANT SELECT ON %I.migrations TO %I', s, worker);
   EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO %I', s, worker);
   EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %I TO %I', s, worker);
+  -- Partitions ahead are the worker's upkeep (029 revokes them from PUBLIC); not the appender's.
+  EXECUTE format('REVOKE EXECUTE ON FUNCTION %I.create_event_partition(bigint, bigint), %I.create_event_partitions_ahead() FROM %I', s, s, appender);
 
   -- Dashboard: read everything (and the server's activity, for the oldest transaction).
   EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO %I', s, dashboard);

@@ -206,6 +206,11 @@ SET search_path FROM CURRENT
 -- Row estimates for jsonb_array_elements and unnest of a variable are guesses (100, 10),
 -- so a cached plan may nest-loop 10,000 x 10,000 rows; hash joins are right at any size.
 SET enable_nestloop = off
+-- On a partitioned log the row estimates of the joins above grow with the partitions'
+-- sizes, the plan's cost passed jit_above_cost, and compiling it took 1.9 s of a 10k
+-- batch's 2.1 s (auto_explain; ops/bench/eventLog.ts measured keyed batches at 0.18 of the
+-- single table's): the statements here are cheap to run and never worth compiling.
+SET jit = off
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -430,6 +435,11 @@ BEGIN
 END;
 $$;
 
+-- DDL as the owner: not for every role that may connect (a role that reads events could
+-- otherwise attach far-future partitions, or hold events_overflow locked). roles.sql grants
+-- both functions to the worker role.
+REVOKE EXECUTE ON FUNCTION create_event_partition(bigint, bigint) FROM PUBLIC;
+
 -- Keeps partitions_ahead partitions ready above the position appends have reached; returns
 -- the partitions it created (usually none). Cheap when nothing is due: it reads the
 -- sequence and the highest bound. Workers call it on every maintenance pass, with a short
@@ -454,7 +464,12 @@ BEGIN
   END IF;
   SELECT * INTO settings FROM event_log;
   SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO reached FROM events_position_seq;
-  SELECT max(b.upper) INTO top FROM event_partition_bounds b;
+  -- The end of the partitions that cover the positions from reached on without a gap: a
+  -- partition far above them (an import's) does not make the ones between ready.
+  SELECT min(b.upper) INTO top FROM event_partition_bounds b
+  WHERE b.upper > reached
+    AND NOT EXISTS (SELECT 1 FROM event_partition_bounds n WHERE n.lower = b.upper)
+    AND EXISTS (SELECT 1 FROM event_partition_bounds c WHERE c.lower <= reached + 1 AND c.upper > reached + 1);
   -- Appends outran the partitions (no worker ran for a while), or are about to: positions
   -- from top up go to events_overflow, and an append already routed there fails (a
   -- partition constraint violation) if the partition attached meanwhile covers its row.
@@ -471,6 +486,7 @@ BEGIN
   END LOOP;
 END;
 $$;
+REVOKE EXECUTE ON FUNCTION create_event_partitions_ahead() FROM PUBLIC;
 
 -- The range partitions of events with their bounds, in position order (the default
 -- partition, events_overflow, has none and is not listed).
@@ -660,11 +676,16 @@ $$;
 -- result is the partitioned events (range partitions events_from_<first position>, and
 -- events_overflow, the default) and its sequence events_position_seq. [029]
 DO $$
+DECLARE
+  bound bigint;
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM events) THEN
-    PERFORM prepare_events_partitioning((SELECT partition_size FROM event_log));
+    -- The bound above the sequence (an emptied table may have drawn positions before).
+    bound := (SELECT ((last_value + greatest(l.partition_size / 10, 100)) / l.partition_size + 1) * l.partition_size
+              FROM events_position_seq, event_log l);
+    PERFORM prepare_events_partitioning(bound);
     PERFORM validate_events_for_partitioning();
-    PERFORM swap_events_to_partitioned((SELECT partition_size FROM event_log));
+    PERFORM swap_events_to_partitioned(bound);
     -- No key was stored before event_keys: the old table's key index has nothing to answer.
     ALTER TABLE events_from_1 DROP CONSTRAINT events_from_1_idempotency_key;
     PERFORM create_event_partitions_ahead();
