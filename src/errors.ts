@@ -112,6 +112,18 @@ export class IdempotencyConflictError extends OutbatchError {
 }
 
 /**
+ * An append routed to events_overflow (partitions fell behind) while a worker attached the
+ * partition that covers its position: nothing was stored, and the same append succeeds
+ * when tried again (docs/event-log.md). Retried once on outbatch's own connection.
+ */
+export class PartitionRaceError extends OutbatchError {
+  readonly retryable = true;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('OUTBATCH_PARTITION_RACE', message, options);
+  }
+}
+
+/**
  * Stored transaction ids are ahead of the server's: the database was restored logically
  * (pg_dump) into a cluster whose xids start lower. New events would sort before old
  * checkpoints and be skipped, so readers refuse to run until the ids are rebased.

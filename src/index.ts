@@ -30,6 +30,7 @@ export {
   JobTimeoutError,
   MigrationError,
   OutbatchError,
+  PartitionRaceError,
   TxIdHorizonError,
   UnsupportedServerError,
   ValidationError,

@@ -9,6 +9,7 @@ import {
   ConcurrencyError,
   type ExpectedVersion,
   IdempotencyConflictError,
+  PartitionRaceError,
   ValidationError,
 } from '../errors.js';
 import { COPY_FROM, copyCapable, makeCopyAppend } from './appendCopy.js';
@@ -126,7 +127,9 @@ export function makeAppend(deps: {
       const conflict = appendFailure(error);
       // On our own connection the failed statement rolled back alone: once more sees the
       // stored event. In the caller's transaction only the caller can retry.
-      if (!(conflict instanceof IdempotencyConflictError) || options.client) throw conflict;
+      const retryable =
+        conflict instanceof IdempotencyConflictError || conflict instanceof PartitionRaceError;
+      if (!retryable || options.client) throw conflict;
       rows = await run(await deps.pool()).catch((again) => {
         throw appendFailure(again);
       });
@@ -155,6 +158,12 @@ export function appendFailure(error: unknown): unknown {
   if (code === '23505' && isIdempotencyKeyIndex((error as { constraint?: string }).constraint)) {
     return new IdempotencyConflictError(
       'another transaction appended an event with the same idempotency key at the same time and committed first: retry the transaction to get the stored event',
+      { cause: error },
+    );
+  }
+  if (code === '23514' && (error as { table?: string }).table === 'events_overflow') {
+    return new PartitionRaceError(
+      'the append landed in events_overflow while a worker attached the partition for its position: nothing was stored; append again',
       { cause: error },
     );
   }

@@ -9,13 +9,11 @@
  *   file under the final name is whole; a run that stopped before the final transaction
  *   dropped nothing, and the file it left is not recorded anywhere: the next run writes
  *   it again (overwriting it) from the partitions, which are all still there;
- * - idempotency keys are deleted in short batches before the final transaction (the
- *   partitions are closed: nothing adds keys to them); a crash after some batches leaves
- *   those events in the log without their key in event_keys (an append with such a key is
- *   then stored anew: the idempotency window is the retained log), and the next run
- *   deletes the rest;
+ * - idempotency keys are deleted in the final transaction, with the drop: a failed drop
+ *   leaves every key (a retried append then still finds its event);
  * - the final transaction records every partition of the file, moves the horizon, and
- *   detaches and drops them, or does none of it. If its reply is lost, the partitions are
+ *   detaches and drops them, or does none of it; it refuses when an event that stays would
+ *   sort before the new horizon (a reader starting there would skip it). If its reply is lost, the partitions are
  *   either gone and recorded (the next run starts after them, and refuses to overwrite a
  *   file event_archives names) or all still there.
  */
@@ -26,6 +24,7 @@ import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { type Actor, currentActor, recordAudit } from '../audit.js';
 import { quoteSchema } from '../db/identifiers.js';
+import type { Queryable } from '../db/queryable.js';
 import { LOCK_NOT_AVAILABLE } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { OutbatchError, ValidationError } from '../errors.js';
@@ -90,7 +89,6 @@ export function parseBefore(text: unknown): Before {
 }
 
 const PAGE = 5000;
-const KEY_BATCH = 5000;
 
 export function makeArchive(deps: { pool: () => Promise<pg.Pool>; schema: string; log: Logger }) {
   const q = quoteSchema(deps.schema);
@@ -220,27 +218,15 @@ export function makeArchive(deps: { pool: () => Promise<pg.Pool>; schema: string
     }
   }
 
-  async function deleteKeys(db: pg.Pool, p: PartitionPlan): Promise<void> {
-    let after = '0';
-    for (;;) {
-      // A data-modifying CTE runs whether or not it is read; the batch's last key is read
-      // from the events, so keys already deleted (by a run that crashed) do not stop it.
-      // Keyset by position (the partition's primary key): partitions have no index on
-      // idempotency_key (event_keys is the log's), and a scan per batch would be quadratic.
-      const { rows } = await db.query<{ last: string | null }>(
-        `WITH batch AS (
-           SELECT idempotency_key, position FROM ${q}.events
-           WHERE position >= $1 AND position < $2 AND position > $3 AND idempotency_key IS NOT NULL
-           ORDER BY position LIMIT $4),
-         gone AS (
-           DELETE FROM ${q}.event_keys k USING batch b
-           WHERE k.idempotency_key = b.idempotency_key AND k.position = b.position)
-         SELECT max(position)::text AS last FROM batch`,
-        [p.from.toString(), p.to.toString(), after, KEY_BATCH],
-      );
-      if (rows[0]?.last == null) return;
-      after = rows[0].last;
-    }
+  async function deleteKeys(db: Queryable, p: PartitionPlan): Promise<void> {
+    // One statement in the final transaction: the partition is closed (nothing adds keys to
+    // it), and a hash join over its keyed rows; partitions have no index on idempotency_key.
+    await db.query(
+      `DELETE FROM ${q}.event_keys k USING ${q}.events e
+       WHERE e.position >= $1 AND e.position < $2 AND e.idempotency_key IS NOT NULL
+         AND k.idempotency_key = e.idempotency_key AND k.position = e.position`,
+      [p.from.toString(), p.to.toString()],
+    );
   }
 
   async function archive(options: ArchiveOptions): Promise<ArchiveResult> {
@@ -388,7 +374,6 @@ export function makeArchive(deps: { pool: () => Promise<pg.Pool>; schema: string
       );
     }
 
-    for (const p of plans) await deleteKeys(pool, p);
     const attempts = options.lockAttempts ?? 30;
     const lockTimeoutMs = options.lockTimeoutMs ?? 2000;
     for (let attempt = 1; ; attempt++) {
@@ -398,10 +383,26 @@ export function makeArchive(deps: { pool: () => Promise<pg.Pool>; schema: string
           // First: the lock and the counts, then the drops (the function says why); the
           // transaction takes its id only at the DETACH, so gap-safe readers are held back
           // for the catalog work and the few rows below, not for the counts.
+          // The keys go in this transaction: deleted before a drop that then failed, a
+          // retried append with one of them would store its event a second time.
+          for (const p of plans) await deleteKeys(tx, p);
           await tx.query(`SELECT ${q}.drop_event_partitions($1::text[], $2::bigint[])`, [
             plans.map((p) => p.partition),
             plans.map((p) => p.events.toString()),
           ]);
+          // What stays must sort after the horizon in the readers' order, or a reader
+          // starting there (replay --from archived, a new processor) would skip it: a
+          // transaction that committed late across the boundary, or rows in events_overflow.
+          const { rows: hidden } = await tx.query<{ position: string }>(
+            `SELECT position::text FROM ${q}.events WHERE (tx_id, position) <= ($1::text::xid8, $2::bigint) LIMIT 1`,
+            [horizon.txId.toString(), horizon.position.toString()],
+          );
+          if (hidden[0]) {
+            throw new OutbatchError(
+              'OUTBATCH_ARCHIVE_ORDER',
+              `event ${hidden[0].position} stays in the log but sorts before the archive's horizon ${formatCheckpoint(horizon)} in the readers' order (its transaction committed across the partition boundary, or it is in events_overflow): nothing was archived; archive fewer partitions (a lower --before)`,
+            );
+          }
           for (const p of plans) {
             const [throughTx, throughPosition] = (p.through ?? '0:0').split(':');
             await tx.query(

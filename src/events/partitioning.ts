@@ -69,6 +69,35 @@ export async function convertToPartitioned(
   schema: string,
   options: ConvertOptions = {},
 ): Promise<{ converted: boolean; partitions: string[] }> {
+  try {
+    return await convert(pool, schema, options);
+  } catch (error) {
+    // A CHECK left on the unpartitioned table would fail appends once they reach its
+    // bound: a failed conversion takes it away (best effort: a later run replaces it).
+    await dropBound(pool, schema).catch(() => {});
+    if (error instanceof ConversionError || error instanceof ValidationError) throw error;
+    throw new ConversionError(
+      `events was not converted: ${(error as Error).message}; appends go on into the unpartitioned table, and running the command again is safe`,
+      { cause: error },
+    );
+  }
+}
+
+async function dropBound(pool: pg.Pool, schema: string): Promise<void> {
+  if ((await eventsLayout(pool, schema)) === 'partitioned') return;
+  await withTransaction(pool, async (client) => {
+    await client.query(`SET LOCAL lock_timeout = '5s'`);
+    await client.query(
+      `ALTER TABLE ${quoteSchema(schema)}.events DROP CONSTRAINT IF EXISTS events_partition_bound`,
+    );
+  });
+}
+
+async function convert(
+  pool: pg.Pool,
+  schema: string,
+  options: ConvertOptions,
+): Promise<{ converted: boolean; partitions: string[] }> {
   const q = quoteSchema(schema);
   const attempts = options.attempts ?? 30;
   const lockTimeoutMs = options.lockTimeoutMs ?? 2000;
@@ -147,9 +176,9 @@ async function retryOnLockTimeout(attempts: number, options: ConvertOptions, ste
 }
 
 /**
- * The CHECK's bound: room for the appends that come during the scan, a partition's worth
- * or a tenth of the table (the scan takes time in proportion to it), whichever is more,
- * rounded up to a multiple of the partition size.
+ * The CHECK's bound: room for the appends that come during the scan, two partitions' worth
+ * or half the table (the scan takes time in proportion to it), whichever is more, rounded
+ * up to a multiple of the partition size. The old table holds the positions up to it.
  */
 async function nextBound(pool: pg.Pool, q: string): Promise<{ bound: bigint; reached: bigint }> {
   const { rows } = await pool.query<{ reached: string; size: string }>(
@@ -158,7 +187,8 @@ async function nextBound(pool: pg.Pool, q: string): Promise<{ bound: bigint; rea
   );
   const reached = BigInt(rows[0]!.reached);
   const size = BigInt(rows[0]!.size);
-  const room = reached / 10n > size ? reached / 10n : size;
+  // The CHECK costs nothing and an append that reaches it fails: generous room.
+  const room = reached / 2n > 2n * size ? reached / 2n : 2n * size;
   return { bound: ((reached + room) / size + 1n) * size, reached };
 }
 
