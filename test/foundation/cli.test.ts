@@ -77,7 +77,15 @@ describe('cli', () => {
       const report = JSON.parse(doctor.stdout);
       assert.deepEqual(
         report.checks.map((c: { name: string }) => c.name),
-        ['connection', 'server version', 'xid8 support', 'migrations', 'tx id horizon', 'clock skew'],
+        [
+          'connection',
+          'server version',
+          'xid8 support',
+          'migrations',
+          'tx id horizon',
+          'event log',
+          'clock skew',
+        ],
       );
       assert.equal(report.ok, true);
     } finally {
