@@ -26,6 +26,7 @@ import { withTransaction } from '../db/transaction.js';
 import { errorMessage, OutbatchError, ValidationError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readArchive } from './archiveFile.js';
+import { eventsLayout } from './partitioning.js';
 import { readTxIdHorizon } from './txIdHorizon.js';
 
 export interface ImportOptions {
@@ -253,11 +254,7 @@ export function makeImport(deps: { pool: () => Promise<pg.Pool>; schema: string;
         );
       }
     }
-    const partitioned = await db.query<{ kind: string | null }>(
-      `SELECT c.relkind::text AS kind FROM pg_class c WHERE c.oid = to_regclass($1)`,
-      [`${q}.events`],
-    );
-    if (partitioned.rows[0]?.kind !== 'p') {
+    if ((await eventsLayout(db, deps.schema)) !== 'partitioned') {
       throw new ValidationError(
         `schema "${deps.schema}" has its events table not partitioned yet: run "outbatch events partition" on it first, then import`,
       );

@@ -9,7 +9,7 @@ import { LOCK_NOT_AVAILABLE, sqlState } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { ConversionError, ValidationError } from '../errors.js';
 
-/** `'none'`: migrations before 029, where the table is not a partitioned one yet either. */
+/** `'unpartitioned'`: the single table of installs from before 029, until `outbatch events partition`. */
 export type EventsLayout = 'partitioned' | 'unpartitioned';
 
 export async function eventsLayout(db: Queryable, schema: string): Promise<EventsLayout> {
