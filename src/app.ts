@@ -143,15 +143,23 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
     checkPooler(process.env.OUTBATCH_POOLER, 'OUTBATCH_POOLER');
   let opening: Promise<Database> | undefined;
 
+  // A failed open is forgotten, so the next call tries again: a worker started while the
+  // network drops a connection retries its start-up instead of keeping that first failure.
   const database = () => {
-    opening ??= openDatabase({
-      ...options.pool,
-      pooler,
-      listenUrl,
-      databaseUrl: options.databaseUrl ?? (process.env.DATABASE_URL || undefined),
-      dataDir: options.dataDir ?? (process.env.OUTBATCH_DATA_DIR || undefined),
-      log,
-    });
+    if (!opening) {
+      const attempt = openDatabase({
+        ...options.pool,
+        pooler,
+        listenUrl,
+        databaseUrl: options.databaseUrl ?? (process.env.DATABASE_URL || undefined),
+        dataDir: options.dataDir ?? (process.env.OUTBATCH_DATA_DIR || undefined),
+        log,
+      });
+      opening = attempt;
+      attempt.catch(() => {
+        if (opening === attempt) opening = undefined;
+      });
+    }
     return opening;
   };
 

@@ -51,8 +51,8 @@ export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promis
 }
 
 async function startAndRun(deps: RunAppDeps, options: RunOptions): Promise<void> {
-  const db = await deps.database();
   const { signal } = options;
+  const db = await retryConnection('connecting', deps.database, deps.log, { signal });
   await retryConnection(
     'checking the schema',
     async () => {

@@ -363,6 +363,29 @@ describe('connections', () => {
 });
 
 describe('start-up', () => {
+  it('a worker whose first connections are cut while it connects comes up and runs jobs', async () => {
+    // Found by ops/chaos/faults.ts: a worker started during faults exited 1 with "cannot
+    // connect to PostgreSQL … Connection terminated unexpectedly" — opening the database was
+    // not retried, and the app kept that first failure for every later call.
+    const proxy = await startFaultProxy(databaseUrl());
+    const app = newApp(proxy.url);
+    app.task('after-cuts', {}, async (_args, ctx) => {
+      await recordRun(ctx.job.id, 'after-cuts');
+    });
+    try {
+      const { fired } = proxy.addRule({ match: 'pg_backend_pid', action: 'cut', times: 2 });
+      await withWorker(app, async () => {
+        await fired;
+        const id = await deferred(app, 'after-cuts');
+        await waitFor('the job to be done', async () => (await row(id)) === undefined);
+        assert.equal(await runsOf(id), 1);
+      });
+      assert.equal(proxy.injected.cut, 2, 'both connection checks were cut');
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it('a run aborted while start-up retries through a dead connection ends at once, quietly', async () => {
     // Found by review: start-up retried connection trouble for up to a minute whatever the
     // run's signal said, so a stop asked for during an outage waited out the whole minute.
