@@ -69,17 +69,39 @@ export async function convertToPartitioned(
   schema: string,
   options: ConvertOptions = {},
 ): Promise<{ converted: boolean; partitions: string[] }> {
+  // One conversion at a time per schema: a session lock on one connection held for the run.
+  // Two at once would each set the bound CHECK the other's swap counts on, and one's failure
+  // would take it away under the other's ATTACH, which would then scan the whole table
+  // under ACCESS EXCLUSIVE (found by review).
+  const key = `${schema}.events.partition`;
+  const session = await pool.connect();
   try {
-    return await convert(pool, schema, options);
-  } catch (error) {
-    // A CHECK left on the unpartitioned table would fail appends once they reach its
-    // bound: a failed conversion takes it away (best effort: a later run replaces it).
-    await dropBound(pool, schema).catch(() => {});
-    if (error instanceof ConversionError || error instanceof ValidationError) throw error;
-    throw new ConversionError(
-      `events was not converted: ${(error as Error).message}; appends go on into the unpartitioned table, and running the command again is safe`,
-      { cause: error },
+    const { rows: locked } = await session.query<{ ok: boolean }>(
+      'SELECT pg_try_advisory_lock(hashtext($1)) AS ok',
+      [key],
     );
+    if (!locked[0]?.ok) {
+      throw new ValidationError(
+        `another "outbatch events partition" is converting schema "${schema}": wait for it to finish`,
+      );
+    }
+    try {
+      return await convert(pool, schema, options);
+    } catch (error) {
+      // A CHECK left on the unpartitioned table would fail appends once they reach its
+      // bound: a failed conversion takes it away (best effort: a later run replaces it).
+      await dropBound(pool, schema).catch(() => {});
+      if (error instanceof ConversionError || error instanceof ValidationError) throw error;
+      throw new ConversionError(
+        `events was not converted: ${(error as Error).message}; appends go on into the unpartitioned table, and running the command again is safe`,
+        { cause: error },
+      );
+    } finally {
+      // A lost connection has released it already; the run's own error is the one to report.
+      await session.query('SELECT pg_advisory_unlock(hashtext($1))', [key]).catch(() => {});
+    }
+  } finally {
+    session.release();
   }
 }
 

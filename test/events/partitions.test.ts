@@ -348,6 +348,40 @@ describe('a partitioned event log', () => {
     assert.match(again.stdout, /already partitioned/);
   });
 
+  it('refuses a second conversion while one runs, changing nothing', async () => {
+    const schema = uniqueSchema('part_twice');
+    await migrateUpTo(schema, 28);
+    const app = createApp({ databaseUrl: databaseUrl(), schema });
+    cleanups.push(async () => {
+      await app.close();
+      await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    });
+    await pool.query(
+      `INSERT INTO "${schema}".events (stream, stream_version, type, data) VALUES ('s', 1, 'T', '{}')`,
+    );
+    await app.migrate();
+    // The lock a running conversion holds, taken here as if one were running.
+    const running = await pool.connect();
+    try {
+      await running.query('SELECT pg_advisory_lock(hashtext($1))', [`${schema}.events.partition`]);
+      await assert.rejects(
+        app.events.partition(),
+        /another "outbatch events partition" is converting schema "t_part_twice_\w+": wait for it to finish/,
+      );
+      assert.equal(await eventsLayout(pool, schema), 'unpartitioned');
+      const { rows } = await pool.query(
+        `SELECT count(*)::int AS n FROM pg_constraint
+         WHERE conname = 'events_partition_bound' AND conrelid = '"${schema}".events'::regclass`,
+      );
+      assert.equal(rows[0].n, 0, 'no bound CHECK was added');
+    } finally {
+      await running.query('SELECT pg_advisory_unlock_all()');
+      running.release();
+    }
+    assert.equal((await app.events.partition()).converted, true);
+    assert.equal(await eventsLayout(pool, schema), 'partitioned');
+  });
+
   it('refuses a bad partition size in one line, changing nothing', async () => {
     const t = await isolatedApp('part_bad');
     cleanups.push(t.cleanup);
