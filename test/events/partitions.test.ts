@@ -251,10 +251,18 @@ describe('a partitioned event log', () => {
           }
         } catch (error) {
           failures.push(error);
+          if (failures.length >= 100) return; // failing every time: the assertion below says why
         }
       }
     };
     const appenders = [appender(1), appender(2)];
+    // A failed assertion below must not leave the appenders and the worker going: they kept
+    // the file's process alive and the server busy for half an hour once (the Node 24 run).
+    cleanups.push(async () => {
+      appending = false;
+      stop.abort();
+      await Promise.allSettled([...appenders, worker]);
+    });
     await new Promise((resolve) => setTimeout(resolve, 500));
 
     const converted = await runCli(['events', 'partition', '--size', '1000', '--lock-timeout', '500'], {

@@ -1,6 +1,7 @@
 /** Shared by the job tests: waiting for an outcome, and worker processes. */
 import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
+import { after } from 'node:test';
 import type pg from 'pg';
 import { CLI, databaseUrl, ROOT } from '../helpers.js';
 
@@ -66,6 +67,14 @@ export interface WorkerProcess {
   exited: Promise<number | null>;
 }
 
+// Worker processes still running when a file's tests are over: a test that failed before
+// stopping its worker left it running, which kept the file's process (and the server) busy
+// until CI's end — half an hour once, under load. They are killed after the file's tests.
+const running = new Set<ChildProcess>();
+after(() => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 /** `outbatch worker --app test/fixtures/jobs-app.ts ...` (or another app module) as its own process. */
 export function spawnWorker(
   schema: string,
@@ -85,7 +94,13 @@ export function spawnWorker(
   child.stderr?.on('data', (chunk) => {
     output += chunk;
   });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  running.add(child);
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      running.delete(child);
+      resolve(code);
+    }),
+  );
   return { child, output: () => output, exited };
 }
 

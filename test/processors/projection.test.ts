@@ -131,12 +131,16 @@ describe('processor projection', () => {
       const { rows } = await pool.query(`SELECT events_processed::int AS n FROM "${schema}".processors`);
       return rows[0]?.n ?? 0;
     };
-    await waitFor(
-      `the first worker to commit some pages (output: ${first.output()})`,
-      async () => (await processedSoFar()) >= 2000,
-    );
-    first.child.kill('SIGKILL');
-    await first.exited;
+    try {
+      await waitFor(
+        `the first worker to commit some pages (output: ${first.output()})`,
+        async () => (await processedSoFar()) >= 2000,
+        60_000,
+      );
+    } finally {
+      first.child.kill('SIGKILL');
+      await first.exited;
+    }
     const atKill = await processedSoFar();
     assert.ok(atKill < 20_000, 'killed before the end');
     const second = spawnWorker(schema, ['--stall-timeout', '2s'], fixture, {
