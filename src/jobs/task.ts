@@ -9,7 +9,14 @@ import { ValidationError } from '../errors.js';
 import { checkSchema, validateWith } from '../typing/check.js';
 import type { StandardSchemaV1 } from '../typing/standardSchema.js';
 import { type Backoff, type BackoffOptions, checkBackoff } from './backoff.js';
-import { type DeferResult, deferJob, deferJobs, type JobSpec } from './defer.js';
+import {
+  type DeferResult,
+  deferJob,
+  deferJobs,
+  type JobSpec,
+  ON_CONFLICT_MODES,
+  type OnConflict,
+} from './defer.js';
 import {
   argsToJson,
   checkInteger,
@@ -61,8 +68,12 @@ export interface DeferOptions {
   queue?: string;
   lock?: string;
   queueingLock?: string;
-  /** With a queueing lock already waiting: throw AlreadyEnqueued (`error`, default) or return its id (`ignore`). */
-  onConflict?: 'error' | 'ignore';
+  /**
+   * With a queueing lock already waiting: throw AlreadyEnqueued (`error`, default), return
+   * its id (`ignore`), or update it — args and run time (`replace`: with `delay`, a
+   * debounce), or args only (`replace-args`). See docs/debounce.md.
+   */
+  onConflict?: OnConflict;
 }
 
 export interface JobInfo {
@@ -178,9 +189,14 @@ export function toJobSpec(
 ): JobSpec {
   checkTaskName(name);
   const onConflict = options.onConflict ?? 'error';
-  if (onConflict !== 'error' && onConflict !== 'ignore') {
+  if (!ON_CONFLICT_MODES.includes(onConflict)) {
     throw new ValidationError(
-      `onConflict ${JSON.stringify(onConflict)} is invalid: expected 'error' or 'ignore'`,
+      `onConflict ${JSON.stringify(onConflict)} is invalid: expected 'error', 'ignore', 'replace' or 'replace-args'`,
+    );
+  }
+  if ((onConflict === 'replace' || onConflict === 'replace-args') && options.queueingLock === undefined) {
+    throw new ValidationError(
+      `onConflict '${onConflict}' needs a queueingLock: it replaces the job waiting with that lock`,
     );
   }
   if (options.runAt !== undefined && options.delay !== undefined) {
