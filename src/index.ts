@@ -65,6 +65,12 @@ export type { DeferResult, OnConflict } from './jobs/defer.js';
 export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
 export type { JobQueue } from './jobs/queue.js';
 export type {
+  BatchContext,
+  BatchHandler,
+  BatchJob,
+  BatchOptions,
+  BatchOutcome,
+  BatchTaskOptions,
   DeferOptions,
   Handler,
   JobContext,
