@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { createApp } from '../../src/app.js';
 import { AlreadyEnqueued, ValidationError } from '../../src/errors.js';
+import { startFaultProxy } from '../faultProxy.js';
 import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
 
@@ -266,6 +267,55 @@ describe('onConflict replace', () => {
     assert.deepEqual(jobs[0]!.args, last, "the last writer's args");
     const logged = (await t.pool.query(`SELECT count(*)::int AS n FROM ${q}.replace_log`)).rows[0].n;
     assert.equal(logged, writers * perWriter);
+  });
+
+  it('a replace whose reply is lost: deferring again is safe — one waiting job with the args, or one more run if it started', async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    const app = createApp({ databaseUrl: proxy.url, schema: t.schema });
+    try {
+      const task = app.task('lost-replace', {}, async () => {});
+      const later = { queueingLock: 'lost:1', delay: { hours: 1 }, onConflict: 'replace' } as const;
+      const first = await task.defer({ v: 1 }, later);
+      assert.ok(first.enqueued);
+      const { fired } = proxy.addRule({ match: `outbatch_defer_${t.schema}`, action: 'lose-reply' });
+      await assert.rejects(task.defer({ v: 2 }, later));
+      await fired;
+      assert.deepEqual(
+        (await jobsWith('lost:1')).map((j) => j.args),
+        [{ v: 2 }],
+        'the server did it',
+      );
+      assert.deepEqual(await task.defer({ v: 2 }, later), {
+        enqueued: false,
+        existingId: first.id,
+        replaced: true,
+      });
+      assert.deepEqual(
+        (await jobsWith('lost:1')).map((j) => [j.id, j.status, j.args]),
+        [[first.id, 'todo', { v: 2 }]],
+      );
+
+      // A worker took the job between the lost reply and the retry: the retry enqueues one
+      // more run with the same args (at-least-once), beside the running one.
+      const { fired: lost } = proxy.addRule({ match: `outbatch_defer_${t.schema}`, action: 'lose-reply' });
+      await assert.rejects(task.defer({ v: 3 }, later));
+      await lost;
+      await t.pool.query(`UPDATE "${t.schema}".jobs SET status = 'doing', attempts = 1 WHERE id = $1`, [
+        first.id,
+      ]);
+      const retried = await task.defer({ v: 3 }, later);
+      assert.ok(retried.enqueued);
+      assert.deepEqual(
+        (await jobsWith('lost:1')).map((j) => [j.id, j.status, j.args]),
+        [
+          [first.id, 'doing', { v: 3 }],
+          [retried.id, 'todo', { v: 3 }],
+        ],
+      );
+    } finally {
+      await app.close();
+      await proxy.close();
+    }
   });
 
   it('debounce with a real worker: 20 defers 100 ms apart with a 1 s delay run the handler once, with the last args', async () => {
