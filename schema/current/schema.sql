@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 034_defer_job_replace
+-- Matches migration: 034_replace_and_batches
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -749,13 +749,17 @@ $$;
 -- What workers know about each task, registered when a worker starts: deferring by name
 -- (from a service that does not import the handler, or from SQL) takes the task's queue,
 -- priority and retry budget from here, and recovery reads on_stall from here. [003]
+-- batch_size and batch_max_wait_ms: a batch task's batching (docs/batches.md), shown by
+-- `jobs stats`, the JSON API and the dashboard; NULL for a task run job by job. [034]
 CREATE TABLE tasks (
   name text PRIMARY KEY,
   queue text NOT NULL,
   priority integer NOT NULL,
   max_attempts integer NOT NULL CHECK (max_attempts >= 1),
   on_stall text NOT NULL CHECK (on_stall IN ('retry', 'fail')),
-  updated_at timestamptz NOT NULL DEFAULT now()
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  batch_size integer CHECK (batch_size BETWEEN 1 AND 1000),
+  batch_max_wait_ms integer CHECK (batch_max_wait_ms BETWEEN 0 AND 3600000)
 );
 
 -- Per task and minute, updated by the batched completion and failure statements, so

@@ -7,10 +7,11 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { makeApi } from '../../src/admin/api.js';
 import { type App, createApp } from '../../src/app.js';
 import { ValidationError } from '../../src/errors.js';
 import type { BatchJob } from '../../src/jobs/task.js';
-import { databaseUrl, isolatedApp, ROOT, type TestApp } from '../helpers.js';
+import { databaseUrl, isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
 import { createRunsTable, spawnWorker, type WorkerProcess, waitFor, workerStarted } from '../jobs/support.js';
 
 let t: TestApp;
@@ -124,6 +125,22 @@ describe('batch tasks', () => {
     );
     assert.deepEqual(calls, [10, 10, 10, 10, 10]);
     assert.deepEqual([...new Set(seen.values())], [1]);
+  });
+
+  it("jobs stats, the JSON API and the CLI show a batch task's batching, as its worker registered it", async () => {
+    // Registered by the worker of the test above.
+    const stats = await t.app.jobs.stats();
+    assert.deepEqual(stats.find((s) => s.task === 'bulk-ready')?.batch, { size: 10, maxWaitMs: 10_000 });
+    const api = makeApi(t.app, async () => t.pool);
+    const registered = [
+      { task: 'bulk-50', size: 10, maxWaitMs: 500 },
+      { task: 'bulk-ready', size: 10, maxWaitMs: 10_000 },
+    ];
+    assert.deepEqual((await api.batchTasks()).batchTasks, registered);
+    assert.deepEqual((await api.overview({ showQueries: false })).batchTasks, registered);
+    const cli = await runCli(['jobs', 'stats', '--schema', t.schema], { DATABASE_URL: databaseUrl() });
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stdout, /bulk-50 .* up to 10, 500 ms/);
   });
 
   it('per-job outcomes: failed jobs retry with their own attempts, the others are done once', async () => {

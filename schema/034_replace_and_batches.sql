@@ -1,3 +1,5 @@
+-- Two features of issue 17: debounce (replace a waiting job) and batch tasks.
+--
 -- Debounce: defer_job() with on_conflict 'replace' or 'replace-args' updates the job
 -- waiting (todo) with the queueing lock instead of returning it: 'replace' sets its args
 -- and run_at to the new defer's, 'replace-args' its args only (the run time is kept, as
@@ -142,3 +144,10 @@ BEGIN
     USING ERRCODE = 'serialization_failure';
 END
 $$;
+
+-- Batch tasks (docs/batches.md): a worker registers each task's batching with the task, so
+-- `jobs stats`, the JSON API and the dashboard show which tasks run in batches and how.
+-- NULL: a task run job by job (and every task registered by an older worker).
+ALTER TABLE tasks
+  ADD COLUMN batch_size integer CHECK (batch_size BETWEEN 1 AND 1000),
+  ADD COLUMN batch_max_wait_ms integer CHECK (batch_max_wait_ms BETWEEN 0 AND 3600000);
