@@ -269,6 +269,58 @@ describe('onConflict replace', () => {
     assert.equal(logged, writers * perWriter);
   });
 
+  it("replaces racing a worker's claims: every enqueued job runs once, and the last run has the last writer's args", async () => {
+    const q = `"${t.schema}"`;
+    await t.pool.query(`CREATE TABLE ${q}.race_log (seq bigserial PRIMARY KEY, writer int, n int)`);
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    const runs: { id: string; args: unknown }[] = [];
+    app.task('race-replace', {}, async (args: unknown, ctx) => {
+      runs.push({ id: ctx.job.id, args });
+      await sleep(5);
+    });
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 4, pollInterval: 100, signal: controller.signal });
+    const pools = Array.from({ length: 4 }, () => new pg.Pool({ connectionString: databaseUrl(), max: 1 }));
+    const enqueued: string[] = [];
+    try {
+      await Promise.all(
+        pools.map(async (pool, writer) => {
+          for (let n = 0; n < 30; n += 1) {
+            const client = await pool.connect();
+            try {
+              await client.query('BEGIN');
+              // Due now, and `lock` with the same key: runs happen one at a time, in id order.
+              const { rows } = await client.query(
+                `SELECT id::text, enqueued FROM ${q}.defer_job('race-replace', $1::jsonb,
+                   queueing_lock => 'race', lock => 'race', on_conflict => 'replace')`,
+                [JSON.stringify({ writer, n })],
+              );
+              if (rows[0].enqueued) enqueued.push(rows[0].id);
+              await client.query(`INSERT INTO ${q}.race_log (writer, n) VALUES ($1, $2)`, [writer, n]);
+              await client.query('COMMIT');
+            } finally {
+              client.release();
+            }
+          }
+        }),
+      );
+      await waitFor('every enqueued job to run', async () => (await jobsWith('race')).length === 0);
+    } finally {
+      await Promise.all(pools.map((pool) => pool.end()));
+      controller.abort();
+      await running;
+      await app.close();
+    }
+    assert.deepEqual(
+      runs.map((r) => r.id),
+      [...enqueued].sort((a, b) => Number(a) - Number(b)),
+      'each enqueued job ran once, in order',
+    );
+    const last = (await t.pool.query(`SELECT writer, n FROM ${q}.race_log ORDER BY seq DESC LIMIT 1`))
+      .rows[0];
+    assert.deepEqual(runs.at(-1)!.args, last, "the last run has the last writer's args");
+  });
+
   it('a replace whose reply is lost: deferring again is safe — one waiting job with the args, or one more run if it started', async () => {
     const proxy = await startFaultProxy(databaseUrl());
     const app = createApp({ databaseUrl: proxy.url, schema: t.schema });
