@@ -11,6 +11,7 @@ import { makeApi } from '../../src/admin/api.js';
 import { type App, createApp } from '../../src/app.js';
 import { ValidationError } from '../../src/errors.js';
 import type { BatchJob } from '../../src/jobs/task.js';
+import { createLogger } from '../../src/log.js';
 import { databaseUrl, isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
 import { createRunsTable, spawnWorker, type WorkerProcess, waitFor, workerStarted } from '../jobs/support.js';
 
@@ -258,6 +259,36 @@ describe('batch tasks', () => {
       3,
     );
     assert.ok(calls.length <= 3 && calls.every((n) => n <= 3), `calls ${calls}`);
+  });
+
+  it("a batch task's handler, called for one job, runs it as a batch of one", async () => {
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    const seen: BatchJob[][] = [];
+    const task = app.task('one-of-batch', { batch: { size: 5 } }, async (jobs) => {
+      seen.push(jobs);
+      return [{ ok: false as const, error: new Error('refused downstream') }];
+    });
+    const job = {
+      id: '7',
+      task: 'one-of-batch',
+      queue: 'default',
+      attempt: 2,
+      maxAttempts: 5,
+      priority: 0,
+      lock: null,
+      queueingLock: null,
+      runAt: new Date(0),
+      createdAt: new Date(0),
+    };
+    const ctx = {
+      job,
+      signal: new AbortController().signal,
+      log: createLogger({ level: 'silent' }),
+      transaction: () => Promise.reject(new Error('not offered')),
+      defer: () => Promise.reject(new Error('not offered')),
+    };
+    await assert.rejects(Promise.resolve(task.options.handler({ n: 1 }, ctx)), /refused downstream/);
+    assert.deepEqual(seen, [[{ ...job, args: { n: 1 } }]]);
   });
 
   it('bad batch options are one-line errors naming the option', () => {
