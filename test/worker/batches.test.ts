@@ -27,6 +27,7 @@ after(async () => {
 });
 
 const BATCH_APP = path.join(ROOT, 'test', 'fixtures', 'batch-app.ts');
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const QUICK_RETRY = { attempts: 3, backoff: { initial: 10, factor: 1, max: 10, jitter: 0 } };
 
 /** A fresh app on the test schema, its worker running around `body`. */
@@ -220,6 +221,50 @@ describe('batch tasks', () => {
       `SELECT sum(succeeded)::int AS succeeded, sum(retried)::int AS retried FROM "${t.schema}".task_stats WHERE task = 'bulk-throws'`,
     );
     assert.deepEqual(stats.rows[0], { succeeded: 5, retried: 5 });
+  });
+
+  it("the task's timeout bounds the whole call: every job of the batch fails with JobTimeoutError and retries", async () => {
+    const calls: number[] = [];
+    await withWorker(
+      (app) => {
+        app.task(
+          'bulk-slow',
+          {
+            batch: { size: 5, maxWait: 300 },
+            timeout: 200,
+            retry: QUICK_RETRY,
+            keepSucceededFor: { minutes: 5 },
+          },
+          async (jobs) => {
+            calls.push(Math.max(...jobs.map((job) => job.attempt)));
+            if (jobs.some((job) => job.attempt === 1)) {
+              // Ignores its signal: the slot is freed at the timeout all the same.
+              await sleep(1_000);
+            }
+          },
+        );
+      },
+      async (app) => {
+        await app.defer('bulk-slow', { n: 1 });
+        await app.defer('bulk-slow', { n: 2 });
+        await waitFor('both jobs done on their retry', async () => {
+          const rows = await rowsOf('bulk-slow');
+          return rows.length === 2 && rows.every((row) => row.status === 'succeeded');
+        });
+      },
+    );
+    const stats = await t.pool.query(
+      `SELECT sum(succeeded)::int AS succeeded, sum(retried)::int AS retried FROM "${t.schema}".task_stats WHERE task = 'bulk-slow'`,
+    );
+    assert.deepEqual(stats.rows[0], { succeeded: 2, retried: 2 });
+    assert.equal(calls[0], 1);
+    const { rows } = await t.pool.query(
+      `SELECT errors -> 0 ->> 'message' AS first FROM "${t.schema}".jobs WHERE task = 'bulk-slow'`,
+    );
+    assert.deepEqual(
+      rows.map((row) => row.first),
+      ['job exceeded its timeout of 200 ms', 'job exceeded its timeout of 200 ms'],
+    );
   });
 
   it('a malformed result fails every job of the batch, saying what was expected', async () => {
