@@ -359,7 +359,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       {
         returnedToTodo: written.released,
         supersededOnReturn: written.superseded,
-        unfinishedHandlers: unfinished.length,
+        unfinishedHandlers: unfinished.length + unfinishedBatches,
       },
       `worker stopped: ${written.released} unfinished job(s) returned to todo without counting the attempt`,
     );
