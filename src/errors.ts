@@ -141,16 +141,21 @@ export class TxIdHorizonError extends OutbatchError {
 /**
  * A defer with `queueingLock` met a job with that lock still waiting (`todo`) and the
  * caller asked for `onConflict: 'error'` (the default). With `'ignore'` the same outcome
- * is the value `{ enqueued: false, existingId }` instead.
+ * is the value `{ enqueued: false, existingId }` instead. Also thrown by a replace that met
+ * a waiting job of another task (`existingTask`).
  */
 export class AlreadyEnqueued extends OutbatchError {
   constructor(
     readonly queueingLock: string,
     readonly existingId: string,
+    /** Set when a replace met a waiting job of this other task, which it does not replace. */
+    readonly existingTask?: string,
   ) {
     super(
       'OUTBATCH_ALREADY_ENQUEUED',
-      `a job with queueing lock "${queueingLock}" is already enqueued (job ${existingId}): pass onConflict: 'ignore' to get its id instead`,
+      existingTask === undefined
+        ? `a job with queueing lock "${queueingLock}" is already enqueued (job ${existingId}): pass onConflict: 'ignore' to get its id instead`
+        : `a job with queueing lock "${queueingLock}" is already enqueued (job ${existingId}) for task "${existingTask}": onConflict 'replace' replaces only a waiting job of the same task`,
     );
   }
 }

@@ -61,10 +61,16 @@ export type { NewEvent } from './events/validate.js';
 // Jobs
 export type { BackoffOptions } from './jobs/backoff.js';
 export type { ActionResult, JobControl } from './jobs/control.js';
-export type { DeferResult } from './jobs/defer.js';
+export type { DeferResult, OnConflict } from './jobs/defer.js';
 export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
 export type { JobQueue } from './jobs/queue.js';
 export type {
+  BatchContext,
+  BatchHandler,
+  BatchJob,
+  BatchOptions,
+  BatchOutcome,
+  BatchTaskOptions,
   DeferOptions,
   Handler,
   JobContext,

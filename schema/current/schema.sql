@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 031_event_archive
+-- Matches migration: 034_replace_and_batches
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -749,13 +749,17 @@ $$;
 -- What workers know about each task, registered when a worker starts: deferring by name
 -- (from a service that does not import the handler, or from SQL) takes the task's queue,
 -- priority and retry budget from here, and recovery reads on_stall from here. [003]
+-- batch_size and batch_max_wait_ms: a batch task's batching (docs/batches.md), shown by
+-- `jobs stats`, the JSON API and the dashboard; NULL for a task run job by job. [034]
 CREATE TABLE tasks (
   name text PRIMARY KEY,
   queue text NOT NULL,
   priority integer NOT NULL,
   max_attempts integer NOT NULL CHECK (max_attempts >= 1),
   on_stall text NOT NULL CHECK (on_stall IN ('retry', 'fail')),
-  updated_at timestamptz NOT NULL DEFAULT now()
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  batch_size integer CHECK (batch_size BETWEEN 1 AND 1000),
+  batch_max_wait_ms integer CHECK (batch_max_wait_ms BETWEEN 0 AND 3600000)
 );
 
 -- Per task and minute, updated by the batched completion and failure statements, so
@@ -868,6 +872,18 @@ CREATE TRIGGER jobs_notify AFTER INSERT ON jobs
 -- speculative insertion (arbiter index checks, a speculative token, a second pass) even
 -- when the row cannot conflict, and most jobs have no queueing lock. Measured (minimum of
 -- 12 loops of 3,000 calls, server time): 46 us -> 44 us per call. [023]
+--
+-- Debounce: on_conflict 'replace' updates the waiting job's args and run_at to the new
+-- defer's, 'replace-args' its args only (the run time is kept, as graphile-worker's
+-- job_key_mode 'preserve_run_at'); it keeps its id, task, queue, priority, lock, attempts
+-- and created_at, and the result is (id, false). One INSERT ... ON CONFLICT DO UPDATE:
+-- concurrent replaces of one lock wait for each other's row lock, so exactly one job
+-- waits, with the args of the last to commit; a job a worker claimed meanwhile is left
+-- alone and a new waiting job is inserted. A running (doing) job is never touched: the
+-- defer enqueues a waiting job beside it. A replace meeting a waiting job of another task
+-- raises unique_violation (HINT outbatch:already_enqueued, DETAIL naming that task). The
+-- jobs_notify trigger fires on INSERT only, so a replace that makes a job due now wakes
+-- idle workers itself, with the trigger's condition. [034]
 CREATE FUNCTION defer_job(
   task text,
   args jsonb DEFAULT '{}'::jsonb,
@@ -885,18 +901,25 @@ DECLARE
   known tasks%ROWTYPE;
   new_id bigint;
   existing_id bigint;
+  existing_task text;
+  inserted boolean;
+  due_queue text;
 BEGIN
   IF defer_job.task IS NULL OR defer_job.task = '' THEN
     RAISE EXCEPTION 'defer_job: task is required' USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF defer_job.on_conflict IS NULL OR defer_job.on_conflict NOT IN ('error', 'ignore') THEN
-    RAISE EXCEPTION 'defer_job: on_conflict % is invalid: expected ''error'' or ''ignore''', defer_job.on_conflict
+  IF defer_job.on_conflict IS NULL OR defer_job.on_conflict NOT IN ('error', 'ignore', 'replace', 'replace-args') THEN
+    RAISE EXCEPTION 'defer_job: on_conflict % is invalid: expected ''error'', ''ignore'', ''replace'' or ''replace-args''', defer_job.on_conflict
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   IF defer_job.queue IS NULL OR defer_job.priority IS NULL OR defer_job.max_attempts IS NULL THEN
     SELECT * INTO known FROM tasks t WHERE t.name = defer_job.task;
   END IF;
   IF defer_job.queueing_lock IS NULL THEN
+    IF defer_job.on_conflict IN ('replace', 'replace-args') THEN
+      RAISE EXCEPTION 'defer_job: on_conflict % needs a queueing_lock: it replaces the job waiting with that lock', defer_job.on_conflict
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, max_attempts)
     VALUES (
       defer_job.task,
@@ -909,6 +932,41 @@ BEGIN
     )
     RETURNING j.id INTO new_id;
     RETURN QUERY SELECT new_id, true;
+    RETURN;
+  END IF;
+  IF defer_job.on_conflict IN ('replace', 'replace-args') THEN
+    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, queueing_lock, max_attempts)
+    VALUES (
+      defer_job.task,
+      coalesce(defer_job.args, '{}'::jsonb),
+      coalesce(defer_job.queue, known.queue, 'default'),
+      coalesce(defer_job.run_at, now()),
+      coalesce(defer_job.priority, known.priority, 0),
+      defer_job.lock,
+      defer_job.queueing_lock,
+      coalesce(defer_job.max_attempts, known.max_attempts, 5)
+    )
+    ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO UPDATE
+    SET args = excluded.args,
+        run_at = CASE WHEN defer_job.on_conflict = 'replace' THEN excluded.run_at ELSE j.run_at END,
+        updated_at = now()
+    WHERE j.task = excluded.task
+    RETURNING j.id, j.xmax = 0, CASE WHEN j.run_at <= now() THEN j.queue END
+    INTO new_id, inserted, due_queue;
+    IF new_id IS NULL THEN
+      SELECT j.id, j.task INTO existing_id, existing_task FROM jobs j
+      WHERE j.queueing_lock = defer_job.queueing_lock AND j.status = 'todo';
+      RAISE EXCEPTION 'a job with queueing lock % is already enqueued (job %) for task %: on_conflict % replaces only a waiting job of the same task',
+          defer_job.queueing_lock, existing_id, existing_task, defer_job.on_conflict
+        USING ERRCODE = 'unique_violation', HINT = 'outbatch:already_enqueued',
+          DETAIL = json_build_object('existing_id', existing_id::text, 'queueing_lock', defer_job.queueing_lock,
+                                     'task', existing_task)::text;
+    END IF;
+    IF NOT inserted AND due_queue IS NOT NULL
+       AND EXISTS (SELECT 1 FROM workers w WHERE w.idle AND (w.queues IS NULL OR due_queue = ANY (w.queues))) THEN
+      PERFORM pg_notify(current_schema() || '_jobs', due_queue);
+    END IF;
+    RETURN QUERY SELECT new_id, inserted;
     RETURN;
   END IF;
   -- A queueing-lock conflict may meet a job that leaves todo before we read it: try again.

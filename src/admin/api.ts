@@ -18,6 +18,7 @@ import type { MetricsSnapshot } from './metrics.js';
 import {
   countJobs,
   lastEventPosition,
+  listBatchTasks,
   listJobPage,
   listWorkers,
   type OldestTransaction,
@@ -116,6 +117,9 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
     async workers() {
       return { workers: await listWorkers(await pool(), q) };
     },
+    async batchTasks() {
+      return { batchTasks: await listBatchTasks(await pool(), q) };
+    },
     async schedules() {
       return { schedules: await scheduleViews(await pool(), q) };
     },
@@ -170,7 +174,7 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
     },
     /** Everything the page shows but the job lists, in one round trip. */
     async overview(options: { showQueries: boolean }) {
-      const [counts, workers, schedules, processors, minutes, oldest, head, orphaned, eventLog] =
+      const [counts, workers, schedules, processors, minutes, oldest, head, orphaned, eventLog, batchTasks] =
         await Promise.all([
           api.counts(),
           api.workers(),
@@ -181,6 +185,7 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
           api.head(),
           api.withoutWorker(),
           api.eventLog(),
+          api.batchTasks(),
         ]);
       return {
         generatedAt: new Date(),
@@ -194,6 +199,7 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
         events: head,
         eventLog,
         ...orphaned,
+        ...batchTasks,
       };
     },
     /** What /metrics reads on each scrape. */

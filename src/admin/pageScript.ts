@@ -171,8 +171,15 @@ function byState(o) {
     if (!groups.has(key)) groups.set(key, { queue: c.queue, task: c.task });
     groups.get(key)[c.state] = (c.estimated ? '~' : '') + num(c.count);
   });
+  var batches = new Map();
+  (o.batchTasks || []).forEach(function (b) { batches.set(b.task, b); });
   var rows = Array.from(groups.values()).map(function (g) {
-    return el('tr', { class: g.failed || g.dirty ? 'bad' : '' }, el('td', null, g.queue), el('td', null, g.task),
+    var batch = batches.get(g.task);
+    // A batch task's jobs reach its handler many at a time: say how many, and the longest wait to fill.
+    var task = batch
+      ? el('td', null, g.task, ' ', el('span', { class: 'muted', 'data-batch': g.task }, 'batches of up to ' + num(batch.size) + ', waits up to ' + num(batch.maxWaitMs) + ' ms to fill'))
+      : el('td', null, g.task);
+    return el('tr', { class: g.failed || g.dirty ? 'bad' : '' }, el('td', null, g.queue), task,
       states.map(function (s) { return el('td', { class: 'num' }, g[s] || el('span', { class: 'muted' }, '0')); }));
   });
   return [table(['queue', 'task'].concat(states), rows, 'no jobs'),

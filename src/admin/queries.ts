@@ -93,6 +93,21 @@ export async function countJobs(db: Queryable, q: string, schema: string): Promi
   });
 }
 
+export interface BatchTaskRow {
+  task: string;
+  size: number;
+  maxWaitMs: number;
+}
+
+/** The batch tasks (docs/batches.md) and their batching, as workers registered them: a few rows. */
+export async function listBatchTasks(db: Queryable, q: string): Promise<BatchTaskRow[]> {
+  const { rows } = await db.query<BatchTaskRow>(
+    `SELECT name AS task, batch_size AS size, batch_max_wait_ms AS "maxWaitMs"
+     FROM ${q}.tasks WHERE batch_size IS NOT NULL ORDER BY name`,
+  );
+  return rows;
+}
+
 export interface JobRow {
   id: string;
   task: string;

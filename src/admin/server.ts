@@ -87,6 +87,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     '/api/throughput': (query) => api.throughput(query),
     '/api/transactions/oldest': none(({ trusted }) => api.oldestTransaction({ showQueries: trusted })),
     '/api/tasks/without-worker': none(api.withoutWorker),
+    '/api/tasks/batches': none(api.batchTasks),
     '/api/events/head': none(api.head),
   };
 

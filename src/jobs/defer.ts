@@ -19,26 +19,51 @@ export interface JobSpec {
   lock: string | null;
   queueingLock: string | null;
   maxAttempts: number | null;
-  onConflict: 'error' | 'ignore';
+  onConflict: OnConflict;
 }
 
-/** An expected outcome, so a value: either a new job, or the waiting one that holds the queueing lock. */
-export type DeferResult = { enqueued: true; id: string } | { enqueued: false; existingId: string };
+/**
+ * What a defer does when its queueing lock already has a waiting job: throw
+ * AlreadyEnqueued (`error`), return that job's id (`ignore`), or update that job — its args
+ * and run time (`replace`: debounce), or its args only (`replace-args`). docs/debounce.md.
+ */
+export type OnConflict = 'error' | 'ignore' | 'replace' | 'replace-args';
+export const ON_CONFLICT_MODES: readonly OnConflict[] = ['error', 'ignore', 'replace', 'replace-args'];
 
-function toResult(row: { id: string; enqueued: boolean }): DeferResult {
-  return row.enqueued ? { enqueued: true, id: row.id } : { enqueued: false, existingId: row.id };
+/**
+ * An expected outcome, so a value: either a new job, or the waiting one that holds the
+ * queueing lock — `replaced: true` when `onConflict: 'replace' | 'replace-args'` updated it.
+ */
+export type DeferResult =
+  | { enqueued: true; id: string }
+  | { enqueued: false; existingId: string; replaced?: true };
+
+function toResult(row: { id: string; enqueued: boolean }, onConflict: OnConflict): DeferResult {
+  if (row.enqueued) return { enqueued: true, id: row.id };
+  // defer_job returns (id, false) for a replace: the waiting job was updated, none added.
+  return onConflict === 'replace' || onConflict === 'replace-args'
+    ? { enqueued: false, existingId: row.id, replaced: true }
+    : { enqueued: false, existingId: row.id };
 }
 
 /** The database's "already enqueued" (raised by defer_job with on_conflict 'error') as our typed error. */
 export function asAlreadyEnqueued(error: unknown): unknown {
   const e = error as { code?: string; hint?: string; detail?: string };
   if (e?.code === '23505' && e.hint === 'outbatch:already_enqueued' && e.detail) {
-    const detail = JSON.parse(e.detail) as { existing_id: string; queueing_lock: string };
-    return new AlreadyEnqueued(detail.queueing_lock, detail.existing_id);
+    const detail = JSON.parse(e.detail) as { existing_id: string; queueing_lock: string; task?: string };
+    return new AlreadyEnqueued(detail.queueing_lock, detail.existing_id, detail.task);
   }
   return error;
 }
 
+/**
+ * One job through defer_job(). Reply lost after the server did it: the caller sees a
+ * connection error and may defer again — without a queueing lock that adds a second job,
+ * with 'error' it throws AlreadyEnqueued naming the first, with 'ignore' it returns it, with
+ * 'replace' it writes the same args again (the same job while it still waits; a new one if
+ * a worker took it in between, so the work runs once more: at-least-once). Refused (a
+ * CHECK, AlreadyEnqueued): nothing was written.
+ */
 export async function deferJob(db: Queryable, schema: string, job: JobSpec): Promise<DeferResult> {
   const text = `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)`;
   try {
@@ -58,7 +83,7 @@ export async function deferJob(db: Queryable, schema: string, job: JobSpec): Pro
         job.onConflict,
       ],
     );
-    return toResult(rows[0]!);
+    return toResult(rows[0]!, job.onConflict);
   } catch (error) {
     throw asAlreadyEnqueued(error);
   }
@@ -86,7 +111,7 @@ export async function deferJobs(db: Queryable, schema: string, jobs: JobSpec[]):
         column('onConflict'),
       ],
     );
-    return rows.map(toResult);
+    return rows.map((row, i) => toResult(row, jobs[i]!.onConflict));
   } catch (error) {
     throw asAlreadyEnqueued(error);
   }

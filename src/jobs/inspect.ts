@@ -72,6 +72,8 @@ export interface TaskStats {
   failed: number;
   avg_duration_ms: number | null;
   max_duration_ms: number | null;
+  /** A batch task's batching, as its workers registered it (docs/batches.md); null: run job by job. */
+  batch: { size: number; maxWaitMs: number } | null;
 }
 
 /** Per task: current groups (one pass over job_states) and history (task_stats). */
@@ -85,6 +87,8 @@ export async function jobStats(db: Queryable, schema: string): Promise<TaskStats
     failed: string | null;
     avg_ms: number | null;
     max_ms: number | null;
+    batch_size: number | null;
+    batch_max_wait_ms: number | null;
   }>(
     `WITH current AS (
        SELECT task, jsonb_object_agg(state, n) AS states
@@ -96,8 +100,9 @@ export async function jobStats(db: Queryable, schema: string): Promise<TaskStats
        FROM ${s}.task_stats GROUP BY task
      )
      SELECT coalesce(c.task, h.task) AS task, c.states, h.succeeded::text, h.retried::text, h.failed::text,
-            h.avg_ms, h.max_ms
+            h.avg_ms, h.max_ms, k.batch_size, k.batch_max_wait_ms
      FROM current c FULL JOIN history h ON h.task = c.task
+     LEFT JOIN ${s}.tasks k ON k.name = coalesce(c.task, h.task)
      ORDER BY 1`,
   );
   return rows.map((row) => ({
@@ -111,6 +116,7 @@ export async function jobStats(db: Queryable, schema: string): Promise<TaskStats
     failed: Number(row.failed ?? 0),
     avg_duration_ms: row.avg_ms === null ? null : Math.round(row.avg_ms * 100) / 100,
     max_duration_ms: row.max_ms === null ? null : Math.round(row.max_ms * 100) / 100,
+    batch: row.batch_size === null ? null : { size: row.batch_size, maxWaitMs: row.batch_max_wait_ms ?? 0 },
   }));
 }
 

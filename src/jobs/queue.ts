@@ -12,6 +12,8 @@ import { ValidationError } from '../errors.js';
 import { type JobControl, makeJobControl } from './control.js';
 import type { DeferResult } from './defer.js';
 import {
+  type BatchHandler,
+  type BatchTaskOptions,
   checkArgs,
   type DeferOptions,
   deferSpec,
@@ -26,6 +28,8 @@ import {
 } from './task.js';
 
 export interface JobQueue {
+  /** A batch task (docs/batches.md): the handler gets the args of many jobs at once. */
+  task<A = unknown>(name: string, options: BatchTaskOptions<A>, handler: BatchHandler<A>): Task<A>;
   task<A = unknown>(name: string, options: TaskOptions<A>, handler: Handler<A>): Task<A>;
   defer(task: string | Task, args?: unknown, options?: DeferOptions): Promise<DeferResult>;
   jobs: JobControl;
@@ -60,13 +64,13 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
   };
 
   return {
-    task(name, options, handler) {
+    task(name: string, options: TaskOptions | BatchTaskOptions, handler: Handler | BatchHandler) {
       if (options === null || typeof options !== 'object') {
         throw new ValidationError(
           `task "${name}" options are invalid: expected an object (use {} for defaults)`,
         );
       }
-      const resolved = resolveTask(name, options, handler as Handler);
+      const resolved = resolveTask(name, options, handler);
       if (tasks.has(name))
         throw new ValidationError(`task "${name}" is already registered: task names are unique per app`);
       tasks.set(name, resolved);

@@ -9,7 +9,14 @@ import { ValidationError } from '../errors.js';
 import { checkSchema, validateWith } from '../typing/check.js';
 import type { StandardSchemaV1 } from '../typing/standardSchema.js';
 import { type Backoff, type BackoffOptions, checkBackoff } from './backoff.js';
-import { type DeferResult, deferJob, deferJobs, type JobSpec } from './defer.js';
+import {
+  type DeferResult,
+  deferJob,
+  deferJobs,
+  type JobSpec,
+  ON_CONFLICT_MODES,
+  type OnConflict,
+} from './defer.js';
 import {
   argsToJson,
   checkInteger,
@@ -51,6 +58,50 @@ export interface TaskOptions<A = any> {
   schema?: StandardSchemaV1<unknown, A>;
 }
 
+/** A batch task's batching: see docs/batches.md. */
+export interface BatchOptions {
+  /** At most this many jobs per handler call (1-1000). */
+  size: number;
+  /**
+   * How long a worker holding at least one of the task's jobs waits for more to fill the
+   * batch before it calls the handler with what it has (default 0: a batch is what one claim
+   * brought; at most one hour).
+   */
+  maxWait?: DurationInput;
+}
+
+/** A batch task's options: a task's, with `batch` and without `transaction` (not offered). */
+// biome-ignore lint/suspicious/noExplicitAny: see Handler
+export interface BatchTaskOptions<A = any> extends Omit<TaskOptions<A>, 'transaction'> {
+  batch: BatchOptions;
+}
+
+/** One job of a batch, as the batch handler sees it. */
+// biome-ignore lint/suspicious/noExplicitAny: see Handler
+export interface BatchJob<A = any> extends JobInfo {
+  args: A;
+}
+
+/** One job's outcome, at the job's place in the batch: success, or a failure retried per the task's policy. */
+export type BatchOutcome = { ok: true } | { ok: false; error: unknown };
+
+export interface BatchContext {
+  task: string;
+  /** Aborted on timeout (the task's `timeout`, for the whole call) and on shutdown. */
+  signal: AbortSignal;
+  /** A pino child with `{ task, jobs }` (the batch's size). */
+  log: Logger;
+}
+
+/**
+ * A batch task's handler: the jobs of one batch (at most `batch.size`), in claim order.
+ * Resolve with nothing when all succeeded, or with one BatchOutcome per job in the same
+ * order; a throw (or a rejection) fails them all. Each failed job retries with its own
+ * attempts, backoff and dead letter.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: see Handler
+export type BatchHandler<A = any> = (jobs: BatchJob<A>[], ctx: BatchContext) => unknown;
+
 export interface DeferOptions {
   /** Join the caller's transaction: the job exists iff that transaction commits. */
   client?: Queryable;
@@ -61,8 +112,12 @@ export interface DeferOptions {
   queue?: string;
   lock?: string;
   queueingLock?: string;
-  /** With a queueing lock already waiting: throw AlreadyEnqueued (`error`, default) or return its id (`ignore`). */
-  onConflict?: 'error' | 'ignore';
+  /**
+   * With a queueing lock already waiting: throw AlreadyEnqueued (`error`, default), return
+   * its id (`ignore`), or update it — args and run time (`replace`: with `delay`, a
+   * debounce), or args only (`replace-args`). See docs/debounce.md.
+   */
+  onConflict?: OnConflict;
 }
 
 export interface JobInfo {
@@ -113,6 +168,17 @@ export interface ResolvedTask {
   handler: Handler;
   /** The args' validator, if the task has one. */
   schema: StandardSchemaV1 | undefined;
+  /**
+   * A batch task's batching and handler; null for a task run job by job. A batch task's
+   * `handler` runs one job as a batch of one.
+   */
+  batch: ResolvedBatch | null;
+}
+
+export interface ResolvedBatch {
+  size: number;
+  maxWaitMs: number;
+  handler: BatchHandler;
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: see Handler
@@ -127,8 +193,13 @@ export interface Task<A = any> {
   ): Promise<DeferResult[]>;
 }
 
-export function resolveTask(name: string, options: TaskOptions, handler: Handler): ResolvedTask {
+export function resolveTask(
+  name: string,
+  options: TaskOptions | BatchTaskOptions,
+  handler: Handler | BatchHandler,
+): ResolvedTask {
   checkTaskName(name);
+  if ('batch' in options && options.batch !== undefined) return resolveBatchTask(name, options, handler);
   if (typeof handler !== 'function') {
     throw new ValidationError(`task "${name}" has no handler: expected a function (args, ctx) => Promise`);
   }
@@ -158,9 +229,64 @@ export function resolveTask(name: string, options: TaskOptions, handler: Handler
       options.keepSucceededFor === undefined
         ? null
         : toMilliseconds(options.keepSucceededFor, `task "${name}" keepSucceededFor`),
-    transaction: Boolean(options.transaction),
-    handler,
+    transaction: Boolean('transaction' in options && options.transaction),
+    handler: handler as Handler,
     schema: options.schema === undefined ? undefined : checkSchema(options.schema, `task "${name}" schema`),
+    batch: null,
+  };
+}
+
+const MAX_BATCH_WAIT_MS = 3_600_000;
+
+function resolveBatchTask(name: string, options: BatchTaskOptions, handler: unknown): ResolvedTask {
+  if (typeof handler !== 'function') {
+    throw new ValidationError(
+      `task "${name}" has no handler: expected a function (jobs, ctx) => Promise<BatchOutcome[] | void>`,
+    );
+  }
+  const { batch } = options;
+  if (batch === null || typeof batch !== 'object') {
+    throw new ValidationError(`task "${name}" batch is invalid: expected { size, maxWait }`);
+  }
+  if ((options as TaskOptions).transaction) {
+    throw new ValidationError(
+      `task "${name}" cannot have both batch and transaction: a batch task has no ctx.tx (see docs/batches.md)`,
+    );
+  }
+  const size = checkInteger(batch.size, `task "${name}" batch.size`, 1, 1_000);
+  const maxWaitMs =
+    batch.maxWait === undefined ? 0 : toMilliseconds(batch.maxWait, `task "${name}" batch.maxWait`);
+  if (maxWaitMs > MAX_BATCH_WAIT_MS) {
+    throw new ValidationError(
+      `task "${name}" batch.maxWait ${maxWaitMs} ms is invalid: expected at most one hour`,
+    );
+  }
+  const batchHandler = handler as BatchHandler;
+  const { batch: _batch, ...rest } = options;
+  const single = resolveTask(name, rest, oneJobBatch(batchHandler));
+  return { ...single, batch: { size, maxWaitMs, handler: batchHandler } };
+}
+
+/** A batch handler called with one job, as a job handler: its failure is thrown. */
+function oneJobBatch(handler: BatchHandler): Handler {
+  return async (args, ctx) => {
+    const { id, task, queue, attempt, maxAttempts, priority, lock, queueingLock, runAt, createdAt } = ctx.job;
+    const job = {
+      id,
+      task,
+      queue,
+      attempt,
+      maxAttempts,
+      priority,
+      lock,
+      queueingLock,
+      runAt,
+      createdAt,
+      args,
+    };
+    const results = await handler([job], { task, signal: ctx.signal, log: ctx.log });
+    const first = Array.isArray(results) ? (results[0] as BatchOutcome | undefined) : undefined;
+    if (first && first.ok === false) throw first.error;
   };
 }
 
@@ -178,9 +304,14 @@ export function toJobSpec(
 ): JobSpec {
   checkTaskName(name);
   const onConflict = options.onConflict ?? 'error';
-  if (onConflict !== 'error' && onConflict !== 'ignore') {
+  if (!ON_CONFLICT_MODES.includes(onConflict)) {
     throw new ValidationError(
-      `onConflict ${JSON.stringify(onConflict)} is invalid: expected 'error' or 'ignore'`,
+      `onConflict ${JSON.stringify(onConflict)} is invalid: expected 'error', 'ignore', 'replace' or 'replace-args'`,
+    );
+  }
+  if ((onConflict === 'replace' || onConflict === 'replace-args') && options.queueingLock === undefined) {
+    throw new ValidationError(
+      `onConflict '${onConflict}' needs a queueingLock: it replaces the job waiting with that lock`,
     );
   }
   if (options.runAt !== undefined && options.delay !== undefined) {

@@ -8,7 +8,14 @@ import type { Observable } from 'rxjs';
 import type { AppendedEvent, AppendOptions } from '../events/append.js';
 import type { NewEvent } from '../events/validate.js';
 import type { DeferResult } from '../jobs/defer.js';
-import type { DeferOptions, Handler, Task, TaskOptions } from '../jobs/task.js';
+import type {
+  BatchHandler,
+  BatchTaskOptions,
+  DeferOptions,
+  Handler,
+  Task,
+  TaskOptions,
+} from '../jobs/task.js';
 import type { Pipeline, ProcessorContext, ProcessorOptions } from '../processors/definition.js';
 import type { EventData, EventName, TaskArgs, TaskName, TypedNewEvent, TypedStoredEvent } from './declare.js';
 
@@ -38,6 +45,12 @@ export type DeferArgs<A, O = DeferOptions> = undefined extends A
 
 /** `app.task` and `app.defer` with declared tasks: declared names only, args checked. */
 export interface TypedTasks<T> {
+  /** A batch task (docs/batches.md): the handler gets the args of many jobs at once. */
+  task<N extends TaskName<T>>(
+    name: N,
+    options: BatchTaskOptions<TaskArgs<T, N>>,
+    handler: BatchHandler<TaskArgs<T, N>>,
+  ): Task<TaskArgs<T, N>>;
   task<N extends TaskName<T>>(
     name: N,
     options: TaskOptions<TaskArgs<T, N>>,

@@ -18,6 +18,7 @@ import type { ClaimedJob } from '../jobs/claim.js';
 import { type Completion, completeInTransaction, completeJobs, countSucceeded } from '../jobs/complete.js';
 import { type Failure, failJobs, failUnrecordable } from '../jobs/fail.js';
 import { type Released, releaseJobs } from '../jobs/release.js';
+import type { ResolvedTask } from '../jobs/task.js';
 import { abandon, discardTransaction, type TransactionEnds } from './jobTransaction.js';
 import { describeError, type RunningJob, storable } from './runJob.js';
 
@@ -392,6 +393,20 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     schedule();
   }
 
+  /** A success with no transaction of its own (a job's, or one job of a batch): batched. */
+  function complete(job: ClaimedJob, task: ResolvedTask, durationMs: number) {
+    hold(job.id);
+    completions.push({
+      id: job.id,
+      attempt: job.attempts,
+      lock: job.lock,
+      task: job.task,
+      durationMs,
+      keepForMs: task.keepSucceededForMs,
+    });
+    schedule();
+  }
+
   /** A job claimed but not (or no longer) run: back to todo, uncounted. */
   function returnUnstarted(job: ClaimedJob) {
     hold(job.id);
@@ -409,17 +424,9 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         inTransaction.add(committing);
         return;
       }
-      hold(run.job.id);
-      completions.push({
-        id: run.job.id,
-        attempt: run.job.attempts,
-        lock: run.job.lock,
-        task: run.job.task,
-        durationMs,
-        keepForMs: run.task.keepSucceededForMs,
-      });
-      schedule();
+      complete(run.job, run.task, durationMs);
     },
+    complete,
     fail,
     /** A completion not yet sent for this job is dropped (the job was claimed again). */
     dropCompletion(id: string) {

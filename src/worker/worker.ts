@@ -20,6 +20,7 @@ import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { ResolvedTask } from '../jobs/task.js';
+import { makeBatchRunner } from './batchRunner.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
@@ -111,7 +112,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     log,
     workerId: id,
     now: dbNow,
-    retryIn,
+    retryIn: (run, error) => retryIn(run.job, run.task, error),
     // A written outcome that frees a lock may make a waiting job claimable: claim again.
     onLockFreed: () => claims.wake(),
     // Armed once the retry is written: its run_at is the database's now() then, plus the wait.
@@ -119,13 +120,25 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   });
   const stopClaiming$ = new Subject<void>();
   let stopping = false;
+  // Batch tasks' jobs (docs/batches.md): gathered into batches, a running batch takes one slot.
+  const batches = makeBatchRunner({
+    tasks,
+    log,
+    outcomes,
+    retryIn,
+    observe,
+    pump: () => {
+      if (!stopping) pump();
+    },
+  });
+  const busy = () => running.size + batches.running();
   // Running average of handler time; sizes the prefetch so quick jobs are claimed in
   // big batches and slow ones only as slots free (no hoarding jobs others could run).
   let averageMs: number | undefined;
 
   /** How many jobs we want in hand: free slots plus enough quick ones for prefetchWindow. */
   const target = () => {
-    const free = settings.concurrency - running.size;
+    const free = settings.concurrency - busy();
     const prefetch =
       averageMs === undefined
         ? 0
@@ -142,11 +155,16 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     skipTasks: () => [...foreignTasks],
     dbNow,
     // A worker with no tasks has nothing to claim for (every job would be given back).
-    room: () => (stopping || tasks.size === 0 ? 0 : target() - buffer.length),
+    room: () => {
+      if (stopping || tasks.size === 0) return 0;
+      const room = target() - buffer.length;
+      return batches.names.size === 0 ? room : batches.room(room);
+    },
     held: () => [
       ...buffer.map((job) => job.id),
       ...[...running.values()].map((run) => run.job.id),
       ...outcomes.unwritten(),
+      ...(batches.names.size === 0 ? [] : batches.heldIds()),
     ],
     onClaimed: (jobs) => {
       for (const job of jobs) {
@@ -155,7 +173,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
           continue;
         }
         supersedeEarlierClaims(job);
-        buffer.push(job);
+        if (batches.names.size > 0 && batches.names.has(job.task)) batches.add(job);
+        else buffer.push(job);
       }
       pump();
     },
@@ -193,6 +212,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     if (job.attempts <= 1) return; // a first attempt had no earlier claim (the common case: no scan)
     for (let i = buffer.length - 1; i >= 0; i -= 1) if (buffer[i]!.id === job.id) buffer.splice(i, 1);
     for (const run of running.values()) if (run.job.id === job.id) run.superseded = true;
+    if (batches.names.size > 0) batches.supersede(job.id);
     outcomes.dropCompletion(job.id);
   }
 
@@ -215,7 +235,9 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
 
   /** Starts buffered jobs while slots are free; asks for more when the buffer runs low. */
   function pump(): void {
-    while (running.size < settings.concurrency && buffer.length > 0) {
+    // Ready batches first: they have waited for their jobs already.
+    if (batches.names.size > 0) batches.start(settings.concurrency - busy());
+    while (busy() < settings.concurrency && buffer.length > 0) {
       const job = buffer.shift()!;
       const task = tasks.get(job.task)!; // onClaimed buffers only known tasks
       const run = new RunningJob(job, task, runDeps);
@@ -259,7 +281,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       outcomes.succeed(run, outcome.durationMs);
       observe({ task: job.task, outcome: 'succeeded', durationMs: outcome.durationMs });
     } else if (outcome.kind === 'failed') {
-      const wait = retryIn(run, outcome.error);
+      const wait = retryIn(run.job, run.task, outcome.error);
       outcomes.fail(job, outcome.error, wait, run.takeTransaction());
       observe({
         task: job.task,
@@ -282,8 +304,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   }
 
   /** The wait before the next attempt after `error`, or null for the dead letter (budget spent, or retryOn said no). */
-  function retryIn(run: RunningJob, error: unknown): number | null {
-    const { job, task } = run;
+  function retryIn(job: ClaimedJob, task: ResolvedTask, error: unknown): number | null {
     const retryable = job.attempts < job.max_attempts && safeRetryOn(task, error);
     return retryable ? backoffDelay(task.backoff, job.attempts) : null;
   }
@@ -304,7 +325,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     stopClaiming$.next();
     upkeep.stopMaintenance();
     await claims.close();
-    const waiting = buffer.splice(0);
+    const waiting = [...buffer.splice(0), ...batches.takeWaiting()];
     log.info(
       { running: running.size, unstarted: waiting.length, shutdownTimeoutMs: settings.shutdownTimeoutMs },
       running.size > 0
@@ -316,9 +337,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       run.shuttingDown = true;
       run.abort(new ShutdownAbort());
     }
+    const batchesSettled = batches.abortRunning(new ShutdownAbort());
     let timeout: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.all([...running.values()].map((run) => run.outcome)),
+      Promise.all([...[...running.values()].map((run) => run.outcome), batchesSettled]),
       new Promise((resolve) => {
         timeout = setTimeout(resolve, settings.shutdownTimeoutMs);
       }),
@@ -331,12 +353,13 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       run.settled = true;
       outcomes.release(run, { busy: true });
     }
+    const unfinishedBatches = batches.returnUnfinished();
     const written = await outcomes.close(Math.max(1_000, Math.min(settings.shutdownTimeoutMs, 10_000)));
     log.info(
       {
         returnedToTodo: written.released,
         supersededOnReturn: written.superseded,
-        unfinishedHandlers: unfinished.length,
+        unfinishedHandlers: unfinished.length + unfinishedBatches,
       },
       `worker stopped: ${written.released} unfinished job(s) returned to todo without counting the attempt`,
     );
@@ -351,7 +374,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       },
     );
     // Nothing of this worker may still be using a connection it hands on.
-    poolsReusable = unfinished.length === 0 && [...outcomes.unwritten()].length === 0 && unregistered;
+    poolsReusable =
+      unfinished.length + unfinishedBatches === 0 && [...outcomes.unwritten()].length === 0 && unregistered;
     await closePools();
   }
 

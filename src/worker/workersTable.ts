@@ -63,19 +63,23 @@ export async function unregisterWorker(db: Queryable, schema: string, workerId: 
 export async function registerTasks(db: Queryable, schema: string, tasks: ResolvedTask[]): Promise<void> {
   const sorted = [...tasks].sort((a, b) => a.name.localeCompare(b.name));
   await db.query(
-    `INSERT INTO ${quoteSchema(schema)}.tasks AS t (name, queue, priority, max_attempts, on_stall)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[])
+    `INSERT INTO ${quoteSchema(schema)}.tasks AS t (name, queue, priority, max_attempts, on_stall, batch_size, batch_max_wait_ms)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::int[], $7::int[])
      ON CONFLICT (name) DO UPDATE
      SET queue = excluded.queue, priority = excluded.priority, max_attempts = excluded.max_attempts,
-         on_stall = excluded.on_stall, updated_at = now()
-     WHERE (t.queue, t.priority, t.max_attempts, t.on_stall)
-       IS DISTINCT FROM (excluded.queue, excluded.priority, excluded.max_attempts, excluded.on_stall)`,
+         on_stall = excluded.on_stall, batch_size = excluded.batch_size,
+         batch_max_wait_ms = excluded.batch_max_wait_ms, updated_at = now()
+     WHERE (t.queue, t.priority, t.max_attempts, t.on_stall, t.batch_size, t.batch_max_wait_ms)
+       IS DISTINCT FROM (excluded.queue, excluded.priority, excluded.max_attempts, excluded.on_stall,
+                         excluded.batch_size, excluded.batch_max_wait_ms)`,
     [
       sorted.map((t) => t.name),
       sorted.map((t) => t.queue),
       sorted.map((t) => t.priority),
       sorted.map((t) => t.maxAttempts),
       sorted.map((t) => t.onStall),
+      sorted.map((t) => t.batch?.size ?? null),
+      sorted.map((t) => (t.batch ? Math.round(t.batch.maxWaitMs) : null)),
     ],
   );
 }

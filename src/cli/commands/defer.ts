@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { parseDurationText } from '../../duration.js';
 import { ValidationError } from '../../errors.js';
+import { ON_CONFLICT_MODES, type OnConflict } from '../../jobs/defer.js';
 import type { DeferOptions } from '../../jobs/task.js';
 import { runCommand } from '../context.js';
 import { parseInteger, parseJson } from '../parse.js';
@@ -27,7 +28,10 @@ export function registerDefer(program: Command): void {
     .option('--delay <duration>', 'run after this long: 90s, 5m, 2h, 1d or PT5M')
     .option('--lock <key>', 'at most one job per lock runs at a time, in creation order')
     .option('--queueing-lock <key>', 'at most one job per queueing lock waits at a time')
-    .option('--on-conflict <mode>', "with --queueing-lock already waiting: 'error' (default) or 'ignore'")
+    .option(
+      '--on-conflict <mode>',
+      'with --queueing-lock already waiting: error (default), ignore, replace (args and run time: debounce) or replace-args',
+    )
     .option('--priority <n>', 'higher runs first (default 0)')
     .action((task: string, flags: DeferFlags, command: Command) =>
       runCommand(command, async ({ app, print }) => {
@@ -39,11 +43,11 @@ export function registerDefer(program: Command): void {
           lock: flags.lock,
           queueingLock: flags.queueingLock,
           priority: flags.priority === undefined ? undefined : parseInteger(flags.priority, '--priority'),
-          onConflict: flags.onConflict as DeferOptions['onConflict'],
+          onConflict: flags.onConflict as OnConflict | undefined,
         };
-        if (flags.onConflict !== undefined && flags.onConflict !== 'error' && flags.onConflict !== 'ignore') {
+        if (flags.onConflict !== undefined && !ON_CONFLICT_MODES.includes(flags.onConflict as OnConflict)) {
           throw new ValidationError(
-            `--on-conflict "${flags.onConflict}" is invalid: expected error or ignore`,
+            `--on-conflict "${flags.onConflict}" is invalid: expected ${ON_CONFLICT_MODES.join(', ')}`,
           );
         }
         const result = await app.defer(
@@ -56,7 +60,9 @@ export function registerDefer(program: Command): void {
         print(
           result.enqueued
             ? `deferred job ${result.id} (task ${task})`
-            : `not deferred: job ${result.existingId} with queueing lock "${flags.queueingLock}" is already waiting`,
+            : result.replaced
+              ? `replaced the ${flags.onConflict === 'replace' ? 'args and run time' : 'args'} of job ${result.existingId}, waiting with queueing lock "${flags.queueingLock}"`
+              : `not deferred: job ${result.existingId} with queueing lock "${flags.queueingLock}" is already waiting`,
           result,
         );
       }),

@@ -44,6 +44,7 @@ function formatStats(stats: JobStats[]): string {
       'retried',
       'avg ms',
       'max ms',
+      'batch',
     ],
     stats.map((s) => [
       s.task,
@@ -57,6 +58,7 @@ function formatStats(stats: JobStats[]): string {
       String(s.retried),
       s.avg_duration_ms === null ? '' : String(s.avg_duration_ms),
       s.max_duration_ms === null ? '' : String(s.max_duration_ms),
+      s.batch === null ? '' : `up to ${s.batch.size}, ${s.batch.maxWaitMs} ms`,
     ]),
   );
   return [grid, ...orphaned].join('\n');

@@ -1,0 +1,125 @@
+/**
+ * The worker's batch tasks (docs/batches.md): jobs gathered into batches (batches.ts), each
+ * batch run in one slot (runBatch.ts), and each job's outcome handed to the outcome writer
+ * on its own — a success completed, a failure retried or dead-lettered by its own attempts.
+ * worker.ts calls in at a few points: claimed jobs, room, slots, held jobs, shutdown.
+ */
+import type { Logger } from 'pino';
+import type { ClaimedJob } from '../jobs/claim.js';
+import type { ResolvedTask } from '../jobs/task.js';
+import { makeBatches } from './batches.js';
+import type { JobFinished } from './options.js';
+import type { makeOutcomeWriter } from './outcomes.js';
+import { type BatchRunOutcome, RunningBatch } from './runBatch.js';
+
+export interface BatchRunnerDeps {
+  tasks: ReadonlyMap<string, ResolvedTask>;
+  log: Logger;
+  outcomes: Pick<ReturnType<typeof makeOutcomeWriter>, 'complete' | 'fail' | 'returnUnstarted'>;
+  /** The task's retry decision for a failed attempt: wait in ms, or null for the dead letter. */
+  retryIn: (job: ClaimedJob, task: ResolvedTask, error: unknown) => number | null;
+  observe: (event: JobFinished) => void;
+  /** A batch became ready, or a running one finished: start what fits. */
+  pump: () => void;
+}
+
+export type BatchRunner = ReturnType<typeof makeBatchRunner>;
+
+export function makeBatchRunner(deps: BatchRunnerDeps) {
+  const { log, outcomes, retryIn, observe, pump } = deps;
+  const batches = makeBatches(deps.tasks, pump);
+  const running = new Set<RunningBatch>();
+
+  /**
+   * Each job of a batch settles on its own. Duration: the call's, shared equally among its
+   * jobs, so task_stats sums stay the time spent.
+   */
+  function finish(run: RunningBatch, outcome: BatchRunOutcome): void {
+    if (run.settled) return; // already returned at shutdown
+    run.settled = true;
+    running.delete(run);
+    for (const [i, job] of run.jobs.entries()) {
+      if (run.superseded.has(job.id)) continue; // a newer claim of it settles it
+      if (outcome.kind === 'interrupted') {
+        outcomes.returnUnstarted(job);
+        continue;
+      }
+      const result = outcome.results[i]!;
+      const durationMs = outcome.durationMs / run.jobs.length;
+      if (result.ok) {
+        outcomes.complete(job, run.task, durationMs);
+        observe({ task: job.task, outcome: 'succeeded', durationMs });
+      } else {
+        const wait = retryIn(job, run.task, result.error);
+        outcomes.fail(job, result.error, wait);
+        observe({ task: job.task, outcome: wait === null ? 'failed' : 'retried', durationMs });
+      }
+    }
+    pump();
+  }
+
+  return {
+    /** Names of the batch tasks: empty when there are none, and then nothing else here is called per job. */
+    names: batches.names,
+    add: batches.add,
+    /** Running batches: each takes one slot. */
+    running: () => running.size,
+    /**
+     * How many jobs to claim, given the worker's room for jobs (free slots and prefetch, less
+     * its buffer): less a slot per batch collected or ready, plus — while there is a slot for
+     * each of them — what the batches being collected can still take. So a free slot fills a
+     * whole batch, and a worker whose slots are all taken does not hoard jobs for batches
+     * that could not run yet.
+     */
+    room(jobRoom: number): number {
+      const slots = jobRoom - batches.waitingSlots();
+      return slots < 0 ? slots : slots + batches.openRoom();
+    },
+    /** Starts ready batches in at most `free` slots. */
+    start(free: number): void {
+      for (let started = 0; started < free; started += 1) {
+        const batch = batches.next();
+        if (!batch) return;
+        const run = new RunningBatch(batch.jobs, batch.task, log);
+        running.add(run);
+        void run.outcome
+          .then((outcome) => finish(run, outcome))
+          .catch((error) => {
+            // Never expected; the jobs are left to reconciling, which returns them to todo.
+            log.error({ err: error, task: batch.task.name }, 'could not hand a batch outcome to the writer');
+          });
+      }
+    },
+    /** Every job held: collected, ready or running. */
+    heldIds(): string[] {
+      const ids = batches.heldIds();
+      for (const run of running) for (const job of run.jobs) ids.push(job.id);
+      return ids;
+    },
+    /** A job claimed again (it had been recovered away): older copies are dropped, or their outcome is. */
+    supersede(id: string): void {
+      batches.drop(id);
+      for (const run of running) if (run.jobs.some((job) => job.id === id)) run.superseded.add(id);
+    },
+    /** Shutdown, first step: jobs not running yet, to go back to `todo`. */
+    takeWaiting: () => batches.takeAll(),
+    /** Shutdown: aborts running batches; resolves when they settle. */
+    abortRunning(reason: unknown): Promise<unknown> {
+      for (const run of running) {
+        run.shuttingDown = true;
+        run.abort(reason);
+      }
+      return Promise.all([...running].map((run) => run.outcome));
+    },
+    /** Shutdown, past the deadline: the jobs of batches still running go back (no transaction to end). */
+    returnUnfinished(): number {
+      const unfinished = [...running];
+      running.clear();
+      for (const run of unfinished) {
+        run.settled = true;
+        for (const job of run.jobs) if (!run.superseded.has(job.id)) outcomes.returnUnstarted(job);
+      }
+      return unfinished.length;
+    },
+  };
+}
