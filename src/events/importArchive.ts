@@ -200,8 +200,7 @@ export function makeImport(deps: { pool: () => Promise<pg.Pool>; schema: string;
     const created: string[] = [];
     // Each in a short transaction of its own: ATTACH takes ACCESS EXCLUSIVE on
     // events_overflow, which every read of events waits for; held for the whole import, it
-    // would stop the schema's readers that long. Left in place if the import then fails
-    // (empty partitions, as the worker creates ahead).
+    // would stop the schema's readers that long. Dropped again if the import then fails.
     for (const [from, to] of wanted) {
       const name = await withTransaction(db, async (tx) => {
         await tx.query(`SELECT set_config('lock_timeout', '5s', true)`);
@@ -293,7 +292,49 @@ export function makeImport(deps: { pool: () => Promise<pg.Pool>; schema: string;
       );
     }
     result.partitionsCreated = await ensurePartitions(db, first, last);
+    try {
+      await copyIn(db, file, found, first, last, checkedAgainst, options);
+    } catch (error) {
+      await dropCreated(db, result.partitionsCreated);
+      throw error;
+    }
+    const horizon = await readTxIdHorizon(db, deps.schema);
+    if (horizon.highestStored >= horizon.nextServer) result.txIdsAhead = horizon;
+    deps.log.info(
+      { file, events: found.lines, schema: deps.schema, by: (options.by ?? currentActor()).actor },
+      `imported ${found.lines} events from ${file}`,
+    );
+    return result;
+  };
 
+  /**
+   * A refused import takes away the partitions it made for itself, so that it leaves the
+   * schema as it found it. Only while they are still empty (drop_event_partitions counts
+   * under a SHARE lock): a live schema's appends may have reached one meanwhile. Best
+   * effort: left in place, they are empty partitions like those the worker makes ahead.
+   */
+  async function dropCreated(db: pg.Pool, names: string[]): Promise<void> {
+    if (names.length === 0) return;
+    await withTransaction(db, async (tx) => {
+      await tx.query(`SELECT set_config('lock_timeout', '5s', true)`);
+      await tx.query(`SELECT ${q}.drop_event_partitions($1::text[], $2::bigint[])`, [
+        names,
+        names.map(() => '0'),
+      ]);
+    }).catch((error) =>
+      deps.log.warn({ err: error, partitions: names }, 'the refused import left the partitions it made'),
+    );
+  }
+
+  async function copyIn(
+    db: pg.Pool,
+    file: string,
+    found: Scan,
+    first: bigint,
+    last: bigint,
+    checkedAgainst: number,
+    options: ImportOptions,
+  ): Promise<void> {
     let copied = 0;
     await withTransaction(db, async (tx) => {
       // As long as the file is big, whatever statement_timeout the role carries.
@@ -386,12 +427,5 @@ export function makeImport(deps: { pool: () => Promise<pg.Pool>; schema: string;
         checkedAgainst,
       });
     });
-    const horizon = await readTxIdHorizon(db, deps.schema);
-    if (horizon.highestStored >= horizon.nextServer) result.txIdsAhead = horizon;
-    deps.log.info(
-      { file, events: found.lines, schema: deps.schema, by: (options.by ?? currentActor()).actor },
-      `imported ${found.lines} events from ${file}`,
-    );
-    return result;
-  };
+  }
 }

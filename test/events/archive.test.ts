@@ -209,6 +209,30 @@ describe('events archive, import and retention', () => {
       // Back into the schema that archived it: refused.
       await assert.rejects(t.app.events.importArchive({ file }), /archived these positions itself/);
 
+      // Refused after making partitions for itself: it takes them away again. A schema whose
+      // log starts at 1000 and already holds one of the file's idempotency keys.
+      const third = uniqueSchema('import_refused');
+      const app3 = createTestApp({ schema: third });
+      try {
+        await app3.migrate();
+        const q3 = `"${third}"`;
+        await t.pool.query(`DROP TABLE ${q3}.events_from_1`);
+        await t.pool.query(`SELECT ${q3}.create_event_partition(1000, 2000)`);
+        await t.pool.query(`SELECT setval('${q3}.events_position_seq', 999)`);
+        const key = original.find((row) => row.idempotency_key !== null)!.idempotency_key as string;
+        await app3.events.append({ stream: 'here', type: 'T', data: {}, idempotencyKey: key });
+        const before = (await t.pool.query(`SELECT name FROM ${q3}.event_partition_bounds ORDER BY lower`))
+          .rows;
+        await assert.rejects(app3.events.importArchive({ file }), /repeats a stored value/);
+        const after = (await t.pool.query(`SELECT name FROM ${q3}.event_partition_bounds ORDER BY lower`))
+          .rows;
+        assert.deepEqual(after, before, 'the partitions the import made were dropped');
+        assert.equal((await t.pool.query(`SELECT count(*)::int AS n FROM ${q3}.events`)).rows[0].n, 1);
+      } finally {
+        await app3.close();
+        await t.pool.query(`DROP SCHEMA IF EXISTS "${third}" CASCADE`);
+      }
+
       // A processor on the imported schema, from scratch: every event exactly once.
       const q2 = `"${target}"`;
       await t.pool.query(appliedTable(q2));
