@@ -27,6 +27,8 @@ export {
   EmbeddedServerError,
   type ExpectedVersion,
   IdempotencyConflictError,
+  JobCancelledError,
+  JobOutcomeError,
   JobTimeoutError,
   MigrationError,
   OutbatchError,
@@ -34,6 +36,7 @@ export {
   TxIdHorizonError,
   UnsupportedServerError,
   ValidationError,
+  WaitTimeoutError,
 } from './errors.js';
 export type { AppendedEvent, AppendOptions } from './events/append.js';
 export type { ArchiveOptions, ArchiveResult, PartitionPlan } from './events/archive.js';
@@ -59,12 +62,14 @@ export { checkTxIdHorizon, type TxIdHorizon } from './events/txIdHorizon.js';
 export { UpcastError, type Upcaster } from './events/upcast.js';
 export type { NewEvent } from './events/validate.js';
 // Jobs
+export type { WaitOptions } from './jobs/await.js';
 export type { BackoffOptions } from './jobs/backoff.js';
 export type { ActionResult, JobControl } from './jobs/control.js';
 export type { DeferResult } from './jobs/defer.js';
 export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
 export type { JobQueue } from './jobs/queue.js';
 export type {
+  DeferAndWaitOptions,
   DeferOptions,
   Handler,
   JobContext,

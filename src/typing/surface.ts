@@ -8,7 +8,7 @@ import type { Observable } from 'rxjs';
 import type { AppendedEvent, AppendOptions } from '../events/append.js';
 import type { NewEvent } from '../events/validate.js';
 import type { DeferResult } from '../jobs/defer.js';
-import type { DeferOptions, Handler, Task, TaskOptions } from '../jobs/task.js';
+import type { DeferAndWaitOptions, DeferOptions, Handler, Task, TaskOptions } from '../jobs/task.js';
 import type { Pipeline, ProcessorContext, ProcessorOptions } from '../processors/definition.js';
 import type { EventData, EventName, TaskArgs, TaskName, TypedNewEvent, TypedStoredEvent } from './declare.js';
 
@@ -45,6 +45,14 @@ export interface TypedTasks<T> {
   ): Task<TaskArgs<T, N>>;
   defer<N extends TaskName<T>>(task: N, ...rest: DeferArgs<TaskArgs<T, N>>): Promise<DeferResult>;
   defer<A>(task: Task<A>, ...rest: DeferArgs<NoInfer<A>>): Promise<DeferResult>;
+  deferAndWait<R = unknown, N extends TaskName<T> = TaskName<T>>(
+    task: N,
+    ...rest: DeferArgs<TaskArgs<T, N>, DeferAndWaitOptions>
+  ): Promise<R>;
+  deferAndWait<R = unknown, A = unknown>(
+    task: Task<A>,
+    ...rest: DeferArgs<NoInfer<A>, DeferAndWaitOptions>
+  ): Promise<R>;
 }
 
 /** What `app.processor` returns. */
