@@ -11,7 +11,7 @@ import { JobCancelledError, JobOutcomeError, ValidationError, WaitTimeoutError }
 import { claimJobs } from '../../src/jobs/claim.js';
 import { recoverStalledJobs } from '../../src/jobs/recover.js';
 import { type FaultProxy, startFaultProxy } from '../faultProxy.js';
-import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
+import { captureLog, databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
 
 let t: TestApp;
@@ -538,6 +538,66 @@ describe('faults on the completion path', () => {
       assert.equal(rows[0].status, 'succeeded');
       assert.equal(await count('runs', rows[0].id), 1);
     });
+  });
+
+  it('refused: a result the server refuses fails the job saying so (its waiter is told), a refused progress write is dropped; neither strands a job', async () => {
+    // A trigger stands in for whatever makes the server refuse one statement.
+    await t.pool.query(`
+      CREATE FUNCTION ${q()}.refuse_lifecycle() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.result ->> 'refuse' = 'yes' THEN RAISE EXCEPTION 'this result is refused'; END IF;
+        IF NEW.progress = 13 THEN RAISE EXCEPTION 'this progress is refused'; END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER refuse_lifecycle BEFORE UPDATE ON ${q()}.jobs
+      FOR EACH ROW EXECUTE FUNCTION ${q()}.refuse_lifecycle();`);
+    try {
+      const { log, lines } = captureLog('warn');
+      const app = newApp({ logger: log });
+      const finish = gate();
+      app.task('refused-result', {}, async (args: { refuse: string }, ctx) => {
+        await recordRun(ctx.job.id);
+        return { refuse: args.refuse };
+      });
+      app.task('refused-progress', {}, async (_a, ctx) => {
+        ctx.progress(13, 'unlucky');
+        await finish.opened;
+        return 'finished';
+      });
+      await withWorker(
+        app,
+        async () => {
+          const [refused, accepted] = await Promise.allSettled([
+            app.deferAndWait('refused-result', { refuse: 'yes' }, { timeout: { seconds: 30 } }),
+            app.deferAndWait('refused-result', { refuse: 'no' }, { timeout: { seconds: 30 } }),
+          ]);
+          assert.equal(refused.status, 'rejected');
+          const error = (refused as PromiseRejectedResult).reason;
+          assert.ok(error instanceof JobOutcomeError);
+          assert.match(
+            error.message,
+            /failed for good after 1 attempt\(s\): outcome could not be recorded \(success\)/,
+          );
+          assert.deepEqual((accepted as PromiseFulfilledResult<unknown>).value, { refuse: 'no' });
+
+          const waiting = app.deferAndWait('refused-progress', {}, { timeout: { seconds: 30 } });
+          await waitFor('the progress write to be refused', async () =>
+            lines.some((line) => line.includes('progress reports were refused; dropped')),
+          );
+          finish.open();
+          const { rows } = await t.pool.query(
+            `SELECT id::text FROM ${q()}.jobs WHERE task = 'refused-progress'`,
+          );
+          assert.equal(await waiting, 'finished');
+          assert.equal((await row(rows[0].id))!.progress, null);
+        },
+        { concurrency: 4 },
+      );
+    } finally {
+      await t.pool.query(
+        `DROP TRIGGER refuse_lifecycle ON ${q()}.jobs; DROP FUNCTION ${q()}.refuse_lifecycle()`,
+      );
+    }
   });
 
   it('a progress write whose reply is lost: the value is written again and ends on the row', async () => {
