@@ -205,13 +205,24 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
    * is aborted and its slot freed now, as at a timeout, and its transaction rolled back. A
    * handler that ignores the signal runs on unwatched; whatever it returns or writes later
    * is discarded (its outcome finds no `doing` row). A cancel of a claim no longer running
-   * here — finished, its outcome on its way — is ignored: that outcome changes nothing.
+   * here — finished, its outcome on its way — is ignored: that outcome changes nothing. A
+   * claim still waiting in the buffer for a slot is dropped, never started (the heartbeat
+   * asks only about running claims: with LISTEN off such a job starts, and is aborted at
+   * the next beat). The cancel freed the job's lock: the next job of it may be claimable.
    */
   function cancelRun(key: string): void {
+    const waiting = buffer.findIndex((job) => claimKey(job) === key);
+    if (waiting >= 0) {
+      const [job] = buffer.splice(waiting, 1);
+      log.info({ jobId: job!.id, task: job!.task }, 'job cancelled before it started: dropped');
+      if (job!.lock !== null) claims.wake();
+      return;
+    }
     const run = running.get(key);
     if (!run || run.settled) return;
     run.abort(new JobCancelledError(run.job.id));
     finish(run, { kind: 'cancelled' });
+    if (run.job.lock !== null) claims.wake();
   }
 
   /**

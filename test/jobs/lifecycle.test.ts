@@ -214,6 +214,36 @@ describe('cancelling a running job', () => {
     );
   });
 
+  it('a job claimed but still waiting for a slot when cancelled is never started', async () => {
+    const app = newApp();
+    const blocker = gate();
+    app.task('slot-holder', {}, async (args: { block: boolean }, ctx) => {
+      await recordRun(ctx.job.id);
+      if (args.block) await blocker.opened;
+    });
+    await withWorker(
+      app,
+      async () => {
+        // A quick job first: the worker learns jobs are quick and claims ahead of its one slot.
+        const quick = await deferred(app, 'slot-holder', { block: false });
+        await waitFor('the quick job', async () => (await row(quick)) === undefined);
+        const holder = await deferred(app, 'slot-holder', { block: true });
+        const victim = await deferred(app, 'slot-holder', { block: false });
+        await waitFor('the holder to run and the victim to be claimed behind it', async () => {
+          return (await count('runs', holder)) === 1 && (await row(victim))?.status === 'doing';
+        });
+        assert.equal(await count('runs', victim), 0);
+        assert.deepEqual((await app.jobs.cancel([victim])).done, [victim]);
+        const later = await deferred(app, 'slot-holder', { block: false });
+        blocker.open();
+        await waitFor('a job deferred after it to run', async () => (await count('runs', later)) === 1);
+        assert.equal(await count('runs', victim), 0, 'the cancelled job never started');
+        assert.equal((await row(victim))!.status, 'cancelled');
+      },
+      { concurrency: 1 },
+    );
+  });
+
   it('a dirty job (its worker dead) cancelled is never recovered nor run again', async () => {
     const id = await deferred(t.app, 'orphaned-by-death', {}, { queue: 'graveyard' });
     const [claimed] = await claimJobs(t.pool, t.schema, {
