@@ -412,14 +412,15 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
      * (keepSucceededFor, or a job someone awaits). A value that is not plain JSON fails the
      * attempt instead, with the one line saying why.
      */
-    succeed(run: RunningJob, durationMs: number, value: unknown) {
+    succeed(run: RunningJob, durationMs: number, value: unknown): { retryInMs: number | null } | undefined {
       const keepForMs = run.keepForMs();
       let result: string | null;
       try {
         result = run.resultJson(value, keepForMs);
       } catch (error) {
-        fail(run.job, error, retryIn(run, error), run.takeTransaction());
-        return;
+        const retryInMs = retryIn(run, error);
+        fail(run.job, error, retryInMs, run.takeTransaction());
+        return { retryInMs };
       }
       const client = run.takeTransaction();
       if (client) {
@@ -427,7 +428,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
           inTransaction.delete(committing),
         );
         inTransaction.add(committing);
-        return;
+        return undefined;
       }
       hold(run.job.id);
       completions.push({
@@ -440,6 +441,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         result,
       });
       schedule();
+      return undefined;
     },
     fail,
     /** A completion not yet sent for this job is dropped (the job was claimed again). */

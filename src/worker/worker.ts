@@ -305,8 +305,13 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       );
     } else if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
-      outcomes.succeed(run, outcome.durationMs, outcome.value);
-      observe({ task: job.task, outcome: 'succeeded', durationMs: outcome.durationMs });
+      // A result that is not plain JSON turned the success into a failed attempt.
+      const refused = outcomes.succeed(run, outcome.durationMs, outcome.value);
+      observe({
+        task: job.task,
+        outcome: refused ? (refused.retryInMs === null ? 'failed' : 'retried') : 'succeeded',
+        durationMs: outcome.durationMs,
+      });
     } else if (outcome.kind === 'failed') {
       const wait = retryIn(run, outcome.error);
       outcomes.fail(job, outcome.error, wait, run.takeTransaction());
