@@ -192,7 +192,7 @@ export async function cancelJobs(db: Queryable, schema: string, ids: string[], b
   return rows.map((row) => row.id);
 }
 
-/** Deletes jobs in any state but `doing` (a running job is cancelled by its handler, not from outside). */
+/** Deletes jobs in any state but `doing` (cancel a running job first: cancelJobs). */
 export async function deleteJobs(db: Queryable, schema: string, ids: string[], by: Actor): Promise<string[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<{ id: string }>(
