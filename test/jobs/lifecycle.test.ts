@@ -518,6 +518,31 @@ describe('results and deferAndWait', () => {
     await waiter.close();
   });
 
+  it('deferAndWait on a job that finished before the wait began: found at the first look, without a poll', async () => {
+    // A trigger finishes the job inside the deferring transaction itself: when the wait
+    // begins it is already succeeded, and its NOTIFY went out before anyone waited.
+    await t.pool.query(`
+      CREATE FUNCTION ${q()}.finish_at_once() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        UPDATE ${q()}.jobs SET status = 'succeeded', result = '"already"', keep_until = now() + interval '1 hour'
+        WHERE id = NEW.id;
+        RETURN NULL;
+      END $$;
+      CREATE TRIGGER finish_at_once AFTER UPDATE OF awaited ON ${q()}.jobs
+      FOR EACH ROW WHEN (NEW.task = 'instant') EXECUTE FUNCTION ${q()}.finish_at_once();`);
+    const app = newApp();
+    try {
+      // A poll interval longer than the timeout: only the first look can find it.
+      assert.equal(
+        await app.deferAndWait('instant', {}, { pollInterval: { minutes: 5 }, timeout: { seconds: 20 } }),
+        'already',
+      );
+    } finally {
+      await app.close();
+      await t.pool.query(`DROP TRIGGER finish_at_once ON ${q()}.jobs; DROP FUNCTION ${q()}.finish_at_once()`);
+    }
+  });
+
   it('bad deferAndWait input: one line, nothing enqueued', async () => {
     const before = Number((await t.pool.query(`SELECT count(*) FROM ${q()}.jobs`)).rows[0].count);
     const task = t.app.task('never-deferred', {}, async () => {});
