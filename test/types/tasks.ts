@@ -22,7 +22,10 @@ await app.defer('sendMail', { to: 'a@example.com', subject: 'hi' }, { delay: { m
 await app.defer(sendMail, { to: 'a@example.com' });
 app.task('nightly', {}, async () => {});
 await app.defer('nightly'); // args may be left out where the declaration allows undefined
-const waited = await sendMail.deferAndWait<{ id: string }>({ to: 'a@example.com' }, { timeout: { seconds: 5 } });
+const waited = await sendMail.deferAndWait<{ id: string }>(
+  { to: 'a@example.com' },
+  { timeout: { seconds: 5 } },
+);
 waited.id satisfies string;
 await app.deferAndWait('sendMail', { to: 'a@example.com' }, { pollInterval: 500 });
 await app.deferAndWait(sendMail, { to: 'a@example.com' });
