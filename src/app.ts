@@ -82,6 +82,8 @@ export interface UntypedApp extends AppCommon {
   task: JobQueue['task'];
   /** Defers a job by task name (or task), for services that do not import the handler. */
   defer: JobQueue['defer'];
+  /** Defers a job and waits for its outcome (its handler's return value); see docs/lifecycle.md. */
+  deferAndWait: JobQueue['deferAndWait'];
   /** A batch processor over the event log; see docs/processors.md. */
   processor: UntypedProcessors['processor'];
 }
@@ -94,6 +96,8 @@ export interface TypedApp<T extends AppTypes> extends AppCommon {
   task: AppTasks<T>['task'];
   /** Defers a job by task name (or task), its args checked against the declaration. */
   defer: AppTasks<T>['defer'];
+  /** Defers a job and waits for its outcome, its args checked against the declaration. */
+  deferAndWait: AppTasks<T>['deferAndWait'];
   /** A batch processor; with declared events, `types` narrows `events$`. */
   processor: AppProcessors<T>['processor'];
 }
@@ -207,6 +211,7 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
     reads: reads.get,
     task: queue.task,
     defer: queue.defer,
+    deferAndWait: queue.deferAndWait,
     run: (runOptions) =>
       runApp({ database, schema, log, clock, queue, schedules, processors, workerPools }, runOptions),
     jobs: queue.jobs,
@@ -239,6 +244,7 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
         ),
     },
     async close() {
+      queue.close();
       await workerPools.close();
       await reads.close();
       if (!opening) return;

@@ -168,6 +168,52 @@ export class JobTimeoutError extends OutbatchError {
 }
 
 /**
+ * The job was cancelled by an operator while its handler ran: the reason its ctx.signal
+ * was aborted. The job is `cancelled`; nothing the handler does from then on is recorded.
+ */
+export class JobCancelledError extends OutbatchError {
+  constructor(readonly jobId: string) {
+    super('OUTBATCH_JOB_CANCELLED', `job ${jobId} was cancelled`);
+  }
+}
+
+/**
+ * `deferAndWait` learned that its job will not succeed: it failed for good (dead letter),
+ * was cancelled, or its row was deleted. `status` says which; `lastError` is the job's
+ * last error message, if any.
+ */
+export class JobOutcomeError extends OutbatchError {
+  constructor(
+    readonly jobId: string,
+    readonly status: 'failed' | 'cancelled' | 'gone',
+    message: string,
+    readonly lastError: string | null = null,
+  ) {
+    super(
+      status === 'failed'
+        ? 'OUTBATCH_JOB_FAILED'
+        : status === 'cancelled'
+          ? 'OUTBATCH_JOB_CANCELLED'
+          : 'OUTBATCH_JOB_GONE',
+      message,
+    );
+  }
+}
+
+/** `deferAndWait` gave up after its `timeout`; the job itself goes on. */
+export class WaitTimeoutError extends OutbatchError {
+  constructor(
+    readonly jobId: string,
+    timeoutMs: number,
+  ) {
+    super(
+      'OUTBATCH_WAIT_TIMEOUT',
+      `gave up waiting for job ${jobId} after ${timeoutMs} ms; the job itself goes on (outbatch jobs show ${jobId})`,
+    );
+  }
+}
+
+/**
  * A read, a processor, a replay or a re-drive asked for events before the archived
  * horizon: they left the database (`outbatch events archive`). The message names the
  * archive file(s), when, and the ways out: read from the horizon on, or import the file

@@ -27,6 +27,8 @@ export {
   EmbeddedServerError,
   type ExpectedVersion,
   IdempotencyConflictError,
+  JobCancelledError,
+  JobOutcomeError,
   JobTimeoutError,
   MigrationError,
   OutbatchError,
@@ -34,6 +36,7 @@ export {
   TxIdHorizonError,
   UnsupportedServerError,
   ValidationError,
+  WaitTimeoutError,
 } from './errors.js';
 export type { AppendedEvent, AppendOptions } from './events/append.js';
 export type { ArchiveOptions, ArchiveResult, PartitionPlan } from './events/archive.js';
@@ -59,6 +62,7 @@ export { checkTxIdHorizon, type TxIdHorizon } from './events/txIdHorizon.js';
 export { UpcastError, type Upcaster } from './events/upcast.js';
 export type { NewEvent } from './events/validate.js';
 // Jobs
+export type { WaitOptions } from './jobs/await.js';
 export type { BackoffOptions } from './jobs/backoff.js';
 export type { ActionResult, JobControl } from './jobs/control.js';
 export type { DeferResult, OnConflict } from './jobs/defer.js';
@@ -71,6 +75,7 @@ export type {
   BatchOptions,
   BatchOutcome,
   BatchTaskOptions,
+  DeferAndWaitOptions,
   DeferOptions,
   Handler,
   JobContext,

@@ -74,6 +74,8 @@ BEGIN
   EXECUTE format('GRANT SELECT, INSERT ON %I.events TO %I', s, appender);
   EXECUTE format('GRANT SELECT, INSERT, UPDATE ON %I.streams TO %I', s, appender);
   EXECUTE format('GRANT SELECT, INSERT ON %I.jobs TO %I', s, appender);
+  -- deferAndWait marks its job awaited in the deferring transaction (schema/033).
+  EXECUTE format('GRANT UPDATE (awaited) ON %I.jobs TO %I', s, appender);
   EXECUTE format('GRANT SELECT ON %I.tasks TO %I', s, appender);
   -- The insert trigger wakes workers only when one is idle: it reads the workers table.
   EXECUTE format('GRANT SELECT ON %I.workers TO %I', s, appender);

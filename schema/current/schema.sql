@@ -818,7 +818,17 @@ CREATE TABLE jobs (
   started_at timestamptz,
   finished_at timestamptz,
   -- Kept succeeded rows are purged by the workers' maintenance after this time.
-  keep_until timestamptz
+  keep_until timestamptz,
+  -- A caller waits for this job's outcome (deferAndWait): its success keeps the row (as
+  -- `succeeded`, with its result) even when the task does not keep succeeded jobs, and its
+  -- final status NOTIFYs the waiter (jobs_done_notify). [033]
+  awaited boolean NOT NULL DEFAULT false,
+  -- The handler's return value (JSON), stored when the row is kept after success. [033]
+  result jsonb,
+  -- ctx.progress(value, message): a percentage, throttled by the worker. [033]
+  progress real CHECK (progress >= 0 AND progress <= 100),
+  progress_message text,
+  progress_at timestamptz
 );
 
 -- Claim order: priority first, then due time, then creation. Only todo rows are in it,
@@ -862,6 +872,31 @@ $$;
 
 CREATE TRIGGER jobs_notify AFTER INSERT ON jobs
   FOR EACH ROW WHEN (NEW.run_at <= now()) EXECUTE FUNCTION notify_job();
+
+-- A waiter (deferAndWait) learns that its job reached a final state: NOTIFY on channel
+-- "<schema>_done", payload the job id; an awaited row deleted by an operator says so too.
+-- Only awaited rows: a NOTIFYing transaction takes a cluster-wide lock through its commit
+-- (see notify_job), which the completion batches of jobs nobody waits for must not pay. The
+-- WHEN clause is checked per updated row without calling the function. [033]
+--
+-- Cancelling a running job needs no column: the operator's statement (src/jobs/operate.ts)
+-- turns the `doing` row into `cancelled` at once, so every later outcome of that run, which
+-- only touches rows still `doing` for its worker and claim, changes nothing; it NOTIFYs
+-- "<schema>_cancel" and workers also read their running jobs' status with each heartbeat. [033]
+CREATE FUNCTION notify_job_done() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+  PERFORM pg_notify(current_schema() || '_done', OLD.id::text);
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_done_notify AFTER UPDATE OF status ON jobs
+  FOR EACH ROW WHEN (OLD.awaited AND OLD.status <> NEW.status AND NEW.status IN ('succeeded', 'failed', 'cancelled'))
+  EXECUTE FUNCTION notify_job_done();
+
+CREATE TRIGGER jobs_done_notify_delete AFTER DELETE ON jobs
+  FOR EACH ROW WHEN (OLD.awaited) EXECUTE FUNCTION notify_job_done();
 
 -- Enqueue one job. Returns (id, enqueued). With a queueing lock that already has a todo
 -- job, on_conflict => 'ignore' returns that job's id with enqueued = false, and 'error'
@@ -1062,7 +1097,8 @@ $$;
 
 -- Jobs with their derived state, as operators see them: 'scheduled' is todo in the
 -- future, 'dirty' is doing on a worker that stopped heartbeating. `jobs list`, `jobs
--- stats` and the dashboard read this. [003; liveness from worker_is_live since 027]
+-- stats` and the dashboard read this. [003; liveness from worker_is_live since 027; re-created
+-- by 033 for its columns]
 -- PostgreSQL expands j.* into a column list when the view is created, so a migration that
 -- adds a column to jobs must also re-create this view for the column to show here.
 CREATE VIEW job_states AS

@@ -115,8 +115,16 @@ function jobActions(job) {
   };
   if (job.state === 'failed' || job.state === 'cancelled') add('retry', 'Retry');
   if (job.state === 'todo' || job.state === 'scheduled') add('cancel', 'Cancel');
+  // A running job: its handler's signal is aborted, its transaction rolled back.
+  if (job.state === 'doing' || job.state === 'dirty') add('cancel', 'Cancel', 'Cancel running job ' + job.id + '? Its handler is aborted and its transaction rolled back.');
   if (job.state !== 'doing' && job.state !== 'dirty') add('delete', 'Delete', 'Delete job ' + job.id + ' for good?');
   return buttons;
+}
+function progressOf(job) {
+  if (job.progress === null || job.progress === undefined) return null;
+  var pct = Math.round(job.progress * 10) / 10;
+  return el('div', { class: 'progress', 'data-progress': String(pct) },
+    el('progress', { max: '100', value: String(job.progress) }), ' ' + pct + '%' + (job.progress_message ? ' ' + job.progress_message : ''));
 }
 function stack(job) {
   if (!job.stack) return null;
@@ -129,7 +137,7 @@ function jobTable(jobs, empty) {
   return table(['#', 'task', 'queue', 'state', 'attempts', 'age', 'error', ''], jobs.map(function (job) {
     return el('tr', { 'data-job-id': job.id, class: job.state === 'failed' || job.state === 'dirty' ? 'bad' : '' },
       el('td', { class: 'num' }, job.id), el('td', null, job.task), el('td', null, job.queue),
-      el('td', null, pill(job.state)), el('td', { class: 'num' }, job.attempts + '/' + job.max_attempts),
+      el('td', null, pill(job.state), progressOf(job)), el('td', { class: 'num' }, job.attempts + '/' + job.max_attempts),
       el('td', { class: 'num', title: when(job.created_at) }, age(job.age_seconds)),
       el('td', null, job.error ? el('div', { class: 'err' }, job.error) : el('span', { class: 'muted' }, job.worker_id || '-'), stack(job)),
       el('td', null, jobActions(job)));

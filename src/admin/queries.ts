@@ -124,6 +124,9 @@ export interface JobRow {
   error: string | null;
   stack: string | null;
   age_seconds: number;
+  /** ctx.progress (0-100) and its message, or null. */
+  progress: number | null;
+  progress_message: string | null;
 }
 
 export interface JobPageQuery {
@@ -146,7 +149,7 @@ export async function listJobPage(db: Queryable, q: string, query: JobPageQuery)
   const { rows } = await db.query<JobRow>(
     `SELECT j.id::text, j.task, j.queue, $2::text AS state, j.priority, j.attempts, j.max_attempts, j.run_at,
             j.created_at, j.updated_at, j.worker_id, j.lock, j.last_error ->> 'message' AS error,
-            left(j.last_error ->> 'stack', 4000) AS stack,
+            left(j.last_error ->> 'stack', 4000) AS stack, j.progress, j.progress_message,
             extract(epoch FROM now() - j.created_at)::float8 AS age_seconds
      FROM ${q}.jobs j
      WHERE j.status = $1

@@ -13,6 +13,8 @@ export interface ClaimedJob {
   priority: number;
   lock: string | null;
   queueing_lock: string | null;
+  /** A caller waits for its outcome (deferAndWait): success keeps the row with the result. */
+  awaited: boolean;
   /** Epoch milliseconds: cheaper to parse than timestamps, and turned into Dates only if a handler asks. */
   run_at_ms: number;
   created_at_ms: number;
@@ -92,7 +94,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
          started_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
      WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
      RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
-               j.queueing_lock, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
+               j.queueing_lock, j.awaited, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
                (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms`,
     [request.queues, request.limit, request.workerId, request.now, request.skipTasks],
   );

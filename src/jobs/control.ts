@@ -60,6 +60,10 @@ export interface JobControl {
   retry(selection: { ids: (string | number)[] } | FailedSelection): Promise<ActionResult>;
   /** Per task, how many failed jobs `retry` would take with this filter and how many it would skip; changes nothing. */
   previewRetry(selection: FailedSelection): Promise<RetryPreview[]>;
+  /**
+   * Waiting and running jobs become `cancelled`; a running one's handler is aborted and its
+   * transaction rolled back by its worker (docs/lifecycle.md). Others are skipped, with why.
+   */
   cancel(ids: (string | number)[]): Promise<ActionResult>;
   delete(ids: (string | number)[]): Promise<ActionResult>;
   stats(): Promise<JobStats[]>;

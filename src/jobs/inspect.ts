@@ -29,6 +29,14 @@ export interface JobDetail extends JobSummary {
   started_at: Date | null;
   finished_at: Date | null;
   keep_until: Date | null;
+  /** The latest `ctx.progress` of the job's latest attempt that reported (0-100), its message and when. */
+  progress: number | null;
+  progress_message: string | null;
+  progress_at: Date | null;
+  /** The handler's return value, on a row kept after success (keepSucceededFor, or awaited). */
+  result: unknown;
+  /** A caller waits (or waited) for its outcome: deferAndWait. */
+  awaited: boolean;
 }
 
 export interface ListFilter {
@@ -55,7 +63,8 @@ export async function showJob(db: Queryable, schema: string, id: string): Promis
   const { rows } = await db.query<JobDetail>(
     `SELECT id::text, task, queue, state, priority, run_at, attempts, max_attempts, lock, queueing_lock,
             worker_id, last_error ->> 'message' AS error, created_at, updated_at,
-            args, last_error, errors, started_at, finished_at, keep_until
+            args, last_error, errors, started_at, finished_at, keep_until,
+            progress, progress_message, progress_at, result, awaited
      FROM ${quoteSchema(schema)}.job_states WHERE id = $1`,
     [id],
   );

@@ -157,25 +157,42 @@ export async function retryJobs(
   }
 }
 
-/** Waiting jobs (todo or scheduled) become `cancelled`; running ones are not touched. */
+/**
+ * Waiting (todo, scheduled) and running (doing, dirty) jobs become `cancelled`, in one
+ * statement with the audit log. A running job's row changes at once, and keeps its
+ * worker_id (which worker ran it): every outcome its run writes later only touches rows
+ * still `doing` for that worker and claim, so it changes nothing — the job cannot end
+ * `succeeded` (or be retried, or recovered) once this committed. A completion that locked
+ * the row first wins: this statement then re-reads the row, finds it no longer `doing`, and
+ * leaves it (the id is reported skipped, with its state). The running worker is told with
+ * a NOTIFY on "<schema>_cancel", payload "<id>:<attempt>", and aborts the handler's signal
+ * and rolls back its ctx.tx; without LISTEN it learns it at its next heartbeat
+ * (src/worker/workersTable.ts).
+ */
 export async function cancelJobs(db: Queryable, schema: string, ids: string[], by: Actor): Promise<string[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<{ id: string }>(
     `WITH cancelled AS (
        UPDATE ${s}.jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
-       WHERE id = ANY ($1::bigint[]) AND status = 'todo'
-       RETURNING id, task
+       WHERE id = ANY ($1::bigint[]) AND status IN ('todo', 'doing')
+       -- A todo row has no worker_id (claims set it, every return to todo clears it).
+       RETURNING id, task, attempts, worker_id
      ), audited AS (
        INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
-       SELECT $2, $3, 'jobs.cancel', 'job:' || id, jsonb_build_object('task', task) FROM cancelled
+       SELECT $2, $3, 'jobs.cancel', 'job:' || id,
+              jsonb_build_object('task', task) || CASE WHEN worker_id IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('running', true, 'worker', worker_id, 'attempt', attempts) END
+       FROM cancelled
+     ), told AS (
+       SELECT pg_notify($4, id || ':' || attempts) FROM cancelled WHERE worker_id IS NOT NULL
      )
-     SELECT id::text FROM cancelled ORDER BY cancelled.id`,
-    [ids, by.actor, by.host],
+     SELECT id::text FROM cancelled, (SELECT count(*) FROM told) t ORDER BY cancelled.id`,
+    [ids, by.actor, by.host, `${schema}_cancel`],
   );
   return rows.map((row) => row.id);
 }
 
-/** Deletes jobs in any state but `doing` (a running job is cancelled by its handler, not from outside). */
+/** Deletes jobs in any state but `doing` (cancel a running job first: cancelJobs). */
 export async function deleteJobs(db: Queryable, schema: string, ids: string[], by: Actor): Promise<string[]> {
   const s = quoteSchema(schema);
   const { rows } = await db.query<{ id: string }>(

@@ -9,12 +9,14 @@ import { type Observable, Subject } from 'rxjs';
 import { type Clock, systemClock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import { ValidationError } from '../errors.js';
+import { checkWaitOptions, makeJobWaiter } from './await.js';
 import { type JobControl, makeJobControl } from './control.js';
 import type { DeferResult } from './defer.js';
 import {
   type BatchHandler,
   type BatchTaskOptions,
   checkArgs,
+  type DeferAndWaitOptions,
   type DeferOptions,
   deferSpec,
   type Handler,
@@ -32,6 +34,8 @@ export interface JobQueue {
   task<A = unknown>(name: string, options: BatchTaskOptions<A>, handler: BatchHandler<A>): Task<A>;
   task<A = unknown>(name: string, options: TaskOptions<A>, handler: Handler<A>): Task<A>;
   defer(task: string | Task, args?: unknown, options?: DeferOptions): Promise<DeferResult>;
+  /** Defers a job by name (or task) and waits for its outcome: see Task.deferAndWait. */
+  deferAndWait<R = unknown>(task: string | Task, args?: unknown, options?: DeferAndWaitOptions): Promise<R>;
   jobs: JobControl;
   /** Names of the registered tasks. */
   taskNames(): string[];
@@ -39,6 +43,8 @@ export interface JobQueue {
   tasks(): ReadonlyMap<string, ResolvedTask>;
   /** The due time of each job deferred for later from this process (a worker claims it then). */
   readonly due$: Observable<Date>;
+  /** Ends deferAndWait's LISTEN connection (app.close). */
+  close(): void;
 }
 
 export interface JobQueueDeps {
@@ -55,12 +61,14 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
   const now = () => clock.now();
   const injectedClock = clock !== systemClock;
   const due$ = new Subject<Date>();
+  const waiter = makeJobWaiter({ schema, database, log, deferredFor: (runAt) => due$.next(runAt) });
   const env: TaskEnv = {
     schema,
     pool,
     now,
     injectedClock,
     deferredFor: (runAt) => due$.next(runAt),
+    deferAndWait: waiter.deferAndWait,
   };
 
   return {
@@ -87,9 +95,20 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
       return deferSpec(env, spec, options.client);
     },
 
+    async deferAndWait<R>(task: string | Task, args?: unknown, options: DeferAndWaitOptions = {}) {
+      const name = typeof task === 'string' ? task : task?.name;
+      const settings = checkWaitOptions(options, String(name));
+      const { timeout: _timeout, pollInterval: _pollInterval, ...deferOptions } = options;
+      const resolved = tasks.get(name);
+      const checked = resolved?.schema ? await checkArgs(resolved, args, 'args') : args;
+      const spec = toJobSpec(name, checked, deferOptions, resolved, now, injectedClock);
+      return (await waiter.deferAndWait(spec, settings)) as R;
+    },
+
     jobs: makeJobControl({ schema, log, pool }),
     taskNames: () => [...tasks.keys()],
     tasks: () => tasks,
     due$: due$.asObservable(),
+    close: () => waiter.close(),
   };
 }

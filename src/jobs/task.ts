@@ -8,6 +8,7 @@ import { type DurationInput, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
 import { checkSchema, validateWith } from '../typing/check.js';
 import type { StandardSchemaV1 } from '../typing/standardSchema.js';
+import { checkWaitOptions, type WaitOptions, type WaitSettings } from './await.js';
 import { type Backoff, type BackoffOptions, checkBackoff } from './backoff.js';
 import {
   type DeferResult,
@@ -120,6 +121,9 @@ export interface DeferOptions {
   onConflict?: OnConflict;
 }
 
+/** deferAndWait's options: a defer's (without `client`) and the wait's (`timeout`, `pollInterval`). */
+export type DeferAndWaitOptions = Omit<DeferOptions, 'client'> & WaitOptions;
+
 export interface JobInfo {
   id: string;
   task: string;
@@ -135,7 +139,11 @@ export interface JobInfo {
 
 export interface JobContext {
   job: JobInfo;
-  /** Aborted on timeout and on shutdown: stop early and let the job be retried. */
+  /**
+   * Aborted on timeout, on shutdown (stop early and let the job be retried), and when an
+   * operator cancels the running job (reason: a JobCancelledError; the job is `cancelled`,
+   * and whatever the handler does from then on is discarded).
+   */
   signal: AbortSignal;
   log: Logger;
   /**
@@ -148,6 +156,13 @@ export interface JobContext {
   transaction(): Promise<Queryable>;
   /** Defers a follow-up job; inside the job's transaction when one is open. */
   defer(task: string | Task, args?: unknown, options?: Omit<DeferOptions, 'client'>): Promise<DeferResult>;
+  /**
+   * Reports how far the job is: `value` a percentage from 0 to 100, `message` an optional
+   * line (at most 500 characters). Stored at most once a second per job, the latest value
+   * always (docs/lifecycle.md); `jobs show`, the JSON API and the dashboard show it. A bad
+   * value throws a ValidationError.
+   */
+  progress(value: number, message?: string): void;
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: a handler may declare any argument type
@@ -191,6 +206,12 @@ export interface Task<A = any> {
     jobs: Array<{ args: A } & Omit<DeferOptions, 'client'>>,
     options?: { client?: Queryable },
   ): Promise<DeferResult[]>;
+  /**
+   * Defers a job and resolves with its handler's return value once it succeeds; rejects with
+   * a JobOutcomeError when it failed for good, was cancelled or deleted, and with a
+   * WaitTimeoutError after `timeout` (the job itself goes on). See docs/lifecycle.md.
+   */
+  deferAndWait<R = unknown>(args: A, options?: DeferAndWaitOptions): Promise<R>;
 }
 
 export function resolveTask(
@@ -350,6 +371,8 @@ export interface TaskEnv {
   injectedClock: boolean;
   /** Told of each job deferred for later, so a worker in this process can claim it when due. */
   deferredFor: (runAt: Date) => void;
+  /** Defers the job marked awaited and waits for its outcome (await.ts). */
+  deferAndWait: (spec: JobSpec, settings: WaitSettings) => Promise<unknown>;
 }
 
 /** Defers one job; a worker in this process is told when it falls due. */
@@ -392,6 +415,13 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
       const result = await deferJobs(options.client ?? (await env.pool()), env.schema, specs);
       for (const spec of specs) if (spec.runAt) env.deferredFor(spec.runAt);
       return result;
+    },
+    async deferAndWait<R>(args: unknown, options: DeferAndWaitOptions = {}) {
+      const settings = checkWaitOptions(options, resolved.name);
+      const { timeout: _timeout, pollInterval: _pollInterval, ...deferOptions } = options;
+      const checked = resolved.schema ? await checkArgs(resolved, args, 'args') : args;
+      const spec = toJobSpec(resolved.name, checked, deferOptions, resolved, env.now, env.injectedClock);
+      return (await env.deferAndWait(spec, settings)) as R;
     },
   };
 }

@@ -11,6 +11,7 @@ import type { DeferResult } from '../jobs/defer.js';
 import type {
   BatchHandler,
   BatchTaskOptions,
+  DeferAndWaitOptions,
   DeferOptions,
   Handler,
   Task,
@@ -58,6 +59,14 @@ export interface TypedTasks<T> {
   ): Task<TaskArgs<T, N>>;
   defer<N extends TaskName<T>>(task: N, ...rest: DeferArgs<TaskArgs<T, N>>): Promise<DeferResult>;
   defer<A>(task: Task<A>, ...rest: DeferArgs<NoInfer<A>>): Promise<DeferResult>;
+  deferAndWait<R = unknown, N extends TaskName<T> = TaskName<T>>(
+    task: N,
+    ...rest: DeferArgs<TaskArgs<T, N>, DeferAndWaitOptions>
+  ): Promise<R>;
+  deferAndWait<R = unknown, A = unknown>(
+    task: Task<A>,
+    ...rest: DeferArgs<NoInfer<A>, DeferAndWaitOptions>
+  ): Promise<R>;
 }
 
 /** What `app.processor` returns. */

@@ -331,14 +331,21 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
    * COMMIT's reply lost: the job is failed as a retry below; if the commit did happen, the
    * failure finds no `doing` row and changes nothing, and the effects stand once.
    */
-  async function succeedInTransaction(run: RunningJob, client: pg.PoolClient, durationMs: number) {
+  async function succeedInTransaction(
+    run: RunningJob,
+    client: pg.PoolClient,
+    durationMs: number,
+    keepForMs: number | null,
+    result: string | null,
+  ) {
     hold(run.job.id);
     const completion = {
       id: run.job.id,
       attempt: run.job.attempts,
       task: run.job.task,
       durationMs,
-      keepForMs: run.task.keepSucceededForMs,
+      keepForMs,
+      result,
     };
     try {
       const completed = await completeInTransaction(
@@ -353,7 +360,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         await discardTransaction(client, ends);
         log.warn(
           { jobId: run.job.id, task: run.job.task, attempt: run.job.attempts },
-          'job was recovered away from this worker (it looked dead) while running: its transaction is rolled back',
+          'job is no longer doing for this worker (recovered away from this worker while it looked dead, or cancelled): its transaction is rolled back',
         );
         return;
       }
@@ -394,7 +401,13 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   }
 
   /** A success with no transaction of its own (a job's, or one job of a batch): batched. */
-  function complete(job: ClaimedJob, task: ResolvedTask, durationMs: number) {
+  function complete(
+    job: ClaimedJob,
+    task: ResolvedTask,
+    durationMs: number,
+    keepForMs = task.keepSucceededForMs,
+    result: string | null = null,
+  ) {
     hold(job.id);
     completions.push({
       id: job.id,
@@ -402,7 +415,8 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       lock: job.lock,
       task: job.task,
       durationMs,
-      keepForMs: task.keepSucceededForMs,
+      keepForMs,
+      result,
     });
     schedule();
   }
@@ -415,16 +429,31 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   }
 
   return {
-    succeed(run: RunningJob, durationMs: number) {
+    /**
+     * `value`: what the handler returned, stored as the job's result when its row is kept
+     * (keepSucceededFor, or a job someone awaits). A value that is not plain JSON fails the
+     * attempt instead, with the one line saying why.
+     */
+    succeed(run: RunningJob, durationMs: number, value: unknown): { retryInMs: number | null } | undefined {
+      const keepForMs = run.keepForMs();
+      let result: string | null;
+      try {
+        result = run.resultJson(value, keepForMs);
+      } catch (error) {
+        const retryInMs = retryIn(run, error);
+        fail(run.job, error, retryInMs, run.takeTransaction());
+        return { retryInMs };
+      }
       const client = run.takeTransaction();
       if (client) {
-        const committing = succeedInTransaction(run, client, durationMs).finally(() =>
+        const committing = succeedInTransaction(run, client, durationMs, keepForMs, result).finally(() =>
           inTransaction.delete(committing),
         );
         inTransaction.add(committing);
-        return;
+        return undefined;
       }
-      complete(run.job, run.task, durationMs);
+      complete(run.job, run.task, durationMs, keepForMs, result);
+      return undefined;
     },
     complete,
     fail,

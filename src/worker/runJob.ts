@@ -7,17 +7,23 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { Queryable } from '../db/queryable.js';
 import { errorMessage, JobTimeoutError } from '../errors.js';
+import { AWAITED_KEEP_MS } from '../jobs/await.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { DeferResult } from '../jobs/defer.js';
+import { checkProgress, type ProgressReport } from '../jobs/progress.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { DeferOptions, JobContext, JobInfo, ResolvedTask, Task } from '../jobs/task.js';
+import { checkJson } from '../json.js';
 import { discardTransaction, type TransactionEnds } from './jobTransaction.js';
 
 export type Outcome =
-  | { kind: 'succeeded'; durationMs: number }
+  /** `value`: what the handler returned (stored as the job's result when its row is kept). */
+  | { kind: 'succeeded'; durationMs: number; value: unknown }
   | { kind: 'failed'; error: unknown; durationMs: number }
   /** The worker is shutting down and aborted the handler, which then gave up. */
-  | { kind: 'interrupted' };
+  | { kind: 'interrupted' }
+  /** An operator cancelled the running job (the row is `cancelled` already). */
+  | { kind: 'cancelled' };
 
 export interface RunJobDeps {
   /** The handler pool: the job's own transaction comes from here. */
@@ -27,6 +33,8 @@ export interface RunJobDeps {
   log: Logger;
   /** The queue's defer, for `ctx.defer` inside the job's transaction. */
   defer: JobQueue['defer'];
+  /** Where `ctx.progress` reports go (the worker's throttled writer). */
+  progress: (report: ProgressReport) => void;
 }
 
 export class ShutdownAbort extends Error {
@@ -99,6 +107,11 @@ class Context implements JobContext {
     // Follow-ups exist iff this job completes: they go through the job's transaction.
     return this.run.deps.defer(name, args, { ...options, client: await this.run.openTransaction() });
   }
+  progress(value: number, message?: string): void {
+    const checked = checkProgress(value, message);
+    const { job } = this.run;
+    this.run.deps.progress({ id: job.id, attempt: job.attempts, ...checked });
+  }
 }
 
 /** One claimed job being run. `outcome` settles once, and never rejects. */
@@ -137,7 +150,7 @@ export class RunningJob {
       result = Promise.reject(error);
     }
     const handled = Promise.resolve(result).then(
-      (): Outcome => ({ kind: 'succeeded', durationMs: performance.now() - started }),
+      (value): Outcome => ({ kind: 'succeeded', durationMs: performance.now() - started, value }),
       (error: unknown): Outcome =>
         this.shuttingDown && this.aborted
           ? { kind: 'interrupted' }
@@ -175,6 +188,27 @@ export class RunningJob {
       if (this.aborted) this.controller.abort(this.abortReason);
     }
     return this.controller.signal;
+  }
+
+  /**
+   * How long the row is kept after success: the task's keepSucceededFor, or for a job a
+   * caller waits on (deferAndWait) at least AWAITED_KEEP_MS; null deletes it.
+   */
+  keepForMs(): number | null {
+    const kept = this.task.keepSucceededForMs;
+    if (!this.job.awaited) return kept;
+    return Math.max(kept ?? 0, AWAITED_KEEP_MS);
+  }
+
+  /**
+   * The handler's return value as stored JSON text, when the row is kept (null: nothing to
+   * store). Not plain JSON (a BigInt, a cycle, NaN…): a ValidationError naming the value,
+   * which fails the attempt. Rows that are deleted never pay for it.
+   */
+  resultJson(value: unknown, keepForMs: number | null): string | null {
+    if (keepForMs === null || value === undefined) return null;
+    checkJson(value, `the return value of task "${this.job.task}"`);
+    return JSON.stringify(value);
   }
 
   logger(): Logger {

@@ -28,6 +28,10 @@ export interface UpkeepDeps {
   reconcile: () => void;
   /** Tasks other workers registered that this one does not know: it skips their jobs. */
   onOtherTasks: (names: string[]) => void;
+  /** The claims running now, asked about with each beat: cancelled ones come back through onCancelled. */
+  running: () => { id: string; attempt: number }[];
+  /** Claims (`<id>:<attempt>`) an operator cancelled while they ran. */
+  onCancelled: (claims: string[]) => void;
 }
 
 export interface Upkeep {
@@ -58,8 +62,8 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
 
   async function beat(): Promise<void> {
     try {
-      const at = await heartbeat(beatDb, schema, info.id, dbNow());
-      if (at === null) {
+      const beaten = await heartbeat(beatDb, schema, info.id, dbNow(), deps.running());
+      if (beaten === null) {
         // Our row is gone. At shutdown that is our own unregister: never insert it again.
         if (heartbeatStopped) return;
         log.warn('worker row was pruned while we were unreachable; registering again');
@@ -67,8 +71,9 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
         upSince = null; // we were away long enough to be pruned: start the window again
         return;
       }
-      upSince ??= at;
+      upSince ??= beaten.at;
       lastBeat = performance.now();
+      if (beaten.cancelled.length > 0) deps.onCancelled(beaten.cancelled);
     } catch (error) {
       upSince = null;
       throw error;

@@ -16,6 +16,7 @@ import { systemClock } from '../clock.js';
 import { listen } from '../db/listen.js';
 import { type ConnectionRoute, DIRECT } from '../db/pooler.js';
 import { retryConnection } from '../db/retry.js';
+import { JobCancelledError } from '../errors.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
@@ -24,6 +25,7 @@ import { makeBatchRunner } from './batchRunner.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
+import { makeProgressWriter } from './progress.js';
 import { type Outcome, RunningJob, ShutdownAbort } from './runJob.js';
 import { makeUpkeep } from './upkeep.js';
 import { makeWorkerPoolShelf, type WorkerPoolShelf } from './workerPools.js';
@@ -34,6 +36,9 @@ import { otherTasks, registerTasks, registerWorker, unregisterWorker } from './w
  * (it looked dead) may be claimed by it again while the old run still runs.
  */
 const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
+
+/** A job's progress is written at most this often (docs/lifecycle.md). */
+const PROGRESS_THROTTLE_MS = 1_000;
 
 export interface WorkerDeps {
   databaseUrl: string;
@@ -101,7 +106,15 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     log,
     terminating: new Set<Promise<void>>(),
   };
-  const runDeps = { pool: handlers, log, defer: deps.defer, ends };
+  // ctx.progress reports: at most one write per job per second (progress.ts).
+  const progress = makeProgressWriter({
+    pool: control,
+    schema,
+    workerId: id,
+    log,
+    throttleMs: PROGRESS_THROTTLE_MS,
+  });
+  const runDeps = { pool: handlers, log, defer: deps.defer, ends, progress: progress.report };
   const running = new Map<string, RunningJob>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
@@ -199,7 +212,37 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onOtherTasks: (names) => {
       for (const name of names) foreignTasks.add(name);
     },
+    running: () => [...running.values()].map((run) => ({ id: run.job.id, attempt: run.job.attempts })),
+    onCancelled: (keys) => {
+      for (const key of keys) cancelRun(key);
+    },
   });
+
+  /**
+   * An operator cancelled a running job (`<id>:<attempt>`, from the NOTIFY or the
+   * heartbeat). The row is already `cancelled` (src/jobs/operate.ts): the handler's signal
+   * is aborted and its slot freed now, as at a timeout, and its transaction rolled back. A
+   * handler that ignores the signal runs on unwatched; whatever it returns or writes later
+   * is discarded (its outcome finds no `doing` row). A cancel of a claim no longer running
+   * here — finished, its outcome on its way — is ignored: that outcome changes nothing. A
+   * claim still waiting in the buffer for a slot is dropped, never started (the heartbeat
+   * asks only about running claims: with LISTEN off such a job starts, and is aborted at
+   * the next beat). The cancel freed the job's lock: the next job of it may be claimable.
+   */
+  function cancelRun(key: string): void {
+    const waiting = buffer.findIndex((job) => claimKey(job) === key);
+    if (waiting >= 0) {
+      const [job] = buffer.splice(waiting, 1);
+      log.info({ jobId: job!.id, task: job!.task }, 'job cancelled before it started: dropped');
+      if (job!.lock !== null) claims.wake();
+      return;
+    }
+    const run = running.get(key);
+    if (!run || run.settled) return;
+    run.abort(new JobCancelledError(run.job.id));
+    finish(run, { kind: 'cancelled' });
+    if (run.job.lock !== null) claims.wake();
+  }
 
   /**
    * A job recovered away from us (we looked dead: a long GC pause, a frozen VM) and now
@@ -276,10 +319,21 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (!stopping) pump();
       return;
     }
-    if (outcome.kind === 'succeeded') {
+    if (outcome.kind === 'cancelled') {
+      outcomes.discard(run);
+      log.info(
+        { jobId: job.id, task: job.task, attempt: job.attempts },
+        'job cancelled while running: its handler was aborted, its transaction rolled back',
+      );
+    } else if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
-      outcomes.succeed(run, outcome.durationMs);
-      observe({ task: job.task, outcome: 'succeeded', durationMs: outcome.durationMs });
+      // A result that is not plain JSON turned the success into a failed attempt.
+      const refused = outcomes.succeed(run, outcome.durationMs, outcome.value);
+      observe({
+        task: job.task,
+        outcome: refused ? (refused.retryInMs === null ? 'failed' : 'retried') : 'succeeded',
+        durationMs: outcome.durationMs,
+      });
     } else if (outcome.kind === 'failed') {
       const wait = retryIn(run.job, run.task, outcome.error);
       outcomes.fail(job, outcome.error, wait, run.takeTransaction());
@@ -319,6 +373,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   }
 
   const channel = `${schema}_jobs`;
+  const cancelChannel = `${schema}_cancel`;
 
   async function shutdown(): Promise<void> {
     stopping = true;
@@ -355,6 +410,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     }
     const unfinishedBatches = batches.returnUnfinished();
     const written = await outcomes.close(Math.max(1_000, Math.min(settings.shutdownTimeoutMs, 10_000)));
+    await progress.close();
     log.info(
       {
         returnedToTodo: written.released,
@@ -402,9 +458,15 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     upkeep.start();
     const queues = settings.queues === null ? null : new Set(settings.queues);
     merge(
-      listen({ url: route.listenUrl, channels: [channel], log }).pipe(
-        // After a (re)connection notifications may have been missed: check now.
-        filter((note) => note.kind === 'connected' || queues === null || queues.has(note.payload)),
+      listen({ url: route.listenUrl, channels: [channel, cancelChannel], log }).pipe(
+        filter((note) => {
+          if (note.kind === 'notification' && note.channel === cancelChannel) {
+            cancelRun(note.payload); // not a reason to claim
+            return false;
+          }
+          // After a (re)connection notifications may have been missed: check now.
+          return note.kind === 'connected' || queues === null || queues.has(note.payload);
+        }),
         // catchError on the inner stream only: losing LISTEN must not end the polling.
         catchError((error) => {
           log.error({ err: error }, 'LISTEN failed for good; waking by polling only');

@@ -46,13 +46,26 @@ export async function heartbeat(
   schema: string,
   workerId: string,
   now: Date | null,
-): Promise<Date | null> {
-  const { rows } = await db.query<{ at: Date }>(
-    `UPDATE ${quoteSchema(schema)}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
-     RETURNING last_seen_at AS at`,
-    [workerId, now],
+  /** The claims this worker is running: those an operator cancelled come back in `cancelled`. */
+  running: { id: string; attempt: number }[] = [],
+): Promise<{ at: Date; cancelled: string[] } | null> {
+  const s = quoteSchema(schema);
+  // The cancel poll rides on the beat (no round trip of its own, and none when nothing
+  // runs: the subquery over empty arrays reads nothing). It is how a worker without LISTEN
+  // (behind a pooler) or one that missed the "<schema>_cancel" NOTIFY learns of a cancel,
+  // within a heartbeat interval. Primary-key lookups of the running claims only. Reply
+  // lost: the next beat asks again (cancelling a run twice is a no-op).
+  const { rows } = await db.query<{ at: Date; cancelled: string[] | null }>(
+    `UPDATE ${s}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
+     RETURNING last_seen_at AS at,
+       (SELECT array_agg(j.id || ':' || j.attempts)
+        FROM unnest($3::bigint[], $4::int[]) AS r(id, attempt)
+        JOIN ${s}.jobs j ON j.id = r.id AND j.attempts = r.attempt
+        WHERE j.status = 'cancelled') AS cancelled`,
+    [workerId, now, running.map((run) => run.id), running.map((run) => run.attempt)],
   );
-  return rows[0]?.at ?? null;
+  const row = rows[0];
+  return row ? { at: row.at, cancelled: row.cancelled ?? [] } : null;
 }
 
 export async function unregisterWorker(db: Queryable, schema: string, workerId: string): Promise<void> {

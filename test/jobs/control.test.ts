@@ -36,14 +36,16 @@ describe('app.jobs', () => {
       { id: running, reason: 'it is dirty' },
       { id: '424242', reason: 'not found' },
     ]);
-    const cancel = await t.app.jobs.cancel([waiting!, running!]);
-    assert.deepEqual(cancel.done, [waiting]);
-    assert.deepEqual(cancel.skipped, [{ id: running, reason: 'it is dirty' }]);
+    // A running (here dirty) job is cancelled too (docs/lifecycle.md); a finished one is not.
+    const cancel = await t.app.jobs.cancel([waiting!, running!, failed!]);
+    assert.deepEqual(cancel.done, [waiting, running]);
+    assert.deepEqual(cancel.skipped, [{ id: failed, reason: 'it is failed' }]);
     // With the waiting job cancelled, the failed one can go back to todo.
     assert.deepEqual((await t.app.jobs.retry({ ids: [failed!] })).done, [failed]);
-    const del = await t.app.jobs.delete([waiting!, running!]);
+    const [stillRunning] = await insert(`(task, status, worker_id) VALUES ('sync', 'doing', 'w1')`);
+    const del = await t.app.jobs.delete([waiting!, stillRunning!]);
     assert.deepEqual(del.done, [waiting]);
-    assert.equal((await t.app.jobs.show(running!))?.state, 'dirty');
+    assert.equal((await t.app.jobs.show(stillRunning!))?.state, 'dirty');
     assert.deepEqual(
       (await t.app.jobs.list({ status: 'todo' })).map((j) => j.id),
       [failed],

@@ -22,6 +22,14 @@ await app.defer('sendMail', { to: 'a@example.com', subject: 'hi' }, { delay: { m
 await app.defer(sendMail, { to: 'a@example.com' });
 app.task('nightly', {}, async () => {});
 await app.defer('nightly'); // args may be left out where the declaration allows undefined
+const waited = await sendMail.deferAndWait<{ id: string }>(
+  { to: 'a@example.com' },
+  { timeout: { seconds: 5 } },
+);
+waited.id satisfies string;
+await app.deferAndWait('sendMail', { to: 'a@example.com' }, { pollInterval: 500 });
+await app.deferAndWait(sendMail, { to: 'a@example.com' });
+await app.deferAndWait('nightly');
 
 // Refused: undeclared names, wrong args, a handler that expects other args.
 // @ts-expect-error sendSms is not declared
@@ -38,6 +46,10 @@ await app.defer('sendMail', { to: 'a', cc: 'b' });
 await app.defer(sendMail, { to: 1 });
 // @ts-expect-error to is a string
 await sendMail.defer({ to: 1 });
+// @ts-expect-error to is a string
+await app.deferAndWait('sendMail', { to: 1 });
+// @ts-expect-error deferAndWait takes no client
+await sendMail.deferAndWait({ to: 'a' }, { client: app as never });
 // @ts-expect-error the handler must accept sendMail's args
 app.task('sendMail', {}, async (args: { to: number }) => args);
 

@@ -331,6 +331,7 @@ describe('batch tasks', () => {
       log: createLogger({ level: 'silent' }),
       transaction: () => Promise.reject(new Error('not offered')),
       defer: () => Promise.reject(new Error('not offered')),
+      progress: () => {},
     };
     await assert.rejects(Promise.resolve(task.options.handler({ n: 1 }, ctx)), /refused downstream/);
     assert.deepEqual(seen, [[{ ...job, args: { n: 1 } }]]);

@@ -103,6 +103,12 @@ export function registerJobs(program: Command): void {
           `lock ${job.lock ?? '-'}  queueing lock ${job.queueing_lock ?? '-'}  worker ${job.worker_id ?? '-'}`,
           `args ${JSON.stringify(job.args)}`,
         ];
+        if (job.progress !== null) {
+          lines.push(
+            `progress ${Math.round(job.progress * 10) / 10}%${job.progress_message ? ` ${job.progress_message}` : ''}${job.progress_at ? ` (at ${job.progress_at.toISOString()})` : ''}`,
+          );
+        }
+        if (job.state === 'succeeded') lines.push(`result ${JSON.stringify(job.result) ?? 'null'}`);
         if (job.last_error) lines.push(`last error: ${job.last_error.message}`, job.last_error.stack ?? '');
         if (job.errors.length > 0) lines.push(`attempt history (${job.errors.length}):`);
         for (const entry of job.errors as { attempt?: number; at?: string; message?: string }[]) {
@@ -183,7 +189,9 @@ export function registerJobs(program: Command): void {
 
   jobs
     .command('cancel <ids...>')
-    .description('cancel waiting (todo or scheduled) jobs')
+    .description(
+      'cancel jobs: waiting ones (todo, scheduled) never run; running ones (doing, dirty) have their handler aborted and their transaction rolled back',
+    )
     .action((ids: string[], _flags, command: Command) =>
       runCommand(command, async ({ app, print }) => {
         const result = await app.jobs.cancel(ids);
