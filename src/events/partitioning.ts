@@ -92,8 +92,14 @@ export async function convertToPartitioned(
       // bound: a failed conversion takes it away (best effort: a later run replaces it).
       await dropBound(pool, schema).catch(() => {});
       if (error instanceof ConversionError || error instanceof ValidationError) throw error;
+      // A role that does not own the table is refused somewhere along the way (the sequence,
+      // the CHECK, the swap): say who may run it rather than which object refused first.
+      const who =
+        sqlState(error) === '42501'
+          ? `; run it as the owner of "${schema}".events (the role that ran the migrations)`
+          : '';
       throw new ConversionError(
-        `events was not converted: ${(error as Error).message}; appends go on into the unpartitioned table, and running the command again is safe`,
+        `events was not converted: ${(error as Error).message}${who}; appends go on into the unpartitioned table, and running the command again is safe`,
         { cause: error },
       );
     } finally {

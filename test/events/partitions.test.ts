@@ -390,6 +390,48 @@ describe('a partitioned event log', () => {
     assert.equal(await eventsLayout(pool, schema), 'partitioned');
   });
 
+  it('refuses a conversion by a role that does not own events in one line, leaving no check', async () => {
+    const schema = uniqueSchema('part_owner');
+    const role = `${schema}_role`;
+    await migrateUpTo(schema, 28);
+    await pool.query(
+      `INSERT INTO "${schema}".events (stream, stream_version, type, data) VALUES ('s', 1, 'T', '{}')`,
+    );
+    const owner = createApp({ databaseUrl: databaseUrl(), schema });
+    await owner.migrate();
+    await owner.close();
+    // A password too: the embedded servers of the version matrix ask for one.
+    await pool.query(`CREATE ROLE "${role}" LOGIN PASSWORD 'not-the-owner'`);
+    await pool.query(
+      `GRANT USAGE ON SCHEMA "${schema}" TO "${role}";
+       GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "${schema}" TO "${role}";
+       GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "${schema}" TO "${role}"`,
+    );
+    const url = new URL(databaseUrl());
+    url.username = role;
+    url.password = 'not-the-owner';
+    const app = createApp({ databaseUrl: url.toString(), schema });
+    cleanups.push(async () => {
+      await app.close();
+      await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await pool.query(`DROP OWNED BY "${role}"; DROP ROLE IF EXISTS "${role}"`);
+    });
+    await assert.rejects(app.events.partition(), (error: Error) => {
+      assert.match(
+        error.message,
+        /^events was not converted: .*; run it as the owner of "t_part_owner_\w+"\.events/,
+      );
+      assert.doesNotMatch(error.message, /\n/);
+      return true;
+    });
+    assert.equal(await eventsLayout(pool, schema), 'unpartitioned');
+    const { rows } = await pool.query(
+      `SELECT count(*)::int AS n FROM pg_constraint
+       WHERE conname = 'events_partition_bound' AND conrelid = '"${schema}".events'::regclass`,
+    );
+    assert.equal(rows[0].n, 0);
+  });
+
   it('refuses a bad partition size in one line, changing nothing', async () => {
     const t = await isolatedApp('part_bad');
     cleanups.push(t.cleanup);
