@@ -12,6 +12,7 @@ import { type Backoff, type BackoffOptions, checkBackoff } from './backoff.js';
 import { type DeferResult, deferJob, deferJobs, type JobSpec } from './defer.js';
 import {
   argsToJson,
+  checkGroup,
   checkInteger,
   checkLockName,
   checkQueue,
@@ -63,6 +64,11 @@ export interface DeferOptions {
   queueingLock?: string;
   /** With a queueing lock already waiting: throw AlreadyEnqueued (`error`, default) or return its id (`ignore`). */
   onConflict?: 'error' | 'ignore';
+  /**
+   * The job's group key within its queue (a tenant, a domain): per-group concurrency and
+   * rate limits, and round-robin across groups, apply on queues with limits (docs/limits.md).
+   */
+  group?: string;
 }
 
 export interface JobInfo {
@@ -74,6 +80,7 @@ export interface JobInfo {
   priority: number;
   lock: string | null;
   queueingLock: string | null;
+  group: string | null;
   runAt: Date;
   createdAt: Date;
 }
@@ -202,6 +209,7 @@ export function toJobSpec(
       options.queueingLock !== undefined ? checkLockName(options.queueingLock, 'queueingLock') : null,
     maxAttempts: task?.maxAttempts ?? null,
     onConflict,
+    group: options.group !== undefined ? checkGroup(options.group) : null,
   };
 }
 

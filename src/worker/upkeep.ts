@@ -28,6 +28,8 @@ export interface UpkeepDeps {
   reconcile: () => void;
   /** Tasks other workers registered that this one does not know: it skips their jobs. */
   onOtherTasks: (names: string[]) => void;
+  /** Whether any queue has limits, as of each beat. */
+  onLimits: (limited: boolean) => void;
 }
 
 export interface Upkeep {
@@ -58,8 +60,8 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
 
   async function beat(): Promise<void> {
     try {
-      const at = await heartbeat(beatDb, schema, info.id, dbNow());
-      if (at === null) {
+      const beaten = await heartbeat(beatDb, schema, info.id, dbNow());
+      if (beaten === null) {
         // Our row is gone. At shutdown that is our own unregister: never insert it again.
         if (heartbeatStopped) return;
         log.warn('worker row was pruned while we were unreachable; registering again');
@@ -67,8 +69,9 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
         upSince = null; // we were away long enough to be pruned: start the window again
         return;
       }
-      upSince ??= at;
+      upSince ??= beaten.at;
       lastBeat = performance.now();
+      deps.onLimits(beaten.limited);
     } catch (error) {
       upSince = null;
       throw error;

@@ -19,6 +19,7 @@ import { retryConnection } from '../db/retry.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
+import { asRateLimited } from '../jobs/rateLimited.js';
 import type { ResolvedTask } from '../jobs/task.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
@@ -116,6 +117,17 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onLockFreed: () => claims.wake(),
     // Armed once the retry is written: its run_at is the database's now() then, plus the wait.
     onRetryWritten: (retryInMs) => claims.wakeIn(retryInMs),
+    // A finished job of a limited queue frees a slot no NOTIFY announces. Only while limits
+    // exist: otherwise nothing waits for a slot, and this would be an extra claim per batch.
+    onFinishedWritten: () => {
+      if (claims.limited()) claims.wake();
+    },
+    // The pause is written: this worker claims around it at once (the others learn of the
+    // limits row at their next heartbeat, and the plain claim skips the queue meanwhile).
+    onPostponed: (retryAt) => {
+      claims.setLimited(true);
+      claims.wakeIn(Math.max(0, retryAt - Date.now()));
+    },
   });
   const stopClaiming$ = new Subject<void>();
   let stopping = false;
@@ -180,6 +192,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onOtherTasks: (names) => {
       for (const name of names) foreignTasks.add(name);
     },
+    onLimits: (limited) => claims.setLimited(limited),
   });
 
   /**
@@ -254,10 +267,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (!stopping) pump();
       return;
     }
+    const limited = outcome.kind === 'failed' ? asRateLimited(outcome.error) : null;
     if (outcome.kind === 'succeeded') {
       averageMs = averageMs === undefined ? outcome.durationMs : averageMs * 0.9 + outcome.durationMs * 0.1;
       outcomes.succeed(run, outcome.durationMs);
       observe({ task: job.task, outcome: 'succeeded', durationMs: outcome.durationMs });
+    } else if (limited !== null) {
+      // The downstream said wait: not an attempt that failed (docs/limits.md).
+      outcomes.postpone(run, limited.retryAt);
     } else if (outcome.kind === 'failed') {
       const wait = retryIn(run, outcome.error);
       outcomes.fail(job, outcome.error, wait, run.takeTransaction());

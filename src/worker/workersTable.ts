@@ -39,20 +39,23 @@ export async function registerWorker(
 
 /**
  * The database's time of the beat, or null when the row is gone (pruned while we were
- * unreachable). Reply lost: the beat may have landed; the next one says for sure.
+ * unreachable); and whether any queue has limits (a queue_limits row), which decides how
+ * the worker claims (claimLimited.ts): read here, every few seconds, so that a claim never
+ * pays to ask. Reply lost: the beat may have landed; the next one says for sure.
  */
 export async function heartbeat(
   db: Queryable,
   schema: string,
   workerId: string,
   now: Date | null,
-): Promise<Date | null> {
-  const { rows } = await db.query<{ at: Date }>(
-    `UPDATE ${quoteSchema(schema)}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
-     RETURNING last_seen_at AS at`,
+): Promise<{ at: Date; limited: boolean } | null> {
+  const s = quoteSchema(schema);
+  const { rows } = await db.query<{ at: Date; limited: boolean }>(
+    `UPDATE ${s}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
+     RETURNING last_seen_at AS at, EXISTS (SELECT 1 FROM ${s}.queue_limits) AS limited`,
     [workerId, now],
   );
-  return rows[0]?.at ?? null;
+  return rows[0] ?? null;
 }
 
 export async function unregisterWorker(db: Queryable, schema: string, workerId: string): Promise<void> {
