@@ -4,7 +4,7 @@
  */
 import { type Actor, currentActor } from '../audit.js';
 import type { Queryable } from '../db/queryable.js';
-import { type DurationInput, toMilliseconds } from '../duration.js';
+import { type DurationInput, parseDurationText, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
 import {
   clearQueueLimits,
@@ -138,4 +138,49 @@ export function makeQueueControl(deps: {
       return clearQueueLimits(await pool(), schema, checkQueue(queue), actor());
     },
   };
+}
+
+/**
+ * Limits written as text, as the CLI flags and the JSON API's parameters give them:
+ * counts as digits, rates as `<max>/<duration>` (`60/1h`), and `none` to remove one.
+ */
+export function parseLimitsText(
+  fields: {
+    concurrency?: string;
+    groupConcurrency?: string;
+    rate?: string;
+    groupRate?: string;
+  },
+  names: Record<keyof typeof fields, string>,
+): QueueLimitsOptions {
+  const count = (text: string, what: string): number | null => {
+    if (text === 'none') return null;
+    if (!/^\d{1,7}$/.test(text) || Number(text) < 1 || Number(text) > MAX) {
+      throw new ValidationError(
+        `${what} "${text}" is invalid: expected a whole number from 1 to ${MAX}, or none`,
+      );
+    }
+    return Number(text);
+  };
+  const rate = (text: string, what: string): RateLimit | null => {
+    if (text === 'none') return null;
+    const match = /^(\d{1,7})\/(.+)$/.exec(text.trim());
+    if (!match) {
+      throw new ValidationError(
+        `${what} "${text}" is invalid: expected <max>/<duration> such as 60/1h, or none`,
+      );
+    }
+    return { max: count(match[1]!, `${what} max`) ?? 0, per: parseDurationText(match[2]!, `${what} per`) };
+  };
+  const limits: QueueLimitsOptions = {};
+  if (fields.concurrency !== undefined) limits.concurrency = count(fields.concurrency, names.concurrency);
+  if (fields.groupConcurrency !== undefined) {
+    limits.groupConcurrency = count(fields.groupConcurrency, names.groupConcurrency);
+  }
+  if (fields.rate !== undefined) limits.rate = rate(fields.rate, names.rate);
+  if (fields.groupRate !== undefined) limits.groupRate = rate(fields.groupRate, names.groupRate);
+  if (Object.keys(limits).length === 0) {
+    throw new ValidationError(`no limit given: expected at least one of ${Object.values(names).join(', ')}`);
+  }
+  return limits;
 }

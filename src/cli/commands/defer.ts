@@ -15,6 +15,7 @@ interface DeferFlags {
   queueingLock?: string;
   priority?: string;
   onConflict?: string;
+  group?: string;
 }
 
 export function registerDefer(program: Command): void {
@@ -29,6 +30,7 @@ export function registerDefer(program: Command): void {
     .option('--queueing-lock <key>', 'at most one job per queueing lock waits at a time')
     .option('--on-conflict <mode>', "with --queueing-lock already waiting: 'error' (default) or 'ignore'")
     .option('--priority <n>', 'higher runs first (default 0)')
+    .option('--group <key>', "the job's group within its queue, for per-group limits (docs/limits.md)")
     .action((task: string, flags: DeferFlags, command: Command) =>
       runCommand(command, async ({ app, print }) => {
         // Everything is checked before the database is touched.
@@ -40,6 +42,7 @@ export function registerDefer(program: Command): void {
           queueingLock: flags.queueingLock,
           priority: flags.priority === undefined ? undefined : parseInteger(flags.priority, '--priority'),
           onConflict: flags.onConflict as DeferOptions['onConflict'],
+          group: flags.group,
         };
         if (flags.onConflict !== undefined && flags.onConflict !== 'error' && flags.onConflict !== 'ignore') {
           throw new ValidationError(
