@@ -435,7 +435,7 @@ describe('queue limits', () => {
       assert.equal(await count(`SELECT count(*)::int AS n FROM ${q}.queue_limits`), 0);
       const bad = await post('/api/queues/mail/limits?concurrency=x', 'limits-token-1');
       assert.equal(bad.status, 400);
-      assert.match((await bad.json()).error, /concurrency "x" is invalid/);
+      assert.match(((await bad.json()) as { error: string }).error, /concurrency "x" is invalid/);
       const done = await post('/api/queues/mail/limits?concurrency=3&rate=60/1h', 'limits-token-1');
       assert.equal(done.status, 200);
       const paused = await post('/api/queues/mail/pause?for=10m', 'limits-token-1');
