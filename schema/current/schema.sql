@@ -1172,15 +1172,19 @@ BEGIN
              CASE WHEN k.g = '' THEN free ELSE least(free,
                    q.group_concurrency - coalesce(r.n, 0),
                    q.group_rate_max - CASE WHEN s.window_start + q.group_rate_per_ms * interval '1 millisecond' > at
-                                           THEN s.window_used ELSE 0 END) END AS free
+                                           THEN s.window_used ELSE 0 END) END AS group_free
       FROM (SELECT k.g FROM keys k WHERE k.g IS NOT NULL UNION ALL SELECT '') k
       LEFT JOIN queue_groups s ON s.queue = q.queue AND s.group_key = k.g
       LEFT JOIN running_groups r ON r.g = k.g
       WHERE k.g = '' OR s.paused_until IS NULL OR s.paused_until <= at
+    ), served AS (
+      -- The least recently served groups with room, a few more than the free slots (a group
+      -- may have no due job): only these are read, however many groups the queue has.
+      SELECT a.* FROM allowed a WHERE a.group_free > 0 ORDER BY a.last_round NULLS FIRST, a.g LIMIT free + 8
     ), candidates AS (
       SELECT c.id, a.g, a.last_round, c.priority, c.run_at,
              row_number() OVER (PARTITION BY a.g ORDER BY c.priority DESC, c.run_at, c.id) AS n
-      FROM allowed a
+      FROM served a
       CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM jobs j
         WHERE a.g <> '' AND j.queue = q.queue AND j.group_key = a.g AND j.status = 'todo' AND j.group_key IS NOT NULL
@@ -1189,13 +1193,13 @@ BEGIN
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
-        LIMIT greatest(coalesce(a.free, free), 0)
+        LIMIT a.group_free
         FOR UPDATE OF j SKIP LOCKED
       ) c
       UNION ALL
       SELECT c.id, a.g, a.last_round, c.priority, c.run_at,
              row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS n
-      FROM allowed a
+      FROM served a
       CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM jobs j
         WHERE a.g = '' AND j.queue = q.queue AND j.status = 'todo' AND j.group_key IS NULL
