@@ -7,11 +7,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startAdminServer } from '../../src/admin/server.js';
+import { createApp } from '../../src/app.js';
 import { ValidationError } from '../../src/errors.js';
 import { claimJobs } from '../../src/jobs/claim.js';
 import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
 import { asRateLimited, parseRetryAfter, RateLimited } from '../../src/jobs/rateLimited.js';
-import { isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
+import { type FaultProxy, startFaultProxy } from '../faultProxy.js';
+import { databaseUrl, isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
 import { spawnWorker, type WorkerProcess, waitFor, workerStarted } from './support.js';
 
 const LIMITS_APP = `${ROOT}/test/fixtures/limits-app.ts`;
@@ -452,5 +454,108 @@ describe('queue limits', () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe('queue limits under faults', () => {
+  let proxy: FaultProxy;
+  before(async () => {
+    proxy = await startFaultProxy(databaseUrl());
+  });
+  after(async () => proxy.close());
+
+  /** An app through the proxy whose worker runs `body`, recording each run in lim_runs. */
+  async function withProxiedWorker(body: () => Promise<void>): Promise<void> {
+    const app = createApp({ databaseUrl: proxy.url, schema: t.schema });
+    app.task(
+      'counted',
+      { queue: 'mail', keepSucceededFor: { minutes: 5 } },
+      async (args: { limitedFor?: number }, ctx) => {
+        const { rows } = await t.pool.query<{ n: number }>(
+          `INSERT INTO ${q}.lim_runs (job_id, queue, grp, pid, attempt, started)
+         VALUES ($1, $2, $3, 0, $4, clock_timestamp())
+         RETURNING (SELECT count(*)::int FROM ${q}.lim_runs WHERE job_id = $1) AS n`,
+          [ctx.job.id, ctx.job.queue, ctx.job.group, ctx.job.attempt],
+        );
+        if (args.limitedFor !== undefined && rows[0]!.n === 0) {
+          await t.pool.query(
+            `UPDATE ${q}.lim_runs SET ended = clock_timestamp(), what = 'limited' WHERE job_id = $1`,
+            [ctx.job.id],
+          );
+          throw new RateLimited({ retryAfter: args.limitedFor });
+        }
+        await t.pool.query(
+          `UPDATE ${q}.lim_runs SET ended = clock_timestamp() WHERE job_id = $1 AND ended IS NULL`,
+          [ctx.job.id],
+        );
+      },
+    );
+    const controller = new AbortController();
+    const running = app.run({
+      concurrency: 3,
+      pollInterval: 50,
+      heartbeatInterval: 100,
+      recoverInterval: 100,
+      stallTimeout: 3_600_000,
+      signal: controller.signal,
+    });
+    try {
+      await body();
+    } finally {
+      controller.abort();
+      try {
+        await running;
+      } finally {
+        await app.close();
+      }
+    }
+  }
+
+  it('a limited claim whose reply is lost: the jobs go back uncounted, the limit holds, each runs once', async () => {
+    await reset();
+    await t.app.queues.configure('mail', { concurrency: 1 });
+    await deferJobs(4, 'mail', null);
+    const { fired } = proxy.addRule({ match: 'outbatch_claim_limited', action: 'lose-reply' });
+    await withProxiedWorker(async () => {
+      await fired;
+      await waitFor(
+        'every job to succeed',
+        async () =>
+          (await count(`SELECT count(*)::int AS n FROM ${q}.jobs WHERE status = 'succeeded'`)) === 4,
+      );
+    });
+    assert.equal(await count(`SELECT count(*)::int AS n FROM ${q}.lim_runs`), 4, 'each job ran once');
+    assert.equal(
+      await count(`SELECT count(*)::int AS n FROM ${q}.jobs WHERE attempts <> 1`),
+      0,
+      'the lost claim not counted',
+    );
+    assert.equal(await maxOverlap(false), 1, 'one at a time');
+  });
+
+  it('a rate-limited return whose reply is lost: written once, the job waits out the pause and runs, uncounted', async () => {
+    await reset();
+    await deferJobs(1, 'mail', null, { limitedFor: 1_000 });
+    const { fired } = proxy.addRule({ match: 'postpone_jobs', action: 'lose-reply' });
+    await withProxiedWorker(async () => {
+      await fired;
+      await waitFor(
+        'the job to succeed',
+        async () =>
+          (await count(`SELECT count(*)::int AS n FROM ${q}.jobs WHERE status = 'succeeded'`)) === 1,
+      );
+    });
+    const runs = (
+      await t.pool.query<{ what: string; started: Date }>(
+        `SELECT what, started FROM ${q}.lim_runs ORDER BY seq`,
+      )
+    ).rows;
+    assert.deepEqual(
+      runs.map((run) => run.what),
+      ['limited', 'ran'],
+    );
+    const job = (await t.pool.query(`SELECT attempts, run_at FROM ${q}.jobs`)).rows[0];
+    assert.equal(job.attempts, 1, 'the rate-limited run is not counted');
+    assert.ok(runs[1]!.started.getTime() >= job.run_at.getTime(), 'it ran after the pause');
   });
 });
