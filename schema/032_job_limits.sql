@@ -75,6 +75,10 @@ CREATE TABLE queue_groups (
 -- recently served first. Groups are found by a skip scan of jobs_group_todo (one index
 -- probe per group with todo jobs), and each group's jobs by a LIMITed scan of it.
 --
+-- Generic plans (plan_cache_mode): with custom plans, the default, every call planned its
+-- two big statements again, 5-25 ms a claim of a small limited queue (379 jobs/s at
+-- concurrency 5 in ops/bench/limits.ts); generic plans take the same index scans, ~1 ms.
+--
 -- Reply lost: as the plain claim (the worker reconciles); the windows counted jobs that go
 -- back to todo, so a lost reply can only make a window stricter, never looser. Refused: nothing
 -- was claimed and no window moved (one transaction).
@@ -88,7 +92,7 @@ CREATE FUNCTION claim_limited_jobs(
   id text, task text, queue text, args jsonb, attempts integer, max_attempts integer, priority integer,
   lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8
 )
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   at timestamptz := coalesce(claim_at, now());
