@@ -449,6 +449,15 @@ describe('queue limits', () => {
       assert.equal(read.queues[0]!.concurrency, 3);
       assert.deepEqual(read.queues[0]!.rate, { max: 60, perMs: 3_600_000 });
       assert.ok(read.queues[0]!.pausedUntil);
+      await deferJobs(1, 'mail', 'tenant-7');
+      const page = (await (await fetch(`${server.url}/api/jobs?state=todo`)).json()) as {
+        jobs: { id: string; group: string }[];
+      };
+      assert.equal(page.jobs[0]!.group, 'tenant-7', 'jobs carry their group');
+      const one = (await (await fetch(`${server.url}/api/jobs/${page.jobs[0]!.id}`)).json()) as {
+        job: { group: string };
+      };
+      assert.equal(one.job.group, 'tenant-7');
       assert.equal((await post('/api/queues/mail/clear', 'limits-token-1')).status, 200);
       assert.equal(await count(`SELECT count(*)::int AS n FROM ${q}.queue_limits`), 0);
     } finally {
