@@ -30,8 +30,9 @@ export class RateLimited extends OutbatchError {
 
   /**
    * From a fetch Response (or anything shaped like one: `status`, `headers.get`) with
-   * status 429 or 503: its `Retry-After` header, in seconds or as an HTTP date; without one,
-   * DEFAULT_RETRY_AFTER_MS. Any other status is a ValidationError: it is not a rate limit.
+   * status 429 or 503: its `Retry-After` header, in seconds or as an HTTP date (at most a
+   * day away); without a readable one, DEFAULT_RETRY_AFTER_MS. Any other status is a
+   * ValidationError: it is not a rate limit.
    */
   static fromResponse(response: unknown, now: number = Date.now()): RateLimited {
     if (!isRateLimitResponse(response)) {
@@ -40,8 +41,10 @@ export class RateLimited extends OutbatchError {
       );
     }
     const header = response.headers.get('retry-after');
+    // The server's word, capped at a day (a caller's own retryAfter past that is an error).
+    const at = Math.min(parseRetryAfter(header, now).getTime(), now + MAX_RETRY_AFTER_MS);
     return new RateLimited(
-      { retryAfter: parseRetryAfter(header, now), message: `rate limited (HTTP ${response.status})` },
+      { retryAfter: new Date(at), message: `rate limited (HTTP ${response.status})` },
       now,
     );
   }
@@ -106,10 +109,15 @@ function toRetryAt(value: unknown, now: number): number {
 
 /**
  * What a handler threw, read as a rate limit: a RateLimited, or a 429/503 Response thrown
- * as is (`if (!res.ok) throw res`). Anything else is null: an ordinary failure.
+ * as is (`if (!res.ok) throw res`). Anything else is null: an ordinary failure. Never
+ * throws (a revoked Proxy throws even from `instanceof`).
  */
 export function asRateLimited(error: unknown, now: number = Date.now()): RateLimited | null {
-  if (error instanceof RateLimited) return error;
-  if (isRateLimitResponse(error)) return RateLimited.fromResponse(error, now);
+  try {
+    if (error instanceof RateLimited) return error;
+    if (isRateLimitResponse(error)) return RateLimited.fromResponse(error, now);
+  } catch {
+    // Not something we can read as a rate limit: an ordinary failure.
+  }
   return null;
 }

@@ -391,6 +391,14 @@ describe('queue limits', () => {
     assert.throws(() => new RateLimited({ retryAfter: -1 }, now), /retryAfter -1 is invalid/);
     assert.throws(() => new RateLimited({ retryAfter: { days: 2 } }, now), /expected at most a day/);
     assert.equal(parseRetryAfter('soon', now).getTime(), now + 60_000, 'unreadable: a minute');
+    assert.equal(
+      RateLimited.fromResponse(response(429, '999999'), now).retryAt,
+      now + 86_400_000,
+      'capped at a day',
+    );
+    const revoked = Proxy.revocable({}, {});
+    revoked.revoke();
+    assert.equal(asRateLimited(revoked.proxy, now), null, 'a revoked Proxy is an ordinary failure');
   });
 
   it('the CLI sets, shows and clears limits; bad input exits non-zero with one line and writes nothing', async () => {
