@@ -327,7 +327,8 @@ describe('queue limits', () => {
 
     // A job with a group pauses its group only.
     await t.pool.query(`TRUNCATE ${q}.lim_runs`);
-    await deferJobs(1, 'grouped', 'slow.example', { limitedFor: 1_500 });
+    // Five seconds: the other group's jobs must start within the pause, even on a loaded machine.
+    await deferJobs(1, 'grouped', 'slow.example', { limitedFor: 5_000 });
     const paused = await waitFor('the group to be paused', async () => {
       const { rows } = await t.pool.query(
         `SELECT paused_until FROM ${q}.queue_groups WHERE group_key = 'slow.example'`,
