@@ -21,7 +21,10 @@
 -- The jobs_notify trigger fires on INSERT only. A replace that makes a scheduled job due
 -- now (a 'replace' without run_at) wakes idle workers itself, with the trigger's condition.
 --
--- 'error' and 'ignore' take the same statements as before (023), and a defer without a
+-- The signature is 032's (a last group_key). A replace keeps the waiting job's group, as it
+-- keeps its queue and priority.
+--
+-- 'error' and 'ignore' take the same statements as before (032), and a defer without a
 -- queueing lock still one plain INSERT: the new modes cost the other paths one more
 -- comparison in the on_conflict check.
 CREATE OR REPLACE FUNCTION defer_job(
@@ -33,7 +36,8 @@ CREATE OR REPLACE FUNCTION defer_job(
   lock text DEFAULT NULL,
   queueing_lock text DEFAULT NULL,
   max_attempts integer DEFAULT NULL,
-  on_conflict text DEFAULT 'error'
+  on_conflict text DEFAULT 'error',
+  group_key text DEFAULT NULL
 ) RETURNS TABLE (id bigint, enqueued boolean)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
@@ -60,7 +64,7 @@ BEGIN
       RAISE EXCEPTION 'defer_job: on_conflict % needs a queueing_lock: it replaces the job waiting with that lock', defer_job.on_conflict
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, max_attempts)
+    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, max_attempts, group_key)
     VALUES (
       defer_job.task,
       coalesce(defer_job.args, '{}'::jsonb),
@@ -68,14 +72,15 @@ BEGIN
       coalesce(defer_job.run_at, now()),
       coalesce(defer_job.priority, known.priority, 0),
       defer_job.lock,
-      coalesce(defer_job.max_attempts, known.max_attempts, 5)
+      coalesce(defer_job.max_attempts, known.max_attempts, 5),
+      defer_job.group_key
     )
     RETURNING j.id INTO new_id;
     RETURN QUERY SELECT new_id, true;
     RETURN;
   END IF;
   IF defer_job.on_conflict IN ('replace', 'replace-args') THEN
-    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, queueing_lock, max_attempts)
+    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, queueing_lock, max_attempts, group_key)
     VALUES (
       defer_job.task,
       coalesce(defer_job.args, '{}'::jsonb),
@@ -84,7 +89,8 @@ BEGIN
       coalesce(defer_job.priority, known.priority, 0),
       defer_job.lock,
       defer_job.queueing_lock,
-      coalesce(defer_job.max_attempts, known.max_attempts, 5)
+      coalesce(defer_job.max_attempts, known.max_attempts, 5),
+      defer_job.group_key
     )
     ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO UPDATE
     SET args = excluded.args,
@@ -111,7 +117,7 @@ BEGIN
   END IF;
   -- A queueing-lock conflict may meet a job that leaves todo before we read it: try again.
   FOR i IN 1..5 LOOP
-    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, queueing_lock, max_attempts)
+    INSERT INTO jobs AS j (task, args, queue, run_at, priority, lock, queueing_lock, max_attempts, group_key)
     VALUES (
       defer_job.task,
       coalesce(defer_job.args, '{}'::jsonb),
@@ -120,7 +126,8 @@ BEGIN
       coalesce(defer_job.priority, known.priority, 0),
       defer_job.lock,
       defer_job.queueing_lock,
-      coalesce(defer_job.max_attempts, known.max_attempts, 5)
+      coalesce(defer_job.max_attempts, known.max_attempts, 5),
+      defer_job.group_key
     )
     ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO NOTHING
     RETURNING j.id INTO new_id;

@@ -12,6 +12,7 @@ import { makeRead } from './events/read.js';
 import { type RedriveOptions, type RedriveResult, redrive } from './events/redrive.js';
 import { makeUpcasters, type Upcaster } from './events/upcast.js';
 import { type JobQueue, makeJobQueue } from './jobs/queue.js';
+import { makeQueueControl, type QueueControl } from './jobs/queueControl.js';
 import { silentLogger } from './log.js';
 import { makeProcessorControl, type ProcessorControl } from './processors/control.js';
 import { makeProcessors } from './processors/processors.js';
@@ -132,6 +133,8 @@ export interface AppCommon {
   readonly processors: ProcessorControl;
   /** Operator controls: list, show, retry, cancel, delete, stats. */
   jobs: JobQueue['jobs'];
+  /** Queue limits and pauses, enforced in the claim across every worker: docs/limits.md. */
+  readonly queues: QueueControl;
 }
 
 export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> = {}): App<T> {
@@ -215,6 +218,7 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
     run: (runOptions) =>
       runApp({ database, schema, log, clock, queue, schedules, processors, workerPools }, runOptions),
     jobs: queue.jobs,
+    queues: makeQueueControl({ schema, pool }),
     schedule: schedules.schedule,
     upcast: (type, fromVersion, fn) => upcasters.register(type, fromVersion, fn),
     processor: processors.define,

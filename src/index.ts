@@ -67,7 +67,10 @@ export type { BackoffOptions } from './jobs/backoff.js';
 export type { ActionResult, JobControl } from './jobs/control.js';
 export type { DeferResult, OnConflict } from './jobs/defer.js';
 export type { JobDetail, JobState, JobSummary, TaskStats } from './jobs/inspect.js';
+export type { QueueLimits, StoredRate } from './jobs/limits.js';
 export type { JobQueue } from './jobs/queue.js';
+export type { QueueControl, QueueLimitsOptions, RateLimit } from './jobs/queueControl.js';
+export { RateLimited, type RetryAfter } from './jobs/rateLimited.js';
 export type {
   BatchContext,
   BatchHandler,

@@ -101,7 +101,7 @@ BEGIN
   EXECUTE format('GRANT SELECT, INSERT, UPDATE ON %I.streams TO %I', s, worker);
   EXECUTE format('GRANT SELECT, INSERT ON %I.event_keys TO %I', s, worker);
   FOREACH r IN ARRAY ARRAY['jobs', 'workers', 'tasks', 'task_stats', 'schedules', 'schedule_ticks', 'processors',
-                           'processor_dead_letters'] LOOP
+                           'processor_dead_letters', 'queue_limits', 'queue_groups'] LOOP
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I.%I TO %I', s, r, worker);
   END LOOP;
   EXECUTE format('GRANT SELECT, INSERT ON %I.audit_log TO %I', s, worker);

@@ -7,11 +7,15 @@ import type pg from 'pg';
 import type { App } from '../app.js';
 import type { Actor } from '../audit.js';
 import { quoteSchema } from '../db/identifiers.js';
+import { parseDurationText } from '../duration.js';
 import { ValidationError } from '../errors.js';
 import { eventLogStatus } from '../events/logStatus.js';
 import { checkJobId } from '../jobs/control.js';
 import { type JobState, jobsWithoutWorker, STATES } from '../jobs/inspect.js';
+import { clearQueueLimits, listQueueLimits, pauseQueue, setQueueLimits } from '../jobs/limits.js';
 import { cancelJobs, deleteJobs, explainSkipped, retryJobs } from '../jobs/operate.js';
+import { checkLimits, parseLimitsText } from '../jobs/queueControl.js';
+import { checkQueue } from '../jobs/validate.js';
 import { replicaView, withReplicaView } from '../processors/replicaStatus.js';
 import { processorStatus } from '../processors/status.js';
 import type { MetricsSnapshot } from './metrics.js';
@@ -174,19 +178,31 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
     },
     /** Everything the page shows but the job lists, in one round trip. */
     async overview(options: { showQueries: boolean }) {
-      const [counts, workers, schedules, processors, minutes, oldest, head, orphaned, eventLog, batchTasks] =
-        await Promise.all([
-          api.counts(),
-          api.workers(),
-          api.schedules(),
-          api.processors(),
-          api.throughput(new URLSearchParams()),
-          api.oldestTransaction(options),
-          api.head(),
-          api.withoutWorker(),
-          api.eventLog(),
-          api.batchTasks(),
-        ]);
+      const [
+        counts,
+        workers,
+        schedules,
+        processors,
+        minutes,
+        oldest,
+        head,
+        orphaned,
+        eventLog,
+        batchTasks,
+        queues,
+      ] = await Promise.all([
+        api.counts(),
+        api.workers(),
+        api.schedules(),
+        api.processors(),
+        api.throughput(new URLSearchParams()),
+        api.oldestTransaction(options),
+        api.head(),
+        api.withoutWorker(),
+        api.eventLog(),
+        api.batchTasks(),
+        api.queues(),
+      ]);
       return {
         generatedAt: new Date(),
         schema: app.schema,
@@ -200,6 +216,7 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
         eventLog,
         ...orphaned,
         ...batchTasks,
+        ...queues,
       };
     },
     /** What /metrics reads on each scrape. */
@@ -272,6 +289,57 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
           .filter((i) => !done.includes(i))
           .map((i) => ({ id: i, reason: reasons.get(i) ?? 'unknown' })),
       };
+    },
+    /** Queue limits and pauses (docs/limits.md), with running and waiting jobs per limited queue. */
+    async queues() {
+      return { queues: await listQueueLimits(await pool(), app.schema) };
+    },
+    /**
+     * `limits` takes concurrency, groupConcurrency, rate, groupRate as parameters (`60/1h`,
+     * `none` removes one); `pause` takes `for` (a duration); `resume` and `clear` none.
+     */
+    async queueAction(
+      action: 'limits' | 'pause' | 'resume' | 'clear',
+      queue: string,
+      query: Query,
+      by: Actor,
+    ) {
+      const name = checkQueue(queue);
+      const db = await writes();
+      if (action === 'limits') {
+        checkParams(query, ['concurrency', 'groupConcurrency', 'rate', 'groupRate']);
+        const text = Object.fromEntries(query.entries());
+        const change = checkLimits(
+          parseLimitsText(text, {
+            concurrency: 'concurrency',
+            groupConcurrency: 'groupConcurrency',
+            rate: 'rate',
+            groupRate: 'groupRate',
+          }),
+        );
+        const limits = await setQueueLimits(db, app.schema, name, change, by);
+        app.log.info(
+          { component: 'dashboard', action: 'queues.limits', queue: name, by: by.actor },
+          `dashboard: limits of queue ${name} set`,
+        );
+        return { queue: name, limits: limits ?? null };
+      }
+      if (action === 'pause') {
+        checkParams(query, ['for']);
+        const text = query.get('for');
+        if (text === null)
+          throw new ValidationError('pause needs the parameter "for": a duration such as 10m');
+        await pauseQueue(db, app.schema, name, new Date(Date.now() + parseDurationText(text, 'for')), by);
+      } else {
+        checkParams(query, []);
+        if (action === 'resume') await pauseQueue(db, app.schema, name, null, by);
+        else await clearQueueLimits(db, app.schema, name, by);
+      }
+      app.log.info(
+        { component: 'dashboard', action: `queues.${action}`, queue: name, by: by.actor },
+        `dashboard: ${action} queue ${name}`,
+      );
+      return { queue: name, limits: (await listQueueLimits(db, app.schema, name))[0] ?? null };
     },
     async processorAction(action: 'pause' | 'resume', name: string, by: Actor) {
       if (name === '' || name.length > 200) {

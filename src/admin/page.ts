@@ -102,6 +102,7 @@ export function renderPage(options: { nonce: string; schema: string; actionsEnab
   <section class="half" id="without-worker"><h2>Due jobs no live worker knows</h2><div class="body"></div></section>
   <section class="half" id="transaction"><h2>Oldest open transaction (holds back gap-safe reads)</h2><div class="body"></div></section>
   <section id="processors"><h2>Processors</h2><div class="body"></div></section>
+  <section id="queue-limits"><h2>Queue limits and pauses</h2><div class="body"></div></section>
   <section id="schedules"><h2>Schedules</h2><div class="body"></div></section>
   <section id="browse"><h2>Browse jobs</h2>
     <div class="filters">

@@ -288,6 +288,40 @@ function processors(o) {
   }), 'no processors yet (they appear once a worker with them in its code has started)');
 }
 
+// Queue limits (docs/limits.md). Changes take the token, as every action does; the values
+// go as parameters: concurrency=3&groupConcurrency=1&rate=60/1h (none removes one).
+function rateText(r) { return r ? r.max + ' per ' + age(r.perMs / 1000) : '-'; }
+function setLimits(queue) {
+  var spec = window.prompt('Limits of queue ' + queue + ', e.g. concurrency=3&groupConcurrency=1&rate=60/1h&groupRate=10/1m (none removes one)', '');
+  if (spec) act('/api/queues/' + encodeURIComponent(queue) + '/limits?' + spec, 'Set limits of ' + queue);
+}
+function queueLimits(o) {
+  var rows = o.queues.map(function (l) {
+    var q = encodeURIComponent(l.queue);
+    var paused = l.pausedUntil !== null;
+    return el('tr', { class: paused || l.groupsPaused > 0 ? 'warn' : '' },
+      el('td', null, l.queue), el('td', { class: 'num' }, l.concurrency === null ? '-' : l.concurrency),
+      el('td', { class: 'num' }, l.groupConcurrency === null ? '-' : l.groupConcurrency),
+      el('td', null, rateText(l.rate)), el('td', null, rateText(l.groupRate)),
+      el('td', { class: 'num' }, num(l.running)), el('td', { class: 'num' }, num(l.waiting)),
+      el('td', null, (paused ? when(l.pausedUntil) : '-') + (l.groupsPaused > 0 ? ' (+' + l.groupsPaused + ' groups)' : '')),
+      el('td', null,
+        el('button', { type: 'button', onclick: function () { setLimits(l.queue); } }, 'Set'),
+        paused || l.groupsPaused > 0
+          ? el('button', { type: 'button', onclick: function () { act('/api/queues/' + q + '/resume', 'Resume ' + l.queue); } }, 'Resume')
+          : el('button', { type: 'button', onclick: function () { act('/api/queues/' + q + '/pause?for=1h', 'Pause ' + l.queue + ' for an hour'); } }, 'Pause 1h'),
+        el('button', { type: 'button', onclick: function () {
+          if (window.confirm('Remove every limit and pause of queue ' + l.queue + '?')) act('/api/queues/' + q + '/clear', 'Clear ' + l.queue);
+        } }, 'Clear')));
+  });
+  var add = el('button', { type: 'button', onclick: function () {
+    var queue = window.prompt('Queue to limit', '');
+    if (queue) setLimits(queue.trim());
+  } }, 'Limit a queue…');
+  return [table(['queue', 'concurrency', 'per group', 'rate', 'per group rate', 'running', 'waiting', 'paused until', ''], rows,
+    'no queue has limits: every queue is claimed without them'), add];
+}
+
 function schedules(o) {
   return table(['schedule', 'when', 'task', 'next tick', 'last tick', 'last outcome', 'lateness'], o.schedules.map(function (s) {
     return el('tr', { class: s.late ? 'late' : '' }, el('td', null, s.name, s.late ? [' ', pill('late')] : null, s.stale ? [' ', pill('stale', 'scheduled')] : null),
@@ -324,6 +358,7 @@ async function refresh() {
     fill('without-worker', withoutWorker(o));
     fill('transaction', transaction(o));
     fill('processors', processors(o));
+    fill('queue-limits', queueLimits(o));
     fill('schedules', schedules(o));
     var b = results[3];
     browseNext = b.next || null;

@@ -121,6 +121,8 @@ export interface JobRow {
   updated_at: Date;
   worker_id: string | null;
   lock: string | null;
+  /** The job's group key within its queue (docs/limits.md). */
+  group: string | null;
   error: string | null;
   stack: string | null;
   age_seconds: number;
@@ -148,7 +150,7 @@ export interface JobPageQuery {
 export async function listJobPage(db: Queryable, q: string, query: JobPageQuery): Promise<JobRow[]> {
   const { rows } = await db.query<JobRow>(
     `SELECT j.id::text, j.task, j.queue, $2::text AS state, j.priority, j.attempts, j.max_attempts, j.run_at,
-            j.created_at, j.updated_at, j.worker_id, j.lock, j.last_error ->> 'message' AS error,
+            j.created_at, j.updated_at, j.worker_id, j.lock, j.group_key AS "group", j.last_error ->> 'message' AS error,
             left(j.last_error ->> 'stack', 4000) AS stack, j.progress, j.progress_message,
             extract(epoch FROM now() - j.created_at)::float8 AS age_seconds
      FROM ${q}.jobs j

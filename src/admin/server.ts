@@ -89,6 +89,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     '/api/tasks/without-worker': none(api.withoutWorker),
     '/api/tasks/batches': none(api.batchTasks),
     '/api/events/head': none(api.head),
+    '/api/queues': none(api.queues),
   };
 
   async function route(request: http.IncomingMessage, url: URL): Promise<Reply> {
@@ -98,6 +99,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     const jobRead = /^\/api\/jobs\/([^/]+)$/.exec(path);
     const jobAction = /^\/api\/jobs\/([^/]+)\/(retry|cancel|delete)$/.exec(path);
     const processorAction = /^\/api\/processors\/([^/]+)\/(pause|resume)$/.exec(path);
+    const queueAction = /^\/api\/queues\/([^/]+)\/(limits|pause|resume|clear)$/.exec(path);
     if (read || jobRead) {
       if (method !== 'GET' && method !== 'HEAD') return json(405, { error: `${method} ${path}: use GET` });
       if (read) return json(200, await read(url.searchParams, { trusted: checkAction(request).allowed }));
@@ -105,15 +107,23 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       const job = await api.job(decodeURIComponent(jobRead![1]!));
       return job ? json(200, { job }) : json(404, { error: `job ${jobRead![1]} not found` });
     }
-    if (jobAction || processorAction) {
+    if (jobAction || processorAction || queueAction) {
       if (method !== 'POST') return json(405, { error: `${method} ${path}: use POST` });
       const auth = checkAction(request);
       if (!auth.allowed) {
         log.warn({ path, remote: request.socket.remoteAddress }, `action refused: ${auth.error}`);
         return json(auth.status, { error: auth.error });
       }
-      noParams(url.searchParams);
       const by = actorOf(request);
+      if (queueAction) {
+        // Limits and the pause's length come as parameters (the body is never read).
+        const action = queueAction[2] as 'limits' | 'pause' | 'resume' | 'clear';
+        return json(
+          200,
+          await api.queueAction(action, decodeURIComponent(queueAction[1]!), url.searchParams, by),
+        );
+      }
+      noParams(url.searchParams);
       if (jobAction) {
         const action = jobAction[2] as 'retry' | 'cancel' | 'delete';
         return json(200, await api.jobAction(action, decodeURIComponent(jobAction[1]!), by));

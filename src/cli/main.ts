@@ -13,6 +13,7 @@ import { registerEvents } from './commands/events.js';
 import { registerJobs } from './commands/jobs.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerProcessors } from './commands/processors.js';
+import { registerQueues } from './commands/queues.js';
 import { registerRedrive } from './commands/redrive.js';
 import { registerReplay } from './commands/replay.js';
 import { registerSchedules } from './commands/schedules.js';
@@ -55,6 +56,7 @@ export function buildProgram(): Command {
   registerDefer(program);
   registerJobs(program);
   registerProcessors(program);
+  registerQueues(program);
   registerSchedules(program);
   registerReplay(program);
   registerDashboard(program);

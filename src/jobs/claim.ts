@@ -15,6 +15,7 @@ export interface ClaimedJob {
   queueing_lock: string | null;
   /** A caller waits for its outcome (deferAndWait): success keeps the row with the result. */
   awaited: boolean;
+  group_key: string | null;
   /** Epoch milliseconds: cheaper to parse than timestamps, and turned into Dates only if a handler asks. */
   run_at_ms: number;
   created_at_ms: number;
@@ -64,6 +65,18 @@ export interface ClaimRequest {
  * (`findOrphans`, then `releaseJobs`) before its next claim, and periodically. If the server refuses the
  * statement (a lock race on jobs_lock_doing), nothing was claimed; the worker claims again.
  *
+ * Limited queues (a queue_limits row: docs/limits.md) are left to claimLimitedJobs, which
+ * counts their running jobs under a lock; a worker uses this statement only while its
+ * heartbeat says no limit exists. In case that is stale, a picked job of a limited queue is
+ * not claimed: the list is read once per statement (an InitPlan over a table that is empty
+ * when no limit is set) and checked on the picked rows only, in the UPDATE. In the scan,
+ * `NOT (queue = ANY (<list>))` made the planner, which cannot know the list is empty and
+ * estimates `<>` against each element by the few distinct queues, expect almost no row to
+ * pass: on 1M jobs it chose a sequential scan and an external sort of every todo row
+ * instead of the jobs_claim walk (docs/limits.md "What it costs"). Checked after the pick,
+ * the scan's plan is the one it was; a stale worker's claim only comes back short. A limit
+ * set while this statement runs applies from the next claim.
+ *
  * `id = ANY (ARRAY(...))` rather than a join with the CTE: the planner cannot estimate
  * the CTE and picked a hash join over the whole table (5 ms of a 10 ms claim of 500).
  */
@@ -93,18 +106,24 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
      SET status = 'doing', attempts = j.attempts + 1, worker_id = $3,
          started_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
      WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+       AND NOT (j.queue = ANY ((SELECT coalesce(array_agg(l.queue), '{}') FROM ${s}.queue_limits l)::text[]))
      RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
-               j.queueing_lock, j.awaited, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
+               j.queueing_lock, j.awaited, j.group_key, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
                (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms`,
     [request.queues, request.limit, request.workerId, request.now, request.skipTasks],
   );
-  // UPDATE ... RETURNING does not keep the picked order.
-  // Ids are decimal strings: shorter is smaller, same length compares as text.
-  return rows.sort(
-    (a, b) =>
-      b.priority - a.priority ||
-      a.run_at_ms - b.run_at_ms ||
-      a.id.length - b.id.length ||
-      (a.id < b.id ? -1 : 1),
+  return rows.sort(claimOrder);
+}
+
+/**
+ * UPDATE ... RETURNING does not keep the picked order.
+ * Ids are decimal strings: shorter is smaller, same length compares as text.
+ */
+export function claimOrder(a: ClaimedJob, b: ClaimedJob): number {
+  return (
+    b.priority - a.priority ||
+    a.run_at_ms - b.run_at_ms ||
+    a.id.length - b.id.length ||
+    (a.id < b.id ? -1 : 1)
   );
 }

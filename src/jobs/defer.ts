@@ -20,6 +20,8 @@ export interface JobSpec {
   queueingLock: string | null;
   maxAttempts: number | null;
   onConflict: OnConflict;
+  /** The group key within the queue (docs/limits.md); null: none. */
+  group: string | null;
 }
 
 /**
@@ -65,7 +67,7 @@ export function asAlreadyEnqueued(error: unknown): unknown {
  * CHECK, AlreadyEnqueued): nothing was written.
  */
 export async function deferJob(db: Queryable, schema: string, job: JobSpec): Promise<DeferResult> {
-  const text = `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)`;
+  const text = `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10)`;
   try {
     const { rows } = await runPrepared<{ id: string; enqueued: boolean }>(
       db,
@@ -81,6 +83,7 @@ export async function deferJob(db: Queryable, schema: string, job: JobSpec): Pro
         job.queueingLock,
         job.maxAttempts,
         job.onConflict,
+        job.group,
       ],
     );
     return toResult(rows[0]!, job.onConflict);
@@ -98,7 +101,8 @@ export async function deferJobs(db: Queryable, schema: string, jobs: JobSpec[]):
       db,
       `outbatch_defer_many_${schema}`,
       `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs(
-         $1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[])`,
+         $1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[],
+         $10::text[])`,
       [
         column('task'),
         column('args'),
@@ -109,6 +113,7 @@ export async function deferJobs(db: Queryable, schema: string, jobs: JobSpec[]):
         column('queueingLock'),
         column('maxAttempts'),
         column('onConflict'),
+        column('group'),
       ],
     );
     return rows.map((row, i) => toResult(row, jobs[i]!.onConflict));

@@ -16,6 +16,8 @@ export interface JobSummary {
   max_attempts: number;
   lock: string | null;
   queueing_lock: string | null;
+  /** The job's group key within its queue (defer's `group`). */
+  group: string | null;
   worker_id: string | null;
   error: string | null;
   created_at: Date;
@@ -49,7 +51,7 @@ export interface ListFilter {
 export async function listJobs(db: Queryable, schema: string, filter: ListFilter): Promise<JobSummary[]> {
   const { rows } = await db.query<JobSummary>(
     `SELECT id::text, task, queue, state, priority, run_at, attempts, max_attempts, lock, queueing_lock,
-            worker_id, last_error ->> 'message' AS error, created_at, updated_at
+            group_key AS "group", worker_id, last_error ->> 'message' AS error, created_at, updated_at
      FROM ${quoteSchema(schema)}.job_states j
      WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR task = $2) AND ($3::text IS NULL OR queue = $3)
      ORDER BY j.id -- the bigint, not the id::text column of the same name
@@ -62,7 +64,7 @@ export async function listJobs(db: Queryable, schema: string, filter: ListFilter
 export async function showJob(db: Queryable, schema: string, id: string): Promise<JobDetail | undefined> {
   const { rows } = await db.query<JobDetail>(
     `SELECT id::text, task, queue, state, priority, run_at, attempts, max_attempts, lock, queueing_lock,
-            worker_id, last_error ->> 'message' AS error, created_at, updated_at,
+            group_key AS "group", worker_id, last_error ->> 'message' AS error, created_at, updated_at,
             args, last_error, errors, started_at, finished_at, keep_until,
             progress, progress_message, progress_at, result, awaited
      FROM ${quoteSchema(schema)}.job_states WHERE id = $1`,

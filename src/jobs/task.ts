@@ -20,6 +20,7 @@ import {
 } from './defer.js';
 import {
   argsToJson,
+  checkGroup,
   checkInteger,
   checkLockName,
   checkQueue,
@@ -119,6 +120,11 @@ export interface DeferOptions {
    * debounce), or args only (`replace-args`). See docs/debounce.md.
    */
   onConflict?: OnConflict;
+  /**
+   * The job's group key within its queue (a tenant, a domain): per-group concurrency and
+   * rate limits, and round-robin across groups, apply on queues with limits (docs/limits.md).
+   */
+  group?: string;
 }
 
 /** deferAndWait's options: a defer's (without `client`) and the wait's (`timeout`, `pollInterval`). */
@@ -133,6 +139,7 @@ export interface JobInfo {
   priority: number;
   lock: string | null;
   queueingLock: string | null;
+  group: string | null;
   runAt: Date;
   createdAt: Date;
 }
@@ -291,7 +298,8 @@ function resolveBatchTask(name: string, options: BatchTaskOptions, handler: unkn
 /** A batch handler called with one job, as a job handler: its failure is thrown. */
 function oneJobBatch(handler: BatchHandler): Handler {
   return async (args, ctx) => {
-    const { id, task, queue, attempt, maxAttempts, priority, lock, queueingLock, runAt, createdAt } = ctx.job;
+    const { id, task, queue, attempt, maxAttempts, priority, lock, queueingLock, group, runAt, createdAt } =
+      ctx.job;
     const job = {
       id,
       task,
@@ -301,6 +309,7 @@ function oneJobBatch(handler: BatchHandler): Handler {
       priority,
       lock,
       queueingLock,
+      group,
       runAt,
       createdAt,
       args,
@@ -354,6 +363,7 @@ export function toJobSpec(
       options.queueingLock !== undefined ? checkLockName(options.queueingLock, 'queueingLock') : null,
     maxAttempts: task?.maxAttempts ?? null,
     onConflict,
+    group: options.group !== undefined ? checkGroup(options.group) : null,
   };
 }
 

@@ -47,6 +47,16 @@ export function checkLockName(value: unknown, what: string): string {
   return value;
 }
 
+/** A job's group key: the same bounds as the jobs.group_key column. */
+export function checkGroup(value: unknown, what = 'group'): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 200) {
+    throw new ValidationError(
+      `${what} ${JSON.stringify(value)} is invalid: expected a non-empty string (at most 200 characters)`,
+    );
+  }
+  return value;
+}
+
 export function toDate(value: unknown, what: string): Date {
   let date: Date | undefined;
   if (value instanceof Date) date = value;

@@ -12,6 +12,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { failureKind, isRetryable } from '../db/retryable.js';
 import { type ClaimedJob, claimJobs } from '../jobs/claim.js';
+import { claimLimitedJobs } from '../jobs/claimLimited.js';
 import { findOrphans, releaseJobs } from '../jobs/release.js';
 import { makeDueTimer } from './dueTimer.js';
 import type { WorkerSettings } from './options.js';
@@ -43,6 +44,12 @@ export interface ClaimLoop {
   open(): void;
   /** The last claim came back full, or a wake-up waits: worth claiming again when room frees. */
   wantsMore(): boolean;
+  /**
+   * Some queue has limits (or none has any longer): claims go through claimLimitedJobs
+   * while it does. Told by each heartbeat, and by the worker when it pauses a queue.
+   */
+  setLimited(limited: boolean): void;
+  limited(): boolean;
   /** Stops claiming; resolves once the slot is free. */
   close(): Promise<void>;
   /**
@@ -64,6 +71,9 @@ export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
   let opened = false;
   let closed = false;
   let failures = 0; // claims or reconciles failed in a row
+  // Until the first heartbeat says otherwise the plain claim runs: it skips limited queues
+  // (claim.ts), so a limit is never exceeded; their jobs wait for the beat.
+  let limited = false;
 
   const dueTimer = makeDueTimer(settings.pollIntervalMs, () => wake());
 
@@ -105,13 +115,10 @@ export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
   async function claimOnce(limit: number): Promise<void> {
     let claimed: ClaimedJob[];
     try {
-      claimed = await claimJobs(control, schema, {
-        queues: settings.queues,
-        skipTasks: deps.skipTasks(),
-        limit,
-        workerId,
-        now: dbNow(),
-      });
+      const request = { queues: settings.queues, skipTasks: deps.skipTasks(), limit, workerId, now: dbNow() };
+      claimed = limited
+        ? await claimLimitedJobs(control, schema, request)
+        : await claimJobs(control, schema, request);
     } catch (error) {
       // Refused (a lock race on jobs_lock_doing): nothing was claimed. Lost reply: the
       // claim may have committed, leaving jobs `doing` for us that we do not know of —
@@ -180,6 +187,13 @@ export function makeClaimLoop(deps: ClaimLoopDeps): ClaimLoop {
       wake();
     },
     wantsMore: () => backlog || pendingWake,
+    setLimited(value) {
+      if (value === limited) return;
+      limited = value;
+      log.info({ limited }, limited ? 'queue limits exist: claiming within them' : 'no queue limits left');
+      if (limited) wake();
+    },
+    limited: () => limited,
     async close() {
       closed = true;
       dueTimer.clear();

@@ -17,6 +17,7 @@ import { errorMessage } from '../errors.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import { type Completion, completeInTransaction, completeJobs, countSucceeded } from '../jobs/complete.js';
 import { type Failure, failJobs, failUnrecordable } from '../jobs/fail.js';
+import { type Postponement, postponeJobs } from '../jobs/postpone.js';
 import { type Released, releaseJobs } from '../jobs/release.js';
 import type { ResolvedTask } from '../jobs/task.js';
 import { abandon, discardTransaction, type TransactionEnds } from './jobTransaction.js';
@@ -42,12 +43,18 @@ export interface OutcomeWriterDeps {
   onLockFreed: () => void;
   /** Called once a failed attempt is written back as a retry due in `retryInMs`. */
   onRetryWritten: (retryInMs: number) => void;
+  /** Called once completions or failures are written: a limited queue may have a free slot. */
+  onFinishedWritten: () => void;
+  /** Called once a rate-limited job is back in todo, its queue or group paused until `retryAt` (epoch ms). */
+  onPostponed: (retryAt: number) => void;
   /** How a job's own transaction is committed with a deadline, or ended without committing. */
   ends: TransactionEnds;
 }
 
 export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   const { pool, schema, log, workerId, now, retryIn, onLockFreed, onRetryWritten, ends } = deps;
+  // Rate-limited jobs (RateLimited): back to todo at their retry time, uncounted.
+  const postponements: (Postponement & { task: string })[] = [];
   // With the job's lock: writing the completion of a job that held one frees it.
   const completions: (Completion & { lock: string | null })[] = [];
   const failures: { failure: Failure; job: ClaimedJob }[] = [];
@@ -73,7 +80,12 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
   const schedule = () => {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flushAll).finally(() => {
       flushing = undefined;
-      if (completions.length + failures.length + releases.length + committed.length > 0) schedule();
+      if (
+        completions.length + failures.length + releases.length + postponements.length + committed.length >
+        0
+      ) {
+        schedule();
+      }
     });
   };
 
@@ -280,6 +292,24 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     );
   };
 
+  const writePostponements = async (batch: typeof postponements) => {
+    const written = await postponeJobs(pool, schema, workerId, batch);
+    const byId = new Map(written.map((row) => [row.id, row.status]));
+    for (const item of batch) {
+      const status = byId.get(item.id);
+      if (status === undefined) continue; // recovered away from us meanwhile
+      const fields = { jobId: item.id, task: item.task, retryAt: new Date(item.retryAt).toISOString() };
+      if (status === 'todo')
+        log.info(fields, 'job rate limited: back to todo, its queue or group paused until then');
+      else
+        log.error(
+          fields,
+          'job rate limited; superseded by a waiting job with its queueing lock, not requeued',
+        );
+    }
+    deps.onPostponed(Math.max(...batch.map((item) => item.retryAt)));
+  };
+
   async function flushAll(): Promise<void> {
     while (completions.length > 0) {
       const batch = completions.splice(0, MAX_BATCH);
@@ -291,6 +321,7 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
         (written) => {
           for (const completion of written) letGo(completion.id);
           if (written.some((completion) => completion.lock !== null)) onLockFreed();
+          deps.onFinishedWritten();
         },
       );
     }
@@ -299,7 +330,21 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       await writeBatch('recording job failures', batch, writeFailures, salvageFailure, (written) => {
         for (const { job } of written) letGo(job.id);
         if (written.some(({ job }) => job.lock !== null)) onLockFreed();
+        deps.onFinishedWritten();
       });
+    }
+    while (postponements.length > 0) {
+      const batch = postponements.splice(0, MAX_BATCH);
+      await writeBatch(
+        'returning rate-limited jobs',
+        batch,
+        writePostponements,
+        (item, error) => recordUnrecordable({ ...item, task: item.task }, 'rate-limited return', error),
+        (written) => {
+          for (const { id } of written) letGo(id);
+          if (written.length > 0) deps.onFinishedWritten();
+        },
+      );
     }
     while (releases.length > 0) {
       const batch = releases.splice(0, MAX_BATCH);
@@ -479,6 +524,14 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
       returnUnstarted(run.job);
     },
     returnUnstarted,
+    /** A job whose handler threw RateLimited: back to todo at `retryAt`, uncounted; its transaction is rolled back. */
+    postpone(run: RunningJob, retryAt: number) {
+      const client = run.takeTransaction();
+      if (client) void discardTransaction(client, ends);
+      hold(run.job.id);
+      postponements.push({ id: run.job.id, attempt: run.job.attempts, task: run.job.task, retryAt });
+      schedule();
+    },
     /** Jobs handed to the writer whose outcome is not written yet. */
     unwritten: () => unwritten.keys(),
     /**

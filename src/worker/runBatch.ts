@@ -27,6 +27,7 @@ function viewOf(job: ClaimedJob): BatchJob {
     priority: job.priority,
     lock: job.lock,
     queueingLock: job.queueing_lock,
+    group: job.group_key,
     runAt: new Date(job.run_at_ms),
     createdAt: new Date(job.created_at_ms),
   };

@@ -71,6 +71,9 @@ class JobView implements JobInfo {
   get queueingLock() {
     return this.row.queueing_lock;
   }
+  get group() {
+    return this.row.group_key;
+  }
   get runAt() {
     return new Date(this.row.run_at_ms);
   }
@@ -78,8 +81,9 @@ class JobView implements JobInfo {
     return new Date(this.row.created_at_ms);
   }
   toJSON(): JobInfo {
-    const { id, task, queue, attempt, maxAttempts, priority, lock, queueingLock, runAt, createdAt } = this;
-    return { id, task, queue, attempt, maxAttempts, priority, lock, queueingLock, runAt, createdAt };
+    const { id, task, queue, attempt, maxAttempts, priority, lock, queueingLock, group, runAt, createdAt } =
+      this;
+    return { id, task, queue, attempt, maxAttempts, priority, lock, queueingLock, group, runAt, createdAt };
   }
 }
 

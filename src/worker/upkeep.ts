@@ -32,6 +32,8 @@ export interface UpkeepDeps {
   running: () => { id: string; attempt: number }[];
   /** Claims (`<id>:<attempt>`) an operator cancelled while they ran. */
   onCancelled: (claims: string[]) => void;
+  /** Whether any queue has limits, as of each beat. */
+  onLimits: (limited: boolean) => void;
 }
 
 export interface Upkeep {
@@ -74,6 +76,7 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
       upSince ??= beaten.at;
       lastBeat = performance.now();
       if (beaten.cancelled.length > 0) deps.onCancelled(beaten.cancelled);
+      deps.onLimits(beaten.limited);
     } catch (error) {
       upSince = null;
       throw error;

@@ -20,6 +20,7 @@ import { JobCancelledError } from '../errors.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
+import { asRateLimited } from '../jobs/rateLimited.js';
 import type { ResolvedTask } from '../jobs/task.js';
 import { makeBatchRunner } from './batchRunner.js';
 import { makeClaimLoop } from './claimLoop.js';
@@ -130,6 +131,17 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onLockFreed: () => claims.wake(),
     // Armed once the retry is written: its run_at is the database's now() then, plus the wait.
     onRetryWritten: (retryInMs) => claims.wakeIn(retryInMs),
+    // A finished job of a limited queue frees a slot no NOTIFY announces. Only while limits
+    // exist: otherwise nothing waits for a slot, and this would be an extra claim per batch.
+    onFinishedWritten: () => {
+      if (claims.limited()) claims.wake();
+    },
+    // The pause is written: this worker claims around it at once (the others learn of the
+    // limits row at their next heartbeat, and the plain claim skips the queue meanwhile).
+    onPostponed: (retryAt) => {
+      claims.setLimited(true);
+      claims.wakeIn(Math.max(0, retryAt - Date.now()));
+    },
   });
   const stopClaiming$ = new Subject<void>();
   let stopping = false;
@@ -216,6 +228,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onCancelled: (keys) => {
       for (const key of keys) cancelRun(key);
     },
+    onLimits: (limited) => claims.setLimited(limited),
   });
 
   /**
@@ -319,6 +332,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (!stopping) pump();
       return;
     }
+    const limited = outcome.kind === 'failed' ? asRateLimited(outcome.error) : null;
     if (outcome.kind === 'cancelled') {
       outcomes.discard(run);
       log.info(
@@ -334,6 +348,9 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         outcome: refused ? (refused.retryInMs === null ? 'failed' : 'retried') : 'succeeded',
         durationMs: outcome.durationMs,
       });
+    } else if (limited !== null) {
+      // The downstream said wait: not an attempt that failed (docs/limits.md).
+      outcomes.postpone(run, limited.retryAt);
     } else if (outcome.kind === 'failed') {
       const wait = retryIn(run.job, run.task, outcome.error);
       outcomes.fail(job, outcome.error, wait, run.takeTransaction());

@@ -39,7 +39,9 @@ export async function registerWorker(
 
 /**
  * The database's time of the beat, or null when the row is gone (pruned while we were
- * unreachable). Reply lost: the beat may have landed; the next one says for sure.
+ * unreachable); and whether any queue has limits (a queue_limits row), which decides how
+ * the worker claims (claimLimited.ts): read here, every few seconds, so that a claim never
+ * pays to ask. Reply lost: the beat may have landed; the next one says for sure.
  */
 export async function heartbeat(
   db: Queryable,
@@ -48,24 +50,26 @@ export async function heartbeat(
   now: Date | null,
   /** The claims this worker is running: those an operator cancelled come back in `cancelled`. */
   running: { id: string; attempt: number }[] = [],
-): Promise<{ at: Date; cancelled: string[] } | null> {
+): Promise<{ at: Date; cancelled: string[]; limited: boolean } | null> {
   const s = quoteSchema(schema);
   // The cancel poll rides on the beat (no round trip of its own, and none when nothing
   // runs: the subquery over empty arrays reads nothing). It is how a worker without LISTEN
   // (behind a pooler) or one that missed the "<schema>_cancel" NOTIFY learns of a cancel,
   // within a heartbeat interval. Primary-key lookups of the running claims only. Reply
-  // lost: the next beat asks again (cancelling a run twice is a no-op).
-  const { rows } = await db.query<{ at: Date; cancelled: string[] | null }>(
+  // lost: the next beat asks again (cancelling a run twice is a no-op). Whether any queue
+  // has limits rides on it too: the claim takes the limited path only then.
+  const { rows } = await db.query<{ at: Date; cancelled: string[] | null; limited: boolean }>(
     `UPDATE ${s}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
      RETURNING last_seen_at AS at,
        (SELECT array_agg(j.id || ':' || j.attempts)
         FROM unnest($3::bigint[], $4::int[]) AS r(id, attempt)
         JOIN ${s}.jobs j ON j.id = r.id AND j.attempts = r.attempt
-        WHERE j.status = 'cancelled') AS cancelled`,
+        WHERE j.status = 'cancelled') AS cancelled,
+       EXISTS (SELECT 1 FROM ${s}.queue_limits) AS limited`,
     [workerId, now, running.map((run) => run.id), running.map((run) => run.attempt)],
   );
   const row = rows[0];
-  return row ? { at: row.at, cancelled: row.cancelled ?? [] } : null;
+  return row ? { at: row.at, cancelled: row.cancelled ?? [], limited: row.limited } : null;
 }
 
 export async function unregisterWorker(db: Queryable, schema: string, workerId: string): Promise<void> {

@@ -322,6 +322,7 @@ describe('batch tasks', () => {
       priority: 0,
       lock: null,
       queueingLock: null,
+      group: null,
       runAt: new Date(0),
       createdAt: new Date(0),
     };

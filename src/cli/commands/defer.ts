@@ -16,6 +16,7 @@ interface DeferFlags {
   queueingLock?: string;
   priority?: string;
   onConflict?: string;
+  group?: string;
 }
 
 export function registerDefer(program: Command): void {
@@ -33,6 +34,7 @@ export function registerDefer(program: Command): void {
       'with --queueing-lock already waiting: error (default), ignore, replace (args and run time: debounce) or replace-args',
     )
     .option('--priority <n>', 'higher runs first (default 0)')
+    .option('--group <key>', "the job's group within its queue, for per-group limits (docs/limits.md)")
     .action((task: string, flags: DeferFlags, command: Command) =>
       runCommand(command, async ({ app, print }) => {
         // Everything is checked before the database is touched.
@@ -44,6 +46,7 @@ export function registerDefer(program: Command): void {
           queueingLock: flags.queueingLock,
           priority: flags.priority === undefined ? undefined : parseInteger(flags.priority, '--priority'),
           onConflict: flags.onConflict as OnConflict | undefined,
+          group: flags.group,
         };
         if (flags.onConflict !== undefined && !ON_CONFLICT_MODES.includes(flags.onConflict as OnConflict)) {
           throw new ValidationError(

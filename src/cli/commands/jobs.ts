@@ -100,7 +100,7 @@ export function registerJobs(program: Command): void {
         const lines = [
           `job ${job.id}: ${job.task} on queue ${job.queue}, ${job.state}, attempt ${job.attempts}/${job.max_attempts}`,
           `run_at ${job.run_at.toISOString()}  created ${job.created_at.toISOString()}  priority ${job.priority}`,
-          `lock ${job.lock ?? '-'}  queueing lock ${job.queueing_lock ?? '-'}  worker ${job.worker_id ?? '-'}`,
+          `lock ${job.lock ?? '-'}  queueing lock ${job.queueing_lock ?? '-'}  group ${job.group ?? '-'}  worker ${job.worker_id ?? '-'}`,
           `args ${JSON.stringify(job.args)}`,
         ];
         if (job.progress !== null) {
