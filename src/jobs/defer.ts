@@ -20,6 +20,8 @@ export interface JobSpec {
   queueingLock: string | null;
   maxAttempts: number | null;
   onConflict: 'error' | 'ignore';
+  /** What caused the job (trace/origin.ts), as JSON text; null for most jobs. */
+  origin: string | null;
 }
 
 /** An expected outcome, so a value: either a new job, or the waiting one that holds the queueing lock. */
@@ -40,23 +42,31 @@ export function asAlreadyEnqueued(error: unknown): unknown {
 }
 
 export async function deferJob(db: Queryable, schema: string, job: JobSpec): Promise<DeferResult> {
-  const text = `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)`;
+  // A job with an origin takes defer_job_with_origin() (schema/035), which wraps defer_job():
+  // a statement of its own, so the untraced one stays exactly as it was. Reply lost or
+  // refused: as defer_job (the caller's transaction, or the pool's own, decides).
+  const traced = job.origin !== null;
+  const text = traced
+    ? `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job_with_origin($10::jsonb, $1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)`
+    : `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)`;
+  const values: unknown[] = [
+    job.task,
+    job.args,
+    job.queue,
+    job.runAt,
+    job.priority,
+    job.lock,
+    job.queueingLock,
+    job.maxAttempts,
+    job.onConflict,
+  ];
+  if (traced) values.push(job.origin);
   try {
     const { rows } = await runPrepared<{ id: string; enqueued: boolean }>(
       db,
-      `outbatch_defer_${schema}`,
+      traced ? `outbatch_defer_origin_${schema}` : `outbatch_defer_${schema}`,
       text,
-      [
-        job.task,
-        job.args,
-        job.queue,
-        job.runAt,
-        job.priority,
-        job.lock,
-        job.queueingLock,
-        job.maxAttempts,
-        job.onConflict,
-      ],
+      values,
     );
     return toResult(rows[0]!);
   } catch (error) {
@@ -64,27 +74,39 @@ export async function deferJob(db: Queryable, schema: string, job: JobSpec): Pro
   }
 }
 
-/** Many jobs in one round trip through defer_jobs(): all or none, results in input order. */
-export async function deferJobs(db: Queryable, schema: string, jobs: JobSpec[]): Promise<DeferResult[]> {
+/**
+ * Many jobs in one round trip through defer_jobs(): all or none, results in input order.
+ * `origin` (JSON text) is the whole batch's: one call has one cause.
+ */
+export async function deferJobs(
+  db: Queryable,
+  schema: string,
+  jobs: JobSpec[],
+  origin: string | null = null,
+): Promise<DeferResult[]> {
   if (jobs.length === 0) return [];
   const column = <K extends keyof JobSpec>(key: K) => jobs.map((job) => job[key]);
+  const arrays = `$1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[]`;
+  const values: unknown[] = [
+    column('task'),
+    column('args'),
+    column('queue'),
+    column('runAt'),
+    column('priority'),
+    column('lock'),
+    column('queueingLock'),
+    column('maxAttempts'),
+    column('onConflict'),
+  ];
+  if (origin !== null) values.push(origin);
   try {
     const { rows } = await runPrepared<{ id: string; enqueued: boolean }>(
       db,
-      `outbatch_defer_many_${schema}`,
-      `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs(
-         $1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[])`,
-      [
-        column('task'),
-        column('args'),
-        column('queue'),
-        column('runAt'),
-        column('priority'),
-        column('lock'),
-        column('queueingLock'),
-        column('maxAttempts'),
-        column('onConflict'),
-      ],
+      origin === null ? `outbatch_defer_many_${schema}` : `outbatch_defer_many_origin_${schema}`,
+      origin === null
+        ? `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs(${arrays})`
+        : `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs_with_origin($10::jsonb, ${arrays})`,
+      values,
     );
     return rows.map(toResult);
   } catch (error) {

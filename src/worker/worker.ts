@@ -20,6 +20,7 @@ import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { ResolvedTask } from '../jobs/task.js';
+import type { Tracing } from '../trace/tracing.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
@@ -48,6 +49,8 @@ export interface WorkerDeps {
   pools?: WorkerPoolShelf;
   /** Ends start-up's retries through connection trouble (app.run's `signal`): `started` rejects with StartAborted. */
   startSignal?: AbortSignal;
+  /** The app's tracing: handler spans, and the cause of what handlers write (docs/tracing.md). */
+  tracing?: Tracing;
 }
 
 export interface Worker {
@@ -100,7 +103,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     log,
     terminating: new Set<Promise<void>>(),
   };
-  const runDeps = { pool: handlers, log, defer: deps.defer, ends };
+  const runDeps = { pool: handlers, log, defer: deps.defer, ends, tracing: deps.tracing };
   const running = new Map<string, RunningJob>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { parseDurationText } from '../../duration.js';
 import { ValidationError } from '../../errors.js';
 import type { DeferOptions } from '../../jobs/task.js';
+import { traceOption } from '../../trace/tracing.js';
 import { runCommand } from '../context.js';
 import { parseInteger, parseJson } from '../parse.js';
 
@@ -15,6 +16,8 @@ interface DeferFlags {
   queueingLock?: string;
   priority?: string;
   onConflict?: string;
+  traceparent?: string;
+  tracestate?: string;
 }
 
 export function registerDefer(program: Command): void {
@@ -29,6 +32,8 @@ export function registerDefer(program: Command): void {
     .option('--queueing-lock <key>', 'at most one job per queueing lock waits at a time')
     .option('--on-conflict <mode>', "with --queueing-lock already waiting: 'error' (default) or 'ignore'")
     .option('--priority <n>', 'higher runs first (default 0)')
+    .option('--traceparent <value>', 'W3C traceparent the job continues (shown by jobs show as "caused by")')
+    .option('--tracestate <value>', 'W3C tracestate that goes with --traceparent')
     .action((task: string, flags: DeferFlags, command: Command) =>
       runCommand(command, async ({ app, print }) => {
         // Everything is checked before the database is touched.
@@ -40,7 +45,10 @@ export function registerDefer(program: Command): void {
           queueingLock: flags.queueingLock,
           priority: flags.priority === undefined ? undefined : parseInteger(flags.priority, '--priority'),
           onConflict: flags.onConflict as DeferOptions['onConflict'],
+          traceparent: flags.traceparent,
+          tracestate: flags.tracestate,
         };
+        traceOption(options, '--');
         if (flags.onConflict !== undefined && flags.onConflict !== 'error' && flags.onConflict !== 'ignore') {
           throw new ValidationError(
             `--on-conflict "${flags.onConflict}" is invalid: expected error or ignore`,

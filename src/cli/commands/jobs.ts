@@ -101,6 +101,7 @@ export function registerJobs(program: Command): void {
           `lock ${job.lock ?? '-'}  queueing lock ${job.queueing_lock ?? '-'}  worker ${job.worker_id ?? '-'}`,
           `args ${JSON.stringify(job.args)}`,
         ];
+        if (job.caused_by) lines.push(`caused by ${job.caused_by}`);
         if (job.last_error) lines.push(`last error: ${job.last_error.message}`, job.last_error.stack ?? '');
         if (job.errors.length > 0) lines.push(`attempt history (${job.errors.length}):`);
         for (const entry of job.errors as { attempt?: number; at?: string; message?: string }[]) {
