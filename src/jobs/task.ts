@@ -234,13 +234,15 @@ export interface TaskEnv {
   tracing: Tracing;
 }
 
-/** The origin to store with jobs deferred through `client` with `trace`, as JSON text, or null. */
-async function jobOrigin(
+/**
+ * The origin to store with jobs deferred through `client` with `trace`, as JSON text, or
+ * null. Synchronous once tracing has settled (one boolean): no extra await per defer.
+ */
+function jobOrigin(
   env: TaskEnv,
   trace: TraceContext | undefined,
   client: Queryable | undefined,
-): Promise<string | null> {
-  if (!env.tracing.settled) await env.tracing.ready;
+): string | null {
   const origin = env.tracing.origin(trace, client);
   return origin === undefined ? null : JSON.stringify(origin);
 }
@@ -252,7 +254,8 @@ export async function deferSpec(
   client?: Queryable,
   trace?: TraceContext,
 ): Promise<DeferResult> {
-  spec.origin = await jobOrigin(env, trace, client);
+  if (!env.tracing.settled) await env.tracing.ready;
+  spec.origin = jobOrigin(env, trace, client);
   const result = await deferJob(client ?? (await env.pool()), env.schema, spec);
   if (spec.runAt) env.deferredFor(spec.runAt);
   return result;
@@ -290,7 +293,8 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
       const specs = jobs.map(({ args: _args, ...rest }, i) =>
         toJobSpec(resolved.name, argsList[i], rest, resolved, env.now, env.injectedClock),
       );
-      const origin = await jobOrigin(env, trace, options.client);
+      if (!env.tracing.settled) await env.tracing.ready;
+      const origin = jobOrigin(env, trace, options.client);
       const result = await deferJobs(options.client ?? (await env.pool()), env.schema, specs, origin);
       for (const spec of specs) if (spec.runAt) env.deferredFor(spec.runAt);
       return result;
