@@ -12,8 +12,10 @@
  * (`ctx.tx`, `ctx.defer`) or a processor page's (`ctx.tx`) — bound here while it is open;
  * the active OpenTelemetry context, when the API is loaded. We keep no AsyncLocalStorage
  * of our own: on Node 20 and 22 the first one switches on promise hooks for the whole
- * process, a cost on every await of every job whether traced or not; an application that
- * runs an OpenTelemetry context manager has chosen that cost, and we ride on it.
+ * process, a cost on every await of every job whether traced or not (Node 20, shared
+ * 2-core host: an async function of 10 awaits took 2-5 us, and 8-20 us once run inside an
+ * AsyncLocalStorage.run per call); an application that runs an OpenTelemetry context
+ * manager has chosen that cost, and we ride on it.
  *
  * The cost when nothing is traced and OpenTelemetry is absent: a write checks `settled`
  * (one boolean) and the two trace options; `origin()` does one WeakMap lookup when a
