@@ -107,6 +107,19 @@ export function makeOtelBridge(api: OtelApi) {
   }
 
   return {
+    /**
+     * Whether an SDK registered a tracer provider. Until one does (prom-client alone brings
+     * the API into most installs), outbatch takes the path it takes without OpenTelemetry
+     * instead of making non-recording spans: a global lookup and two reads per check. By
+     * the delegate's class name, not instanceof: the API's ESM and CommonJS builds are
+     * separate copies of its classes (the registered provider is shared through a global).
+     */
+    enabled(): boolean {
+      const provider = api.trace.getTracerProvider() as { getDelegate?: () => object };
+      const delegate = provider.getDelegate?.();
+      return delegate === undefined || delegate.constructor.name !== 'NoopTracerProvider';
+    },
+
     /** The cause and trace context of the active OpenTelemetry context, if any. */
     active(): Origin | undefined {
       const active = api.context.active();

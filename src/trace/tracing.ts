@@ -41,7 +41,7 @@ export interface TraceOptions {
 }
 
 export interface Tracing {
-  /** The OpenTelemetry bridge once loaded; undefined when off, absent, or not loaded yet. */
+  /** The OpenTelemetry bridge once loaded and an SDK is registered; else undefined. */
   readonly otel: OtelBridge | undefined;
   /** Loading has ended (at once with `off`): writes check this one boolean before waiting. */
   readonly settled: boolean;
@@ -95,7 +95,7 @@ export function makeTracing(mode: TracingMode, log: Logger): Tracing {
           });
   return {
     get otel() {
-      return otel;
+      return otel?.enabled() ? otel : undefined;
     },
     get settled() {
       return settled;
