@@ -1062,10 +1062,13 @@ BEGIN
 END
 $$;
 
--- defer_job() with an origin. The SET clause restores outbatch.job_origin when the call
--- ends, returns or raises (AlreadyEnqueued), so a later insert in the same transaction
--- never inherits it. An origin that is not an object, or whose traceparent is no W3C
--- traceparent, is refused (22023) like the TypeScript API refuses it.
+-- defer_job() with an origin. The setting is emptied again once the insert is done, so a
+-- later insert in the same transaction never inherits it; if defer_job() raises
+-- (AlreadyEnqueued), the statement's transaction or savepoint rolls back and takes the
+-- setting with it. (Not a SET clause on the function, which would restore it by itself: a
+-- placeholder setting there needs a superuser to create the function, and managed servers
+-- have none.) An origin that is not an object, or whose traceparent is no W3C traceparent,
+-- is refused (22023) like the TypeScript API refuses it.
 CREATE FUNCTION defer_job_with_origin(
   origin jsonb,
   task text,
@@ -1078,7 +1081,7 @@ CREATE FUNCTION defer_job_with_origin(
   max_attempts integer DEFAULT NULL,
   on_conflict text DEFAULT 'error'
 ) RETURNS TABLE (id bigint, enqueued boolean)
-LANGUAGE plpgsql SET search_path FROM CURRENT SET outbatch.job_origin = '' AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
   PERFORM check_job_origin(defer_job_with_origin.origin);
   PERFORM set_config('outbatch.job_origin', coalesce(defer_job_with_origin.origin::text, ''), true);
@@ -1087,6 +1090,7 @@ BEGIN
     defer_job_with_origin.run_at, defer_job_with_origin.priority, defer_job_with_origin.lock,
     defer_job_with_origin.queueing_lock, defer_job_with_origin.max_attempts,
     defer_job_with_origin.on_conflict) d;
+  PERFORM set_config('outbatch.job_origin', '', true);
 END
 $$;
 
@@ -1103,7 +1107,7 @@ CREATE FUNCTION defer_jobs_with_origin(
   max_attempts integer[],
   on_conflicts text[]
 ) RETURNS TABLE (id bigint, enqueued boolean)
-LANGUAGE plpgsql SET search_path FROM CURRENT SET outbatch.job_origin = '' AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
   PERFORM check_job_origin(defer_jobs_with_origin.origin);
   PERFORM set_config('outbatch.job_origin', coalesce(defer_jobs_with_origin.origin::text, ''), true);
@@ -1112,6 +1116,7 @@ BEGIN
     defer_jobs_with_origin.run_ats, defer_jobs_with_origin.priorities, defer_jobs_with_origin.locks,
     defer_jobs_with_origin.queueing_locks, defer_jobs_with_origin.max_attempts,
     defer_jobs_with_origin.on_conflicts) d;
+  PERFORM set_config('outbatch.job_origin', '', true);
 END
 $$;
 
