@@ -43,8 +43,11 @@ export function asAlreadyEnqueued(error: unknown): unknown {
 
 export async function deferJob(db: Queryable, schema: string, job: JobSpec): Promise<DeferResult> {
   // A job with an origin takes defer_job_with_origin() (schema/035), which wraps defer_job():
-  // a statement of its own, so the untraced one stays exactly as it was. Reply lost or
-  // refused: as defer_job (the caller's transaction, or the pool's own, decides).
+  // a statement of its own, so the untraced one stays exactly as it was. Reply lost: as
+  // defer_job, the job exists iff its transaction (the caller's, or the statement's own on
+  // the pool) committed, origin included (one insert). Refused (AlreadyEnqueued, or an
+  // origin this module never builds): nothing written, and the origin setting is rolled
+  // back with the transaction or savepoint (docs/faults.md).
   const traced = job.origin !== null;
   const text = traced
     ? `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job_with_origin($10::jsonb, $1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)`

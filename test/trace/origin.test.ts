@@ -163,6 +163,23 @@ describe('trace context without OpenTelemetry', () => {
         [origin, origin, origin, null],
       );
       await client.query('ROLLBACK');
+      // Refused inside a savepoint (AlreadyEnqueued): the setting goes with the rollback to it.
+      await client.query('BEGIN');
+      await client.query(`SELECT * FROM ${q}.defer_job_with_origin($1, 'sql-task', queueing_lock => 'one')`, [
+        origin,
+      ]);
+      await client.query('SAVEPOINT again');
+      await assert.rejects(
+        client.query(`SELECT * FROM ${q}.defer_job_with_origin($1, 'sql-task', queueing_lock => 'one')`, [
+          origin,
+        ]),
+        { code: '23505' },
+      );
+      await client.query('ROLLBACK TO SAVEPOINT again');
+      const later = await client.query(`SELECT id FROM ${q}.defer_job('sql-task')`);
+      const after = await client.query(`SELECT origin FROM ${q}.jobs WHERE id = $1`, [later.rows[0].id]);
+      assert.equal(after.rows[0].origin, null);
+      await client.query('ROLLBACK');
       for (const [bad, message] of [
         ['"text"', /job origin "text" is invalid: expected a JSON object/],
         ['{"traceparent": "00-abc"}', /job origin traceparent 00-abc is invalid/],
@@ -187,6 +204,26 @@ describe('trace context without OpenTelemetry', () => {
     } finally {
       client.release();
     }
+  });
+
+  it('a traced defer meets a queueing lock as any defer does', async () => {
+    const first = await t.app.defer(
+      'locked',
+      {},
+      { queueingLock: 'l1', traceparent: TRACEPARENT, delay: { hours: 1 } },
+    );
+    assert.ok(first.enqueued);
+    await assert.rejects(
+      t.app.defer('locked', {}, { queueingLock: 'l1', traceparent: TRACEPARENT }),
+      (error: Error) => error.name === 'AlreadyEnqueued',
+    );
+    const ignored = await t.app.defer(
+      'locked',
+      {},
+      { queueingLock: 'l1', traceparent: TRACEPARENT, onConflict: 'ignore' },
+    );
+    assert.deepEqual(ignored, { enqueued: false, existingId: first.id });
+    await t.pool.query(`DELETE FROM ${q}.jobs WHERE task = 'locked'`);
   });
 
   it('a job deferred with a traceparent, or with none, stores exactly that', async () => {
