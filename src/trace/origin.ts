@@ -5,7 +5,7 @@
  * in both. No I/O.
  */
 import { ValidationError } from '../errors.js';
-import { traceIdOf, validTraceparent } from './traceContext.js';
+import { checkTraceContext, traceIdOf, validTraceparent } from './traceContext.js';
 
 export interface Origin {
   traceparent?: string;
@@ -33,11 +33,9 @@ export function checkMetadataOrigin(value: unknown, where: string): void {
       `${where}.metadata.${ORIGIN_KEY} is reserved for what caused the event: expected an object { traceparent?, tracestate?, job?, processor?, events? }, or leave it out (outbatch fills it in)`,
     );
   }
-  const traceparent = (value as Origin).traceparent;
-  if (traceparent !== undefined && validTraceparent(traceparent) === undefined) {
-    throw new ValidationError(
-      `${where}.metadata.${ORIGIN_KEY}.traceparent ${JSON.stringify(traceparent)} is invalid: expected a W3C traceparent such as 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01`,
-    );
+  const { traceparent, tracestate } = value as Origin;
+  if (traceparent !== undefined || tracestate !== undefined) {
+    checkTraceContext(traceparent, tracestate, `${where}.metadata.${ORIGIN_KEY}.`);
   }
 }
 

@@ -206,6 +206,22 @@ describe('trace context without OpenTelemetry', () => {
     }
   });
 
+  it("a re-drive's job continues the trace of the event it carries", async () => {
+    const event = await t.app.events.append(
+      { stream: 'redrive-1', type: 'Redriven', data: 1 },
+      { traceparent: TRACEPARENT, tracestate: 'vendor=abc' },
+    );
+    const at = event.position.toString();
+    const result = await t.app.events.redrive({ from: at, to: at, task: 'redriven', types: ['Redriven'] });
+    assert.equal(result.deferred, 1);
+    const { rows } = await t.pool.query(`SELECT origin FROM ${q}.jobs WHERE task = 'redriven'`);
+    assert.deepEqual(
+      rows.map((r) => r.origin),
+      [{ traceparent: TRACEPARENT, tracestate: 'vendor=abc' }],
+    );
+    await t.pool.query(`DELETE FROM ${q}.jobs WHERE task = 'redriven'`);
+  });
+
   it('a traced defer meets a queueing lock as any defer does', async () => {
     const first = await t.app.defer(
       'locked',
