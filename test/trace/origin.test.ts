@@ -9,6 +9,7 @@ import { mergeMap, toArray } from 'rxjs';
 import { type AdminServer, startAdminServer } from '../../src/admin/server.js';
 import { ValidationError } from '../../src/errors.js';
 import type { StoredEvent } from '../../src/events/storedEvent.js';
+import { waitUntilReadable } from '../events/readable.js';
 import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 
@@ -212,6 +213,8 @@ describe('trace context without OpenTelemetry', () => {
       { traceparent: TRACEPARENT, tracestate: 'vendor=abc' },
     );
     const at = event.position.toString();
+    // Another test file's open transaction may hold reads back for a moment (gap safety).
+    await waitUntilReadable(t.pool, t.schema);
     const result = await t.app.events.redrive({ from: at, to: at, task: 'redriven', types: ['Redriven'] });
     assert.equal(result.deferred, 1);
     const { rows } = await t.pool.query(`SELECT origin FROM ${q}.jobs WHERE task = 'redriven'`);
