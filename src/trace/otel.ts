@@ -1,9 +1,9 @@
 /**
  * outbatch's spans, over `@opentelemetry/api` handed in by tracing.ts (loaded there with a
- * dynamic import, once): this file imports only its types, which compile away. Whether a
- * span is recorded and exported is the application's SDK's business; without one the API
- * hands out non-recording spans that carry their parent's context, so a trace that came
- * in is still passed on.
+ * dynamic import, once): this file imports only its types, which compile away. It is used
+ * only while an SDK has registered a tracer provider (`enabled`); whether a span is then
+ * recorded and exported is that SDK's business (its sampler): a non-recording span still
+ * carries its parent's context, so a trace that came in is passed on.
  *
  * Spans (docs/tracing.md): `outbatch append` (producer), `outbatch job <task>` (consumer,
  * one per run of a claimed job, its parent the trace that deferred the job), `outbatch
@@ -160,7 +160,7 @@ export function makeOtelBridge(api: OtelApi) {
         parent,
       );
       const cause: Origin = { job: job.id };
-      // Without an SDK the span is a non-recording one carrying the stored context: passed on as it came.
+      // A span the sampler drops is non-recording and carries the stored context: passed on as it came.
       const origin = originWith(cause, span.spanContext()) ?? cause;
       const active = api.trace.setSpan(parent, span).setValue(CAUSE, cause);
       return {
