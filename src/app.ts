@@ -18,6 +18,7 @@ import { makeProcessorControl, type ProcessorControl } from './processors/contro
 import { makeProcessors } from './processors/processors.js';
 import type { Schedule } from './schedule/definition.js';
 import { makeScheduleRegistry, type ScheduleRegistry } from './schedule/registry.js';
+import { checkTracingMode, makeTracing, type TracingMode } from './trace/tracing.js';
 import type { AppTypes, DeclaredEvents, DeclaredTasks, EventSchemas } from './typing/declare.js';
 import type {
   TypedAppend,
@@ -56,6 +57,13 @@ export interface AppOptions<T extends AppTypes = AppTypes> {
    * page reads, `events.read/stream/follow`, status and the dashboard read there; see docs/replicas.md.
    */
   readUrl?: string;
+  /**
+   * `auto` (default, or OUTBATCH_TRACING): if `@opentelemetry/api` can be imported, emit
+   * spans and follow the active trace context through it; `off`: never import it. Trace
+   * context given as options, and the cause of what handlers and processor pages write,
+   * are recorded either way. See docs/tracing.md.
+   */
+  tracing?: TracingMode;
 }
 
 /** The events side of App<T>: `append` checked against the declared events, if any. */
@@ -148,6 +156,12 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
   const pooler =
     checkPooler(options.pool?.pooler, 'pool.pooler') ??
     checkPooler(process.env.OUTBATCH_POOLER, 'OUTBATCH_POOLER');
+  const tracingMode =
+    options.tracing === undefined && process.env.OUTBATCH_TRACING
+      ? checkTracingMode(process.env.OUTBATCH_TRACING, 'OUTBATCH_TRACING')
+      : checkTracingMode(options.tracing ?? 'auto', 'tracing');
+  // Started now, once: the import has settled by the first append or defer, which wait for it otherwise.
+  const tracing = makeTracing(tracingMode, log);
   let opening: Promise<Database> | undefined;
 
   // A failed open is forgotten, so the next call tries again: a worker started while the
@@ -177,7 +191,7 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
     log,
     pool: options.pool,
   });
-  const queue = makeJobQueue({ schema, log, clock, database });
+  const queue = makeJobQueue({ schema, log, clock, database, tracing });
   const pool = async () => (await database()).pool;
   // One registry per app: every reader below upcasts with it, every append records its versions.
   const upcasters = makeUpcasters();
@@ -189,6 +203,7 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
     clock,
     upcasters,
     options: options.events,
+    tracing,
   });
   const schedules = makeScheduleRegistry(queue);
   const q = quoteSchema(schema);
@@ -203,6 +218,7 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
     upcasters,
     queue,
     schedules,
+    tracing,
   });
   const workerPools = makeWorkerPoolShelf(log);
 
@@ -216,7 +232,10 @@ export function createApp<T extends AppTypes = AppTypes>(options: AppOptions<T> 
     defer: queue.defer,
     deferAndWait: queue.deferAndWait,
     run: (runOptions) =>
-      runApp({ database, schema, log, clock, queue, schedules, processors, workerPools }, runOptions),
+      runApp(
+        { database, schema, log, clock, queue, schedules, processors, workerPools, tracing },
+        runOptions,
+      ),
     jobs: queue.jobs,
     queues: makeQueueControl({ schema, pool }),
     schedule: schedules.schedule,

@@ -104,6 +104,9 @@ export {
 export type { ProcessorState, ProcessorStatus } from './processors/status.js';
 // Schedules
 export type { Schedule, ScheduleSpec } from './schedule/definition.js';
+// Tracing (docs/tracing.md)
+export { describeOrigin, ORIGIN_KEY, type Origin } from './trace/origin.js';
+export type { TraceOptions, TracingMode } from './trace/tracing.js';
 // Typing and validation (docs/typing.md)
 export type {
   AppTypes,

@@ -18,6 +18,7 @@ import { checkLimits, parseLimitsText } from '../jobs/queueControl.js';
 import { checkQueue } from '../jobs/validate.js';
 import { replicaView, withReplicaView } from '../processors/replicaStatus.js';
 import { processorStatus } from '../processors/status.js';
+import { describeOrigin } from '../trace/origin.js';
 import type { MetricsSnapshot } from './metrics.js';
 import {
   countJobs,
@@ -112,7 +113,10 @@ export function makeApi(app: App, reads: () => Promise<pg.Pool>) {
         limit,
       });
       // The next page starts below the last id shown; none when this page was not full.
-      return { jobs, next: jobs.length === limit ? jobs[jobs.length - 1]!.id : null };
+      return {
+        jobs: jobs.map((job) => ({ ...job, caused_by: describeOrigin(job.origin) ?? null })),
+        next: jobs.length === limit ? jobs[jobs.length - 1]!.id : null,
+      };
     },
     async job(id: string) {
       const job = await app.jobs.show(checkJobId(id));

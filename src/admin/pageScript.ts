@@ -136,7 +136,9 @@ function stack(job) {
 function jobTable(jobs, empty) {
   return table(['#', 'task', 'queue', 'state', 'attempts', 'age', 'error', ''], jobs.map(function (job) {
     return el('tr', { 'data-job-id': job.id, class: job.state === 'failed' || job.state === 'dirty' ? 'bad' : '' },
-      el('td', { class: 'num' }, job.id), el('td', null, job.task), el('td', null, job.queue),
+      el('td', { class: 'num' }, job.id),
+      el('td', null, job.task, job.caused_by ? el('div', { class: 'muted' }, 'caused by ' + job.caused_by) : null),
+      el('td', null, job.queue),
       el('td', null, pill(job.state), progressOf(job)), el('td', { class: 'num' }, job.attempts + '/' + job.max_attempts),
       el('td', { class: 'num', title: when(job.created_at) }, age(job.age_seconds)),
       el('td', null, job.error ? el('div', { class: 'err' }, job.error) : el('span', { class: 'muted' }, job.worker_id || '-'), stack(job)),

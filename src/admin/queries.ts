@@ -6,6 +6,7 @@
  */
 import type { Queryable } from '../db/queryable.js';
 import type { JobState } from '../jobs/inspect.js';
+import type { Origin } from '../trace/origin.js';
 
 /** Rows read per stored status when counting; beyond it the counts are estimates. */
 export const COUNT_CAP = 5_000;
@@ -129,6 +130,8 @@ export interface JobRow {
   /** ctx.progress (0-100) and its message, or null. */
   progress: number | null;
   progress_message: string | null;
+  /** What caused the job (schema/035); the API adds it in words as `caused_by`. */
+  origin: Origin | null;
 }
 
 export interface JobPageQuery {
@@ -152,7 +155,7 @@ export async function listJobPage(db: Queryable, q: string, query: JobPageQuery)
     `SELECT j.id::text, j.task, j.queue, $2::text AS state, j.priority, j.attempts, j.max_attempts, j.run_at,
             j.created_at, j.updated_at, j.worker_id, j.lock, j.group_key AS "group", j.last_error ->> 'message' AS error,
             left(j.last_error ->> 'stack', 4000) AS stack, j.progress, j.progress_message,
-            extract(epoch FROM now() - j.created_at)::float8 AS age_seconds
+            extract(epoch FROM now() - j.created_at)::float8 AS age_seconds, j.origin
      FROM ${q}.jobs j
      WHERE j.status = $1
        AND CASE $2 WHEN 'todo' THEN j.run_at <= now() WHEN 'scheduled' THEN j.run_at > now() ELSE true END

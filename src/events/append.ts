@@ -12,6 +12,8 @@ import {
   PartitionRaceError,
   ValidationError,
 } from '../errors.js';
+import { type Origin, withOrigin } from '../trace/origin.js';
+import { type TraceOptions, type Tracing, traceOption } from '../trace/tracing.js';
 import { COPY_FROM, copyCapable, makeCopyAppend } from './appendCopy.js';
 import { eventsChannel } from './follow.js';
 import { applyEventSchemas, type EventSchemaMap } from './schemas.js';
@@ -25,7 +27,12 @@ import {
 import type { Upcasters } from './upcast.js';
 import { expectedVersions, type NewEvent, type ValidatedBatch, validateEvents } from './validate.js';
 
-export interface AppendOptions {
+/**
+ * `traceparent`/`tracestate`: the W3C trace context the events record in
+ * `metadata.$origin` (default: the job's or processor page's transaction they are
+ * appended through, else the active OpenTelemetry context); see docs/tracing.md.
+ */
+export interface AppendOptions extends TraceOptions {
   /** A client inside your transaction: the events exist iff it commits. */
   client?: Queryable;
   /**
@@ -62,6 +69,8 @@ export function makeAppend(deps: {
   upcasters: Upcasters;
   /** Validators by event type; undefined when the app registered none. */
   schemas?: EventSchemaMap;
+  /** Where the events' origin comes from, and the append's span. */
+  tracing: Tracing;
 }) {
   const copyAppend = makeCopyAppend(deps);
 
@@ -99,11 +108,37 @@ export function makeAppend(deps: {
     FROM inserted`;
 
   async function append(given: NewEvent | NewEvent[], options: AppendOptions = {}) {
+    const trace = traceOption(options);
+    const { tracing } = deps;
+    if (!tracing.settled) await tracing.ready;
+    const origin = tracing.origin(trace, options.client);
+    const otel = tracing.otel;
+    if (otel === undefined) return appendEvents(given, options, origin);
+    const attributes = Array.isArray(given)
+      ? { 'outbatch.events.count': given.length }
+      : {
+          'outbatch.events.count': 1,
+          'outbatch.stream': String(given?.stream),
+          'outbatch.type': String(given?.type),
+        };
+    return otel.append(origin, attributes, (traced) => appendEvents(given, options, traced));
+  }
+
+  async function appendEvents(
+    given: NewEvent | NewEvent[],
+    options: AppendOptions,
+    origin: Origin | undefined,
+  ) {
     // Only an app that registered schemas pays for this step.
     const input = deps.schemas ? await applyEventSchemas(given, deps.schemas) : given;
     const batch = validateEvents(input, deps.maxEventBytes, deps.upcasters.current);
     const expected = expectedVersions(options.expectedVersion, batch.streams);
     if (batch.count === 0) return [];
+    if (origin !== undefined) {
+      // After the size check: an origin is at most ~700 bytes (a tracestate is capped at 512).
+      const json = JSON.stringify(origin);
+      for (const event of batch.events) event.metadata = withOrigin(event.metadata, json);
+    }
     // One event without a key: ONE_EVENT, with the JSON text validation already produced.
     const first = batch.events[0]!;
     const single = batch.count === 1 && expected === undefined && first.idempotencyKey === undefined;

@@ -4,6 +4,7 @@ import type { Clock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import type { Reads } from '../db/readReplica.js';
 import { ValidationError } from '../errors.js';
+import type { Tracing } from '../trace/tracing.js';
 import type { StandardSchemaV1 } from '../typing/standardSchema.js';
 import { makeAppend } from './append.js';
 import { makeArchive } from './archive.js';
@@ -45,6 +46,7 @@ export function makeEvents(deps: {
   /** The app's upcasters: every read brings events to their type's current version, every append records it. */
   upcasters: Upcasters;
   options?: EventsOptions;
+  tracing: Tracing;
 }) {
   const maxEventBytes = deps.options?.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
   if (!Number.isSafeInteger(maxEventBytes) || maxEventBytes < 1) {
@@ -64,7 +66,7 @@ export function makeEvents(deps: {
   };
   const read = makeRead(replicated);
   return {
-    append: makeAppend({ ...shared, maxEventBytes, schemas }),
+    append: makeAppend({ ...shared, maxEventBytes, schemas, tracing: deps.tracing }),
     read,
     stream: makeStream(replicated),
     head: makeHead(shared),

@@ -6,6 +6,9 @@
  */
 import type { Queryable } from '../db/queryable.js';
 import { ValidationError } from '../errors.js';
+import { originOfEvent } from '../trace/origin.js';
+import { checkTraceContext } from '../trace/traceContext.js';
+import type { TraceOptions } from '../trace/tracing.js';
 import { checkArchivedHorizon } from './archivedHorizon.js';
 import type { Checkpoint } from './checkpoint.js';
 import { type EventFilter, filterParams } from './filter.js';
@@ -42,8 +45,24 @@ export interface RedriveDeps {
   defer(
     task: string,
     args: unknown,
-    options: { queueingLock: string; onConflict: 'ignore' },
+    options: { queueingLock: string; onConflict: 'ignore' } & TraceOptions,
   ): Promise<{ enqueued: boolean }>;
+}
+
+/**
+ * The trace of a batch's first traced event, which its re-drive job continues (docs/tracing.md).
+ * Events appended from SQL may hold anything in `$origin`: a context that does not check out
+ * is passed over, never a reason to fail the re-drive.
+ */
+function traceOf(events: StoredEvent[]): TraceOptions {
+  for (const event of events) {
+    const origin = originOfEvent(event.metadata);
+    if (origin?.traceparent === undefined) continue;
+    try {
+      return checkTraceContext(origin.traceparent, origin.tracestate, '');
+    } catch {}
+  }
+  return {};
 }
 
 function eventArgs(event: StoredEvent) {
@@ -103,6 +122,7 @@ export async function redrive(deps: RedriveDeps, options: RedriveOptions): Promi
     const outcome = await deps.defer(options.task, args, {
       queueingLock: `redrive:${options.task}:${first.position}-${last.position}`,
       onConflict: 'ignore',
+      ...traceOf(pending),
     });
     if (outcome.enqueued) result.deferred += 1;
     else result.alreadyEnqueued += 1;

@@ -1,6 +1,7 @@
 /** Checking events before they are appended: shape, JSON, size. */
 import { type ExpectedVersion, ValidationError } from '../errors.js';
 import { checkJson, storable, unstorable } from '../json.js';
+import { checkMetadataOrigin, ORIGIN_KEY } from '../trace/origin.js';
 import { MAX_TYPE_VERSION } from './upcast.js';
 
 /** An event as a service hands it to `append`. */
@@ -74,6 +75,7 @@ export function validateEvents(
         throw new ValidationError(`${where}.metadata is ${describe(event.metadata)}: expected a JSON object`);
       }
       checkJson(event.metadata, `${where}.metadata`);
+      if (ORIGIN_KEY in event.metadata) checkMetadataOrigin(event.metadata[ORIGIN_KEY], where);
     }
     const key = event.idempotencyKey;
     if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > MAX_NAME_LENGTH)) {

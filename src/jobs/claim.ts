@@ -2,6 +2,7 @@
 import { quoteSchema } from '../db/identifiers.js';
 import { runPrepared } from '../db/prepared.js';
 import type { Queryable } from '../db/queryable.js';
+import type { Origin } from '../trace/origin.js';
 
 export interface ClaimedJob {
   id: string;
@@ -19,6 +20,8 @@ export interface ClaimedJob {
   /** Epoch milliseconds: cheaper to parse than timestamps, and turned into Dates only if a handler asks. */
   run_at_ms: number;
   created_at_ms: number;
+  /** What caused the job (schema/035): null for most jobs, costing the claim a null column. */
+  origin: Origin | null;
 }
 
 export interface ClaimRequest {
@@ -109,7 +112,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
        AND NOT (j.queue = ANY ((SELECT coalesce(array_agg(l.queue), '{}') FROM ${s}.queue_limits l)::text[]))
      RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
                j.queueing_lock, j.awaited, j.group_key, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
-               (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms`,
+               (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms, j.origin`,
     [request.queues, request.limit, request.workerId, request.now, request.skipTasks],
   );
   return rows.sort(claimOrder);

@@ -22,6 +22,8 @@ export interface JobSpec {
   onConflict: OnConflict;
   /** The group key within the queue (docs/limits.md); null: none. */
   group: string | null;
+  /** What caused the job (trace/origin.ts), as JSON text; null for most jobs. */
+  origin: string | null;
 }
 
 /**
@@ -67,24 +69,35 @@ export function asAlreadyEnqueued(error: unknown): unknown {
  * CHECK, AlreadyEnqueued): nothing was written.
  */
 export async function deferJob(db: Queryable, schema: string, job: JobSpec): Promise<DeferResult> {
-  const text = `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10)`;
+  // A job with an origin takes defer_job_with_origin() (schema/035), which wraps defer_job():
+  // a statement of its own, so the untraced one stays exactly as it was. Reply lost: as
+  // defer_job, the job exists iff its transaction (the caller's, or the statement's own on
+  // the pool) committed, origin included (one insert). Refused (AlreadyEnqueued, or an
+  // origin this module never builds): nothing written, and the origin setting is rolled
+  // back with the transaction or savepoint (docs/faults.md).
+  const traced = job.origin !== null;
+  const text = traced
+    ? `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job_with_origin($11::jsonb, $1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10)`
+    : `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_job($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10)`;
+  const values: unknown[] = [
+    job.task,
+    job.args,
+    job.queue,
+    job.runAt,
+    job.priority,
+    job.lock,
+    job.queueingLock,
+    job.maxAttempts,
+    job.onConflict,
+    job.group,
+  ];
+  if (traced) values.push(job.origin);
   try {
     const { rows } = await runPrepared<{ id: string; enqueued: boolean }>(
       db,
-      `outbatch_defer_${schema}`,
+      traced ? `outbatch_defer_origin_${schema}` : `outbatch_defer_${schema}`,
       text,
-      [
-        job.task,
-        job.args,
-        job.queue,
-        job.runAt,
-        job.priority,
-        job.lock,
-        job.queueingLock,
-        job.maxAttempts,
-        job.onConflict,
-        job.group,
-      ],
+      values,
     );
     return toResult(rows[0]!, job.onConflict);
   } catch (error) {
@@ -92,29 +105,40 @@ export async function deferJob(db: Queryable, schema: string, job: JobSpec): Pro
   }
 }
 
-/** Many jobs in one round trip through defer_jobs(): all or none, results in input order. */
-export async function deferJobs(db: Queryable, schema: string, jobs: JobSpec[]): Promise<DeferResult[]> {
+/**
+ * Many jobs in one round trip through defer_jobs(): all or none, results in input order.
+ * `origin` (JSON text) is the whole batch's: one call has one cause.
+ */
+export async function deferJobs(
+  db: Queryable,
+  schema: string,
+  jobs: JobSpec[],
+  origin: string | null = null,
+): Promise<DeferResult[]> {
   if (jobs.length === 0) return [];
   const column = <K extends keyof JobSpec>(key: K) => jobs.map((job) => job[key]);
+  const arrays = `$1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[], $10::text[]`;
+  const values: unknown[] = [
+    column('task'),
+    column('args'),
+    column('queue'),
+    column('runAt'),
+    column('priority'),
+    column('lock'),
+    column('queueingLock'),
+    column('maxAttempts'),
+    column('onConflict'),
+    column('group'),
+  ];
+  if (origin !== null) values.push(origin);
   try {
     const { rows } = await runPrepared<{ id: string; enqueued: boolean }>(
       db,
-      `outbatch_defer_many_${schema}`,
-      `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs(
-         $1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[],
-         $10::text[])`,
-      [
-        column('task'),
-        column('args'),
-        column('queue'),
-        column('runAt'),
-        column('priority'),
-        column('lock'),
-        column('queueingLock'),
-        column('maxAttempts'),
-        column('onConflict'),
-        column('group'),
-      ],
+      origin === null ? `outbatch_defer_many_${schema}` : `outbatch_defer_many_origin_${schema}`,
+      origin === null
+        ? `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs(${arrays})`
+        : `SELECT id::text, enqueued FROM ${quoteSchema(schema)}.defer_jobs_with_origin($11::jsonb, ${arrays})`,
+      values,
     );
     return rows.map((row, i) => toResult(row, jobs[i]!.onConflict));
   } catch (error) {

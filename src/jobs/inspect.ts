@@ -1,6 +1,7 @@
 /** Operator reads of the queue and its workers, behind control.ts and the dashboard: no writes. */
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
+import { describeOrigin, type Origin } from '../trace/origin.js';
 
 export const STATES = ['todo', 'scheduled', 'doing', 'dirty', 'failed', 'cancelled', 'succeeded'] as const;
 export type JobState = (typeof STATES)[number];
@@ -39,6 +40,13 @@ export interface JobDetail extends JobSummary {
   result: unknown;
   /** A caller waits (or waited) for its outcome: deferAndWait. */
   awaited: boolean;
+  /**
+   * What caused the job (docs/tracing.md): `{ job }` or `{ processor, events }`, and the
+   * W3C `traceparent`/`tracestate` it continues; null when nothing did.
+   */
+  origin: Origin | null;
+  /** The origin in words: "job 12, trace 4bf9…", "events 40-52 (processor totals)"; null without one. */
+  caused_by: string | null;
 }
 
 export interface ListFilter {
@@ -62,15 +70,19 @@ export async function listJobs(db: Queryable, schema: string, filter: ListFilter
 }
 
 export async function showJob(db: Queryable, schema: string, id: string): Promise<JobDetail | undefined> {
-  const { rows } = await db.query<JobDetail>(
+  const s = quoteSchema(schema);
+  // origin from jobs itself: job_states keeps the columns jobs had when it was created (schema/035).
+  const { rows } = await db.query<Omit<JobDetail, 'caused_by'>>(
     `SELECT id::text, task, queue, state, priority, run_at, attempts, max_attempts, lock, queueing_lock,
             group_key AS "group", worker_id, last_error ->> 'message' AS error, created_at, updated_at,
             args, last_error, errors, started_at, finished_at, keep_until,
-            progress, progress_message, progress_at, result, awaited
-     FROM ${quoteSchema(schema)}.job_states WHERE id = $1`,
+            progress, progress_message, progress_at, result, awaited,
+            (SELECT o.origin FROM ${s}.jobs o WHERE o.id = js.id) AS origin
+     FROM ${s}.job_states js WHERE id = $1`,
     [id],
   );
-  return rows[0];
+  const row = rows[0];
+  return row && { ...row, caused_by: describeOrigin(row.origin) ?? null };
 }
 
 export interface TaskStats {

@@ -9,6 +9,7 @@ import { type Observable, Subject } from 'rxjs';
 import { type Clock, systemClock } from '../clock.js';
 import type { Database } from '../db/database.js';
 import { ValidationError } from '../errors.js';
+import { type Tracing, traceOption } from '../trace/tracing.js';
 import { checkWaitOptions, makeJobWaiter } from './await.js';
 import { type JobControl, makeJobControl } from './control.js';
 import type { DeferResult } from './defer.js';
@@ -52,10 +53,11 @@ export interface JobQueueDeps {
   log: Logger;
   clock: Clock;
   database: () => Promise<Database>;
+  tracing: Tracing;
 }
 
 export function makeJobQueue(deps: JobQueueDeps): JobQueue {
-  const { schema, log, clock, database } = deps;
+  const { schema, log, clock, database, tracing } = deps;
   const tasks = new Map<string, ResolvedTask>();
   const pool = async () => (await database()).pool;
   const now = () => clock.now();
@@ -69,6 +71,7 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
     injectedClock,
     deferredFor: (runAt) => due$.next(runAt),
     deferAndWait: waiter.deferAndWait,
+    tracing,
   };
 
   return {
@@ -87,12 +90,13 @@ export function makeJobQueue(deps: JobQueueDeps): JobQueue {
 
     async defer(task, args, options = {}) {
       const name = typeof task === 'string' ? task : task?.name;
+      const trace = traceOption(options);
       const resolved = tasks.get(name);
       // By name the schema applies only where the task is registered: a service deferring
       // a task it has no handler for does not know its schema.
       const checked = resolved?.schema ? await checkArgs(resolved, args, 'args') : args;
       const spec = toJobSpec(name, checked, options, resolved, now, injectedClock);
-      return deferSpec(env, spec, options.client);
+      return deferSpec(env, spec, options.client, trace);
     },
 
     async deferAndWait<R>(task: string | Task, args?: unknown, options: DeferAndWaitOptions = {}) {

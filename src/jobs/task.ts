@@ -6,6 +6,8 @@ import type { Logger } from 'pino';
 import type { Queryable } from '../db/queryable.js';
 import { type DurationInput, toMilliseconds } from '../duration.js';
 import { ValidationError } from '../errors.js';
+import type { TraceContext } from '../trace/traceContext.js';
+import { type TraceOptions, type Tracing, traceOption } from '../trace/tracing.js';
 import { checkSchema, validateWith } from '../typing/check.js';
 import type { StandardSchemaV1 } from '../typing/standardSchema.js';
 import { checkWaitOptions, type WaitOptions, type WaitSettings } from './await.js';
@@ -104,7 +106,12 @@ export interface BatchContext {
 // biome-ignore lint/suspicious/noExplicitAny: see Handler
 export type BatchHandler<A = any> = (jobs: BatchJob<A>[], ctx: BatchContext) => unknown;
 
-export interface DeferOptions {
+/**
+ * `traceparent`/`tracestate`: the W3C trace context the job continues (default: the job's
+ * or processor page's transaction it is deferred through, else the active OpenTelemetry
+ * context); see docs/tracing.md.
+ */
+export interface DeferOptions extends TraceOptions {
   /** Join the caller's transaction: the job exists iff that transaction commits. */
   client?: Queryable;
   runAt?: TimeInput;
@@ -208,10 +215,13 @@ export interface Task<A = any> {
   readonly name: string;
   readonly options: ResolvedTask;
   defer(args: A, options?: DeferOptions): Promise<DeferResult>;
-  /** All or none, in one round trip; results in input order. `client` applies to the whole batch. */
+  /**
+   * All or none, in one round trip; results in input order. `client` and the trace
+   * context apply to the whole batch.
+   */
   deferMany(
-    jobs: Array<{ args: A } & Omit<DeferOptions, 'client'>>,
-    options?: { client?: Queryable },
+    jobs: Array<{ args: A } & Omit<DeferOptions, 'client' | keyof TraceOptions>>,
+    options?: { client?: Queryable } & TraceOptions,
   ): Promise<DeferResult[]>;
   /**
    * Defers a job and resolves with its handler's return value once it succeeds; rejects with
@@ -364,6 +374,7 @@ export function toJobSpec(
     maxAttempts: task?.maxAttempts ?? null,
     onConflict,
     group: options.group !== undefined ? checkGroup(options.group) : null,
+    origin: null,
   };
 }
 
@@ -383,10 +394,32 @@ export interface TaskEnv {
   deferredFor: (runAt: Date) => void;
   /** Defers the job marked awaited and waits for its outcome (await.ts). */
   deferAndWait: (spec: JobSpec, settings: WaitSettings) => Promise<unknown>;
+  /** Where a job's origin comes from (its cause and trace context). */
+  tracing: Tracing;
+}
+
+/**
+ * The origin to store with jobs deferred through `client` with `trace`, as JSON text, or
+ * null. Synchronous once tracing has settled (one boolean): no extra await per defer.
+ */
+function jobOrigin(
+  env: TaskEnv,
+  trace: TraceContext | undefined,
+  client: Queryable | undefined,
+): string | null {
+  const origin = env.tracing.origin(trace, client);
+  return origin === undefined ? null : JSON.stringify(origin);
 }
 
 /** Defers one job; a worker in this process is told when it falls due. */
-export async function deferSpec(env: TaskEnv, spec: JobSpec, client?: Queryable): Promise<DeferResult> {
+export async function deferSpec(
+  env: TaskEnv,
+  spec: JobSpec,
+  client?: Queryable,
+  trace?: TraceContext,
+): Promise<DeferResult> {
+  if (!env.tracing.settled) await env.tracing.ready;
+  spec.origin = jobOrigin(env, trace, client);
   const result = await deferJob(client ?? (await env.pool()), env.schema, spec);
   if (spec.runAt) env.deferredFor(spec.runAt);
   return result;
@@ -397,11 +430,13 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
     name: resolved.name,
     options: resolved,
     async defer(args, options = {}) {
+      const trace = traceOption(options);
       const checked = resolved.schema ? await checkArgs(resolved, args, 'args') : args;
       const spec = toJobSpec(resolved.name, checked, options, resolved, env.now, env.injectedClock);
-      return deferSpec(env, spec, options.client);
+      return deferSpec(env, spec, options.client, trace);
     },
     async deferMany(jobs, options = {}) {
+      const trace = traceOption(options);
       if (!Array.isArray(jobs)) {
         throw new ValidationError(`deferMany of "${resolved.name}" expects an array of { args, ...options }`);
       }
@@ -422,7 +457,9 @@ export function makeTask(resolved: ResolvedTask, env: TaskEnv): Task {
       const specs = jobs.map(({ args: _args, ...rest }, i) =>
         toJobSpec(resolved.name, argsList[i], rest, resolved, env.now, env.injectedClock),
       );
-      const result = await deferJobs(options.client ?? (await env.pool()), env.schema, specs);
+      if (!env.tracing.settled) await env.tracing.ready;
+      const origin = jobOrigin(env, trace, options.client);
+      const result = await deferJobs(options.client ?? (await env.pool()), env.schema, specs, origin);
       for (const spec of specs) if (spec.runAt) env.deferredFor(spec.runAt);
       return result;
     },

@@ -29,6 +29,7 @@ import type { Upcasters } from '../events/upcast.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { Logger } from '../log.js';
 import type { ScheduleRegistry } from '../schedule/registry.js';
+import type { Tracing } from '../trace/tracing.js';
 import {
   defineProcessor,
   type Pipeline,
@@ -68,6 +69,7 @@ export interface ProcessorDeps {
   upcasters: Upcasters;
   queue: JobQueue;
   schedules: ScheduleRegistry;
+  tracing: Tracing;
 }
 
 /** A run's job arguments: the version, and how many runs in a row before it were held back. */
@@ -195,6 +197,7 @@ export function makeProcessors(deps: ProcessorDeps) {
             read: deps.readStored,
             upcasters: deps.upcasters,
             pageReads: reads.separate ? 'replica' : 'in-transaction',
+            tracing: deps.tracing,
           },
           def,
           args.version,

@@ -12,6 +12,7 @@ import { ownDeadline, underDeadline } from '../db/deadline.js';
 import type { Queryable } from '../db/queryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { errorMessage } from '../errors.js';
+import type { Tracing } from '../trace/tracing.js';
 import type { Schedule } from './definition.js';
 import { advanceSchedule, claimTicks, recordTickJob, touchSchedule } from './store.js';
 import { planDue } from './ticks.js';
@@ -31,6 +32,8 @@ export interface SchedulerDeps {
   log: Logger;
   clock: Clock;
   schedules: ScheduledTask[];
+  /** With OpenTelemetry loaded, each tick's enqueue is a span, the parent of the tick's job. */
+  tracing?: Tracing;
 }
 
 export interface Scheduler {
@@ -43,8 +46,23 @@ export interface Scheduler {
   run$(intervalMs?: number): Observable<unknown>;
 }
 
-export function makeScheduler({ pool, q, log, clock, schedules }: SchedulerDeps): Scheduler {
+export function makeScheduler({ pool, q, log, clock, schedules, tracing }: SchedulerDeps): Scheduler {
   const slog = log.child({ component: 'scheduler' });
+
+  /** The tick's job, deferred through the tick's transaction (in a span, with OpenTelemetry). */
+  function enqueueTick(entry: ScheduledTask, client: Queryable, tick: Date): Promise<string | null> {
+    const otel = tracing?.otel;
+    if (otel === undefined) return entry.enqueue(client, tick);
+    // The transaction carries the tick's trace to the defer, with or without a context manager.
+    return otel.tick(entry.schedule.name, tick, async (origin) => {
+      if (origin) tracing!.bind(client, origin);
+      try {
+        return await entry.enqueue(client, tick);
+      } finally {
+        tracing!.unbind(client);
+      }
+    });
+  }
 
   async function runSchedule(entry: ScheduledTask): Promise<Date[]> {
     const { schedule } = entry;
@@ -59,7 +77,7 @@ export function makeScheduler({ pool, q, log, clock, schedules }: SchedulerDeps)
         if (!last) return { enqueued: [], skipped: plan.skipped };
         const claimed = await claimTicks(client, q, schedule.name, plan.enqueue, now);
         for (const tick of claimed) {
-          await recordTickJob(client, q, schedule.name, tick, await entry.enqueue(client, tick));
+          await recordTickJob(client, q, schedule.name, tick, await enqueueTick(entry, client, tick));
         }
         await advanceSchedule(client, q, schedule.name, last, now);
         return { enqueued: claimed, skipped: plan.skipped };

@@ -15,6 +15,7 @@ import type { Logger } from '../log.js';
 import type { Processors } from '../processors/processors.js';
 import type { ScheduleRegistry } from '../schedule/registry.js';
 import { makeScheduler } from '../schedule/scheduler.js';
+import type { Tracing } from '../trace/tracing.js';
 import type { WorkerOptions } from './options.js';
 import { onStopSignals } from './signals.js';
 import { startWorker } from './worker.js';
@@ -35,6 +36,7 @@ export interface RunAppDeps {
   processors: Processors;
   /** The worker's connections, kept across the app's runs (workerPools.ts). */
   workerPools: WorkerPoolShelf;
+  tracing: Tracing;
 }
 
 export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promise<void> {
@@ -52,6 +54,8 @@ export async function runApp(deps: RunAppDeps, options: RunOptions = {}): Promis
 
 async function startAndRun(deps: RunAppDeps, options: RunOptions): Promise<void> {
   const { signal } = options;
+  // Spans from the first job on: OpenTelemetry's import (started with the app) has settled.
+  await deps.tracing.ready;
   const db = await retryConnection('connecting', deps.database, deps.log, { signal });
   await retryConnection(
     'checking the schema',
@@ -82,6 +86,7 @@ async function startAndRun(deps: RunAppDeps, options: RunOptions): Promise<void>
           log: deps.log,
           clock: deps.clock,
           schedules: entries,
+          tracing: deps.tracing,
         })
           .run$()
           .subscribe();
@@ -109,6 +114,7 @@ async function runWorker(deps: RunAppDeps, db: Database, options: RunOptions): P
       defer: deps.queue.defer,
       pools: deps.workerPools,
       startSignal: signal,
+      tracing: deps.tracing,
     },
     workerOptions,
   );

@@ -14,6 +14,9 @@ import { checkProgress, type ProgressReport } from '../jobs/progress.js';
 import type { JobQueue } from '../jobs/queue.js';
 import type { DeferOptions, JobContext, JobInfo, ResolvedTask, Task } from '../jobs/task.js';
 import { checkJson } from '../json.js';
+import type { Origin } from '../trace/origin.js';
+import type { JobSpan } from '../trace/otel.js';
+import type { Tracing } from '../trace/tracing.js';
 import { discardTransaction, type TransactionEnds } from './jobTransaction.js';
 
 export type Outcome =
@@ -35,6 +38,8 @@ export interface RunJobDeps {
   defer: JobQueue['defer'];
   /** Where `ctx.progress` reports go (the worker's throttled writer). */
   progress: (report: ProgressReport) => void;
+  /** What the job's transaction names as the cause of what is written through it; and the job's span. */
+  tracing?: Tracing;
 }
 
 export class ShutdownAbort extends Error {
@@ -137,6 +142,8 @@ export class RunningJob {
   private abortReason: unknown;
   private log: Logger | undefined;
   private readonly ctx: Context;
+  /** With OpenTelemetry loaded: this run's span. */
+  private readonly span: JobSpan | undefined;
 
   constructor(
     readonly job: ClaimedJob,
@@ -145,11 +152,16 @@ export class RunningJob {
   ) {
     this.ctx = new Context(this);
     const started = performance.now();
+    // One field check when OpenTelemetry is not loaded.
+    const otel = deps.tracing?.otel;
+    this.span = otel?.startJob(job, job.origin);
     let result: unknown;
     try {
-      result = task.transaction
-        ? this.openTransaction().then(() => task.handler(job.args, this.ctx))
-        : task.handler(job.args, this.ctx);
+      const run = () =>
+        task.transaction
+          ? this.openTransaction().then(() => task.handler(job.args, this.ctx))
+          : task.handler(job.args, this.ctx);
+      result = this.span ? this.span.run(run) : run();
     } catch (error) {
       result = Promise.reject(error);
     }
@@ -161,6 +173,28 @@ export class RunningJob {
           : { kind: 'failed', error, durationMs: performance.now() - started },
     );
     this.outcome = task.timeoutMs === null ? handled : this.withTimeout(handled, task.timeoutMs, started);
+    const span = this.span;
+    if (span) {
+      void this.outcome.then((outcome) =>
+        span.end(
+          outcome.kind === 'failed'
+            ? { error: outcome.error }
+            : { interrupted: outcome.kind === 'interrupted' },
+        ),
+      );
+    }
+  }
+
+  /**
+   * What the job's follow-ups record as their origin: this job, and the trace it continues
+   * (its span's, with OpenTelemetry; else the one it was deferred with, passed on as is).
+   */
+  private followUpOrigin(): Origin {
+    if (this.span) return this.span.origin;
+    const stored = this.job.origin;
+    return stored?.traceparent === undefined
+      ? { job: this.job.id }
+      : { job: this.job.id, traceparent: stored.traceparent, tracestate: stored.tracestate };
   }
 
   private withTimeout(handled: Promise<Outcome>, timeoutMs: number, started: number): Promise<Outcome> {
@@ -229,6 +263,7 @@ export class RunningJob {
     this.transactionTaken = true;
     const client = this.client;
     this.client = undefined;
+    if (client) this.deps.tracing?.unbind(client);
     return client;
   }
 
@@ -247,6 +282,8 @@ export class RunningJob {
       }
       this.client = connection;
       this.ctx.tx = connection;
+      // Jobs deferred and events appended through it (ctx.defer, ctx.tx) name this job.
+      this.deps.tracing?.bind(connection, this.followUpOrigin());
       return connection;
     })();
     return this.opening;

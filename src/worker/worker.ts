@@ -22,6 +22,7 @@ import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
 import { asRateLimited } from '../jobs/rateLimited.js';
 import type { ResolvedTask } from '../jobs/task.js';
+import type { Tracing } from '../trace/tracing.js';
 import { makeBatchRunner } from './batchRunner.js';
 import { makeClaimLoop } from './claimLoop.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
@@ -55,6 +56,8 @@ export interface WorkerDeps {
   pools?: WorkerPoolShelf;
   /** Ends start-up's retries through connection trouble (app.run's `signal`): `started` rejects with StartAborted. */
   startSignal?: AbortSignal;
+  /** The app's tracing: handler spans, and the cause of what handlers write (docs/tracing.md). */
+  tracing?: Tracing;
 }
 
 export interface Worker {
@@ -115,7 +118,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     log,
     throttleMs: PROGRESS_THROTTLE_MS,
   });
-  const runDeps = { pool: handlers, log, defer: deps.defer, ends, progress: progress.report };
+  const runDeps = {
+    pool: handlers,
+    log,
+    defer: deps.defer,
+    ends,
+    progress: progress.report,
+    tracing: deps.tracing,
+  };
   const running = new Map<string, RunningJob>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();

@@ -6,6 +6,7 @@ import { withTransaction } from '../../db/transaction.js';
 import { errorMessage, ValidationError } from '../../errors.js';
 import type { AppendedEvent } from '../../events/append.js';
 import { DEFAULT_MAX_EVENT_BYTES, type NewEvent, validateEvents } from '../../events/validate.js';
+import { traceOption } from '../../trace/tracing.js';
 import { runCommand } from '../context.js';
 import { parseExpectedVersion, parseInteger, parseJson } from '../parse.js';
 
@@ -22,6 +23,8 @@ interface AppendFlags {
   typeVersion?: string;
   expectedVersion?: string;
   ndjson?: boolean;
+  traceparent?: string;
+  tracestate?: string;
 }
 
 export function registerAppend(program: Command): void {
@@ -39,9 +42,13 @@ export function registerAppend(program: Command): void {
     )
     .option('--expected-version <n|no_stream|any>', 'fail unless the stream is at this version')
     .option('--ndjson', 'read events from standard input, one JSON object per line')
+    .option('--traceparent <value>', 'W3C traceparent the events record in metadata.$origin')
+    .option('--tracestate <value>', 'W3C tracestate that goes with --traceparent')
     .action((flags: AppendFlags, command: Command) =>
       runCommand(command, async ({ app, print, json }) => {
         const expectedVersion = parseExpectedVersion(flags.expectedVersion);
+        const trace = { traceparent: flags.traceparent, tracestate: flags.tracestate };
+        traceOption(trace, '--');
         const events = flags.ndjson ? await readNdjson(flags) : [singleEvent(flags)];
         if (events.length === 0)
           throw new ValidationError('no events on standard input: expected NDJSON lines');
@@ -50,7 +57,9 @@ export function registerAppend(program: Command): void {
         const stored: AppendedEvent[] = await withTransaction(db.pool, async (client) => {
           const all: AppendedEvent[] = [];
           for (let i = 0; i < events.length; i += CHUNK) {
-            all.push(...(await app.events.append(events.slice(i, i + CHUNK), { client, expectedVersion })));
+            all.push(
+              ...(await app.events.append(events.slice(i, i + CHUNK), { client, expectedVersion, ...trace })),
+            );
             if (progress) process.stderr.write(`appended ${all.length}/${events.length} events\n`);
           }
           return all;

@@ -4,6 +4,7 @@ import { parseDurationText } from '../../duration.js';
 import { ValidationError } from '../../errors.js';
 import { ON_CONFLICT_MODES, type OnConflict } from '../../jobs/defer.js';
 import type { DeferOptions } from '../../jobs/task.js';
+import { traceOption } from '../../trace/tracing.js';
 import { runCommand } from '../context.js';
 import { parseInteger, parseJson } from '../parse.js';
 
@@ -17,6 +18,8 @@ interface DeferFlags {
   priority?: string;
   onConflict?: string;
   group?: string;
+  traceparent?: string;
+  tracestate?: string;
 }
 
 export function registerDefer(program: Command): void {
@@ -35,6 +38,8 @@ export function registerDefer(program: Command): void {
     )
     .option('--priority <n>', 'higher runs first (default 0)')
     .option('--group <key>', "the job's group within its queue, for per-group limits (docs/limits.md)")
+    .option('--traceparent <value>', 'W3C traceparent the job continues (shown by jobs show as "caused by")')
+    .option('--tracestate <value>', 'W3C tracestate that goes with --traceparent')
     .action((task: string, flags: DeferFlags, command: Command) =>
       runCommand(command, async ({ app, print }) => {
         // Everything is checked before the database is touched.
@@ -47,7 +52,10 @@ export function registerDefer(program: Command): void {
           priority: flags.priority === undefined ? undefined : parseInteger(flags.priority, '--priority'),
           onConflict: flags.onConflict as OnConflict | undefined,
           group: flags.group,
+          traceparent: flags.traceparent,
+          tracestate: flags.tracestate,
         };
+        traceOption(options, '--');
         if (flags.onConflict !== undefined && !ON_CONFLICT_MODES.includes(flags.onConflict as OnConflict)) {
           throw new ValidationError(
             `--on-conflict "${flags.onConflict}" is invalid: expected ${ON_CONFLICT_MODES.join(', ')}`,

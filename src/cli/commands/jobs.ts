@@ -103,6 +103,7 @@ export function registerJobs(program: Command): void {
           `lock ${job.lock ?? '-'}  queueing lock ${job.queueing_lock ?? '-'}  group ${job.group ?? '-'}  worker ${job.worker_id ?? '-'}`,
           `args ${JSON.stringify(job.args)}`,
         ];
+        if (job.caused_by) lines.push(`caused by ${job.caused_by}`);
         if (job.progress !== null) {
           lines.push(
             `progress ${Math.round(job.progress * 10) / 10}%${job.progress_message ? ` ${job.progress_message}` : ''}${job.progress_at ? ` (at ${job.progress_at.toISOString()})` : ''}`,
