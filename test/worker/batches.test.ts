@@ -306,6 +306,60 @@ describe('batch tasks', () => {
     assert.ok(calls.length <= 3 && calls.every((n) => n <= 3), `calls ${calls}`);
   });
 
+  it('a batch being collected does not hoard jobs of other tasks: they stay claimable by other workers', async () => {
+    // Found in review: the claim that filled a collecting batch's room took whatever was due
+    // first, so one job of a size-1000 batch task made a concurrency-1 worker hold all 40
+    // waiting jobs of a slow plain task `doing` (without the batch job it held 1).
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let plainRuns = 0;
+    const batchCalls: number[] = [];
+    await withWorker(
+      (app) => {
+        app.task('bulk-collect', { batch: { size: 1_000, maxWait: 500 } }, async (jobs) => {
+          batchCalls.push(jobs.length);
+        });
+        app.task('slow-plain', {}, async () => {
+          plainRuns += 1;
+          await gate;
+        });
+      },
+      async (app) => {
+        await app.defer('bulk-collect', { n: 0 });
+        for (let n = 0; n < 40; n += 1) await app.defer('slow-plain', { n });
+        await waitFor('a plain job running', async () => plainRuns === 1);
+        const doingOf = async (task: string) =>
+          (
+            await t.pool.query(
+              `SELECT count(*)::int AS n FROM "${t.schema}".jobs WHERE task = $1 AND status = 'doing'`,
+              [task],
+            )
+          ).rows[0].n as number;
+        await waitFor('the batch job collected', async () => (await doingOf('bulk-collect')) === 1);
+        // More jobs of the batch task; polls come and go while the plain job holds the slot.
+        for (let n = 1; n < 5; n += 1) await app.defer('bulk-collect', { n });
+        const polled = Date.now();
+        await waitFor('a few polls', async () => Date.now() - polled > 600);
+        const doing = await doingOf('slow-plain');
+        assert.ok(doing <= 2, `a concurrency-1 worker holds ${doing} slow-plain jobs doing`);
+        release();
+        await waitFor(
+          'every job',
+          async () => (await left('slow-plain')) === 0 && (await left('bulk-collect')) === 0,
+        );
+      },
+      1,
+    );
+    assert.equal(plainRuns, 40);
+    assert.equal(
+      batchCalls.reduce((a, b) => a + b, 0),
+      5,
+      `batch calls ${batchCalls}`,
+    );
+  });
+
   it("a batch task's handler, called for one job, runs it as a batch of one", async () => {
     const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
     const seen: BatchJob[][] = [];
