@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 035_job_origin
+-- Matches migration: 036_replace_keeps_backoff
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -928,8 +928,9 @@ CREATE TRIGGER jobs_done_notify_delete AFTER DELETE ON jobs
 -- and created_at, and the result is (id, false). One INSERT ... ON CONFLICT DO UPDATE:
 -- concurrent replaces of one lock wait for each other's row lock, so exactly one job
 -- waits, with the args of the last to commit; a job a worker claimed meanwhile is left
--- alone and a new waiting job is inserted. A running (doing) job is never touched: the
--- defer enqueues a waiting job beside it. A replace meeting a waiting job of another task
+-- alone and a new waiting job is inserted. A job waiting out a retry backoff (attempts > 0)
+-- keeps its run_at unless the new one is later: replaces do not cut its backoff short [036].
+-- A running (doing) job is never touched: the defer enqueues a waiting job beside it. A replace meeting a waiting job of another task
 -- raises unique_violation (HINT outbatch:already_enqueued, DETAIL naming that task). The
 -- jobs_notify trigger fires on INSERT only, so a replace that makes a job due now wakes
 -- idle workers itself, with the trigger's condition. [034]
@@ -1000,7 +1001,11 @@ BEGIN
     )
     ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO UPDATE
     SET args = excluded.args,
-        run_at = CASE WHEN defer_job.on_conflict = 'replace' THEN excluded.run_at ELSE j.run_at END,
+        run_at = CASE
+          WHEN defer_job.on_conflict = 'replace-args' THEN j.run_at
+          WHEN j.attempts > 0 THEN greatest(excluded.run_at, j.run_at)
+          ELSE excluded.run_at
+        END,
         updated_at = now()
     WHERE j.task = excluded.task
     RETURNING j.id, j.xmax = 0, CASE WHEN j.run_at <= now() THEN j.queue END

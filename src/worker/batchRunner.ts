@@ -65,15 +65,28 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
     /** Running batches: each takes one slot. */
     running: () => running.size,
     /**
-     * How many jobs to claim, given the worker's room for jobs (free slots and prefetch, less
-     * its buffer): less a slot per batch collected or ready, plus — while there is a slot for
-     * each of them — what the batches being collected can still take. So a free slot fills a
-     * whole batch, and a worker whose slots are all taken does not hoard jobs for batches
-     * that could not run yet.
+     * What the next claim takes, given the worker's room for jobs (free slots and prefetch,
+     * less its buffer). Two kinds of claim, taken in turn while both have room:
+     *
+     * - for the batches being collected (`batchesOnly`: the claim skips every task that is not
+     *   a batch task), as many as they can still take — while there is a slot for each batch
+     *   collected or ready, so a worker whose slots are all taken does not hoard jobs for
+     *   batches that could not run yet;
+     * - for the rest, the room for jobs less a slot per ready batch. A batch still being
+     *   collected holds no slot: jobs of other tasks run meanwhile.
+     *
+     * Found in review: one claim sized for both (room for jobs plus the batches' open room)
+     * filled the open room with whatever was due first — with one job of a `size: 1000`
+     * task collecting, a concurrency-1 worker claimed all 40 waiting jobs of a slow plain
+     * task and held them `doing`, out of other workers' reach
+     * (test/worker/batches.test.ts, "does not hoard").
      */
-    room(jobRoom: number): number {
-      const slots = jobRoom - batches.waitingSlots();
-      return slots < 0 ? slots : slots + batches.openRoom();
+    claim(jobRoom: number, lastFilledBatches: boolean): { limit: number; batchesOnly: boolean } {
+      const open = batches.openRoom();
+      if (!lastFilledBatches && open > 0 && jobRoom - batches.waitingSlots() >= 0) {
+        return { limit: open, batchesOnly: true };
+      }
+      return { limit: jobRoom - batches.readyCount(), batchesOnly: false };
     },
     /** Starts ready batches in at most `free` slots. */
     start(free: number): void {

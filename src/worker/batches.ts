@@ -38,6 +38,8 @@ export interface Batches {
   next(): ReadyBatch | undefined;
   /** Slots the batches being collected or ready will take. */
   waitingSlots(): number;
+  /** Batches ready to run, waiting for a slot. */
+  readyCount(): number;
   /** More jobs the batches being collected can take. */
   openRoom(): number;
   /** Every job collected or ready (not running). */
@@ -86,6 +88,7 @@ export function makeBatches(tasks: ReadonlyMap<string, ResolvedTask>, onReady: (
       return ready.shift();
     },
     waitingSlots: () => ready.length + collecting.size,
+    readyCount: () => ready.length,
     openRoom() {
       let room = 0;
       for (const [name, group] of collecting) room += byName.get(name)!.batch.size - group.jobs.length;

@@ -167,6 +167,9 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     },
   });
   const busy = () => running.size + batches.running();
+  // The kind of the claim being made: for the batches being collected only, or for the rest.
+  let claimingForBatches = false;
+  const plainTasks = [...tasks.values()].filter((task) => !task.batch).map((task) => task.name);
   // Running average of handler time; sizes the prefetch so quick jobs are claimed in
   // big batches and slow ones only as slots free (no hoarding jobs others could run).
   let averageMs: number | undefined;
@@ -187,13 +190,18 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     log,
     workerId: id,
     settings,
-    skipTasks: () => [...foreignTasks],
+    // room() decides the kind of the claim it sizes, and the claim loop asks skipTasks() at
+    // once after it for the same claim: a claim for batches skips every other task.
+    skipTasks: () => (claimingForBatches ? [...foreignTasks, ...plainTasks] : [...foreignTasks]),
     dbNow,
     // A worker with no tasks has nothing to claim for (every job would be given back).
     room: () => {
       if (stopping || tasks.size === 0) return 0;
       const room = target() - buffer.length;
-      return batches.names.size === 0 ? room : batches.room(room);
+      if (batches.names.size === 0) return room;
+      const next = batches.claim(room, claimingForBatches);
+      claimingForBatches = next.batchesOnly;
+      return next.limit;
     },
     held: () => [
       ...buffer.map((job) => job.id),
@@ -202,6 +210,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       ...(batches.names.size === 0 ? [] : batches.heldIds()),
     ],
     onClaimed: (jobs) => {
+      // After a claim for batches, one for the other room (batches.claim takes them in turn).
+      if (claimingForBatches) claims.wake();
       for (const job of jobs) {
         if (!tasks.has(job.task)) {
           giveBackForeign(job); // at once, not when a slot frees: it must not wait behind a running job

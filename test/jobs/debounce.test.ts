@@ -370,6 +370,60 @@ describe('onConflict replace', () => {
     }
   });
 
+  it("a replace keeps a retry-waiting job's backoff: new args, but no attempt before the backoff ends", async () => {
+    // Found in review: 'replace' set run_at to now (or the delay) even on a job waiting out
+    // its retry backoff, while keeping its attempt count — so a burst of replaces during an
+    // outage ran the job back to back and dead-lettered it within seconds, whatever the
+    // task's backoff said.
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    const runs: number[] = [];
+    const task = app.task(
+      'replace-backoff',
+      { retry: { attempts: 3, backoff: { initial: { hours: 1 } } } },
+      async (args: { v: number }) => {
+        runs.push(args.v);
+        throw new Error('downstream is down');
+      },
+    );
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 1, pollInterval: 100, signal: controller.signal });
+    try {
+      await task.defer({ v: 1 }, { queueingLock: 'backoff:1' });
+      await waitFor('the first attempt to fail and wait out its backoff', async () => {
+        const [job] = await jobsWith('backoff:1');
+        return runs.length === 1 && job?.status === 'todo' && job.attempts === 1;
+      });
+      const [waiting] = await jobsWith('backoff:1');
+      assert.ok(waiting!.run_at.getTime() > Date.now() + 30 * 60_000, 'an hour of backoff');
+
+      // Replaces during the backoff, with no run time: the args change, the run time stays.
+      for (const v of [2, 3, 4]) {
+        const result = await task.defer({ v }, { queueingLock: 'backoff:1', onConflict: 'replace' });
+        assert.deepEqual(result, { enqueued: false, existingId: waiting!.id, replaced: true });
+      }
+      let [job] = await jobsWith('backoff:1');
+      assert.deepEqual(
+        [job!.status, job!.attempts, job!.args, job!.run_at],
+        ['todo', 1, { v: 4 }, waiting!.run_at],
+        'the backoff is kept',
+      );
+      // A run time later than the backoff's is taken: a debounce can only push the job out.
+      const later = new Date(waiting!.run_at.getTime() + 60_000);
+      await task.defer({ v: 5 }, { queueingLock: 'backoff:1', runAt: later, onConflict: 'replace' });
+      [job] = await jobsWith('backoff:1');
+      assert.deepEqual([job!.args, job!.run_at], [{ v: 5 }, later]);
+      // Nothing ran meanwhile: one poll later the worker still has nothing due.
+      const polled = Date.now();
+      await waitFor('two poll intervals', async () => Date.now() - polled > 300);
+      assert.deepEqual(runs, [1], 'one attempt so far');
+      assert.equal((await jobsWith('backoff:1')).length, 1);
+    } finally {
+      controller.abort();
+      await running;
+      await app.close();
+    }
+  });
+
   it('debounce with a real worker: 20 defers 100 ms apart with a 1 s delay run the handler once, with the last args', async () => {
     const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
     const runs: number[] = [];

@@ -12,6 +12,7 @@ import { type App, createApp } from '../../src/app.js';
 import { ValidationError } from '../../src/errors.js';
 import type { BatchJob } from '../../src/jobs/task.js';
 import { createLogger } from '../../src/log.js';
+import { startFaultProxy } from '../faultProxy.js';
 import { databaseUrl, isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
 import { createRunsTable, spawnWorker, type WorkerProcess, waitFor, workerStarted } from '../jobs/support.js';
 
@@ -304,6 +305,126 @@ describe('batch tasks', () => {
       3,
     );
     assert.ok(calls.length <= 3 && calls.every((n) => n <= 3), `calls ${calls}`);
+  });
+
+  it('a batch being collected does not hoard jobs of other tasks: they stay claimable by other workers', async () => {
+    // Found in review: the claim that filled a collecting batch's room took whatever was due
+    // first, so one job of a size-1000 batch task made a concurrency-1 worker hold all 40
+    // waiting jobs of a slow plain task `doing` (without the batch job it held 1).
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let plainRuns = 0;
+    const batchCalls: number[] = [];
+    await withWorker(
+      (app) => {
+        app.task('bulk-collect', { batch: { size: 1_000, maxWait: 500 } }, async (jobs) => {
+          batchCalls.push(jobs.length);
+        });
+        app.task('slow-plain', {}, async () => {
+          plainRuns += 1;
+          await gate;
+        });
+      },
+      async (app) => {
+        await app.defer('bulk-collect', { n: 0 });
+        for (let n = 0; n < 40; n += 1) await app.defer('slow-plain', { n });
+        await waitFor('a plain job running', async () => plainRuns === 1);
+        const doingOf = async (task: string) =>
+          (
+            await t.pool.query(
+              `SELECT count(*)::int AS n FROM "${t.schema}".jobs WHERE task = $1 AND status = 'doing'`,
+              [task],
+            )
+          ).rows[0].n as number;
+        await waitFor('the batch job collected', async () => (await doingOf('bulk-collect')) === 1);
+        // More jobs of the batch task; polls come and go while the plain job holds the slot.
+        for (let n = 1; n < 5; n += 1) await app.defer('bulk-collect', { n });
+        const polled = Date.now();
+        await waitFor('a few polls', async () => Date.now() - polled > 600);
+        const doing = await doingOf('slow-plain');
+        assert.ok(doing <= 2, `a concurrency-1 worker holds ${doing} slow-plain jobs doing`);
+        release();
+        await waitFor(
+          'every job',
+          async () => (await left('slow-plain')) === 0 && (await left('bulk-collect')) === 0,
+        );
+      },
+      1,
+    );
+    assert.equal(plainRuns, 40);
+    assert.equal(
+      batchCalls.reduce((a, b) => a + b, 0),
+      5,
+      `batch calls ${batchCalls}`,
+    );
+  });
+
+  it('shutdown while a batch is being collected: its jobs go back to todo uncounted, the handler never called', async () => {
+    const calls: number[] = [];
+    const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+    app.task('bulk-gather', { batch: { size: 100, maxWait: { minutes: 10 } } }, async (jobs) => {
+      calls.push(jobs.length);
+    });
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 2, pollInterval: 200, signal: controller.signal });
+    try {
+      for (let n = 0; n < 3; n += 1) await app.defer('bulk-gather', { n });
+      await waitFor('the jobs collected', async () =>
+        (await rowsOf('bulk-gather')).every((row) => row.status === 'doing'),
+      );
+    } finally {
+      controller.abort();
+      await running;
+      await app.close();
+    }
+    assert.deepEqual(calls, []);
+    assert.deepEqual(
+      (await rowsOf('bulk-gather')).map((row) => [row.status, row.attempts]),
+      [
+        ['todo', 0],
+        ['todo', 0],
+        ['todo', 0],
+      ],
+    );
+  });
+
+  it("lost replies of the claims that fill a batch and of a batch's completions: every job runs once, no attempt counted twice", async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    const seen = new Map<string, number>();
+    const app = createApp({ databaseUrl: proxy.url, schema: t.schema });
+    app.task(
+      'bulk-faults',
+      { batch: { size: 5, maxWait: 300 }, keepSucceededFor: { minutes: 5 } },
+      async (jobs) => {
+        for (const job of jobs) seen.set(job.id, (seen.get(job.id) ?? 0) + 1);
+      },
+    );
+    for (let n = 0; n < 20; n += 1) await app.defer('bulk-faults', { n });
+    // The first claims (an ordinary one, then one for the batch's room) and one completion.
+    const claimsLost = proxy.addRule({ match: 'outbatch_claim', action: 'lose-reply', times: 2 }).fired;
+    const completionLost = proxy.addRule({ match: 'outbatch_complete_', action: 'lose-reply' }).fired;
+    const controller = new AbortController();
+    const running = app.run({ concurrency: 2, pollInterval: 200, signal: controller.signal });
+    try {
+      await claimsLost;
+      await completionLost;
+      await waitFor('every job done', async () =>
+        (await rowsOf('bulk-faults')).every((row) => row.status === 'succeeded'),
+      );
+    } finally {
+      controller.abort();
+      await running;
+      await app.close();
+      await proxy.close();
+    }
+    const rows = await rowsOf('bulk-faults');
+    assert.equal(rows.length, 20);
+    assert.deepEqual(
+      rows.map((row) => [row.status, row.attempts, seen.get(row.id)]),
+      rows.map(() => ['succeeded', 1, 1]),
+    );
   });
 
   it("a batch task's handler, called for one job, runs it as a batch of one", async () => {
