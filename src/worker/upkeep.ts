@@ -38,8 +38,11 @@ export interface UpkeepDeps {
 
 export interface Upkeep {
   start(): void;
-  /** Ends the maintenance passes (at the start of shutdown: no recovering while we stop). */
-  stopMaintenance(): void;
+  /**
+   * Ends the maintenance passes (at the start of shutdown: no recovering while we stop).
+   * Resolves when a pass in flight has finished: the pools must not close under it.
+   */
+  stopMaintenance(): Promise<void>;
   /** Ends the heartbeat and waits for a beat in flight, so none lands after unregistering. */
   stopHeartbeat(): Promise<void>;
 }
@@ -122,6 +125,10 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
     }
   }
 
+  // The pass in flight. Found by ops/chaos/faults.ts: a pass still running when the worker
+  // stopped went on into closed pools ("Cannot use a pool after calling end on the pool").
+  let maintaining: Promise<void> = Promise.resolve();
+
   /** Each step on its own: one that fails (and is logged) does not hold the others back. */
   async function maintain(): Promise<void> {
     deps.reconcile();
@@ -174,13 +181,17 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
         .subscribe();
       timer(0, settings.recoverIntervalMs)
         .pipe(
-          exhaustMap(() => from(maintain())),
+          exhaustMap(() => {
+            maintaining = maintain();
+            return from(maintaining);
+          }),
           takeUntil(maintenanceStopped$),
         )
         .subscribe();
     },
     stopMaintenance() {
       maintenanceStopped$.next();
+      return maintaining;
     },
     async stopHeartbeat() {
       heartbeatStopped = true;

@@ -415,7 +415,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   async function shutdown(): Promise<void> {
     stopping = true;
     stopClaiming$.next();
-    upkeep.stopMaintenance();
+    const maintenanceEnded = upkeep.stopMaintenance();
     await claims.close();
     const waiting = [...buffer.splice(0), ...batches.takeWaiting()];
     log.info(
@@ -457,6 +457,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       `worker stopped: ${written.released} unfinished job(s) returned to todo without counting the attempt`,
     );
     await claims.sweep();
+    await maintenanceEnded;
     // No beat may land after the row is deleted, or it would register a ghost worker.
     await upkeep.stopHeartbeat();
     const unregistered = await unregisterWorker(control, schema, id).then(
