@@ -13,7 +13,7 @@ import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { type DurationInput, toMilliseconds } from '../duration.js';
-import { JobOutcomeError, ValidationError, WaitTimeoutError } from '../errors.js';
+import { JobOutcomeError, OutbatchError, ValidationError, WaitTimeoutError } from '../errors.js';
 import { type DeferResult, deferJob, type JobSpec } from './defer.js';
 
 /**
@@ -60,22 +60,41 @@ export function checkWaitOptions(options: WaitOptions & { client?: unknown }, na
   };
 }
 
+/** How often a waiting job found by `onConflict: 'ignore'` may be claimed away before the mark lands. */
+const MARK_TRIES = 5;
+
 /**
  * Defers the job and marks it awaited in one transaction, so no worker can finish it
  * before the mark is there (which would delete a row whose task keeps no succeeded jobs).
  * With a queueing lock and `onConflict: 'ignore'`, the waiting job that holds the lock is
  * marked and waited for instead. Needs UPDATE on jobs (ops/sql/roles.sql grants the
  * appender role that column).
+ *
+ * The mark is set only on a row still `todo`. A waiting job found by 'ignore' is not
+ * locked by the defer: a worker can claim it before the mark lands, having read it
+ * unmarked, and then deletes the row at success — the wait reported the job "gone" (found
+ * by review; a new job of ours, or one 'replace' updated, is locked by this transaction
+ * until it commits). Such a job is no longer waiting, so the lock is free: defer again,
+ * as a defer at that moment would have, and wait for that job.
  */
 async function deferAwaited(pool: pg.Pool, schema: string, spec: JobSpec): Promise<string> {
   return withTransaction(pool, async (client) => {
-    const result: DeferResult = await deferJob(client, schema, spec);
-    const id = result.enqueued ? result.id : result.existingId;
-    await client.query(
-      `UPDATE ${quoteSchema(schema)}.jobs SET awaited = true WHERE id = $1 AND NOT awaited`,
-      [id],
-    );
-    return id;
+    for (let attempt = 1; ; attempt++) {
+      const result: DeferResult = await deferJob(client, schema, spec);
+      const id = result.enqueued ? result.id : result.existingId;
+      const { rowCount } = await client.query(
+        `UPDATE ${quoteSchema(schema)}.jobs SET awaited = true WHERE id = $1 AND status = 'todo'`,
+        [id],
+      );
+      if (rowCount === 1) return id;
+      if (attempt >= MARK_TRIES) {
+        // As defer_job's own "queueing lock kept changing": nothing was committed.
+        throw new OutbatchError(
+          'OUTBATCH_QUEUEING_LOCK_CHANGING',
+          `deferAndWait of "${spec.task}": the job waiting with queueing lock "${spec.queueingLock}" was claimed ${MARK_TRIES} times before the wait could mark it; try again`,
+        );
+      }
+    }
   });
 }
 

@@ -114,6 +114,18 @@ class Context implements JobContext {
   }
 }
 
+/**
+ * How long a job's row is kept after success: the task's keepSucceededFor, or for a job a
+ * caller waits on (deferAndWait) at least AWAITED_KEEP_MS; null deletes it. Shared by jobs
+ * run one by one and jobs of batch tasks (a batch's completion once ignored `awaited` and
+ * deleted the row its waiter was about to read).
+ */
+export function keepForMs(job: ClaimedJob, task: ResolvedTask): number | null {
+  const kept = task.keepSucceededForMs;
+  if (!job.awaited) return kept;
+  return Math.max(kept ?? 0, AWAITED_KEEP_MS);
+}
+
 /** One claimed job being run. `outcome` settles once, and never rejects. */
 export class RunningJob {
   shuttingDown = false;
@@ -195,9 +207,7 @@ export class RunningJob {
    * caller waits on (deferAndWait) at least AWAITED_KEEP_MS; null deletes it.
    */
   keepForMs(): number | null {
-    const kept = this.task.keepSucceededForMs;
-    if (!this.job.awaited) return kept;
-    return Math.max(kept ?? 0, AWAITED_KEEP_MS);
+    return keepForMs(this.job, this.task);
   }
 
   /**

@@ -1,0 +1,204 @@
+/**
+ * The job lifecycle's edges, found by a hostile review (docs/lifecycle.md): deferAndWait on
+ * a batch task, a cancel of a batch job not started yet, a progress value PostgreSQL's
+ * `real` cannot hold, and a deferAndWait with `onConflict: 'ignore'` whose waiting job is
+ * claimed while the wait marks it. Real workers; outcomes counted in rows and runs.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { type App, createApp } from '../../src/app.js';
+import { captureLog, databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
+import { waitFor } from './support.js';
+
+let t: TestApp;
+before(async () => {
+  t = await isolatedApp('lifecycle_edges');
+  await t.pool.query(`CREATE TABLE "${t.schema}".runs (job text NOT NULL)`);
+});
+after(async () => t.cleanup());
+
+const FAST = { pollInterval: 50, heartbeatInterval: 100, recoverInterval: 100, stallTimeout: 3_600_000 };
+const q = () => `"${t.schema}"`;
+
+const recordRun = (jobId: string) => t.pool.query(`INSERT INTO ${q()}.runs VALUES ($1)`, [jobId]);
+const runs = async (jobId: string) =>
+  Number((await t.pool.query(`SELECT count(*) FROM ${q()}.runs WHERE job = $1`, [jobId])).rows[0].count);
+const row = async (id: string) =>
+  (await t.pool.query(`SELECT * FROM ${q()}.jobs WHERE id = $1`, [id])).rows[0] as
+    | { status: string; result: unknown; progress: number | null; awaited: boolean }
+    | undefined;
+
+const newApp = (options: Record<string, unknown> = {}) =>
+  createApp({ databaseUrl: databaseUrl(), schema: t.schema, ...options });
+
+/** Runs `app`'s worker around `body`, then stops it gracefully. */
+async function withWorker(app: App, body: () => Promise<void>, options: Record<string, unknown> = {}) {
+  const controller = new AbortController();
+  const running = app.run({ ...FAST, ...options, signal: controller.signal });
+  try {
+    await waitFor(
+      'the worker to register',
+      async () => (await t.pool.query(`SELECT 1 FROM ${q()}.workers`)).rowCount,
+    );
+    await body();
+  } finally {
+    controller.abort();
+    try {
+      await running;
+    } finally {
+      await app.close();
+    }
+  }
+}
+
+function gate() {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { open, opened };
+}
+
+async function deferred(app: App, task: string, args: unknown = {}, options = {}): Promise<string> {
+  const result = await app.defer(task, args, options);
+  assert.ok(result.enqueued);
+  return result.id;
+}
+
+describe('batch tasks and the lifecycle', () => {
+  it('deferAndWait on a batch task that keeps no succeeded jobs resolves (the awaited row is kept)', async () => {
+    const app = newApp();
+    app.task('bulk-awaited', { batch: { size: 5, maxWait: 50 } }, async (jobs) => {
+      for (const job of jobs) await recordRun(job.id);
+    });
+    await withWorker(app, async () => {
+      const waits = [0, 1, 2].map(() => app.deferAndWait('bulk-awaited', {}, { timeout: { seconds: 30 } }));
+      // Before the fix the batch's completion deleted the awaited rows: every wait rejected
+      // with "job … is gone".
+      assert.deepEqual(await Promise.all(waits), [null, null, null]);
+    });
+    const rows = (
+      await t.pool.query(`SELECT status, keep_until FROM ${q()}.jobs WHERE task = 'bulk-awaited'`)
+    ).rows;
+    assert.equal(rows.length, 3);
+    for (const kept of rows) {
+      assert.equal(kept.status, 'succeeded');
+      assert.ok(kept.keep_until instanceof Date);
+    }
+  });
+
+  it('a batch job cancelled while it is collected for its batch is dropped, never handed to the handler', async () => {
+    const { log, lines } = captureLog();
+    const app = newApp({ logger: log });
+    // A batch of two that waits a minute for its second job: the first sits collected.
+    app.task('bulk-cancel', { batch: { size: 2, maxWait: { minutes: 1 } } }, async (jobs) => {
+      for (const job of jobs) await recordRun(job.id);
+    });
+    await withWorker(app, async () => {
+      const first = await deferred(app, 'bulk-cancel');
+      await waitFor('the first job to be claimed', async () => (await row(first))?.status === 'doing');
+      assert.deepEqual((await app.jobs.cancel([first])).done, [first]);
+      await waitFor('the worker to drop the cancelled job', async () =>
+        lines.some((line) => line.includes('job cancelled before it started')),
+      );
+      const second = await deferred(app, 'bulk-cancel');
+      const third = await deferred(app, 'bulk-cancel');
+      await waitFor(
+        'the two later jobs to run',
+        async () => (await runs(second)) + (await runs(third)) === 2,
+      );
+      assert.equal(await runs(first), 0, 'the cancelled job reached the handler');
+      assert.equal((await row(first))!.status, 'cancelled');
+    });
+  });
+});
+
+describe('progress values PostgreSQL cannot store as real', () => {
+  it('a tiny value (1e-50) is stored as 0 and does not take the other jobs’ reports down with it', async () => {
+    const app = newApp();
+    const finish = gate();
+    const reported = new Set<string>();
+    app.task('tiny-progress', { keepSucceededFor: { minutes: 5 } }, async (args: { value: number }, ctx) => {
+      // Reported until the end, so the two jobs' reports share the worker's writes.
+      while (!ctx.signal.aborted) {
+        ctx.progress(args.value);
+        reported.add(ctx.job.id);
+        if (await Promise.race([finish.opened.then(() => true), new Promise((r) => setTimeout(r, 20))]))
+          break;
+      }
+    });
+    await withWorker(
+      app,
+      async () => {
+        const tiny = await deferred(app, 'tiny-progress', { value: 1e-50 });
+        const normal = await deferred(app, 'tiny-progress', { value: 40 });
+        await waitFor('both jobs to report', async () => reported.size === 2);
+        // Before the fix: "1e-50" is out of range for type real, the whole write refused and
+        // every report in it dropped, again at each write.
+        await waitFor(
+          'the normal job’s progress to be written',
+          async () => (await row(normal))?.progress === 40,
+        );
+        await waitFor('the tiny job’s progress to be written', async () => (await row(tiny))?.progress === 0);
+        finish.open();
+      },
+      { concurrency: 2 },
+    );
+  });
+});
+
+describe("deferAndWait with onConflict 'ignore'", () => {
+  it('a waiting job claimed while the wait marks it: the wait still gets a result, not "gone"', async () => {
+    // A test-only gate: the wait's "mark awaited" statement blocks on an advisory lock the
+    // test holds, so a worker claims (and is about to complete) the job between the defer
+    // and the mark — the window a busy queue hits by chance.
+    await t.pool.query(`
+      CREATE FUNCTION ${q()}.gate_awaited() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF current_query() LIKE '%SET awaited = true%' THEN PERFORM pg_advisory_xact_lock(424242); END IF;
+        RETURN NULL;
+      END $$;
+      CREATE TRIGGER gate_awaited BEFORE UPDATE ON ${q()}.jobs
+      FOR EACH STATEMENT EXECUTE FUNCTION ${q()}.gate_awaited();`);
+    const holder = await t.pool.connect();
+    const app = newApp();
+    const proceed = gate();
+    app.task('ignored-race', {}, async (_args, ctx) => {
+      await recordRun(ctx.job.id);
+      await proceed.opened;
+      return `result of ${ctx.job.id}`;
+    });
+    try {
+      const existing = await deferred(app, 'ignored-race', {}, { queueingLock: 'race' });
+      await holder.query('SELECT pg_advisory_lock(424242)');
+      const waiting = app.deferAndWait<string>(
+        'ignored-race',
+        {},
+        {
+          queueingLock: 'race',
+          onConflict: 'ignore',
+          timeout: { seconds: 30 },
+        },
+      );
+      waiting.catch(() => {}); // awaited below
+      await waitFor('the wait to block on the gate', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE '%SET awaited = true%'`,
+        );
+        return rows.length > 0;
+      });
+      await withWorker(app, async () => {
+        await waitFor('the existing job to run', async () => (await runs(existing)) === 1);
+        await holder.query('SELECT pg_advisory_unlock(424242)');
+        proceed.open();
+        // Before the fix the mark landed on the running job, which its worker (having
+        // claimed it unmarked) deleted at success: the wait rejected with "gone".
+        const result = await waiting;
+        assert.match(result, /^result of \d+$/);
+      });
+    } finally {
+      holder.release();
+      await t.pool.query(`DROP TRIGGER gate_awaited ON ${q()}.jobs; DROP FUNCTION ${q()}.gate_awaited()`);
+    }
+  });
+});
