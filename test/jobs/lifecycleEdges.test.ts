@@ -202,3 +202,39 @@ describe("deferAndWait with onConflict 'ignore'", () => {
     }
   });
 });
+
+describe('keep times in one completion batch', () => {
+  it('an awaited job completed in the same batch as a job of its task not awaited keeps its own keep time', async () => {
+    const app = newApp();
+    const finish = gate();
+    const started = new Set<string>();
+    app.task('mixed-keep', { keepSucceededFor: { seconds: 10 } }, async (_a, ctx) => {
+      started.add(ctx.job.id);
+      await finish.opened; // both finish in one tick: their completions go out in one statement
+      return ctx.job.id;
+    });
+    // The job nobody awaits is claimed first (higher priority), so its completion comes
+    // first in the batch: before the fix the batch's keep time per task was the first
+    // completion's, and the awaited row was kept 10 s instead of an hour.
+    const plain = await deferred(app, 'mixed-keep', {}, { priority: 10 });
+    const waiting = app.deferAndWait<string>('mixed-keep', {}, { timeout: { seconds: 30 } });
+    waiting.catch(() => {}); // awaited below
+    await withWorker(
+      app,
+      async () => {
+        await waitFor('both jobs to start', async () => started.size === 2);
+        finish.open();
+        const awaitedId = await waiting;
+        const keeps = (
+          await t.pool.query(
+            `SELECT id::text, extract(epoch FROM keep_until - finished_at)::float8 AS keep_s FROM ${q()}.jobs WHERE task = 'mixed-keep'`,
+          )
+        ).rows as { id: string; keep_s: number }[];
+        const keepOf = new Map(keeps.map((k) => [k.id, k.keep_s]));
+        assert.equal(keepOf.get(plain), 10);
+        assert.equal(keepOf.get(awaitedId), 3600);
+      },
+      { concurrency: 2 },
+    );
+  });
+});
