@@ -8,9 +8,11 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { catchError, EMPTY, type Subscription } from 'rxjs';
 import type { Database } from '../db/database.js';
+import { ownDeadline, withDeadline } from '../db/deadline.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
+import { failureKind } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { type DurationInput, toMilliseconds } from '../duration.js';
 import { JobOutcomeError, OutbatchError, ValidationError, WaitTimeoutError } from '../errors.js';
@@ -216,7 +218,21 @@ export function makeJobWaiter(deps: {
       for (;;) {
         if (closed) throw new ValidationError(`the app was closed while waiting for job ${id}`);
         woken = false;
-        const outcome = settled(id, await readOutcome(db.pool, schema, id));
+        // Each look has a deadline: the app pool's own, or what is left of the wait if less.
+        // Without one, a look on a half-open connection waited for TCP keepalive (minutes),
+        // far past the wait's timeout (found by review, with the fault proxy). A look that
+        // fails on the connection (abandoned at its deadline, cut, the server restarting)
+        // does not end the wait: the job goes on, and the next look may find its outcome.
+        const deadlineMs = Math.max(1, Math.min(ownDeadline(db.pool), giveUpAt - Date.now()));
+        let row: JobOutcomeRow | undefined | null;
+        try {
+          row = await readOutcome(withDeadline(db.pool, deadlineMs), schema, id);
+        } catch (error) {
+          if (failureKind(error) !== 'connection') throw error;
+          log.warn({ err: error, jobId: id }, 'looking at an awaited job failed; looking again');
+          row = null;
+        }
+        const outcome = row === null ? undefined : settled(id, row);
         if (outcome instanceof JobOutcomeError) throw outcome;
         if (outcome) return outcome.result;
         const leftMs = giveUpAt - Date.now();

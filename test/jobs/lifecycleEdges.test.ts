@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
+import { WaitTimeoutError } from '../../src/errors.js';
+import { startFaultProxy } from '../faultProxy.js';
 import { captureLog, databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
 
@@ -236,5 +238,76 @@ describe('keep times in one completion batch', () => {
       },
       { concurrency: 2 },
     );
+  });
+});
+
+describe('deferAndWait on a connection that goes silent', () => {
+  it('a half-open connection under the wait: its timeout still ends it', async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    // No worker: the job never ends, only the wait's timeout can.
+    const app = createApp({ databaseUrl: proxy.url, schema: t.schema });
+    try {
+      const waiting = app.deferAndWait('never-runs', {}, { timeout: { seconds: 3 }, pollInterval: 200 });
+      const settled = waiting.then(
+        () => 'resolved',
+        (error: unknown) => error,
+      );
+      await waitFor(
+        'the job to be deferred',
+        async () => (await t.pool.query(`SELECT 1 FROM ${q()}.jobs WHERE task = 'never-runs'`)).rowCount,
+      );
+      // Every connection of the app goes silent, without closing: the next look at the row
+      // gets no answer. Before the fix that look waited for TCP keepalive (minutes), far
+      // past the wait's 3 s timeout.
+      assert.ok(proxy.halfOpen() > 0);
+      let guard: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        settled,
+        new Promise((resolve) => {
+          guard = setTimeout(() => resolve('still waiting 30 s after a 3 s timeout'), 30_000);
+        }),
+      ]);
+      clearTimeout(guard);
+      assert.ok(outcome instanceof WaitTimeoutError, String(outcome));
+    } finally {
+      await proxy.close();
+      await app.close();
+    }
+  });
+
+  it('a look at the row cut mid-wait (connection lost) does not end the wait: the result still comes', async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    const waiter = createApp({ databaseUrl: proxy.url, schema: t.schema });
+    const worker = newApp();
+    const finish = gate();
+    const started = gate();
+    worker.task('after-a-blip', {}, async () => {
+      started.open();
+      await finish.opened;
+      return 'after the blip';
+    });
+    try {
+      await withWorker(worker, async () => {
+        const waiting = waiter.deferAndWait(
+          'after-a-blip',
+          {},
+          { timeout: { seconds: 30 }, pollInterval: 100 },
+        );
+        const settled = waiting.then(
+          (value) => value,
+          (error: unknown) => error,
+        );
+        await started.opened;
+        // The next look at the row never reaches the server: its connection is closed.
+        const { fired } = proxy.addRule({ match: "last_error ->> 'message' AS error", action: 'cut' });
+        await fired;
+        finish.open();
+        // Before the fix the cut look rejected the wait with the connection error.
+        assert.equal(await settled, 'after the blip');
+      });
+    } finally {
+      await proxy.close();
+      await waiter.close();
+    }
   });
 });
