@@ -311,3 +311,29 @@ describe('deferAndWait on a connection that goes silent', () => {
     }
   });
 });
+
+describe('results PostgreSQL cannot store', () => {
+  it('a result whose toJSON gives a NUL fails the attempt with one line and is retried, like any non-JSON result', async () => {
+    const app = newApp();
+    app.task(
+      'nul-result',
+      { keepSucceededFor: { minutes: 5 }, retry: { attempts: 2, backoff: { initial: 10 } } },
+      async (_a, ctx) => {
+        await recordRun(ctx.job.id);
+        return { note: { toJSON: () => 'bad\u0000text' } };
+      },
+    );
+    await withWorker(app, async () => {
+      const id = await deferred(app, 'nul-result');
+      await waitFor('the job to fail for good', async () => (await row(id))?.status === 'failed');
+      // Before the fix the completion statement was refused (jsonb takes no \u0000): the job
+      // failed for good at once, "outcome could not be recorded", its retry never run.
+      assert.equal(await runs(id), 2);
+      const job = (await t.pool.query(`SELECT last_error FROM ${q()}.jobs WHERE id = $1`, [id])).rows[0];
+      assert.match(
+        job.last_error.message,
+        /^the return value of task "nul-result"\.note contains a NUL character/,
+      );
+    });
+  });
+});
