@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
 import { WaitTimeoutError } from '../../src/errors.js';
+import { purgeSucceeded } from '../../src/jobs/maintenance.js';
 import { startFaultProxy } from '../faultProxy.js';
 import { captureLog, databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
@@ -335,5 +336,30 @@ describe('results PostgreSQL cannot store', () => {
         /^the return value of task "nul-result"\.note contains a NUL character/,
       );
     });
+  });
+});
+
+describe('purging awaited rows', () => {
+  it('the purge of kept awaited rows sends no NOTIFY: their waiters were told when the jobs ended', async () => {
+    const listener = await t.pool.connect();
+    const heard: string[] = [];
+    listener.on('notification', (note) => heard.push(note.payload ?? ''));
+    try {
+      await listener.query(`LISTEN "${t.schema}_done"`);
+      // 200 awaited jobs that succeeded and whose keep time is over.
+      await t.pool.query(
+        `INSERT INTO ${q()}.jobs (task, status, awaited, finished_at, keep_until)
+         SELECT 'purged-awaited', 'succeeded', true, now(), now() - interval '1 minute' FROM generate_series(1, 200)`,
+      );
+      assert.equal(await purgeSucceeded(t.pool, t.schema, null), 200);
+      await t.pool.query(`SELECT pg_notify($1, 'marker')`, [`${t.schema}_done`]);
+      await waitFor('the marker notification', async () => heard.includes('marker'));
+      // Before the fix: one NOTIFY per purged row (200), in the purge's transaction, which
+      // took the cluster-wide notify lock through its commit, for waiters long gone.
+      assert.deepEqual(heard, ['marker']);
+    } finally {
+      await listener.query(`UNLISTEN *`);
+      listener.release();
+    }
   });
 });
