@@ -15,7 +15,13 @@ import type { Queryable } from '../db/queryable.js';
 import { failureKind } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { type DurationInput, toMilliseconds } from '../duration.js';
-import { JobOutcomeError, OutbatchError, ValidationError, WaitTimeoutError } from '../errors.js';
+import {
+  AlreadyEnqueued,
+  JobOutcomeError,
+  OutbatchError,
+  ValidationError,
+  WaitTimeoutError,
+} from '../errors.js';
 import { type DeferResult, deferJob, type JobSpec } from './defer.js';
 
 /**
@@ -84,11 +90,22 @@ async function deferAwaited(pool: pg.Pool, schema: string, spec: JobSpec): Promi
     for (let attempt = 1; ; attempt++) {
       const result: DeferResult = await deferJob(client, schema, spec);
       const id = result.enqueued ? result.id : result.existingId;
-      const { rowCount } = await client.query(
-        `UPDATE ${quoteSchema(schema)}.jobs SET awaited = true WHERE id = $1 AND status = 'todo'`,
+      const { rows } = await client.query<{ task: string }>(
+        `UPDATE ${quoteSchema(schema)}.jobs SET awaited = true WHERE id = $1 AND status = 'todo' RETURNING task`,
         [id],
       );
-      if (rowCount === 1) return id;
+      // 'ignore' returns the waiting job whatever its task: waiting for another task's job
+      // would resolve with that task's result, typed as this one's (found by review).
+      // Refused, and the transaction rolled back with its mark.
+      if (rows[0] && rows[0].task !== spec.task) {
+        throw new AlreadyEnqueued(
+          spec.queueingLock!,
+          id,
+          rows[0].task,
+          "deferAndWait with onConflict 'ignore' waits for",
+        );
+      }
+      if (rows[0]) return id;
       if (attempt >= MARK_TRIES) {
         // As defer_job's own "queueing lock kept changing": nothing was committed.
         throw new OutbatchError(

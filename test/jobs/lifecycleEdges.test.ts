@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
-import { WaitTimeoutError } from '../../src/errors.js';
+import { AlreadyEnqueued, WaitTimeoutError } from '../../src/errors.js';
 import { purgeSucceeded } from '../../src/jobs/maintenance.js';
 import { startFaultProxy } from '../faultProxy.js';
 import { captureLog, databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
@@ -360,6 +360,34 @@ describe('purging awaited rows', () => {
     } finally {
       await listener.query(`UNLISTEN *`);
       listener.release();
+    }
+  });
+});
+
+describe("deferAndWait with onConflict 'ignore' and another task's job", () => {
+  it('a queueing lock held by a waiting job of another task is refused: no wait for a result of the wrong task', async () => {
+    const app = newApp();
+    const other = await deferred(app, 'lock-holder', {}, { queueingLock: 'shared-lock' });
+    try {
+      // Before the fix the wait marked job `other` and would have resolved with its result.
+      await assert.rejects(
+        app.deferAndWait(
+          'lock-waiter',
+          {},
+          { queueingLock: 'shared-lock', onConflict: 'ignore', timeout: 5_000 },
+        ),
+        (error: unknown) =>
+          error instanceof AlreadyEnqueued &&
+          error.existingTask === 'lock-holder' &&
+          /for task "lock-holder": deferAndWait with onConflict 'ignore' waits for only a waiting job of the same task/.test(
+            error.message,
+          ),
+      );
+      assert.equal((await row(other))!.awaited, false, 'the mark was rolled back');
+      const jobs = await t.pool.query(`SELECT 1 FROM ${q()}.jobs WHERE task = 'lock-waiter'`);
+      assert.equal(jobs.rowCount, 0);
+    } finally {
+      await app.close();
     }
   });
 });
