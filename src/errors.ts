@@ -150,12 +150,14 @@ export class AlreadyEnqueued extends OutbatchError {
     readonly existingId: string,
     /** Set when a replace met a waiting job of this other task, which it does not replace. */
     readonly existingTask?: string,
+    /** What refused the other task's job: a replace, or a deferAndWait that would have waited for it. */
+    refusedBy = "onConflict 'replace' replaces",
   ) {
     super(
       'OUTBATCH_ALREADY_ENQUEUED',
       existingTask === undefined
         ? `a job with queueing lock "${queueingLock}" is already enqueued (job ${existingId}): pass onConflict: 'ignore' to get its id instead`
-        : `a job with queueing lock "${queueingLock}" is already enqueued (job ${existingId}) for task "${existingTask}": onConflict 'replace' replaces only a waiting job of the same task`,
+        : `a job with queueing lock "${queueingLock}" is already enqueued (job ${existingId}) for task "${existingTask}": ${refusedBy} only a waiting job of the same task`,
     );
   }
 }

@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 036_replace_keeps_backoff
+-- Matches migration: 037_awaited_delete_notify
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -907,8 +907,12 @@ CREATE TRIGGER jobs_done_notify AFTER UPDATE OF status ON jobs
   FOR EACH ROW WHEN (OLD.awaited AND OLD.status <> NEW.status AND NEW.status IN ('succeeded', 'failed', 'cancelled'))
   EXECUTE FUNCTION notify_job_done();
 
+-- An awaited row deleted before it ended (an operator's delete of a waiting job) tells its
+-- waiter; one deleted after (the purge of kept rows) does not: its waiter was told when the
+-- job ended, and a purge must not send a NOTIFY per row. [037]
 CREATE TRIGGER jobs_done_notify_delete AFTER DELETE ON jobs
-  FOR EACH ROW WHEN (OLD.awaited) EXECUTE FUNCTION notify_job_done();
+  FOR EACH ROW WHEN (OLD.awaited AND OLD.status NOT IN ('succeeded', 'failed', 'cancelled'))
+  EXECUTE FUNCTION notify_job_done();
 
 -- Enqueue one job. Returns (id, enqueued). With a queueing lock that already has a todo
 -- job, on_conflict => 'ignore' returns that job's id with enqueued = false, and 'error'

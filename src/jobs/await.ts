@@ -8,12 +8,20 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { catchError, EMPTY, type Subscription } from 'rxjs';
 import type { Database } from '../db/database.js';
+import { ownDeadline, withDeadline } from '../db/deadline.js';
 import { quoteSchema } from '../db/identifiers.js';
 import { listen } from '../db/listen.js';
 import type { Queryable } from '../db/queryable.js';
+import { failureKind } from '../db/retryable.js';
 import { withTransaction } from '../db/transaction.js';
 import { type DurationInput, toMilliseconds } from '../duration.js';
-import { JobOutcomeError, ValidationError, WaitTimeoutError } from '../errors.js';
+import {
+  AlreadyEnqueued,
+  JobOutcomeError,
+  OutbatchError,
+  ValidationError,
+  WaitTimeoutError,
+} from '../errors.js';
 import { type DeferResult, deferJob, type JobSpec } from './defer.js';
 
 /**
@@ -60,22 +68,52 @@ export function checkWaitOptions(options: WaitOptions & { client?: unknown }, na
   };
 }
 
+/** How often a waiting job found by `onConflict: 'ignore'` may be claimed away before the mark lands. */
+const MARK_TRIES = 5;
+
 /**
  * Defers the job and marks it awaited in one transaction, so no worker can finish it
  * before the mark is there (which would delete a row whose task keeps no succeeded jobs).
  * With a queueing lock and `onConflict: 'ignore'`, the waiting job that holds the lock is
  * marked and waited for instead. Needs UPDATE on jobs (ops/sql/roles.sql grants the
  * appender role that column).
+ *
+ * The mark is set only on a row still `todo`. A waiting job found by 'ignore' is not
+ * locked by the defer: a worker can claim it before the mark lands, having read it
+ * unmarked, and then deletes the row at success — the wait reported the job "gone" (found
+ * by review; a new job of ours, or one 'replace' updated, is locked by this transaction
+ * until it commits). Such a job is no longer waiting, so the lock is free: defer again,
+ * as a defer at that moment would have, and wait for that job.
  */
 async function deferAwaited(pool: pg.Pool, schema: string, spec: JobSpec): Promise<string> {
   return withTransaction(pool, async (client) => {
-    const result: DeferResult = await deferJob(client, schema, spec);
-    const id = result.enqueued ? result.id : result.existingId;
-    await client.query(
-      `UPDATE ${quoteSchema(schema)}.jobs SET awaited = true WHERE id = $1 AND NOT awaited`,
-      [id],
-    );
-    return id;
+    for (let attempt = 1; ; attempt++) {
+      const result: DeferResult = await deferJob(client, schema, spec);
+      const id = result.enqueued ? result.id : result.existingId;
+      const { rows } = await client.query<{ task: string }>(
+        `UPDATE ${quoteSchema(schema)}.jobs SET awaited = true WHERE id = $1 AND status = 'todo' RETURNING task`,
+        [id],
+      );
+      // 'ignore' returns the waiting job whatever its task: waiting for another task's job
+      // would resolve with that task's result, typed as this one's (found by review).
+      // Refused, and the transaction rolled back with its mark.
+      if (rows[0] && rows[0].task !== spec.task) {
+        throw new AlreadyEnqueued(
+          spec.queueingLock!,
+          id,
+          rows[0].task,
+          "deferAndWait with onConflict 'ignore' waits for",
+        );
+      }
+      if (rows[0]) return id;
+      if (attempt >= MARK_TRIES) {
+        // As defer_job's own "queueing lock kept changing": nothing was committed.
+        throw new OutbatchError(
+          'OUTBATCH_QUEUEING_LOCK_CHANGING',
+          `deferAndWait of "${spec.task}": the job waiting with queueing lock "${spec.queueingLock}" was claimed ${MARK_TRIES} times before the wait could mark it; try again`,
+        );
+      }
+    }
   });
 }
 
@@ -197,7 +235,21 @@ export function makeJobWaiter(deps: {
       for (;;) {
         if (closed) throw new ValidationError(`the app was closed while waiting for job ${id}`);
         woken = false;
-        const outcome = settled(id, await readOutcome(db.pool, schema, id));
+        // Each look has a deadline: the app pool's own, or what is left of the wait if less.
+        // Without one, a look on a half-open connection waited for TCP keepalive (minutes),
+        // far past the wait's timeout (found by review, with the fault proxy). A look that
+        // fails on the connection (abandoned at its deadline, cut, the server restarting)
+        // does not end the wait: the job goes on, and the next look may find its outcome.
+        const deadlineMs = Math.max(1, Math.min(ownDeadline(db.pool), giveUpAt - Date.now()));
+        let row: JobOutcomeRow | undefined | null;
+        try {
+          row = await readOutcome(withDeadline(db.pool, deadlineMs), schema, id);
+        } catch (error) {
+          if (failureKind(error) !== 'connection') throw error;
+          log.warn({ err: error, jobId: id }, 'looking at an awaited job failed; looking again');
+          row = null;
+        }
+        const outcome = row === null ? undefined : settled(id, row);
         if (outcome instanceof JobOutcomeError) throw outcome;
         if (outcome) return outcome.result;
         const leftMs = giveUpAt - Date.now();

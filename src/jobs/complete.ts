@@ -31,6 +31,18 @@ function resultsById(kept: Completion[]): string | null {
 }
 
 /**
+ * `{"<id>": keep_ms, ...}` for the kept completions: how long each row is kept. Per job,
+ * not per task: a task's awaited jobs (deferAndWait) are kept longer than its others, and
+ * both may complete in one batch (the per-task keep time used before took the batch's
+ * first completion's for all: an awaited row kept 10 s instead of an hour; found by review).
+ */
+function keepsById(kept: Completion[]): string {
+  const pairs: string[] = [];
+  for (const c of kept) pairs.push(`"${c.id}":${c.keepForMs}`);
+  return `{${pairs.join(',')}}`;
+}
+
+/**
  * `{"<id>": attempt, ...}`: the claim check's lookup table. An id twice (a job claimed again
  * while its older claim's outcome waits) keeps the newer claim, the only one the row can hold.
  */
@@ -47,16 +59,14 @@ export function attemptsById(claims: { id: string; attempt: number }[]): string 
 
 /** Per-task sums computed here, so the statement joins nothing per job. */
 function perTask(completions: Completion[]) {
-  const tasks = new Map<string, { sum: number; max: number; keep: number | null }>();
+  const tasks = new Map<string, { sum: number; max: number }>();
   for (const c of completions) {
     const entry = tasks.get(c.task);
     if (entry) {
       entry.sum += c.durationMs;
       entry.max = Math.max(entry.max, c.durationMs);
-      // A task that keeps no rows still keeps its awaited jobs' (deferAndWait): the kept ones' time.
-      entry.keep ??= c.keepForMs;
     } else {
-      tasks.set(c.task, { sum: c.durationMs, max: c.durationMs, keep: c.keepForMs });
+      tasks.set(c.task, { sum: c.durationMs, max: c.durationMs });
     }
   }
   return tasks;
@@ -99,7 +109,7 @@ export async function completeJobs(
     db,
     `outbatch_complete_${schema}`,
     `WITH per_task AS (
-       SELECT * FROM unnest($4::text[], $5::float8[], $6::float8[], $7::float8[]) AS p(task, sum_ms, max_ms, keep_ms)
+       SELECT * FROM unnest($4::text[], $5::float8[], $6::float8[]) AS p(task, sum_ms, max_ms)
      ), deleted AS (
        DELETE FROM ${s}.jobs j
        WHERE j.id = ANY ($1::bigint[]) AND j.worker_id = $2 AND j.status || '' = 'doing'
@@ -110,7 +120,7 @@ export async function completeJobs(
        SET status = 'succeeded', worker_id = NULL,
            finished_at = coalesce($3::timestamptz, now()), updated_at = coalesce($3::timestamptz, now()),
            keep_until = coalesce($3::timestamptz, now())
-             + (SELECT p.keep_ms FROM per_task p WHERE p.task = j.task) * interval '1 millisecond',
+             + ($7::jsonb ->> j.id::text)::float8 * interval '1 millisecond',
            result = $11::jsonb -> j.id::text
        WHERE j.id = ANY ($8::bigint[]) AND j.worker_id = $2 AND j.status || '' = 'doing'
          AND j.attempts = ($10::jsonb ->> j.id::text)::int
@@ -135,7 +145,7 @@ export async function completeJobs(
       names,
       names.map((name) => tasks.get(name)!.sum),
       names.map((name) => tasks.get(name)!.max),
-      names.map((name) => tasks.get(name)!.keep),
+      kept.length === 0 ? null : keepsById(kept),
       kept.map((c) => c.id),
       attemptsById(deleted),
       attemptsById(kept),

@@ -22,13 +22,17 @@ export function checkProgress(value: unknown, message: unknown): { value: number
       `progress ${typeof value === 'number' ? value : (JSON.stringify(value) ?? String(value))} is invalid: expected a number from 0 to 100 (a percentage)`,
     );
   }
-  if (message === undefined || message === null) return { value, message: null };
+  // Stored as `real`: rounded to it here, as PostgreSQL would, except that PostgreSQL
+  // refuses a value below real's range ("1e-50" is out of range for type real) rather
+  // than rounding it to 0 — and the refusal took every job's report in that write with it.
+  const stored = Math.fround(value);
+  if (message === undefined || message === null) return { value: stored, message: null };
   if (typeof message !== 'string' || message.length > MESSAGE_MAX || !storable(message)) {
     throw new ValidationError(
       `progress message is invalid: expected a string of at most ${MESSAGE_MAX} characters without NUL or lone surrogates`,
     );
   }
-  return { value, message };
+  return { value: stored, message };
 }
 
 /**

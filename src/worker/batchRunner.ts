@@ -11,6 +11,7 @@ import { makeBatches } from './batches.js';
 import type { JobFinished } from './options.js';
 import type { makeOutcomeWriter } from './outcomes.js';
 import { type BatchRunOutcome, RunningBatch } from './runBatch.js';
+import { keepForMs } from './runJob.js';
 
 export interface BatchRunnerDeps {
   tasks: ReadonlyMap<string, ResolvedTask>;
@@ -47,7 +48,8 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
       const result = outcome.results[i]!;
       const durationMs = outcome.durationMs / run.jobs.length;
       if (result.ok) {
-        outcomes.complete(job, run.task, durationMs);
+        // An awaited job (deferAndWait) is kept for its waiter; a batch has no per-job result.
+        outcomes.complete(job, run.task, durationMs, keepForMs(job, run.task));
         observe({ task: job.task, outcome: 'succeeded', durationMs });
       } else {
         const wait = retryIn(job, run.task, result.error);
@@ -108,6 +110,15 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
       const ids = batches.heldIds();
       for (const run of running) for (const job of run.jobs) ids.push(job.id);
       return ids;
+    },
+    /**
+     * An operator cancelled this claim while it waits (collected or ready) for its batch to
+     * run: it is dropped, never handed to the handler. Returns whether it was waiting here.
+     * A job of a batch already running is left to the call (its completion finds the row
+     * `cancelled` and changes nothing): aborting the call would abort the batch's other jobs.
+     */
+    dropCancelled(id: string, attempt: number): boolean {
+      return batches.drop(id, attempt);
     },
     /** A job claimed again (it had been recovered away): older copies are dropped, or their outcome is. */
     supersede(id: string): void {

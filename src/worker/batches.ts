@@ -44,8 +44,12 @@ export interface Batches {
   openRoom(): number;
   /** Every job collected or ready (not running). */
   heldIds(): string[];
-  /** A job claimed again (it had been recovered away): an older copy still waiting is dropped. */
-  drop(id: string): void;
+  /**
+   * Drops a job still waiting here: every copy of it, or only the claim with `attempt` (a
+   * cancel). A job claimed again (it had been recovered away) drops its older copy.
+   * Returns whether one was dropped.
+   */
+  drop(id: string, attempt?: number): boolean;
   /** At shutdown: every job collected or ready, to go back to `todo`; timers cleared. */
   takeAll(): ClaimedJob[];
 }
@@ -100,15 +104,21 @@ export function makeBatches(tasks: ReadonlyMap<string, ResolvedTask>, onReady: (
       for (const batch of ready) for (const job of batch.jobs) ids.push(job.id);
       return ids;
     },
-    drop(id) {
-      for (const group of collecting.values()) {
-        const at = group.jobs.findIndex((job) => job.id === id);
-        if (at >= 0) group.jobs.splice(at, 1);
+    drop(id, attempt) {
+      const matches = (job: ClaimedJob) =>
+        job.id === id && (attempt === undefined || job.attempts === attempt);
+      let dropped = false;
+      const lists = [
+        ...[...collecting.values()].map((group) => group.jobs),
+        ...ready.map((batch) => batch.jobs),
+      ];
+      for (const jobs of lists) {
+        const at = jobs.findIndex(matches);
+        if (at < 0) continue;
+        jobs.splice(at, 1);
+        dropped = true;
       }
-      for (const batch of ready) {
-        const at = batch.jobs.findIndex((job) => job.id === id);
-        if (at >= 0) batch.jobs.splice(at, 1);
-      }
+      return dropped;
     },
     takeAll() {
       const jobs: ClaimedJob[] = [];

@@ -123,6 +123,21 @@ class Context implements JobContext {
   }
 }
 
+/**
+ * How long a job's row is kept after success: the task's keepSucceededFor, or for a job a
+ * caller waits on (deferAndWait) at least AWAITED_KEEP_MS; null deletes it. Shared by jobs
+ * run one by one and jobs of batch tasks (a batch's completion once ignored `awaited` and
+ * deleted the row its waiter was about to read).
+ */
+export function keepForMs(job: ClaimedJob, task: ResolvedTask): number | null {
+  const kept = task.keepSucceededForMs;
+  if (!job.awaited) return kept;
+  return Math.max(kept ?? 0, AWAITED_KEEP_MS);
+}
+
+/** \u0000 or a \uD800-\uDFFF escape in JSON text (cheap: a result rarely has a \u escape at all). */
+const UNSTORABLE_ESCAPE = /\\u(0000|d[89a-f])/i;
+
 /** One claimed job being run. `outcome` settles once, and never rejects. */
 export class RunningJob {
   shuttingDown = false;
@@ -233,9 +248,7 @@ export class RunningJob {
    * caller waits on (deferAndWait) at least AWAITED_KEEP_MS; null deletes it.
    */
   keepForMs(): number | null {
-    const kept = this.task.keepSucceededForMs;
-    if (!this.job.awaited) return kept;
-    return Math.max(kept ?? 0, AWAITED_KEEP_MS);
+    return keepForMs(this.job, this.task);
   }
 
   /**
@@ -245,8 +258,15 @@ export class RunningJob {
    */
   resultJson(value: unknown, keepForMs: number | null): string | null {
     if (keepForMs === null || value === undefined) return null;
-    checkJson(value, `the return value of task "${this.job.task}"`);
-    return JSON.stringify(value);
+    const path = `the return value of task "${this.job.task}"`;
+    checkJson(value, path);
+    const text = JSON.stringify(value);
+    // checkJson trusts what a toJSON method gives; JSON.stringify writes a NUL or a lone
+    // surrogate from there as a \u escape, which jsonb refuses — and a refused completion
+    // fails the job for good ("outcome could not be recorded"), never retried (found by
+    // review). Such an escape in the text: the value as written is checked again, naming it.
+    if (UNSTORABLE_ESCAPE.test(text)) checkJson(JSON.parse(text), path);
+    return text;
   }
 
   logger(): Logger {

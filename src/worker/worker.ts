@@ -270,6 +270,16 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (job!.lock !== null) claims.wake();
       return;
     }
+    // A batch task's job still collected for its batch is dropped the same way (it was
+    // handed to the handler with the batch's other jobs; found by review).
+    if (batches.names.size > 0) {
+      const [id, attempt] = key.split(':');
+      if (batches.dropCancelled(id!, Number(attempt))) {
+        log.info({ jobId: id }, 'job cancelled before it started: dropped from its batch');
+        claims.wake();
+        return;
+      }
+    }
     const run = running.get(key);
     if (!run || run.settled) return;
     run.abort(new JobCancelledError(run.job.id));
