@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 036_replace_keeps_backoff
+-- Matches migration: 037_claim_limited_returns_lifecycle
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -1311,6 +1311,8 @@ CREATE TABLE queue_groups (
 -- Reply lost: as the plain claim (the worker reconciles); the windows counted jobs that go
 -- back to todo, so a lost reply can only make a window stricter, never looser. Refused: nothing
 -- was claimed and no window moved (one transaction).
+-- It returns awaited and origin like the plain claim (037): without them, while any limit
+-- existed, a deferAndWait job was deleted on success and its caller told it was gone.
 CREATE FUNCTION claim_limited_jobs(
   claim_queues text[],
   skip_tasks text[],
@@ -1319,7 +1321,8 @@ CREATE FUNCTION claim_limited_jobs(
   claim_at timestamptz
 ) RETURNS TABLE (
   id text, task text, queue text, args jsonb, attempts integer, max_attempts integer, priority integer,
-  lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8
+  lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8,
+  awaited boolean, origin jsonb
 )
 LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
@@ -1518,7 +1521,7 @@ BEGIN
   WHERE j.id = ANY (picked)
   RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
             j.queueing_lock, j.group_key, (extract(epoch FROM j.run_at) * 1000)::float8,
-            (extract(epoch FROM j.created_at) * 1000)::float8;
+            (extract(epoch FROM j.created_at) * 1000)::float8, j.awaited, j.origin;
 END
 $$;
 

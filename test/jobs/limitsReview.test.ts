@@ -1,0 +1,74 @@
+/**
+ * Queue limits attacked as a hostile user would (review of docs/limits.md): each test
+ * reproduces a defect found in review, or pins a case that held. Real PostgreSQL, real
+ * workers; outcomes counted in rows.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { type App, createApp } from '../../src/app.js';
+import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
+import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
+import { waitFor } from './support.js';
+
+let t: TestApp;
+let q: string;
+before(async () => {
+  t = await isolatedApp('limitsrev');
+  q = `"${t.schema}"`;
+});
+after(async () => t.cleanup());
+
+const FAST = { pollInterval: 50, heartbeatInterval: 100, recoverInterval: 100, stallTimeout: 3_600_000 };
+const newApp = () => createApp({ databaseUrl: databaseUrl(), schema: t.schema });
+
+async function reset(): Promise<void> {
+  await t.pool.query(`TRUNCATE ${q}.queue_limits, ${q}.queue_groups`);
+  await t.pool.query(`DELETE FROM ${q}.jobs`);
+}
+
+async function withWorker(app: App, body: () => Promise<void>): Promise<void> {
+  const controller = new AbortController();
+  const running = app.run({ ...FAST, signal: controller.signal });
+  try {
+    await waitFor('the worker to register', async () => (await t.pool.query(`SELECT 1 FROM ${q}.workers`)).rowCount);
+    await body();
+  } finally {
+    controller.abort();
+    try {
+      await running;
+    } finally {
+      await app.close();
+    }
+  }
+}
+
+describe('limits review', () => {
+  it('the limited claim returns awaited and origin like the plain claim', async () => {
+    await reset();
+    await t.pool.query(`INSERT INTO ${q}.queue_limits (queue, concurrency) VALUES ('elsewhere', 1)`);
+    await t.pool.query(
+      `INSERT INTO ${q}.jobs (task, queue, awaited, origin) VALUES ('x', 'default', true, '{"cause":"test"}')`,
+    );
+    const [job] = await claimLimitedJobs(t.pool, t.schema, {
+      queues: null,
+      skipTasks: [],
+      limit: 10,
+      workerId: 'w1',
+      now: null,
+    });
+    assert.equal(job!.awaited, true);
+    assert.deepEqual(job!.origin, { cause: 'test' });
+  });
+
+  it('deferAndWait keeps its result while some queue has a limit (the limited claim runs every queue)', async () => {
+    await reset();
+    const app = newApp();
+    const sum = app.task('sum-limited', {}, async (args: { a: number; b: number }) => args.a + args.b);
+    await app.queues.configure('elsewhere', { concurrency: 1 });
+    await withWorker(app, async () => {
+      assert.equal(await sum.deferAndWait<number>({ a: 2, b: 3 }, { timeout: { seconds: 30 } }), 5);
+      const { rows } = await t.pool.query(`SELECT status, result FROM ${q}.jobs WHERE task = 'sum-limited'`);
+      assert.deepEqual(rows, [{ status: 'succeeded', result: 5 }]);
+    });
+  });
+});
