@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
 import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
+import { RateLimited } from '../../src/jobs/rateLimited.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
 
@@ -30,7 +31,10 @@ async function withWorker(app: App, body: () => Promise<void>): Promise<void> {
   const controller = new AbortController();
   const running = app.run({ ...FAST, signal: controller.signal });
   try {
-    await waitFor('the worker to register', async () => (await t.pool.query(`SELECT 1 FROM ${q}.workers`)).rowCount);
+    await waitFor(
+      'the worker to register',
+      async () => (await t.pool.query(`SELECT 1 FROM ${q}.workers`)).rowCount,
+    );
     await body();
   } finally {
     controller.abort();
@@ -70,5 +74,38 @@ describe('limits review', () => {
       const { rows } = await t.pool.query(`SELECT status, result FROM ${q}.jobs WHERE task = 'sum-limited'`);
       assert.deepEqual(rows, [{ status: 'succeeded', result: 5 }]);
     });
+  });
+
+  it('a batch handler throwing RateLimited returns its jobs uncounted and pauses their queue', async () => {
+    await reset();
+    const app = newApp();
+    let calls = 0;
+    const bulk = app.task(
+      'bulk-limited',
+      { queue: 'bulk', batch: { size: 5, maxWait: 50 }, retry: { attempts: 2 } },
+      async () => {
+        calls += 1;
+        throw new RateLimited({ retryAfter: { minutes: 10 } });
+      },
+    );
+    await bulk.deferMany(Array.from({ length: 3 }, (_, n) => ({ args: { n } })));
+    await withWorker(app, async () => {
+      await waitFor('the batch to run', async () => calls >= 1);
+      await waitFor(
+        'its jobs settled',
+        async () =>
+          (await t.pool.query(`SELECT 1 FROM ${q}.jobs WHERE task = 'bulk-limited' AND status = 'doing'`))
+            .rowCount === 0,
+      );
+    });
+    const { rows } = await t.pool.query(
+      `SELECT status, attempts, run_at > now() + interval '5 minutes' AS later FROM ${q}.jobs
+       WHERE task = 'bulk-limited' ORDER BY id`,
+    );
+    assert.deepEqual(rows, Array(3).fill({ status: 'todo', attempts: 0, later: true }));
+    const paused = await t.pool.query(
+      `SELECT 1 FROM ${q}.queue_limits WHERE queue = 'bulk' AND paused_until > now() + interval '5 minutes'`,
+    );
+    assert.equal(paused.rowCount, 1);
   });
 });
