@@ -6,9 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type App, createApp } from '../../src/app.js';
+import { ValidationError } from '../../src/errors.js';
 import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
 import { RateLimited } from '../../src/jobs/rateLimited.js';
-import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
+import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitFor } from './support.js';
 
 let t: TestApp;
@@ -107,5 +108,26 @@ describe('limits review', () => {
       `SELECT 1 FROM ${q}.queue_limits WHERE queue = 'bulk' AND paused_until > now() + interval '5 minutes'`,
     );
     assert.equal(paused.rowCount, 1);
+  });
+
+  it('a pause too long for a Date is a one-line error naming it, nothing written (library and CLI)', async () => {
+    await reset();
+    const app = newApp();
+    try {
+      await assert.rejects(
+        app.queues.pause('mail', { for: 1e20 }),
+        (error: Error) =>
+          error instanceof ValidationError && /^pause of queue "mail" is too long/.test(error.message),
+      );
+    } finally {
+      await app.close();
+    }
+    const cli = await runCli(['queues', 'pause', 'mail', '--for', '99999999999999999d'], {
+      OUTBATCH_SCHEMA: t.schema,
+    });
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr.trim(), /^.*pause of queue "mail" is too long/);
+    assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
+    assert.equal((await t.pool.query(`SELECT 1 FROM ${q}.queue_limits`)).rowCount, 0);
   });
 });
