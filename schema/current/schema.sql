@@ -1313,6 +1313,8 @@ CREATE TABLE queue_groups (
 -- was claimed and no window moved (one transaction).
 -- It returns awaited and origin like the plain claim (037): without them, while any limit
 -- existed, a deferAndWait job was deleted on success and its caller told it was gone.
+-- Its round-robin list holds only groups with a job startable now (037): groups whose jobs
+-- were all scheduled later used to fill it and starve a due group.
 CREATE FUNCTION claim_limited_jobs(
   claim_queues text[],
   skip_tasks text[],
@@ -1388,9 +1390,32 @@ BEGIN
       LEFT JOIN running_groups r ON r.g = k.g
       WHERE k.g = '' OR s.paused_until IS NULL OR s.paused_until <= at
     ), served AS (
-      -- The least recently served groups with room, a few more than the free slots (a group
-      -- may have no due job): only these are read, however many groups the queue has.
-      SELECT a.* FROM allowed a WHERE a.group_free > 0 ORDER BY a.last_round NULLS FIRST, a.g LIMIT free + 8
+      -- The least recently served groups with room and a job they could start now, a few
+      -- more than the free slots: only these are read, however many groups the queue has.
+      -- The check is made in that order and stops at the limit (OFFSET 0 keeps it above
+      -- the sort), so it probes only the groups passed over and the ones served. Found in
+      -- review (037): without it, nine groups never served whose jobs were all scheduled
+      -- later (or lock-blocked, or of tasks the worker skips) sorted first on every claim
+      -- and filled the list, so a due group's jobs never started until those came due.
+      SELECT a.* FROM (
+        SELECT a.* FROM allowed a WHERE a.group_free > 0 ORDER BY a.last_round NULLS FIRST, a.g OFFSET 0
+      ) a
+      WHERE CASE WHEN a.g = '' THEN EXISTS (
+          SELECT 1 FROM jobs j
+          WHERE j.queue = q.queue AND j.status = 'todo' AND j.group_key IS NULL
+            AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
+            AND (j.lock IS NULL OR (
+              NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at))))
+        ELSE EXISTS (
+          SELECT 1 FROM jobs j
+          WHERE j.queue = q.queue AND j.group_key = a.g AND j.status = 'todo' AND j.group_key IS NOT NULL
+            AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
+            AND (j.lock IS NULL OR (
+              NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at))))
+        END
+      LIMIT free + 8
     ), candidates AS (
       SELECT c.id, a.g, a.last_round, c.priority, c.run_at,
              row_number() OVER (PARTITION BY a.g ORDER BY c.priority DESC, c.run_at, c.id) AS n

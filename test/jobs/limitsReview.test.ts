@@ -130,4 +130,26 @@ describe('limits review', () => {
     assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
     assert.equal((await t.pool.query(`SELECT 1 FROM ${q}.queue_limits`)).rowCount, 0);
   });
+
+  it('groups whose jobs are all scheduled later do not starve a due group (round-robin reads past them)', async () => {
+    await reset();
+    await t.pool.query(`INSERT INTO ${q}.queue_limits (queue, concurrency) VALUES ('mail', 1)`);
+    // 20 groups never served (they sort first), each with a job due in an hour; then one due group.
+    await t.pool.query(
+      `INSERT INTO ${q}.jobs (task, queue, group_key, run_at)
+       SELECT 'x', 'mail', 'a' || lpad(g::text, 2, '0'), now() + interval '1 hour' FROM generate_series(1, 20) g`,
+    );
+    await t.pool.query(`INSERT INTO ${q}.jobs (task, queue, group_key) VALUES ('x', 'mail', 'zz')`);
+    const claimed = await claimLimitedJobs(t.pool, t.schema, {
+      queues: null,
+      skipTasks: [],
+      limit: 10,
+      workerId: 'w1',
+      now: null,
+    });
+    assert.deepEqual(
+      claimed.map((job) => job.group_key),
+      ['zz'],
+    );
+  });
 });
