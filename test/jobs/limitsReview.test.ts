@@ -152,4 +152,37 @@ describe('limits review', () => {
       ['zz'],
     );
   });
+
+  it('a cancelled job whose handler ignores its signal frees its slot at once (known gap, docs/limits.md)', async () => {
+    await reset();
+    const app = newApp();
+    let inside = 0;
+    let most = 0;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const started: string[] = [];
+    const slow = app.task('ignores-signal', { queue: 'one' }, async (_args: object, ctx) => {
+      inside += 1;
+      most = Math.max(most, inside);
+      started.push(ctx.job.id);
+      await released; // never looks at ctx.signal
+      inside -= 1;
+    });
+    await app.queues.configure('one', { concurrency: 1 });
+    const first = await slow.defer({});
+    await slow.defer({});
+    await withWorker(app, async () => {
+      await waitFor('the first job to start', async () => started.length === 1);
+      await app.jobs.cancel([first.id]);
+      await waitFor(
+        'the second job to start while the first handler still runs',
+        async () => started.length === 2,
+      );
+      release();
+    });
+    // The gap, pinned: two handlers of a concurrency-1 queue ran at once.
+    assert.equal(most, 2);
+  });
 });
