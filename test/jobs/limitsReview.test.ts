@@ -172,6 +172,7 @@ describe('limits review', () => {
     });
     await app.queues.configure('one', { concurrency: 1 });
     const first = await slow.defer({});
+    assert.ok(first.enqueued);
     await slow.defer({});
     await withWorker(app, async () => {
       await waitFor('the first job to start', async () => started.length === 1);
