@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { startAdminServer } from '../../src/admin/server.js';
 import { type App, createApp } from '../../src/app.js';
 import { ValidationError } from '../../src/errors.js';
 import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
@@ -185,5 +186,30 @@ describe('limits review', () => {
     });
     // The gap, pinned: two handlers of a concurrency-1 queue ran at once.
     assert.equal(most, 2);
+  });
+
+  it('the JSON API refuses a negative or too long pause with one line, and writes nothing', async () => {
+    await reset();
+    const server = await startAdminServer({ app: t.app, port: 0, token: 'review-token' });
+    try {
+      for (const [duration, message] of [
+        ['PT-5M', /^for "PT-5M" is invalid: expected a duration/],
+        ['99999999999999999d', /^pause of queue "mail" is too long/],
+      ] as const) {
+        const res = await fetch(`${server.url}/api/queues/mail/pause?for=${duration}`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer review-token' },
+        });
+        assert.equal(res.status, 400, duration);
+        assert.match(((await res.json()) as { error: string }).error, message);
+      }
+    } finally {
+      await server.close();
+    }
+    assert.equal((await t.pool.query(`SELECT 1 FROM ${q}.queue_limits`)).rowCount, 0);
+    assert.equal(
+      (await t.pool.query(`SELECT 1 FROM ${q}.audit_log WHERE subject = 'queue:mail'`)).rowCount,
+      0,
+    );
   });
 });
