@@ -10,8 +10,12 @@
 -- jobs were all scheduled later took those places on every claim and a due group never
 -- started. The list now holds only groups with a job startable now (see `served`).
 --
+-- And: the limited queues' picks took the claim's room first, the queues without limits got
+-- what was left, so a limited queue with a backlog and room held back every other queue's
+-- jobs, whatever their priority. Now the claim keeps the best of both (see the plain part).
+--
 -- The result changes, so DROP + CREATE; the body is 032's but for the two columns returned
--- and the `served` list. Measured: 1,000 groups of 200 jobs, claiming 10, 12-20 ms before
+-- the `served` list, and the merge of both parts. Measured: 1,000 groups of 200 jobs, claiming 10, 12-20 ms before
 -- and 13-14 ms after (the check stops at the list's length: 19 groups probed).
 DROP FUNCTION claim_limited_jobs(text[], text[], integer, text, timestamptz);
 
@@ -38,6 +42,8 @@ DECLARE
   ids bigint[];
   groups text[];
   picked bigint[] := '{}';
+  plain bigint[] := '{}';
+  kept bigint[];
 BEGIN
   PERFORM set_config('synchronous_commit', 'off', true);
   FOR q IN
@@ -156,33 +162,19 @@ BEGIN
     CONTINUE WHEN cardinality(ids) = 0;
     picked := picked || ids;
     room := room - cardinality(ids);
-    UPDATE queue_limits l
-    SET rounds = l.rounds + 1,
-        window_start = CASE WHEN q.rate_max IS NULL THEN NULL WHEN window_open THEN l.window_start ELSE at END,
-        window_used = CASE WHEN q.rate_max IS NULL THEN 0 WHEN window_open THEN l.window_used + cardinality(ids)
-                           ELSE cardinality(ids) END
-    WHERE l.queue = q.queue;
-    -- Group rows in key order (one claimer per queue at a time holds the queue's lock anyway).
-    INSERT INTO queue_groups AS s (queue, group_key, window_start, window_used, last_round)
-    SELECT q.queue, u.g, CASE WHEN q.group_rate_max IS NULL OR u.g = '' THEN NULL ELSE at END,
-           CASE WHEN q.group_rate_max IS NULL OR u.g = '' THEN 0 ELSE count(*)::int END, q.rounds + 1
-    FROM unnest(groups) AS u(g)
-    GROUP BY u.g ORDER BY u.g
-    ON CONFLICT (queue, group_key) DO UPDATE
-    SET last_round = excluded.last_round,
-        window_start = CASE WHEN excluded.window_start IS NULL THEN NULL
-                            WHEN s.window_start + q.group_rate_per_ms * interval '1 millisecond' > at THEN s.window_start
-                            ELSE at END,
-        window_used = CASE WHEN excluded.window_start IS NULL THEN 0
-                           WHEN s.window_start + q.group_rate_per_ms * interval '1 millisecond' > at
-                             THEN s.window_used + excluded.window_used
-                           ELSE excluded.window_used END;
   END LOOP;
 
   -- The queues without limits, in claim order. Each queue's (and each group's) due jobs
   -- come from the head of jobs_queue_todo / jobs_group_todo, so a limited queue's backlog is
   -- never walked here (jobs_claim's order would walk it).
-  IF room > 0 THEN
+  --
+  -- Found in review (037): the limited queues' picks took the room first and these got what
+  -- was left, so a limited queue with a backlog and room (concurrency 100, workers with 20
+  -- slots) took every claim: a priority-10 job of an unlimited queue never started while it
+  -- had jobs. Now up to claim_limit of these are candidates too, and the claim keeps the
+  -- best claim_limit of both in the plain claim's order (priority, due time, id); the
+  -- limited queues' windows and rounds count only the jobs kept.
+  IF claim_limit > 0 THEN
     WITH RECURSIVE plain_queues (queue) AS (
       SELECT (SELECT min(j.queue) FROM jobs j WHERE j.status = 'todo' AND j.group_key IS NULL)
       UNION ALL
@@ -215,7 +207,7 @@ BEGIN
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
-        LIMIT room
+        LIMIT claim_limit
         FOR UPDATE OF j SKIP LOCKED
       ) c
       WHERE p.queue IS NOT NULL AND (claim_queues IS NULL OR p.queue = ANY (claim_queues))
@@ -231,19 +223,60 @@ BEGIN
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
-        LIMIT room
+        LIMIT claim_limit
         FOR UPDATE OF j SKIP LOCKED
       ) c
       WHERE g.g IS NOT NULL
     )
-    SELECT picked || coalesce(array_agg(c.id), '{}') INTO picked
-    FROM (SELECT c.id FROM candidates c ORDER BY c.priority DESC, c.run_at, c.id LIMIT room) c;
+    SELECT coalesce(array_agg(c.id), '{}') INTO plain
+    FROM (SELECT c.id FROM candidates c ORDER BY c.priority DESC, c.run_at, c.id LIMIT claim_limit) c;
+  END IF;
+
+  SELECT coalesce(array_agg(s.id), '{}') INTO kept
+  FROM (SELECT j.id FROM jobs j WHERE j.id = ANY (picked || plain)
+        ORDER BY j.priority DESC, j.run_at, j.id LIMIT claim_limit) s;
+
+  -- The limited queues' rate windows and rounds, and their groups' (one row each, in key
+  -- order; this claim holds each queue's row lock). Jobs picked but not kept count nowhere.
+  IF cardinality(picked) > 0 THEN
+    WITH k AS (
+      SELECT j.queue, coalesce(j.group_key, '') AS g, count(*)::int AS n FROM jobs j
+      WHERE j.id = ANY (picked) AND j.id = ANY (kept)
+      GROUP BY j.queue, coalesce(j.group_key, '')
+    ), windows AS (
+      UPDATE queue_limits l
+      SET rounds = l.rounds + 1,
+          window_start = CASE WHEN l.rate_max IS NULL THEN NULL
+                              WHEN l.window_start + l.rate_per_ms * interval '1 millisecond' > at THEN l.window_start
+                              ELSE at END,
+          window_used = CASE WHEN l.rate_max IS NULL THEN 0
+                             WHEN l.window_start + l.rate_per_ms * interval '1 millisecond' > at THEN l.window_used + p.n
+                             ELSE p.n END
+      FROM (SELECT k.queue, sum(k.n)::int AS n FROM k GROUP BY k.queue) p
+      WHERE l.queue = p.queue
+      RETURNING l.queue, l.rounds, l.group_rate_max, l.group_rate_per_ms
+    )
+    INSERT INTO queue_groups AS s (queue, group_key, window_start, window_used, last_round)
+    SELECT k.queue, k.g, CASE WHEN w.group_rate_max IS NULL OR k.g = '' THEN NULL ELSE at END,
+           CASE WHEN w.group_rate_max IS NULL OR k.g = '' THEN 0 ELSE k.n END, w.rounds
+    FROM k JOIN windows w ON w.queue = k.queue
+    ORDER BY k.queue, k.g
+    ON CONFLICT (queue, group_key) DO UPDATE
+    SET last_round = excluded.last_round,
+        window_start = CASE WHEN excluded.window_start IS NULL THEN NULL
+                            WHEN s.window_start + (SELECT l.group_rate_per_ms FROM queue_limits l WHERE l.queue = s.queue)
+                                 * interval '1 millisecond' > at THEN s.window_start
+                            ELSE at END,
+        window_used = CASE WHEN excluded.window_start IS NULL THEN 0
+                           WHEN s.window_start + (SELECT l.group_rate_per_ms FROM queue_limits l WHERE l.queue = s.queue)
+                                * interval '1 millisecond' > at THEN s.window_used + excluded.window_used
+                           ELSE excluded.window_used END;
   END IF;
 
   RETURN QUERY
   UPDATE jobs j
   SET status = 'doing', attempts = j.attempts + 1, worker_id = claim_worker, started_at = at, updated_at = at
-  WHERE j.id = ANY (picked)
+  WHERE j.id = ANY (kept)
   RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
             j.queueing_lock, j.group_key, (extract(epoch FROM j.run_at) * 1000)::float8,
             (extract(epoch FROM j.created_at) * 1000)::float8, j.awaited, j.origin;

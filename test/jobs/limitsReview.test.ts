@@ -212,4 +212,27 @@ describe('limits review', () => {
       0,
     );
   });
+
+  it('a limited queue with room does not take the claim from a higher-priority job of another queue', async () => {
+    await reset();
+    await t.pool.query(
+      `INSERT INTO ${q}.queue_limits (queue, concurrency, rate_max, rate_per_ms) VALUES ('bulk', 100, 50, 60000)`,
+    );
+    await t.pool.query(`INSERT INTO ${q}.jobs (task, queue) SELECT 'x', 'bulk' FROM generate_series(1, 20)`);
+    await t.pool.query(`INSERT INTO ${q}.jobs (task, queue, priority) VALUES ('urgent', 'default', 10)`);
+    const claimed = await claimLimitedJobs(t.pool, t.schema, {
+      queues: null,
+      skipTasks: [],
+      limit: 5,
+      workerId: 'w1',
+      now: null,
+    });
+    assert.deepEqual(
+      claimed.map((job) => job.queue),
+      ['default', 'bulk', 'bulk', 'bulk', 'bulk'],
+    );
+    // The rate window counts the four bulk jobs kept, not the five picked.
+    const window = await t.pool.query(`SELECT window_used FROM ${q}.queue_limits WHERE queue = 'bulk'`);
+    assert.deepEqual(window.rows, [{ window_used: 4 }]);
+  });
 });
