@@ -1317,6 +1317,8 @@ CREATE TABLE queue_groups (
 -- were all scheduled later used to fill it and starve a due group.
 -- It keeps the best claim_limit of the limited queues' picks and the other queues' jobs, in
 -- priority order (037): limited queues with room used to take the claim first.
+-- JIT off (037): behind a pooler the worker's jit=off is lost, and the plain part is estimated
+-- high enough to be compiled (~100 ms a claim instead of ~18 ms).
 CREATE FUNCTION claim_limited_jobs(
   claim_queues text[],
   skip_tasks text[],
@@ -1328,7 +1330,7 @@ CREATE FUNCTION claim_limited_jobs(
   lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8,
   awaited boolean, origin jsonb
 )
-LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
   at timestamptz := coalesce(claim_at, now());
