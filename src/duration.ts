@@ -57,7 +57,10 @@ export function parseDurationText(text: string, what: string): number {
     return Number(short[1]) * unit;
   }
   const iso = Duration.fromISO(text.trim());
-  if (iso.isValid) return iso.as('milliseconds');
+  // Found in review: ISO 8601 takes signs (`PT-5M`, `P-1D`); a negative duration read as
+  // valid let the JSON API's `pause?for=PT-5M` write (and audit) a pause already over.
+  // The short form has no sign either.
+  if (iso.isValid && iso.as('milliseconds') >= 0) return iso.as('milliseconds');
   throw new ValidationError(
     `${what} "${text}" is invalid: expected a duration such as 90s, 5m, 2h, 1d or PT5M`,
   );

@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 037_awaited_delete_notify
+-- Matches migration: 038_claim_limited_returns_lifecycle
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -1315,6 +1315,14 @@ CREATE TABLE queue_groups (
 -- Reply lost: as the plain claim (the worker reconciles); the windows counted jobs that go
 -- back to todo, so a lost reply can only make a window stricter, never looser. Refused: nothing
 -- was claimed and no window moved (one transaction).
+-- It returns awaited and origin like the plain claim (038): without them, while any limit
+-- existed, a deferAndWait job was deleted on success and its caller told it was gone.
+-- Its round-robin list holds only groups with a job startable now (038): groups whose jobs
+-- were all scheduled later used to fill it and starve a due group.
+-- It keeps the best claim_limit of the limited queues' picks and the other queues' jobs, in
+-- priority order (038): limited queues with room used to take the claim first.
+-- JIT off (038): behind a pooler the worker's jit=off is lost, and the plain part is estimated
+-- high enough to be compiled (~100 ms a claim instead of ~18 ms).
 CREATE FUNCTION claim_limited_jobs(
   claim_queues text[],
   skip_tasks text[],
@@ -1323,9 +1331,10 @@ CREATE FUNCTION claim_limited_jobs(
   claim_at timestamptz
 ) RETURNS TABLE (
   id text, task text, queue text, args jsonb, attempts integer, max_attempts integer, priority integer,
-  lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8
+  lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8,
+  awaited boolean, origin jsonb
 )
-LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
   at timestamptz := coalesce(claim_at, now());
@@ -1337,6 +1346,8 @@ DECLARE
   ids bigint[];
   groups text[];
   picked bigint[] := '{}';
+  plain bigint[] := '{}';
+  kept bigint[];
 BEGIN
   PERFORM set_config('synchronous_commit', 'off', true);
   FOR q IN
@@ -1389,9 +1400,32 @@ BEGIN
       LEFT JOIN running_groups r ON r.g = k.g
       WHERE k.g = '' OR s.paused_until IS NULL OR s.paused_until <= at
     ), served AS (
-      -- The least recently served groups with room, a few more than the free slots (a group
-      -- may have no due job): only these are read, however many groups the queue has.
-      SELECT a.* FROM allowed a WHERE a.group_free > 0 ORDER BY a.last_round NULLS FIRST, a.g LIMIT free + 8
+      -- The least recently served groups with room and a job they could start now, a few
+      -- more than the free slots: only these are read, however many groups the queue has.
+      -- The check is made in that order and stops at the limit (OFFSET 0 keeps it above
+      -- the sort), so it probes only the groups passed over and the ones served. Found in
+      -- review (038): without it, nine groups never served whose jobs were all scheduled
+      -- later (or lock-blocked, or of tasks the worker skips) sorted first on every claim
+      -- and filled the list, so a due group's jobs never started until those came due.
+      SELECT a.* FROM (
+        SELECT a.* FROM allowed a WHERE a.group_free > 0 ORDER BY a.last_round NULLS FIRST, a.g OFFSET 0
+      ) a
+      WHERE CASE WHEN a.g = '' THEN EXISTS (
+          SELECT 1 FROM jobs j
+          WHERE j.queue = q.queue AND j.status = 'todo' AND j.group_key IS NULL
+            AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
+            AND (j.lock IS NULL OR (
+              NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at))))
+        ELSE EXISTS (
+          SELECT 1 FROM jobs j
+          WHERE j.queue = q.queue AND j.group_key = a.g AND j.status = 'todo' AND j.group_key IS NOT NULL
+            AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
+            AND (j.lock IS NULL OR (
+              NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at))))
+        END
+      LIMIT free + 8
     ), candidates AS (
       SELECT c.id, a.g, a.last_round, c.priority, c.run_at,
              row_number() OVER (PARTITION BY a.g ORDER BY c.priority DESC, c.run_at, c.id) AS n
@@ -1432,33 +1466,19 @@ BEGIN
     CONTINUE WHEN cardinality(ids) = 0;
     picked := picked || ids;
     room := room - cardinality(ids);
-    UPDATE queue_limits l
-    SET rounds = l.rounds + 1,
-        window_start = CASE WHEN q.rate_max IS NULL THEN NULL WHEN window_open THEN l.window_start ELSE at END,
-        window_used = CASE WHEN q.rate_max IS NULL THEN 0 WHEN window_open THEN l.window_used + cardinality(ids)
-                           ELSE cardinality(ids) END
-    WHERE l.queue = q.queue;
-    -- Group rows in key order (one claimer per queue at a time holds the queue's lock anyway).
-    INSERT INTO queue_groups AS s (queue, group_key, window_start, window_used, last_round)
-    SELECT q.queue, u.g, CASE WHEN q.group_rate_max IS NULL OR u.g = '' THEN NULL ELSE at END,
-           CASE WHEN q.group_rate_max IS NULL OR u.g = '' THEN 0 ELSE count(*)::int END, q.rounds + 1
-    FROM unnest(groups) AS u(g)
-    GROUP BY u.g ORDER BY u.g
-    ON CONFLICT (queue, group_key) DO UPDATE
-    SET last_round = excluded.last_round,
-        window_start = CASE WHEN excluded.window_start IS NULL THEN NULL
-                            WHEN s.window_start + q.group_rate_per_ms * interval '1 millisecond' > at THEN s.window_start
-                            ELSE at END,
-        window_used = CASE WHEN excluded.window_start IS NULL THEN 0
-                           WHEN s.window_start + q.group_rate_per_ms * interval '1 millisecond' > at
-                             THEN s.window_used + excluded.window_used
-                           ELSE excluded.window_used END;
   END LOOP;
 
   -- The queues without limits, in claim order. Each queue's (and each group's) due jobs
   -- come from the head of jobs_queue_todo / jobs_group_todo, so a limited queue's backlog is
   -- never walked here (jobs_claim's order would walk it).
-  IF room > 0 THEN
+  --
+  -- Found in review (038): the limited queues' picks took the room first and these got what
+  -- was left, so a limited queue with a backlog and room (concurrency 100, workers with 20
+  -- slots) took every claim: a priority-10 job of an unlimited queue never started while it
+  -- had jobs. Now up to claim_limit of these are candidates too, and the claim keeps the
+  -- best claim_limit of both in the plain claim's order (priority, due time, id); the
+  -- limited queues' windows and rounds count only the jobs kept.
+  IF claim_limit > 0 THEN
     WITH RECURSIVE plain_queues (queue) AS (
       SELECT (SELECT min(j.queue) FROM jobs j WHERE j.status = 'todo' AND j.group_key IS NULL)
       UNION ALL
@@ -1491,7 +1511,7 @@ BEGIN
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
-        LIMIT room
+        LIMIT claim_limit
         FOR UPDATE OF j SKIP LOCKED
       ) c
       WHERE p.queue IS NOT NULL AND (claim_queues IS NULL OR p.queue = ANY (claim_queues))
@@ -1507,22 +1527,63 @@ BEGIN
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
-        LIMIT room
+        LIMIT claim_limit
         FOR UPDATE OF j SKIP LOCKED
       ) c
       WHERE g.g IS NOT NULL
     )
-    SELECT picked || coalesce(array_agg(c.id), '{}') INTO picked
-    FROM (SELECT c.id FROM candidates c ORDER BY c.priority DESC, c.run_at, c.id LIMIT room) c;
+    SELECT coalesce(array_agg(c.id), '{}') INTO plain
+    FROM (SELECT c.id FROM candidates c ORDER BY c.priority DESC, c.run_at, c.id LIMIT claim_limit) c;
+  END IF;
+
+  SELECT coalesce(array_agg(s.id), '{}') INTO kept
+  FROM (SELECT j.id FROM jobs j WHERE j.id = ANY (picked || plain)
+        ORDER BY j.priority DESC, j.run_at, j.id LIMIT claim_limit) s;
+
+  -- The limited queues' rate windows and rounds, and their groups' (one row each, in key
+  -- order; this claim holds each queue's row lock). Jobs picked but not kept count nowhere.
+  IF cardinality(picked) > 0 THEN
+    WITH k AS (
+      SELECT j.queue, coalesce(j.group_key, '') AS g, count(*)::int AS n FROM jobs j
+      WHERE j.id = ANY (picked) AND j.id = ANY (kept)
+      GROUP BY j.queue, coalesce(j.group_key, '')
+    ), windows AS (
+      UPDATE queue_limits l
+      SET rounds = l.rounds + 1,
+          window_start = CASE WHEN l.rate_max IS NULL THEN NULL
+                              WHEN l.window_start + l.rate_per_ms * interval '1 millisecond' > at THEN l.window_start
+                              ELSE at END,
+          window_used = CASE WHEN l.rate_max IS NULL THEN 0
+                             WHEN l.window_start + l.rate_per_ms * interval '1 millisecond' > at THEN l.window_used + p.n
+                             ELSE p.n END
+      FROM (SELECT k.queue, sum(k.n)::int AS n FROM k GROUP BY k.queue) p
+      WHERE l.queue = p.queue
+      RETURNING l.queue, l.rounds, l.group_rate_max, l.group_rate_per_ms
+    )
+    INSERT INTO queue_groups AS s (queue, group_key, window_start, window_used, last_round)
+    SELECT k.queue, k.g, CASE WHEN w.group_rate_max IS NULL OR k.g = '' THEN NULL ELSE at END,
+           CASE WHEN w.group_rate_max IS NULL OR k.g = '' THEN 0 ELSE k.n END, w.rounds
+    FROM k JOIN windows w ON w.queue = k.queue
+    ORDER BY k.queue, k.g
+    ON CONFLICT (queue, group_key) DO UPDATE
+    SET last_round = excluded.last_round,
+        window_start = CASE WHEN excluded.window_start IS NULL THEN NULL
+                            WHEN s.window_start + (SELECT l.group_rate_per_ms FROM queue_limits l WHERE l.queue = s.queue)
+                                 * interval '1 millisecond' > at THEN s.window_start
+                            ELSE at END,
+        window_used = CASE WHEN excluded.window_start IS NULL THEN 0
+                           WHEN s.window_start + (SELECT l.group_rate_per_ms FROM queue_limits l WHERE l.queue = s.queue)
+                                * interval '1 millisecond' > at THEN s.window_used + excluded.window_used
+                           ELSE excluded.window_used END;
   END IF;
 
   RETURN QUERY
   UPDATE jobs j
   SET status = 'doing', attempts = j.attempts + 1, worker_id = claim_worker, started_at = at, updated_at = at
-  WHERE j.id = ANY (picked)
+  WHERE j.id = ANY (kept)
   RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
             j.queueing_lock, j.group_key, (extract(epoch FROM j.run_at) * 1000)::float8,
-            (extract(epoch FROM j.created_at) * 1000)::float8;
+            (extract(epoch FROM j.created_at) * 1000)::float8, j.awaited, j.origin;
 END
 $$;
 

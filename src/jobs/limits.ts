@@ -6,6 +6,7 @@
 import type { Actor } from '../audit.js';
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
+import { ValidationError } from '../errors.js';
 
 /** A rate limit as stored: at most `max` job starts per window of `perMs`. */
 export interface StoredRate {
@@ -119,6 +120,13 @@ export async function pauseQueue(
   until: Date | null,
   by: Actor,
 ): Promise<void> {
+  // Found in review: a pause too long for a Date (`--for 99999999999999d`, `{ for: 1e20 }`,
+  // the API's `for=`) reached PostgreSQL as "0NaN-NaN-..." and came back as its syntax error.
+  if (until !== null && Number.isNaN(until.getTime())) {
+    throw new ValidationError(
+      `pause of queue "${queue}" is too long: expected a time before the year 275760`,
+    );
+  }
   const s = quoteSchema(schema);
   await db.query(
     `WITH paused AS (

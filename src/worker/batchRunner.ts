@@ -6,6 +6,7 @@
  */
 import type { Logger } from 'pino';
 import type { ClaimedJob } from '../jobs/claim.js';
+import { asRateLimited } from '../jobs/rateLimited.js';
 import type { ResolvedTask } from '../jobs/task.js';
 import { makeBatches } from './batches.js';
 import type { JobFinished } from './options.js';
@@ -16,7 +17,10 @@ import { keepForMs } from './runJob.js';
 export interface BatchRunnerDeps {
   tasks: ReadonlyMap<string, ResolvedTask>;
   log: Logger;
-  outcomes: Pick<ReturnType<typeof makeOutcomeWriter>, 'complete' | 'fail' | 'returnUnstarted'>;
+  outcomes: Pick<
+    ReturnType<typeof makeOutcomeWriter>,
+    'complete' | 'fail' | 'returnUnstarted' | 'postponeJob'
+  >;
   /** The task's retry decision for a failed attempt: wait in ms, or null for the dead letter. */
   retryIn: (job: ClaimedJob, task: ResolvedTask, error: unknown) => number | null;
   observe: (event: JobFinished) => void;
@@ -51,6 +55,14 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
         // An awaited job (deferAndWait) is kept for its waiter; a batch has no per-job result.
         outcomes.complete(job, run.task, durationMs, keepForMs(job, run.task));
         observe({ task: job.task, outcome: 'succeeded', durationMs });
+        continue;
+      }
+      // Found in review: a batch's RateLimited (thrown for the whole batch, or one job's
+      // error) was an ordinary failure — an attempt counted, no pause, the dead letter in
+      // the end. The downstream said wait: as for a plain job (docs/limits.md).
+      const limited = asRateLimited(result.error);
+      if (limited !== null) {
+        outcomes.postponeJob(job, limited.retryAt);
       } else {
         const wait = retryIn(job, run.task, result.error);
         outcomes.fail(job, result.error, wait);

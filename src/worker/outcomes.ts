@@ -473,6 +473,13 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     schedule();
   }
 
+  /** A job whose handler threw RateLimited: back to todo at `retryAt`, uncounted; its queue or group paused. */
+  function postponeJob(job: ClaimedJob, retryAt: number): void {
+    hold(job.id);
+    postponements.push({ id: job.id, attempt: job.attempts, task: job.task, retryAt });
+    schedule();
+  }
+
   return {
     /**
      * `value`: what the handler returned, stored as the job's result when its row is kept
@@ -528,10 +535,10 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     postpone(run: RunningJob, retryAt: number) {
       const client = run.takeTransaction();
       if (client) void discardTransaction(client, ends);
-      hold(run.job.id);
-      postponements.push({ id: run.job.id, attempt: run.job.attempts, task: run.job.task, retryAt });
-      schedule();
+      postponeJob(run.job, retryAt);
     },
+    /** A job of a batch whose handler threw (or returned) RateLimited for it: as postpone, no transaction. */
+    postponeJob,
     /** Jobs handed to the writer whose outcome is not written yet. */
     unwritten: () => unwritten.keys(),
     /**

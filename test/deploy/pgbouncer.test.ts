@@ -427,8 +427,10 @@ describe('behind PgBouncer in transaction mode', { skip }, () => {
       await waitFor('the worker to LISTEN', async () => {
         const { rows } = await direct.query(
           `SELECT count(*) FROM pg_stat_activity
-           WHERE application_name = 'outbatch-listen' AND query = $1`,
-          [`LISTEN "${schema}_jobs"`],
+           WHERE application_name = 'outbatch-listen' AND query LIKE $1`,
+          // The worker listens to its jobs channel, then its cancel channel: the connection's
+          // last statement is the second.
+          [`LISTEN "${schema}\\_%"`],
         );
         return Number(rows[0].count) > 0;
       });
