@@ -11,7 +11,7 @@ import { AlreadyEnqueued, WaitTimeoutError } from '../../src/errors.js';
 import { purgeSucceeded } from '../../src/jobs/maintenance.js';
 import { startFaultProxy } from '../faultProxy.js';
 import { captureLog, databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
-import { waitFor } from './support.js';
+import { gate, waitFor, withRunningWorker } from './support.js';
 
 let t: TestApp;
 before(async () => {
@@ -20,7 +20,6 @@ before(async () => {
 });
 after(async () => t.cleanup());
 
-const FAST = { pollInterval: 50, heartbeatInterval: 100, recoverInterval: 100, stallTimeout: 3_600_000 };
 const q = () => `"${t.schema}"`;
 
 const recordRun = (jobId: string) => t.pool.query(`INSERT INTO ${q()}.runs VALUES ($1)`, [jobId]);
@@ -35,32 +34,8 @@ const newApp = (options: Record<string, unknown> = {}) =>
   createApp({ databaseUrl: databaseUrl(), schema: t.schema, ...options });
 
 /** Runs `app`'s worker around `body`, then stops it gracefully. */
-async function withWorker(app: App, body: () => Promise<void>, options: Record<string, unknown> = {}) {
-  const controller = new AbortController();
-  const running = app.run({ ...FAST, ...options, signal: controller.signal });
-  try {
-    await waitFor(
-      'the worker to register',
-      async () => (await t.pool.query(`SELECT 1 FROM ${q()}.workers`)).rowCount,
-    );
-    await body();
-  } finally {
-    controller.abort();
-    try {
-      await running;
-    } finally {
-      await app.close();
-    }
-  }
-}
-
-function gate() {
-  let open!: () => void;
-  const opened = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { open, opened };
-}
+const withWorker = (app: App, body: () => Promise<void>, options: Record<string, unknown> = {}) =>
+  withRunningWorker(app, t.pool, t.schema, body, options);
 
 async function deferred(app: App, task: string, args: unknown = {}, options = {}): Promise<string> {
   const result = await app.defer(task, args, options);

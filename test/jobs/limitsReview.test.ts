@@ -11,7 +11,7 @@ import { ValidationError } from '../../src/errors.js';
 import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
 import { RateLimited } from '../../src/jobs/rateLimited.js';
 import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
-import { waitFor } from './support.js';
+import { waitFor, withRunningWorker } from './support.js';
 
 let t: TestApp;
 let q: string;
@@ -21,7 +21,6 @@ before(async () => {
 });
 after(async () => t.cleanup());
 
-const FAST = { pollInterval: 50, heartbeatInterval: 100, recoverInterval: 100, stallTimeout: 3_600_000 };
 const newApp = () => createApp({ databaseUrl: databaseUrl(), schema: t.schema });
 
 async function reset(): Promise<void> {
@@ -29,24 +28,9 @@ async function reset(): Promise<void> {
   await t.pool.query(`DELETE FROM ${q}.jobs`);
 }
 
-async function withWorker(app: App, body: () => Promise<void>): Promise<void> {
-  const controller = new AbortController();
-  const running = app.run({ ...FAST, signal: controller.signal });
-  try {
-    await waitFor(
-      'the worker to register',
-      async () => (await t.pool.query(`SELECT 1 FROM ${q}.workers`)).rowCount,
-    );
-    await body();
-  } finally {
-    controller.abort();
-    try {
-      await running;
-    } finally {
-      await app.close();
-    }
-  }
-}
+/** Runs `app`'s worker around `body`, then stops it gracefully. */
+const withWorker = (app: App, body: () => Promise<void>, options: Record<string, unknown> = {}) =>
+  withRunningWorker(app, t.pool, t.schema, body, options);
 
 describe('limits review', () => {
   it('the limited claim returns awaited and origin like the plain claim', async () => {

@@ -3,6 +3,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import { after } from 'node:test';
 import type pg from 'pg';
+import type { App } from '../../src/app.js';
 import { CLI, databaseUrl, ROOT } from '../helpers.js';
 
 export const FIXTURE_APP = path.join(ROOT, 'test', 'fixtures', 'jobs-app.ts');
@@ -110,4 +111,50 @@ export async function workerStarted(pool: pg.Pool, schema: string, worker: Worke
     const { rows } = await pool.query(`SELECT 1 FROM "${schema}".workers WHERE pid = $1`, [worker.child.pid]);
     return rows.length > 0;
   });
+}
+
+/** Worker settings for tests: quick polls, beats and recovery passes, no stall recovery. */
+export const FAST = {
+  pollInterval: 50,
+  heartbeatInterval: 100,
+  recoverInterval: 100,
+  stallTimeout: 3_600_000,
+};
+
+/**
+ * Runs `app`'s worker (FAST, then `options`) around `body` once it has registered in
+ * `schema`'s workers table, then stops it gracefully and closes the app, whatever `body` did.
+ */
+export async function withRunningWorker(
+  app: App,
+  pool: pg.Pool,
+  schema: string,
+  body: () => Promise<void>,
+  options: Record<string, unknown> = {},
+): Promise<void> {
+  const controller = new AbortController();
+  const running = app.run({ ...FAST, ...options, signal: controller.signal });
+  try {
+    await waitFor(
+      'the worker to register',
+      async () => (await pool.query(`SELECT 1 FROM "${schema}".workers`)).rowCount,
+    );
+    await body();
+  } finally {
+    controller.abort();
+    try {
+      await running;
+    } finally {
+      await app.close();
+    }
+  }
+}
+
+/** A gate handlers wait at (`await opened`) until the test calls `open()`. */
+export function gate(): { open: () => void; opened: Promise<void> } {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { open, opened };
 }

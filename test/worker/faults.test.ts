@@ -12,7 +12,7 @@ import { completeJobs } from '../../src/jobs/complete.js';
 import { recoverStalledJobs } from '../../src/jobs/recover.js';
 import { type FaultProxy, startFaultProxy } from '../faultProxy.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
-import { waitFor } from '../jobs/support.js';
+import { FAST, gate, waitFor, withRunningWorker } from '../jobs/support.js';
 
 let t: TestApp;
 before(async () => {
@@ -22,7 +22,6 @@ before(async () => {
 });
 after(async () => t.cleanup());
 
-const FAST = { pollInterval: 50, heartbeatInterval: 100, recoverInterval: 100, stallTimeout: 3_600_000 };
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A handler's first line: one row per run, written outside any job transaction. */
@@ -38,36 +37,11 @@ const row = async (id: string) =>
     | undefined;
 
 /** Runs `app`'s worker around `body`, then stops it gracefully. */
-async function withWorker(app: App, body: () => Promise<void>, options: Record<string, unknown> = {}) {
-  const controller = new AbortController();
-  const running = app.run({ ...FAST, ...options, signal: controller.signal });
-  try {
-    await waitFor(
-      'the worker to register',
-      async () => (await t.pool.query(`SELECT 1 FROM "${t.schema}".workers`)).rowCount,
-    );
-    await body();
-  } finally {
-    controller.abort();
-    try {
-      await running;
-    } finally {
-      await app.close();
-    }
-  }
-}
+const withWorker = (app: App, body: () => Promise<void>, options: Record<string, unknown> = {}) =>
+  withRunningWorker(app, t.pool, t.schema, body, options);
 
 const newApp = (url = databaseUrl(), options: Record<string, unknown> = {}) =>
   createApp({ databaseUrl: url, schema: t.schema, ...options });
-
-/** A gate the handlers wait at until the test opens it. */
-function gate() {
-  let open!: () => void;
-  const opened = new Promise<void>((resolve) => {
-    open = resolve;
-  });
-  return { open, opened };
-}
 
 async function deferred(app: App, task: string, args: unknown = {}, options = {}): Promise<string> {
   const result = await app.defer(task, args, options);
