@@ -68,7 +68,13 @@ export function makeOtelBridge(api: OtelApi) {
       spanId: traceparent.slice(36, 52),
       traceFlags: Number.parseInt(traceparent.slice(53, 55), 16) & 1,
       isRemote: true,
-      traceState: origin?.tracestate ? api.createTraceState(origin.tracestate) : undefined,
+      // Only a string: an origin written from SQL (defer_job_with_origin, append_events) may
+      // hold any JSON there, and createTraceState(5) throws ("split is not a function"),
+      // which left a claimed job in `doing` and failed every page holding such an event.
+      traceState:
+        typeof origin?.tracestate === 'string' && origin.tracestate !== ''
+          ? api.createTraceState(origin.tracestate)
+          : undefined,
     };
   }
 

@@ -16,6 +16,7 @@ import type { DeferOptions, JobContext, JobInfo, ResolvedTask, Task } from '../j
 import { checkJson } from '../json.js';
 import type { Origin } from '../trace/origin.js';
 import type { JobSpan } from '../trace/otel.js';
+import { validTraceparent } from '../trace/traceContext.js';
 import type { Tracing } from '../trace/tracing.js';
 import { discardTransaction, type TransactionEnds } from './jobTransaction.js';
 
@@ -207,9 +208,13 @@ export class RunningJob {
   private followUpOrigin(): Origin {
     if (this.span) return this.span.origin;
     const stored = this.job.origin;
-    return stored?.traceparent === undefined
-      ? { job: this.job.id }
-      : { job: this.job.id, traceparent: stored.traceparent, tracestate: stored.tracestate };
+    // Read back as checked values: a stored origin written from SQL may hold any JSON, and
+    // what is passed on here becomes the follow-ups' origin (and an event's, which a
+    // processor with OpenTelemetry parses).
+    const traceparent = validTraceparent(stored?.traceparent);
+    if (traceparent === undefined) return { job: this.job.id };
+    const tracestate = typeof stored?.tracestate === 'string' ? stored.tracestate : undefined;
+    return { job: this.job.id, traceparent, tracestate };
   }
 
   private withTimeout(handled: Promise<Outcome>, timeoutMs: number, started: number): Promise<Outcome> {

@@ -1,0 +1,163 @@
+/**
+ * Trace context written by something other than outbatch's TypeScript API (psql, another
+ * language, a trigger) is read back by the worker and by processors: a malformed value
+ * there must cost the trace, never the job or the page. Run with OpenTelemetry registered,
+ * as an application would, with a real worker and counted outcomes.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { context, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { mergeMap, toArray } from 'rxjs';
+import { isolatedApp, type TestApp } from '../helpers.js';
+import { waitFor } from '../jobs/support.js';
+
+const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+
+describe('hostile stored trace context, with OpenTelemetry', () => {
+  const exporter = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  const contextManager = new AsyncLocalStorageContextManager();
+  let t: TestApp;
+  let q: string;
+
+  before(async () => {
+    trace.setGlobalTracerProvider(provider);
+    context.setGlobalContextManager(contextManager.enable());
+    t = await isolatedApp('trace_hostile', { tracing: 'auto' });
+    q = `"${t.schema}"`;
+  });
+  after(async () => {
+    await t?.cleanup();
+    await provider.shutdown();
+    contextManager.disable();
+    trace.disable();
+    context.disable();
+  });
+
+  it('a job deferred from SQL with a non-string tracestate runs, and so do the jobs after it', async () => {
+    const keep = { keepSucceededFor: { hours: 1 } };
+    const followUp = t.app.task('follow_up', keep, async () => {});
+    t.app.task('sql_traced', keep, async (_args, ctx) => {
+      await ctx.defer(followUp, {});
+    });
+    // check_job_origin (schema/035) checks the traceparent only: any JSON passes as tracestate.
+    for (const tracestate of ['5', 'true', '{"a":1}', '["x"]']) {
+      await t.pool.query(
+        `SELECT * FROM ${q}.defer_job_with_origin(jsonb_build_object('traceparent', $1::text, 'tracestate', $2::jsonb), 'sql_traced')`,
+        [TRACEPARENT, tracestate],
+      );
+    }
+    await t.pool.query(`SELECT * FROM ${q}.defer_job('sql_traced')`);
+    const controller = new AbortController();
+    const running = t.app.run({ concurrency: 2, signal: controller.signal, pollInterval: 100 });
+    try {
+      await waitFor(
+        'the five jobs and their follow-ups to succeed',
+        async () => {
+          const { rows } = await t.pool.query(
+            `SELECT count(*)::int AS n FROM ${q}.jobs WHERE status = 'succeeded'`,
+          );
+          return rows[0].n === 10;
+        },
+        20_000,
+        async () => (await t.pool.query(`SELECT id, task, status, origin FROM ${q}.jobs ORDER BY id`)).rows,
+      );
+    } finally {
+      controller.abort();
+      await running;
+    }
+    // The follow-ups continue the stored trace, but carry no tracestate that is not a string.
+    const { rows } = await t.pool.query(
+      `SELECT count(*)::int AS n FROM ${q}.jobs WHERE task = 'follow_up' AND origin ? 'tracestate' AND jsonb_typeof(origin -> 'tracestate') <> 'string'`,
+    );
+    assert.equal(rows[0].n, 0);
+  });
+
+  it('a processor reads a page whose event, appended from SQL, has a non-string tracestate', async () => {
+    const seen: string[] = [];
+    t.app.processor(
+      'hostile_page',
+      { types: ['Hostile'], trigger: { onAppend: { debounce: { milliseconds: 10 } } } },
+      (events$) =>
+        events$.pipe(
+          toArray(),
+          mergeMap(async (page) => {
+            for (const event of page) seen.push(String(event.position));
+          }),
+        ),
+    );
+    await t.pool.query(`SELECT * FROM ${q}.append_events($1::jsonb)`, [
+      JSON.stringify([
+        {
+          stream: 'h-1',
+          type: 'Hostile',
+          data: {},
+          metadata: { $origin: { traceparent: TRACEPARENT, tracestate: 5 } },
+        },
+        {
+          stream: 'h-2',
+          type: 'Hostile',
+          data: {},
+          metadata: { $origin: { traceparent: TRACEPARENT.replace('b7ad', 'c7ad'), tracestate: ['x'] } },
+        },
+        { stream: 'h-3', type: 'Hostile', data: {}, metadata: { $origin: { traceparent: 7, events: 'x' } } },
+      ]),
+    ]);
+    const controller = new AbortController();
+    const running = t.app.run({ concurrency: 1, signal: controller.signal, pollInterval: 100 });
+    try {
+      await waitFor('the processor to read the three events', async () => seen.length >= 3);
+    } finally {
+      controller.abort();
+      await running;
+    }
+    assert.equal(new Set(seen).size, 3);
+  });
+});
+
+describe('hostile stored trace context, without OpenTelemetry', () => {
+  let t: TestApp;
+  let q: string;
+  before(async () => {
+    t = await isolatedApp('trace_hostile_off', { tracing: 'off' });
+    q = `"${t.schema}"`;
+  });
+  after(async () => {
+    await t?.cleanup();
+  });
+
+  it("a job's follow-up passes on the stored trace, but not a tracestate that is no string", async () => {
+    const keep = { keepSucceededFor: { hours: 1 } };
+    const followUp = t.app.task('follow_up', keep, async () => {});
+    t.app.task('sql_traced', keep, async (_args, ctx) => {
+      await ctx.defer(followUp, {});
+    });
+    await t.pool.query(
+      `SELECT * FROM ${q}.defer_job_with_origin(jsonb_build_object('traceparent', $1::text, 'tracestate', '{"a":1}'::jsonb), 'sql_traced')`,
+      [TRACEPARENT],
+    );
+    const controller = new AbortController();
+    const running = t.app.run({ concurrency: 1, signal: controller.signal, pollInterval: 100 });
+    try {
+      await waitFor('the job and its follow-up to succeed', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM ${q}.jobs WHERE status = 'succeeded'`,
+        );
+        return rows[0].n === 2;
+      });
+    } finally {
+      controller.abort();
+      await running;
+    }
+    const { rows } = await t.pool.query(`SELECT origin FROM ${q}.jobs WHERE task = 'follow_up'`);
+    assert.equal(rows.length, 1);
+    assert.equal(rows[0].origin.traceparent, TRACEPARENT);
+    assert.equal(rows[0].origin.tracestate, undefined);
+  });
+});
