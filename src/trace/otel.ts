@@ -84,32 +84,62 @@ export function makeOtelBridge(api: OtelApi) {
     return span ? api.trace.setSpanContext(base, span) : base;
   }
 
-  function fail(span: Api.Span, error: unknown): void {
-    span.recordException(error instanceof Error ? error : String(error));
-    span.setStatus({
-      code: api.SpanStatusCode.ERROR,
-      message: error instanceof Error ? error.message : String(error),
-    });
+  /**
+   * A span started, or undefined when the SDK threw. Spans are the application's, jobs and
+   * pages are ours: an SDK with a bug (a sampler, a span processor that throws) costs the
+   * spans, never the work. Before this, a throwing sampler left each claimed job in `doing`
+   * (thrown in RunningJob's constructor) and a throwing span processor's end() rejected
+   * unhandled after every job (a crash under Node's default) and failed an append that had
+   * committed (test/trace/brokenSdk.test.ts). Reported through OpenTelemetry's own diag
+   * logger, where an SDK's problems go.
+   */
+  function start(name: string, options: Api.SpanOptions, parent: Api.Context): Api.Span | undefined {
+    try {
+      return tracer.startSpan(name, options, parent);
+    } catch (error) {
+      api.diag.error(`outbatch: the tracer could not start span "${name}": no span`, error);
+      return undefined;
+    }
+  }
+
+  /** Ends `span`, recording `error` if any; never throws (see start). */
+  function end(span: Api.Span, error?: unknown, interrupted?: boolean): void {
+    try {
+      if (interrupted) span.setAttribute('outbatch.job.interrupted', true);
+      else if (error !== undefined) {
+        span.recordException(error instanceof Error ? error : String(error));
+        span.setStatus({
+          code: api.SpanStatusCode.ERROR,
+          message: error instanceof Error ? error.message : String(error),
+        });
+      }
+      span.end();
+    } catch (thrown) {
+      api.diag.error('outbatch: the tracer could not end a span', thrown);
+    }
   }
 
   /** `fn` inside `span` (active, with `cause`), the span ended when it settles. */
   async function inSpan<T>(
-    span: Api.Span,
+    span: Api.Span | undefined,
     parent: Api.Context,
     cause: Origin | undefined,
     fn: (origin: Origin | undefined) => Promise<T>,
   ): Promise<T> {
+    // No span (the SDK threw): the work as without OpenTelemetry, the cause passed on as given.
+    if (span === undefined) return fn(cause);
     const origin = originWith(cause, span.spanContext());
     let active = api.trace.setSpan(parent, span);
     if (cause) active = active.setValue(CAUSE, cause);
+    let result: T;
     try {
-      return await api.context.with(active, () => fn(origin));
+      result = await api.context.with(active, () => fn(origin));
     } catch (error) {
-      fail(span, error);
+      end(span, error);
       throw error;
-    } finally {
-      span.end();
     }
+    end(span);
+    return result;
   }
 
   return {
@@ -145,14 +175,14 @@ export function makeOtelBridge(api: OtelApi) {
       fn: (origin: Origin | undefined) => Promise<T>,
     ): Promise<T> {
       const parent = contextFrom(origin, api.context.active());
-      const span = tracer.startSpan('outbatch append', { kind: api.SpanKind.PRODUCER, attributes }, parent);
+      const span = start('outbatch append', { kind: api.SpanKind.PRODUCER, attributes }, parent);
       return inSpan(span, parent, origin, fn);
     },
 
     /** One run of a claimed job, a consumer span whose parent is the trace that deferred the job. */
-    startJob(job: JobAttributes, stored: Origin | null): JobSpan {
+    startJob(job: JobAttributes, stored: Origin | null): JobSpan | undefined {
       const parent = contextFrom(stored ?? undefined, api.ROOT_CONTEXT);
-      const span = tracer.startSpan(
+      const span = start(
         `outbatch job ${job.task}`,
         {
           kind: api.SpanKind.CONSUMER,
@@ -165,6 +195,7 @@ export function makeOtelBridge(api: OtelApi) {
         },
         parent,
       );
+      if (span === undefined) return undefined;
       const cause: Origin = { job: job.id };
       // A span the sampler drops is non-recording and carries the stored context: passed on as it came.
       const origin = originWith(cause, span.spanContext()) ?? cause;
@@ -172,11 +203,7 @@ export function makeOtelBridge(api: OtelApi) {
       return {
         origin,
         run: (fn) => api.context.with(active, fn),
-        end({ error, interrupted }) {
-          if (interrupted) span.setAttribute('outbatch.job.interrupted', true);
-          else if (error !== undefined) fail(span, error);
-          span.end();
-        },
+        end: ({ error, interrupted }) => end(span, error, interrupted),
       };
     },
 
@@ -204,7 +231,7 @@ export function makeOtelBridge(api: OtelApi) {
         else if (links.length < PAGE_LINKS_MAX) links.push({ context: traced });
       }
       const parent = parentSpan ? api.trace.setSpanContext(api.ROOT_CONTEXT, parentSpan) : api.ROOT_CONTEXT;
-      const span = tracer.startSpan(
+      const span = start(
         `outbatch processor page ${processor}`,
         {
           kind: api.SpanKind.CONSUMER,
@@ -224,7 +251,7 @@ export function makeOtelBridge(api: OtelApi) {
 
     /** One schedule tick's enqueue: a root span, the parent of the tick's job. */
     tick<T>(schedule: string, tick: Date, fn: (origin: Origin | undefined) => Promise<T>): Promise<T> {
-      const span = tracer.startSpan(
+      const span = start(
         `outbatch schedule tick ${schedule}`,
         {
           kind: api.SpanKind.PRODUCER,
