@@ -91,14 +91,18 @@ export function makeOtelBridge(api: OtelApi) {
    * (thrown in RunningJob's constructor) and a throwing span processor's end() rejected
    * unhandled after every job (a crash under Node's default) and failed an append that had
    * committed (test/trace/brokenSdk.test.ts). Reported through OpenTelemetry's own diag
-   * logger, where an SDK's problems go.
+   * logger, where an SDK's problems go. In place of the span: a non-recording one (the
+   * API's own, no SDK code) carrying the parent's context, as a span the sampler drops
+   * would: the trace is passed on and the job still runs in a context of its own (with
+   * no span at all, a handler would run in whatever context started it, and what it
+   * appends on the pool could name another job as its cause).
    */
-  function start(name: string, options: Api.SpanOptions, parent: Api.Context): Api.Span | undefined {
+  function start(name: string, options: Api.SpanOptions, parent: Api.Context): Api.Span {
     try {
       return tracer.startSpan(name, options, parent);
     } catch (error) {
-      api.diag.error(`outbatch: the tracer could not start span "${name}": no span`, error);
-      return undefined;
+      api.diag.error(`outbatch: the tracer could not start span "${name}": none recorded`, error);
+      return api.trace.wrapSpanContext(api.trace.getSpanContext(parent) ?? api.INVALID_SPAN_CONTEXT);
     }
   }
 
@@ -121,13 +125,11 @@ export function makeOtelBridge(api: OtelApi) {
 
   /** `fn` inside `span` (active, with `cause`), the span ended when it settles. */
   async function inSpan<T>(
-    span: Api.Span | undefined,
+    span: Api.Span,
     parent: Api.Context,
     cause: Origin | undefined,
     fn: (origin: Origin | undefined) => Promise<T>,
   ): Promise<T> {
-    // No span (the SDK threw): the work as without OpenTelemetry, the cause passed on as given.
-    if (span === undefined) return fn(cause);
     const origin = originWith(cause, span.spanContext());
     let active = api.trace.setSpan(parent, span);
     if (cause) active = active.setValue(CAUSE, cause);
@@ -180,7 +182,7 @@ export function makeOtelBridge(api: OtelApi) {
     },
 
     /** One run of a claimed job, a consumer span whose parent is the trace that deferred the job. */
-    startJob(job: JobAttributes, stored: Origin | null): JobSpan | undefined {
+    startJob(job: JobAttributes, stored: Origin | null): JobSpan {
       const parent = contextFrom(stored ?? undefined, api.ROOT_CONTEXT);
       const span = start(
         `outbatch job ${job.task}`,
@@ -195,7 +197,6 @@ export function makeOtelBridge(api: OtelApi) {
         },
         parent,
       );
-      if (span === undefined) return undefined;
       const cause: Origin = { job: job.id };
       // A span the sampler drops is non-recording and carries the stored context: passed on as it came.
       const origin = originWith(cause, span.spanContext()) ?? cause;

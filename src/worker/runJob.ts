@@ -168,8 +168,8 @@ export class RunningJob {
   ) {
     this.ctx = new Context(this);
     const started = performance.now();
-    // One field check when OpenTelemetry is not loaded. startJob never throws: undefined
-    // (no span) when the SDK does (otel.ts start()).
+    // One field check when OpenTelemetry is not loaded. startJob never throws, not even
+    // when the SDK does (otel.ts start()).
     const otel = deps.tracing?.otel;
     this.span = otel?.startJob(job, job.origin);
     let result: unknown;

@@ -41,7 +41,10 @@ function brokenCase(label: string, provider: () => BasicTracerProvider) {
       const appended = await t.app.events.append({ stream: 'broken-1', type: 'Appended', data: {} });
       assert.equal(appended.stream, 'broken-1');
       const keep = { keepSucceededFor: { hours: 1 } };
-      const task = t.app.task('work', keep, async () => {});
+      const task = t.app.task('work', keep, async (_args, ctx) => {
+        // On the pool: the cause comes from the context the worker runs the handler in.
+        await t.app.events.append({ stream: `worked-${ctx.job.id}`, type: 'Worked', data: {} });
+      });
       for (let i = 0; i < 3; i++) await task.defer({}, { traceparent: TRACEPARENT });
       await t.pool.query(`SELECT * FROM ${q}.defer_job('work')`);
       await t.pool.query(`SELECT * FROM ${q}.defer_job_with_origin($1::jsonb, 'work')`, [
@@ -70,7 +73,17 @@ function brokenCase(label: string, provider: () => BasicTracerProvider) {
       assert.equal(deferred[0].n, 5);
       assert.deepEqual(unhandled.map(String), []);
       const { rows: events } = await t.pool.query(`SELECT count(*)::int AS n FROM ${q}.events`);
-      assert.equal(events[0].n, 1);
+      assert.equal(events[0].n, 1 + 5);
+      // Each handler's append names its own job, and the traced ones continue their trace.
+      const { rows: worked } = await t.pool.query(
+        `SELECT e.metadata -> '$origin' AS origin, j.id::text AS job, j.origin AS job_origin
+           FROM ${q}.events e JOIN ${q}.jobs j ON e.stream = 'worked-' || j.id WHERE e.type = 'Worked'`,
+      );
+      assert.equal(worked.length, 5);
+      for (const row of worked) {
+        assert.equal(row.origin.job, row.job);
+        if (row.job_origin) assert.equal(row.origin.traceparent?.slice(3, 35), TRACEPARENT.slice(3, 35));
+      }
     });
   });
 }
