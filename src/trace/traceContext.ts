@@ -16,6 +16,12 @@ const ZERO_TRACE = '0'.repeat(32);
 const ZERO_PARENT = '0'.repeat(16);
 /** The spec's limit is 32 list members; 512 characters is what it says a carrier must at least keep. */
 const TRACESTATE_MAX = 512;
+/**
+ * A later version may append fields, but not without bound: the origin is added to each
+ * event after the maxEventBytes check and to each job's row, so an uncapped traceparent
+ * let 100 KB ride past that limit (test/trace/hostile.test.ts). Version 00 is 55.
+ */
+const TRACEPARENT_MAX = 512;
 // Printable ASCII without the characters that would end a header value or a list member badly.
 const TRACESTATE = /^[\x20-\x7e]*$/;
 
@@ -32,6 +38,8 @@ export function spanIdOf(traceparent: string): string {
 /** Why `value` is no valid traceparent, or undefined when it is one. */
 function traceparentProblem(value: unknown): string | undefined {
   if (typeof value !== 'string') return `is ${describe(value)}: expected a string`;
+  if (value.length > TRACEPARENT_MAX)
+    return `${JSON.stringify(value.slice(0, 80))}… is invalid: ${value.length} characters, at most ${TRACEPARENT_MAX} characters`;
   const match = TRACEPARENT.exec(value);
   if (!match) return `${JSON.stringify(value.slice(0, 80))} is invalid`;
   const [, version, traceId, parentId, , rest] = match;

@@ -161,3 +161,49 @@ describe('hostile stored trace context, without OpenTelemetry', () => {
     assert.equal(rows[0].origin.tracestate, undefined);
   });
 });
+
+describe('an oversized traceparent of a later version', () => {
+  let t: TestApp;
+  let q: string;
+  before(async () => {
+    t = await isolatedApp('trace_hostile_size', { tracing: 'off', events: { maxEventBytes: 4096 } });
+    q = `"${t.schema}"`;
+  });
+  after(async () => {
+    await t?.cleanup();
+  });
+
+  it('is refused in one line with nothing written, instead of slipping past maxEventBytes', async () => {
+    // Version 01 may carry fields after the fourth; without a cap, 100 KB rode on each event
+    // after the size check and into each job's origin.
+    const huge = `01-${TRACEPARENT.slice(3)}-${'x'.repeat(100_000)}`;
+    const append = t.app.events.append({ stream: 'big', type: 'Big', data: {} }, { traceparent: huge });
+    await assert.rejects(append, (error: Error) => {
+      assert.match(
+        error.message,
+        /^traceparent "01-0af7[^"]*"… is invalid: 100056 characters, at most 512 characters/,
+      );
+      assert.ok(!error.message.includes('\n'));
+      assert.ok(error.message.length < 1000, 'the message does not echo the value');
+      return true;
+    });
+    await assert.rejects(t.app.defer('anything', {}, { traceparent: huge }), /at most 512 characters/);
+    await assert.rejects(
+      t.app.events.append({
+        stream: 'big',
+        type: 'Big',
+        data: {},
+        metadata: { $origin: { traceparent: huge } },
+      }),
+      /at most 512 characters/,
+    );
+    const { rows } = await t.pool.query(
+      `SELECT (SELECT count(*) FROM ${q}.events)::int AS events, (SELECT count(*) FROM ${q}.jobs)::int AS jobs`,
+    );
+    assert.deepEqual(rows[0], { events: 0, jobs: 0 });
+    // A later version's extra fields within the cap are kept, as the spec asks.
+    const later = `01-${TRACEPARENT.slice(3)}-abc`;
+    const stored = await t.app.events.append({ stream: 'ok', type: 'Ok', data: {} }, { traceparent: later });
+    assert.deepEqual(stored.metadata, { $origin: { traceparent: later } });
+  });
+});
