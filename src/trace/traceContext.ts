@@ -11,7 +11,9 @@ export interface TraceContext {
 
 // Version 00 is exactly 55 characters; a later version may append fields after a dash
 // (the spec asks parsers to read the first four and keep going). Version ff is invalid.
-const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?$/;
+// Those fields are printable ASCII: `[^\s]` let a NUL or a lone surrogate through, which
+// jsonb then refused with its own error instead of ours (test/trace/hostile.test.ts).
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?$/;
 const ZERO_TRACE = '0'.repeat(32);
 const ZERO_PARENT = '0'.repeat(16);
 /** The spec's limit is 32 list members; 512 characters is what it says a carrier must at least keep. */

@@ -201,6 +201,21 @@ describe('an oversized traceparent of a later version', () => {
       `SELECT (SELECT count(*) FROM ${q}.events)::int AS events, (SELECT count(*) FROM ${q}.jobs)::int AS jobs`,
     );
     assert.deepEqual(rows[0], { events: 0, jobs: 0 });
+    // A NUL, a lone surrogate or a non-ASCII letter in a later version's extra fields: a
+    // ValidationError naming the traceparent, not PostgreSQL's jsonb refusing the \u escape.
+    for (const bad of ['\u0000', '\ud800', '\u00e9', '\u007f']) {
+      const traceparent = `01-${TRACEPARENT.slice(3)}-a${bad}`;
+      await assert.rejects(
+        t.app.events.append({ stream: 'big', type: 'Big', data: {} }, { traceparent }),
+        /^ValidationError: traceparent "01-0af7.*" is invalid: expected a W3C traceparent/,
+        JSON.stringify(bad),
+      );
+      await assert.rejects(t.app.defer('anything', {}, { traceparent }), /^ValidationError: traceparent/);
+    }
+    const { rows: after } = await t.pool.query(
+      `SELECT (SELECT count(*) FROM ${q}.events)::int AS events, (SELECT count(*) FROM ${q}.jobs)::int AS jobs`,
+    );
+    assert.deepEqual(after[0], { events: 0, jobs: 0 });
     // A later version's extra fields within the cap are kept, as the spec asks.
     const later = `01-${TRACEPARENT.slice(3)}-abc`;
     const stored = await t.app.events.append({ stream: 'ok', type: 'Ok', data: {} }, { traceparent: later });
