@@ -22,7 +22,8 @@ export interface JobSpan {
   readonly origin: Origin;
   /** Runs the handler with the span active (and the job as the cause of what it writes). */
   run<T>(fn: () => T): T;
-  end(outcome: { error?: unknown; interrupted?: boolean }): void;
+  /** Once: later calls do nothing (the worker may be done with a run before its handler is). */
+  end(outcome: { error?: unknown; interrupted?: boolean; cancelled?: boolean }): void;
 }
 
 export interface JobAttributes {
@@ -107,9 +108,10 @@ export function makeOtelBridge(api: OtelApi) {
   }
 
   /** Ends `span`, recording `error` if any; never throws (see start). */
-  function end(span: Api.Span, error?: unknown, interrupted?: boolean): void {
+  function end(span: Api.Span, error?: unknown, interrupted?: boolean, cancelled?: boolean): void {
     try {
-      if (interrupted) span.setAttribute('outbatch.job.interrupted', true);
+      if (cancelled) span.setAttribute('outbatch.job.cancelled', true);
+      else if (interrupted) span.setAttribute('outbatch.job.interrupted', true);
       else if (error !== undefined) {
         span.recordException(error instanceof Error ? error : String(error));
         span.setStatus({
@@ -201,10 +203,15 @@ export function makeOtelBridge(api: OtelApi) {
       // A span the sampler drops is non-recording and carries the stored context: passed on as it came.
       const origin = originWith(cause, span.spanContext()) ?? cause;
       const active = api.trace.setSpan(parent, span).setValue(CAUSE, cause);
+      let ended = false;
       return {
         origin,
         run: (fn) => api.context.with(active, fn),
-        end: ({ error, interrupted }) => end(span, error, interrupted),
+        end({ error, interrupted, cancelled }) {
+          if (ended) return;
+          ended = true;
+          end(span, error, interrupted, cancelled);
+        },
       };
     },
 

@@ -190,16 +190,21 @@ export class RunningJob {
           : { kind: 'failed', error, durationMs: performance.now() - started },
     );
     this.outcome = task.timeoutMs === null ? handled : this.withTimeout(handled, task.timeoutMs, started);
-    const span = this.span;
-    if (span) {
-      void this.outcome.then((outcome) =>
-        span.end(
-          outcome.kind === 'failed'
-            ? { error: outcome.error }
-            : { interrupted: outcome.kind === 'interrupted' },
-        ),
-      );
-    }
+    if (this.span) void this.outcome.then((outcome) => this.endSpan(outcome));
+  }
+
+  /**
+   * Ends the run's span (once; nothing without OpenTelemetry). Also called by the worker when
+   * it is done with the run before the handler is — a cancel, a shutdown past its timeout —
+   * or a handler that ignores its signal kept the span open for as long as it ran, and one
+   * left at shutdown was never exported (test/trace/spanEnd.test.ts).
+   */
+  endSpan(outcome: Outcome): void {
+    this.span?.end(
+      outcome.kind === 'failed'
+        ? { error: outcome.error }
+        : { interrupted: outcome.kind === 'interrupted', cancelled: outcome.kind === 'cancelled' },
+    );
   }
 
   /**
