@@ -12,7 +12,7 @@
 import type * as Api from '@opentelemetry/api';
 import type { StoredEvent } from '../events/storedEvent.js';
 import { type Origin, originOfEvent } from './origin.js';
-import { validTraceparent } from './traceContext.js';
+import { validTraceparent, validTracestate } from './traceContext.js';
 
 export type OtelApi = typeof Api;
 
@@ -64,18 +64,17 @@ export function makeOtelBridge(api: OtelApi) {
   function spanContextOf(origin: Origin | undefined): Api.SpanContext | undefined {
     const traceparent = validTraceparent(origin?.traceparent);
     if (traceparent === undefined) return undefined;
+    // Only a checked string: an origin written from SQL (defer_job_with_origin,
+    // append_events) may hold any JSON there, and createTraceState(5) throws ("split is not
+    // a function"), which left a claimed job in `doing` and failed every page holding such
+    // an event (test/trace/hostile.test.ts).
+    const tracestate = validTracestate(origin?.tracestate);
     return {
       traceId: traceparent.slice(3, 35),
       spanId: traceparent.slice(36, 52),
       traceFlags: Number.parseInt(traceparent.slice(53, 55), 16) & 1,
       isRemote: true,
-      // Only a string: an origin written from SQL (defer_job_with_origin, append_events) may
-      // hold any JSON there, and createTraceState(5) throws ("split is not a function"),
-      // which left a claimed job in `doing` and failed every page holding such an event.
-      traceState:
-        typeof origin?.tracestate === 'string' && origin.tracestate !== ''
-          ? api.createTraceState(origin.tracestate)
-          : undefined,
+      traceState: tracestate === undefined ? undefined : api.createTraceState(tracestate),
     };
   }
 

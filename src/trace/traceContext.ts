@@ -75,6 +75,18 @@ export function checkTraceContext(traceparent: unknown, tracestate: unknown, whe
     : { traceparent: traceparent as string, tracestate };
 }
 
+/**
+ * A tracestate read back from storage: the value if it is one we would accept, else
+ * undefined (never throws). An origin written from SQL may hold any JSON there; passed on
+ * unchecked, 100 KB of it rode on a job's events past maxEventBytes (the origin is added
+ * after that check) and on its follow-ups (test/trace/hostile.test.ts).
+ */
+export function validTracestate(value: unknown): string | undefined {
+  return typeof value === 'string' && value !== '' && value.length <= TRACESTATE_MAX && TRACESTATE.test(value)
+    ? value
+    : undefined;
+}
+
 /** A traceparent read back from storage: the value if it is valid, else undefined (never throws). */
 export function validTraceparent(value: unknown): string | undefined {
   return traceparentProblem(value) === undefined ? (value as string) : undefined;

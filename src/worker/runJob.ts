@@ -16,7 +16,7 @@ import type { DeferOptions, JobContext, JobInfo, ResolvedTask, Task } from '../j
 import { checkJson } from '../json.js';
 import type { Origin } from '../trace/origin.js';
 import type { JobSpan } from '../trace/otel.js';
-import { validTraceparent } from '../trace/traceContext.js';
+import { validTraceparent, validTracestate } from '../trace/traceContext.js';
 import type { Tracing } from '../trace/tracing.js';
 import { discardTransaction, type TransactionEnds } from './jobTransaction.js';
 
@@ -219,8 +219,7 @@ export class RunningJob {
     // processor with OpenTelemetry parses).
     const traceparent = validTraceparent(stored?.traceparent);
     if (traceparent === undefined) return { job: this.job.id };
-    const tracestate = typeof stored?.tracestate === 'string' ? stored.tracestate : undefined;
-    return { job: this.job.id, traceparent, tracestate };
+    return { job: this.job.id, traceparent, tracestate: validTracestate(stored?.tracestate) };
   }
 
   private withTimeout(handled: Promise<Outcome>, timeoutMs: number, started: number): Promise<Outcome> {

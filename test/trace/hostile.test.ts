@@ -79,6 +79,53 @@ describe('hostile stored trace context, with OpenTelemetry', () => {
     assert.equal(rows[0].n, 0);
   });
 
+  it('concurrent jobs, and batches beside them, never name one another as the cause of an append on the pool', async () => {
+    const keep = { keepSucceededFor: { hours: 1 } };
+    const solo = t.app.task('solo', keep, async (_args, ctx) => {
+      for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
+      await t.app.events.append({ stream: `solo-${ctx.job.id}`, type: 'Solo', data: {} });
+    });
+    const bulk = t.app.task(
+      'bulk',
+      { ...keep, batch: { size: 3, maxWait: { milliseconds: 50 } } },
+      async (jobs) => {
+        await new Promise((resolve) => setImmediate(resolve));
+        await t.app.events.append({ stream: `bulk-${jobs[0]!.id}`, type: 'Bulk', data: {} });
+      },
+    );
+    for (let i = 0; i < 12; i++) {
+      await solo.defer({}, { traceparent: `00-${String(i + 1).padStart(32, 'a')}-b7ad6b7169203331-01` });
+      await bulk.defer({});
+    }
+    const controller = new AbortController();
+    const running = t.app.run({ concurrency: 4, signal: controller.signal, pollInterval: 100 });
+    try {
+      await waitFor('the 24 jobs to succeed', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM ${q}.jobs WHERE task IN ('solo', 'bulk') AND status = 'succeeded'`,
+        );
+        return rows[0].n === 24;
+      });
+    } finally {
+      controller.abort();
+      await running;
+    }
+    const { rows: solos } = await t.pool.query(
+      `SELECT e.metadata -> '$origin' AS origin, j.id::text AS id, j.origin ->> 'traceparent' AS traceparent
+         FROM ${q}.events e JOIN ${q}.jobs j ON e.stream = 'solo-' || j.id`,
+    );
+    assert.equal(solos.length, 12);
+    for (const row of solos) {
+      assert.equal(row.origin.job, row.id);
+      assert.equal(row.origin.traceparent.slice(3, 35), row.traceparent.slice(3, 35));
+    }
+    const { rows: bulks } = await t.pool.query(
+      `SELECT metadata -> '$origin' AS origin FROM ${q}.events WHERE type = 'Bulk'`,
+    );
+    assert.ok(bulks.length >= 4);
+    for (const row of bulks) assert.equal(row.origin?.job, undefined, JSON.stringify(row.origin));
+  });
+
   it('a processor reads a page whose event, appended from SQL, has a non-string tracestate', async () => {
     const seen: string[] = [];
     t.app.processor(
@@ -220,5 +267,42 @@ describe('an oversized traceparent of a later version', () => {
     const later = `01-${TRACEPARENT.slice(3)}-abc`;
     const stored = await t.app.events.append({ stream: 'ok', type: 'Ok', data: {} }, { traceparent: later });
     assert.deepEqual(stored.metadata, { $origin: { traceparent: later } });
+  });
+
+  it("a stored tracestate past the cap (written from SQL) is not passed on to a job's events and follow-ups", async () => {
+    const keep = { keepSucceededFor: { hours: 1 } };
+    const followUp = t.app.task('follow_up', keep, async () => {});
+    t.app.task('big_state', { ...keep, transaction: true }, async (_args, ctx) => {
+      await t.app.events.append(
+        { stream: `from-${ctx.job.id}`, type: 'FromJob', data: {} },
+        { client: ctx.tx },
+      );
+      await ctx.defer(followUp, {});
+    });
+    await t.pool.query(
+      `SELECT * FROM ${q}.defer_job_with_origin(jsonb_build_object('traceparent', $1::text, 'tracestate', repeat('a', 100000)), 'big_state')`,
+      [TRACEPARENT],
+    );
+    const controller = new AbortController();
+    const running = t.app.run({ concurrency: 1, signal: controller.signal, pollInterval: 100 });
+    try {
+      await waitFor('the job and its follow-up to succeed', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT count(*)::int AS n FROM ${q}.jobs WHERE task IN ('big_state', 'follow_up') AND status = 'succeeded'`,
+        );
+        return rows[0].n === 2;
+      });
+    } finally {
+      controller.abort();
+      await running;
+    }
+    const { rows } = await t.pool.query(
+      `SELECT length(metadata::text) AS bytes, metadata -> '$origin' AS origin FROM ${q}.events WHERE type = 'FromJob'`,
+    );
+    assert.equal(rows.length, 1);
+    assert.ok(rows[0].bytes < 4096, `${rows[0].bytes} bytes of metadata past maxEventBytes 4096`);
+    assert.equal(rows[0].origin.traceparent, TRACEPARENT);
+    const { rows: follow } = await t.pool.query(`SELECT origin FROM ${q}.jobs WHERE task = 'follow_up'`);
+    assert.equal(follow[0].origin.tracestate, undefined);
   });
 });
