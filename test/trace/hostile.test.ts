@@ -305,4 +305,44 @@ describe('an oversized traceparent of a later version', () => {
     const { rows: follow } = await t.pool.query(`SELECT origin FROM ${q}.jobs WHERE task = 'follow_up'`);
     assert.equal(follow[0].origin.tracestate, undefined);
   });
+
+  it("a page passes on its first traced event's trace, but not a tracestate past the cap (appended from SQL)", async () => {
+    const paged = t.app.task('paged', { keepSucceededFor: { hours: 1 } }, async () => {});
+    t.app.processor(
+      'big_state_page',
+      { types: ['BigState'], trigger: { onAppend: { debounce: { milliseconds: 10 } } } },
+      (events$, ctx) =>
+        events$.pipe(
+          toArray(),
+          mergeMap(async () => {
+            await paged.defer({}, { client: ctx.tx });
+          }),
+        ),
+    );
+    await t.pool.query(`SELECT * FROM ${q}.append_events($1::jsonb)`, [
+      JSON.stringify([
+        {
+          stream: 'bs-1',
+          type: 'BigState',
+          data: {},
+          metadata: { $origin: { traceparent: TRACEPARENT, tracestate: 'a'.repeat(100_000) } },
+        },
+      ]),
+    ]);
+    const controller = new AbortController();
+    const running = t.app.run({ concurrency: 1, signal: controller.signal, pollInterval: 100 });
+    try {
+      await waitFor('the page to defer its job', async () => {
+        const { rows } = await t.pool.query(`SELECT count(*)::int AS n FROM ${q}.jobs WHERE task = 'paged'`);
+        return rows[0].n === 1;
+      });
+    } finally {
+      controller.abort();
+      await running;
+    }
+    const { rows } = await t.pool.query(`SELECT origin FROM ${q}.jobs WHERE task = 'paged'`);
+    assert.equal(rows[0].origin.processor, 'big_state_page');
+    assert.equal(rows[0].origin.traceparent, TRACEPARENT);
+    assert.equal(rows[0].origin.tracestate, undefined);
+  });
 });
