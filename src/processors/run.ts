@@ -23,7 +23,7 @@ import type { StoredEvent } from '../events/storedEvent.js';
 import { UpcastError, type Upcasters } from '../events/upcast.js';
 import type { Logger } from '../log.js';
 import { type Origin, originOfEvent } from '../trace/origin.js';
-import { validTraceparent } from '../trace/traceContext.js';
+import { validTraceparent, validTracestate } from '../trace/traceContext.js';
 import type { Tracing } from '../trace/tracing.js';
 import type { ProcessorDefinition } from './definition.js';
 import { checkBelowPrimaryHorizon, pageOnPrimary } from './replicaReads.js';
@@ -353,8 +353,7 @@ async function applyTraced(
     const origin = originOfEvent(event.metadata);
     const traceparent = validTraceparent(origin?.traceparent);
     if (traceparent === undefined) continue;
-    const tracestate = typeof origin?.tracestate === 'string' ? origin.tracestate : undefined;
-    return bound({ ...cause, traceparent, tracestate });
+    return bound({ ...cause, traceparent, tracestate: validTracestate(origin?.tracestate) });
   }
   return bound(cause);
 }

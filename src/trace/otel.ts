@@ -12,7 +12,7 @@
 import type * as Api from '@opentelemetry/api';
 import type { StoredEvent } from '../events/storedEvent.js';
 import { type Origin, originOfEvent } from './origin.js';
-import { validTraceparent } from './traceContext.js';
+import { validTraceparent, validTracestate } from './traceContext.js';
 
 export type OtelApi = typeof Api;
 
@@ -22,7 +22,8 @@ export interface JobSpan {
   readonly origin: Origin;
   /** Runs the handler with the span active (and the job as the cause of what it writes). */
   run<T>(fn: () => T): T;
-  end(outcome: { error?: unknown; interrupted?: boolean }): void;
+  /** Once: later calls do nothing (the worker may be done with a run before its handler is). */
+  end(outcome: { error?: unknown; interrupted?: boolean; cancelled?: boolean }): void;
 }
 
 export interface JobAttributes {
@@ -63,12 +64,17 @@ export function makeOtelBridge(api: OtelApi) {
   function spanContextOf(origin: Origin | undefined): Api.SpanContext | undefined {
     const traceparent = validTraceparent(origin?.traceparent);
     if (traceparent === undefined) return undefined;
+    // Only a checked string: an origin written from SQL (defer_job_with_origin,
+    // append_events) may hold any JSON there, and createTraceState(5) throws ("split is not
+    // a function"), which left a claimed job in `doing` and failed every page holding such
+    // an event (test/trace/hostile.test.ts).
+    const tracestate = validTracestate(origin?.tracestate);
     return {
       traceId: traceparent.slice(3, 35),
       spanId: traceparent.slice(36, 52),
       traceFlags: Number.parseInt(traceparent.slice(53, 55), 16) & 1,
       isRemote: true,
-      traceState: origin?.tracestate ? api.createTraceState(origin.tracestate) : undefined,
+      traceState: tracestate === undefined ? undefined : api.createTraceState(tracestate),
     };
   }
 
@@ -78,12 +84,44 @@ export function makeOtelBridge(api: OtelApi) {
     return span ? api.trace.setSpanContext(base, span) : base;
   }
 
-  function fail(span: Api.Span, error: unknown): void {
-    span.recordException(error instanceof Error ? error : String(error));
-    span.setStatus({
-      code: api.SpanStatusCode.ERROR,
-      message: error instanceof Error ? error.message : String(error),
-    });
+  /**
+   * A span started, or undefined when the SDK threw. Spans are the application's, jobs and
+   * pages are ours: an SDK with a bug (a sampler, a span processor that throws) costs the
+   * spans, never the work. Before this, a throwing sampler left each claimed job in `doing`
+   * (thrown in RunningJob's constructor) and a throwing span processor's end() rejected
+   * unhandled after every job (a crash under Node's default) and failed an append that had
+   * committed (test/trace/brokenSdk.test.ts). Reported through OpenTelemetry's own diag
+   * logger, where an SDK's problems go. In place of the span: a non-recording one (the
+   * API's own, no SDK code) carrying the parent's context, as a span the sampler drops
+   * would: the trace is passed on and the job still runs in a context of its own (with
+   * no span at all, a handler would run in whatever context started it, and what it
+   * appends on the pool could name another job as its cause).
+   */
+  function start(name: string, options: Api.SpanOptions, parent: Api.Context): Api.Span {
+    try {
+      return tracer.startSpan(name, options, parent);
+    } catch (error) {
+      api.diag.error(`outbatch: the tracer could not start span "${name}": none recorded`, error);
+      return api.trace.wrapSpanContext(api.trace.getSpanContext(parent) ?? api.INVALID_SPAN_CONTEXT);
+    }
+  }
+
+  /** Ends `span`, recording `error` if any; never throws (see start). */
+  function end(span: Api.Span, error?: unknown, interrupted?: boolean, cancelled?: boolean): void {
+    try {
+      if (cancelled) span.setAttribute('outbatch.job.cancelled', true);
+      else if (interrupted) span.setAttribute('outbatch.job.interrupted', true);
+      else if (error !== undefined) {
+        span.recordException(error instanceof Error ? error : String(error));
+        span.setStatus({
+          code: api.SpanStatusCode.ERROR,
+          message: error instanceof Error ? error.message : String(error),
+        });
+      }
+      span.end();
+    } catch (thrown) {
+      api.diag.error('outbatch: the tracer could not end a span', thrown);
+    }
   }
 
   /** `fn` inside `span` (active, with `cause`), the span ended when it settles. */
@@ -96,14 +134,15 @@ export function makeOtelBridge(api: OtelApi) {
     const origin = originWith(cause, span.spanContext());
     let active = api.trace.setSpan(parent, span);
     if (cause) active = active.setValue(CAUSE, cause);
+    let result: T;
     try {
-      return await api.context.with(active, () => fn(origin));
+      result = await api.context.with(active, () => fn(origin));
     } catch (error) {
-      fail(span, error);
+      end(span, error);
       throw error;
-    } finally {
-      span.end();
     }
+    end(span);
+    return result;
   }
 
   return {
@@ -139,14 +178,14 @@ export function makeOtelBridge(api: OtelApi) {
       fn: (origin: Origin | undefined) => Promise<T>,
     ): Promise<T> {
       const parent = contextFrom(origin, api.context.active());
-      const span = tracer.startSpan('outbatch append', { kind: api.SpanKind.PRODUCER, attributes }, parent);
+      const span = start('outbatch append', { kind: api.SpanKind.PRODUCER, attributes }, parent);
       return inSpan(span, parent, origin, fn);
     },
 
     /** One run of a claimed job, a consumer span whose parent is the trace that deferred the job. */
     startJob(job: JobAttributes, stored: Origin | null): JobSpan {
       const parent = contextFrom(stored ?? undefined, api.ROOT_CONTEXT);
-      const span = tracer.startSpan(
+      const span = start(
         `outbatch job ${job.task}`,
         {
           kind: api.SpanKind.CONSUMER,
@@ -163,13 +202,14 @@ export function makeOtelBridge(api: OtelApi) {
       // A span the sampler drops is non-recording and carries the stored context: passed on as it came.
       const origin = originWith(cause, span.spanContext()) ?? cause;
       const active = api.trace.setSpan(parent, span).setValue(CAUSE, cause);
+      let ended = false;
       return {
         origin,
         run: (fn) => api.context.with(active, fn),
-        end({ error, interrupted }) {
-          if (interrupted) span.setAttribute('outbatch.job.interrupted', true);
-          else if (error !== undefined) fail(span, error);
-          span.end();
+        end({ error, interrupted, cancelled }) {
+          if (ended) return;
+          ended = true;
+          end(span, error, interrupted, cancelled);
         },
       };
     },
@@ -198,7 +238,7 @@ export function makeOtelBridge(api: OtelApi) {
         else if (links.length < PAGE_LINKS_MAX) links.push({ context: traced });
       }
       const parent = parentSpan ? api.trace.setSpanContext(api.ROOT_CONTEXT, parentSpan) : api.ROOT_CONTEXT;
-      const span = tracer.startSpan(
+      const span = start(
         `outbatch processor page ${processor}`,
         {
           kind: api.SpanKind.CONSUMER,
@@ -218,7 +258,7 @@ export function makeOtelBridge(api: OtelApi) {
 
     /** One schedule tick's enqueue: a root span, the parent of the tick's job. */
     tick<T>(schedule: string, tick: Date, fn: (origin: Origin | undefined) => Promise<T>): Promise<T> {
-      const span = tracer.startSpan(
+      const span = start(
         `outbatch schedule tick ${schedule}`,
         {
           kind: api.SpanKind.PRODUCER,

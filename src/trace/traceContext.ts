@@ -11,11 +11,19 @@ export interface TraceContext {
 
 // Version 00 is exactly 55 characters; a later version may append fields after a dash
 // (the spec asks parsers to read the first four and keep going). Version ff is invalid.
-const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?$/;
+// Those fields are printable ASCII: `[^\s]` let a NUL or a lone surrogate through, which
+// jsonb then refused with its own error instead of ours (test/trace/hostile.test.ts).
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?$/;
 const ZERO_TRACE = '0'.repeat(32);
 const ZERO_PARENT = '0'.repeat(16);
 /** The spec's limit is 32 list members; 512 characters is what it says a carrier must at least keep. */
 const TRACESTATE_MAX = 512;
+/**
+ * A later version may append fields, but not without bound: the origin is added to each
+ * event after the maxEventBytes check and to each job's row, so an uncapped traceparent
+ * let 100 KB ride past that limit (test/trace/hostile.test.ts). Version 00 is 55.
+ */
+const TRACEPARENT_MAX = 512;
 // Printable ASCII without the characters that would end a header value or a list member badly.
 const TRACESTATE = /^[\x20-\x7e]*$/;
 
@@ -32,6 +40,8 @@ export function spanIdOf(traceparent: string): string {
 /** Why `value` is no valid traceparent, or undefined when it is one. */
 function traceparentProblem(value: unknown): string | undefined {
   if (typeof value !== 'string') return `is ${describe(value)}: expected a string`;
+  if (value.length > TRACEPARENT_MAX)
+    return `${JSON.stringify(value.slice(0, 80))}… is invalid: ${value.length} characters, at most ${TRACEPARENT_MAX} characters`;
   const match = TRACEPARENT.exec(value);
   if (!match) return `${JSON.stringify(value.slice(0, 80))} is invalid`;
   const [, version, traceId, parentId, , rest] = match;
@@ -63,6 +73,18 @@ export function checkTraceContext(traceparent: unknown, tracestate: unknown, whe
   return tracestate === ''
     ? { traceparent: traceparent as string }
     : { traceparent: traceparent as string, tracestate };
+}
+
+/**
+ * A tracestate read back from storage: the value if it is one we would accept, else
+ * undefined (never throws). An origin written from SQL may hold any JSON there; passed on
+ * unchecked, 100 KB of it rode on a job's events past maxEventBytes (the origin is added
+ * after that check) and on its follow-ups (test/trace/hostile.test.ts).
+ */
+export function validTracestate(value: unknown): string | undefined {
+  return typeof value === 'string' && value !== '' && value.length <= TRACESTATE_MAX && TRACESTATE.test(value)
+    ? value
+    : undefined;
 }
 
 /** A traceparent read back from storage: the value if it is valid, else undefined (never throws). */

@@ -16,6 +16,7 @@ import type { DeferOptions, JobContext, JobInfo, ResolvedTask, Task } from '../j
 import { checkJson } from '../json.js';
 import type { Origin } from '../trace/origin.js';
 import type { JobSpan } from '../trace/otel.js';
+import { validTraceparent, validTracestate } from '../trace/traceContext.js';
 import type { Tracing } from '../trace/tracing.js';
 import { discardTransaction, type TransactionEnds } from './jobTransaction.js';
 
@@ -167,7 +168,8 @@ export class RunningJob {
   ) {
     this.ctx = new Context(this);
     const started = performance.now();
-    // One field check when OpenTelemetry is not loaded.
+    // One field check when OpenTelemetry is not loaded. startJob never throws, not even
+    // when the SDK does (otel.ts start()).
     const otel = deps.tracing?.otel;
     this.span = otel?.startJob(job, job.origin);
     let result: unknown;
@@ -188,16 +190,21 @@ export class RunningJob {
           : { kind: 'failed', error, durationMs: performance.now() - started },
     );
     this.outcome = task.timeoutMs === null ? handled : this.withTimeout(handled, task.timeoutMs, started);
-    const span = this.span;
-    if (span) {
-      void this.outcome.then((outcome) =>
-        span.end(
-          outcome.kind === 'failed'
-            ? { error: outcome.error }
-            : { interrupted: outcome.kind === 'interrupted' },
-        ),
-      );
-    }
+    if (this.span) void this.outcome.then((outcome) => this.endSpan(outcome));
+  }
+
+  /**
+   * Ends the run's span (once; nothing without OpenTelemetry). Also called by the worker when
+   * it is done with the run before the handler is — a cancel, a shutdown past its timeout —
+   * or a handler that ignores its signal kept the span open for as long as it ran, and one
+   * left at shutdown was never exported (test/trace/spanEnd.test.ts).
+   */
+  endSpan(outcome: Outcome): void {
+    this.span?.end(
+      outcome.kind === 'failed'
+        ? { error: outcome.error }
+        : { interrupted: outcome.kind === 'interrupted', cancelled: outcome.kind === 'cancelled' },
+    );
   }
 
   /**
@@ -207,9 +214,12 @@ export class RunningJob {
   private followUpOrigin(): Origin {
     if (this.span) return this.span.origin;
     const stored = this.job.origin;
-    return stored?.traceparent === undefined
-      ? { job: this.job.id }
-      : { job: this.job.id, traceparent: stored.traceparent, tracestate: stored.tracestate };
+    // Read back as checked values: a stored origin written from SQL may hold any JSON, and
+    // what is passed on here becomes the follow-ups' origin (and an event's, which a
+    // processor with OpenTelemetry parses).
+    const traceparent = validTraceparent(stored?.traceparent);
+    if (traceparent === undefined) return { job: this.job.id };
+    return { job: this.job.id, traceparent, tracestate: validTracestate(stored?.tracestate) };
   }
 
   private withTimeout(handled: Promise<Outcome>, timeoutMs: number, started: number): Promise<Outcome> {

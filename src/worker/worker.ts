@@ -349,6 +349,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   function finish(run: RunningJob, outcome: Outcome): void {
     if (run.settled) return; // already released at shutdown
     run.settled = true;
+    run.endSpan(outcome);
     running.delete(claimKey(run.job));
     const { job } = run;
     if (run.superseded) {
@@ -453,6 +454,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     running.clear();
     for (const run of unfinished) {
       run.settled = true;
+      run.endSpan({ kind: 'interrupted' });
       outcomes.release(run, { busy: true });
     }
     const unfinishedBatches = batches.returnUnfinished();
