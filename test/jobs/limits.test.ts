@@ -14,7 +14,7 @@ import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
 import { asRateLimited, parseRetryAfter, RateLimited } from '../../src/jobs/rateLimited.js';
 import { type FaultProxy, startFaultProxy } from '../faultProxy.js';
 import { databaseUrl, isolatedApp, ROOT, runCli, type TestApp } from '../helpers.js';
-import { spawnWorker, type WorkerProcess, waitFor, workerStarted } from './support.js';
+import { spawnWorker, type WorkerProcess, waitFor, withRunningWorker, workerStarted } from './support.js';
 
 const LIMITS_APP = `${ROOT}/test/fixtures/limits-app.ts`;
 const QUICK = ['--stall-timeout', '1s', '--heartbeat-interval', '200ms', '--poll-interval', '100ms'];
@@ -508,25 +508,7 @@ describe('queue limits under faults', () => {
         );
       },
     );
-    const controller = new AbortController();
-    const running = app.run({
-      concurrency: 3,
-      pollInterval: 50,
-      heartbeatInterval: 100,
-      recoverInterval: 100,
-      stallTimeout: 3_600_000,
-      signal: controller.signal,
-    });
-    try {
-      await body();
-    } finally {
-      controller.abort();
-      try {
-        await running;
-      } finally {
-        await app.close();
-      }
-    }
+    await withRunningWorker(app, t.pool, t.schema, body, { concurrency: 3 });
   }
 
   it('a limited claim whose reply is lost: the jobs go back uncounted, the limit holds, each runs once', async () => {
