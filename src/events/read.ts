@@ -15,6 +15,9 @@ import { checkLimit, type EventFilter, filterParams } from './filter.js';
 import { EVENT_COLUMNS, EXTRA_COLUMN, type StoredEvent, toStoredEvent } from './storedEvent.js';
 import type { Upcasters } from './upcast.js';
 
+/** How many page sizes of unfiltered reads are kept as prepared statements. */
+const PREPARED_SIZES = 8;
+
 export interface ReadOptions extends EventFilter {
   /** Read events after this checkpoint (default: from the start). */
   after?: Checkpoint;
@@ -34,6 +37,32 @@ export interface ReadPage {
   checkpoint: Checkpoint;
   /** True when fewer than `limit` events were returned: the reader is at the head for now. */
   caughtUp: boolean;
+}
+
+// The checkpoint goes in as `(SELECT $1)`, a value the planner cannot see. Seen, it made
+// a partitioned log's plans go wrong: inside the newest large transaction (a bulk append
+// or an import of a million events in one transaction, the highest tx_id ANALYZE saw)
+// `(tx_id, position) > (that tx, …)` is estimated at about one row per partition, and the
+// planner sorted every remaining row of every partition for each page instead of merging
+// the partitions' index scans: 300 ms a page, 4,600 events/s where the single table read
+// 386,000 (ops/bench/eventLog.ts). Unseen, it gets the default estimate, and the merge.
+function pageText(q: string, filters: string, limit: string): string {
+  return `
+  (SELECT ${EVENT_COLUMNS}, NULL::xid8 AS xmin, NULL::boolean AS archived
+   FROM ${q}.events e
+   WHERE (e.tx_id, e.position) > ((SELECT $1::xid8), (SELECT $2::bigint))
+     AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())${filters}
+   ORDER BY e.tx_id, e.position
+   LIMIT ${limit})
+  UNION ALL
+  SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot()),
+         (SELECT ($1::xid8, $2::bigint) < (l.archived_through_tx, l.archived_through_position)
+          FROM ${q}.event_log l)`;
+}
+
+/** The statement of an unfiltered page of `limit` events (exported for the plan's test). */
+export function unfilteredPageText(schema: string, limit: number): string {
+  return pageText(quoteSchema(schema), '', String(checkLimit(limit)));
 }
 
 /**
@@ -59,28 +88,22 @@ export function makeRead(deps: {
   upcasters: Upcasters | null;
 }) {
   const q = quoteSchema(deps.schema);
-  const page = (filters: string) => `
-    (SELECT ${EVENT_COLUMNS}, NULL::xid8 AS xmin, NULL::boolean AS archived
-     FROM ${q}.events e
-     WHERE (e.tx_id, e.position) > ($1::xid8, $2::bigint)
-       AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())${filters}
-     ORDER BY e.tx_id, e.position
-     LIMIT $3)
-    UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pg_snapshot_xmin(pg_current_snapshot()),
-           (SELECT ($1::xid8, $2::bigint) < (l.archived_through_tx, l.archived_through_position)
-            FROM ${q}.event_log l)`;
-  // Two statements, not one with `$n IS NULL OR …`: a page without a filter (every processor
-  // that reads all types, follow(), replay) is prepared by name and runs on a generic plan,
-  // planned once per connection. Planning was most of what partitions cost a page: 0.7 ms
-  // against 0.25 ms on one table, for about 1 ms of execution on either (1000 events, 9
-  // partitions; ops/bench/eventLog.ts). A filtered page stays unnamed and planned each
-  // time, so the planner sees the types and may take the (type, tx_id, position) index that
-  // a generic plan could not count on.
-  const unfiltered = page('');
-  const filtered = page(`
+  // A page without a type or stream filter (every processor that reads all types, follow(),
+  // replay) is prepared by name per page size, with the size written into the text (a whole
+  // number checkLimit has checked), so that its generic plan costs what a custom one does
+  // and PostgreSQL keeps it after five executions: planned once per connection, where a
+  // custom plan would be planned for every page across every partition. With `LIMIT $3` the
+  // generic plan was costed for a tenth of the log and never chosen.
+  // A filtered page stays unnamed and planned each time, so the planner sees the types and
+  // may take the (type, tx_id, position) index that a generic plan could not count on.
+  const unfiltered = new Map<number, string>();
+  const filtered = pageText(
+    q,
+    `
        AND ($4::text[] IS NULL OR e.type = ANY ($4::text[]))
-       AND ($5::text IS NULL OR starts_with(e.stream, $5::text))`);
+       AND ($5::text IS NULL OR starts_with(e.stream, $5::text))`,
+    '$3',
+  );
   const name = `outbatch_read_${deps.schema}`;
 
   /** `queryTimeoutMs`: outbatch's own reads (a processor's pages) are abandoned after it. */
@@ -89,11 +112,19 @@ export function makeRead(deps: {
     const limit = checkLimit(options.limit ?? 1000);
     const [types, prefix] = filterParams(options);
     const db = options.client ?? (await deps.pool());
-    const position = [after.txId.toString(), after.position.toString(), limit];
-    const rows =
-      types === null && prefix === null
-        ? await runForArrays(db, unfiltered, position, name, queryTimeoutMs)
-        : await runForArrays(db, filtered, [...position, types, prefix], undefined, queryTimeoutMs);
+    const position = [after.txId.toString(), after.position.toString()];
+    let rows: unknown[][];
+    if (types === null && prefix === null) {
+      // A few page sizes are prepared (a processor's batchSize, follow's); a caller varying
+      // it on every call gets unnamed statements rather than one per size on every connection.
+      let text = unfiltered.get(limit);
+      const prepare = text !== undefined || unfiltered.size < PREPARED_SIZES;
+      text ??= pageText(q, '', String(limit));
+      if (prepare) unfiltered.set(limit, text);
+      rows = await runForArrays(db, text, position, prepare ? `${name}_${limit}` : undefined, queryTimeoutMs);
+    } else {
+      rows = await runForArrays(db, filtered, [...position, limit, types, prefix], undefined, queryTimeoutMs);
+    }
     // One row, with no position, carries the snapshot's xmin (one statement, so one snapshot).
     const at = rows.findLastIndex((row) => row[0] === null);
     const extra = rows.splice(at, 1)[0]!;
