@@ -1,6 +1,6 @@
 -- The whole outbatch schema as it is today: what the numbered migrations (schema/NNN_name.sql)
 -- leave behind after the one named on the next line, which migrate.ts reads.
--- Matches migration: 038_claim_limited_returns_lifecycle
+-- Matches migration: 039_abandoned_runs
 -- Read this file to see what the database is; read the migrations to see how it got there
 -- and what was measured on the way. schema/README.md lists, per migration, which of its
 -- definitions later files replaced.
@@ -1290,6 +1290,28 @@ CREATE TABLE queue_groups (
   PRIMARY KEY (queue, group_key)
 );
 
+-- Runs a worker stopped watching while their handler still runs: a running job cancelled,
+-- or one past its timeout, whose handler ignored ctx.signal (039). Until the handler
+-- returns, the run counts against its queue's and its group's concurrency and holds its
+-- lock, in claim_limited_jobs() and the plain claim's lock check. A cancel of a `doing` job
+-- inserts its row in the cancelling statement; a worker inserts one before it writes a
+-- timed-out attempt's failure; the worker deletes it when the handler returns (its
+-- heartbeat sweeps any it no longer runs), recovery when its worker is dead, the worker's
+-- stop when it stops.
+CREATE TABLE abandoned_runs (
+  job_id bigint NOT NULL,
+  attempt integer NOT NULL,
+  worker_id text NOT NULL,
+  queue text NOT NULL,
+  group_key text,
+  lock text,
+  abandoned_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX abandoned_runs_worker ON abandoned_runs (worker_id);
+CREATE INDEX abandoned_runs_queue ON abandoned_runs (queue);
+CREATE INDEX abandoned_runs_lock ON abandoned_runs (lock) WHERE lock IS NOT NULL;
+
 -- Claims jobs of limited queues (within their limits) and then of the others, like the
 -- plain claim; the same columns as src/jobs/claim.ts returns. Called by workers only while
 -- a queue_limits row exists.
@@ -1323,6 +1345,7 @@ CREATE TABLE queue_groups (
 -- priority order (038): limited queues with room used to take the claim first.
 -- JIT off (038): behind a pooler the worker's jit=off is lost, and the plain part is estimated
 -- high enough to be compiled (~100 ms a claim instead of ~18 ms).
+-- Abandoned runs (039) count as running: in the queue's count, the groups' and every lock check.
 CREATE FUNCTION claim_limited_jobs(
   claim_queues text[],
   skip_tasks text[],
@@ -1367,7 +1390,8 @@ BEGIN
     CONTINUE WHEN room <= 0 OR (q.paused_until IS NOT NULL AND q.paused_until > at);
     free := room;
     IF q.concurrency IS NOT NULL THEN
-      SELECT count(*) INTO running FROM jobs d WHERE d.status = 'doing' AND d.queue = q.queue;
+      SELECT count(*) + (SELECT count(*) FROM abandoned_runs a WHERE a.queue = q.queue) INTO running
+      FROM jobs d WHERE d.status = 'doing' AND d.queue = q.queue;
       free := least(free, q.concurrency - running);
     END IF;
     window_open := q.rate_max IS NOT NULL AND q.window_start IS NOT NULL
@@ -1384,9 +1408,14 @@ BEGIN
               WHERE j.queue = q.queue AND j.status = 'todo' AND j.group_key IS NOT NULL AND j.group_key > k.g)
       FROM keys k WHERE k.g IS NOT NULL
     ), running_groups AS (
-      SELECT d.group_key AS g, count(*)::int AS n FROM jobs d
-      WHERE d.status = 'doing' AND d.queue = q.queue AND d.group_key IS NOT NULL AND q.group_concurrency IS NOT NULL
-      GROUP BY d.group_key
+      SELECT r.g, count(*)::int AS n FROM (
+        SELECT d.group_key AS g FROM jobs d
+        WHERE d.status = 'doing' AND d.queue = q.queue AND d.group_key IS NOT NULL AND q.group_concurrency IS NOT NULL
+        UNION ALL
+        SELECT a.group_key FROM abandoned_runs a
+        WHERE a.queue = q.queue AND a.group_key IS NOT NULL AND q.group_concurrency IS NOT NULL
+      ) r
+      GROUP BY r.g
     ), allowed AS (
       -- least() skips NULLs: a group limit not set does not bound. Jobs without a group ('')
       -- are bound by the queue's limits only.
@@ -1416,6 +1445,7 @@ BEGIN
             AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
             AND (j.lock IS NULL OR (
               NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM abandoned_runs a WHERE a.lock = j.lock)
               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at))))
         ELSE EXISTS (
           SELECT 1 FROM jobs j
@@ -1423,6 +1453,7 @@ BEGIN
             AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
             AND (j.lock IS NULL OR (
               NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM abandoned_runs a WHERE a.lock = j.lock)
               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at))))
         END
       LIMIT free + 8
@@ -1436,6 +1467,7 @@ BEGIN
           AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
           AND (j.lock IS NULL OR (
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM abandoned_runs a WHERE a.lock = j.lock)
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT a.group_free
@@ -1451,6 +1483,7 @@ BEGIN
           AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
           AND (j.lock IS NULL OR (
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM abandoned_runs a WHERE a.lock = j.lock)
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT free
@@ -1509,6 +1542,7 @@ BEGIN
           AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
           AND (j.lock IS NULL OR (
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM abandoned_runs a WHERE a.lock = j.lock)
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT claim_limit
@@ -1525,6 +1559,7 @@ BEGIN
           AND j.run_at <= at AND NOT (j.task = ANY (skip_tasks))
           AND (j.lock IS NULL OR (
             NOT EXISTS (SELECT 1 FROM jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+              AND NOT EXISTS (SELECT 1 FROM abandoned_runs a WHERE a.lock = j.lock)
             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id AND e.run_at <= at)))
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT claim_limit

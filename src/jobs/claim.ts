@@ -22,6 +22,8 @@ export interface ClaimedJob {
   created_at_ms: number;
   /** What caused the job (schema/035): null for most jobs, costing the claim a null column. */
   origin: Origin | null;
+  /** Epoch milliseconds the claim's reply came; set by the worker only with OpenTelemetry (its job span starts there). */
+  claimedAtMs?: number;
 }
 
 export interface ClaimRequest {
@@ -47,7 +49,8 @@ export interface ClaimRequest {
  * scheduled in the future does not hold back its lock. Those checks read every row,
  * including rows another worker is claiming right now (SKIP LOCKED only applies to the
  * rows we lock), so two workers can never take two jobs of one lock; the unique index
- * jobs_lock_doing is the backstop.
+ * jobs_lock_doing is the backstop. A run cancelled or past its timeout whose handler has
+ * not returned yet (abandoned_runs, schema/039) holds its lock as a `doing` job does.
  *
  * The claim commits without waiting for its WAL flush (synchronous_commit off for this
  * statement's transaction only): a claim lost in a server crash just leaves the job
@@ -97,6 +100,7 @@ export async function claimJobs(db: Queryable, schema: string, request: ClaimReq
          AND NOT (j.task = ANY ($5::text[]))
          AND (j.lock IS NULL OR (
            NOT EXISTS (SELECT 1 FROM ${s}.jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+           AND NOT EXISTS (SELECT 1 FROM ${s}.abandoned_runs a WHERE a.lock = j.lock)
            AND NOT EXISTS (
              SELECT 1 FROM ${s}.jobs e
              WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id

@@ -167,7 +167,9 @@ export async function retryJobs(
  * leaves it (the id is reported skipped, with its state). The running worker is told with
  * a NOTIFY on "<schema>_cancel", payload "<id>:<attempt>", and aborts the handler's signal
  * and rolls back its ctx.tx; without LISTEN it learns it at its next heartbeat
- * (src/worker/workersTable.ts).
+ * (src/worker/workersTable.ts). Until that handler has returned, the run is in
+ * abandoned_runs, inserted here so that no claim sees its slot or its lock free in between:
+ * a handler that ignores its signal cannot run beside the next job of its queue, group or lock.
  */
 export async function cancelJobs(db: Queryable, schema: string, ids: string[], by: Actor): Promise<string[]> {
   const s = quoteSchema(schema);
@@ -176,7 +178,12 @@ export async function cancelJobs(db: Queryable, schema: string, ids: string[], b
        UPDATE ${s}.jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
        WHERE id = ANY ($1::bigint[]) AND status IN ('todo', 'doing')
        -- A todo row has no worker_id (claims set it, every return to todo clears it).
-       RETURNING id, task, attempts, worker_id
+       RETURNING id, task, attempts, worker_id, queue, group_key, lock
+     ), held AS (
+       -- The run goes on until its handler returns: it keeps its slot and its lock till then.
+       INSERT INTO ${s}.abandoned_runs (job_id, attempt, worker_id, queue, group_key, lock)
+       SELECT id, attempts, worker_id, queue, group_key, lock FROM cancelled WHERE worker_id IS NOT NULL
+       ON CONFLICT DO NOTHING
      ), audited AS (
        INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
        SELECT $2, $3, 'jobs.cancel', 'job:' || id,

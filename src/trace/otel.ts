@@ -31,6 +31,8 @@ export interface JobAttributes {
   task: string;
   queue: string;
   attempts: number;
+  /** When the worker received the claim (epoch ms): the span starts there, not at the handler. */
+  claimedAtMs?: number;
 }
 
 export type OtelBridge = ReturnType<typeof makeOtelBridge>;
@@ -189,6 +191,9 @@ export function makeOtelBridge(api: OtelApi) {
         `outbatch job ${job.task}`,
         {
           kind: api.SpanKind.CONSUMER,
+          // claim → handler: the time a job waited in the worker's buffer for a free slot is
+          // in its span, and the handler's start is an event on it.
+          startTime: job.claimedAtMs,
           attributes: {
             'outbatch.task': job.task,
             'outbatch.job.id': job.id,
@@ -198,6 +203,13 @@ export function makeOtelBridge(api: OtelApi) {
         },
         parent,
       );
+      if (job.claimedAtMs !== undefined) {
+        try {
+          span.addEvent('outbatch.handler.start');
+        } catch (error) {
+          api.diag.error('outbatch: the tracer could not add an event to a span', error);
+        }
+      }
       const cause: Origin = { job: job.id };
       // A span the sampler drops is non-recording and carries the stored context: passed on as it came.
       const origin = originWith(cause, span.spanContext()) ?? cause;

@@ -41,6 +41,12 @@ export interface RunJobDeps {
   progress: (report: ProgressReport) => void;
   /** What the job's transaction names as the cause of what is written through it; and the job's span. */
   tracing?: Tracing;
+  /**
+   * Records a run abandoned at its timeout in abandoned_runs, before its failure is written,
+   * so that its slot and its lock stay taken while its handler runs on (schema/039). Never
+   * rejects: if it cannot be written, the run is abandoned all the same.
+   */
+  holdAbandoned: (job: ClaimedJob) => Promise<void>;
 }
 
 export class ShutdownAbort extends Error {
@@ -146,7 +152,13 @@ export class RunningJob {
   settled = false;
   /** This worker claimed the job again (it had been recovered away): this run's outcome is dropped. */
   superseded = false;
+  /** The handler has returned or thrown (a run cancelled or timed out may not have yet). */
+  handlerDone = false;
+  /** The run was given up on at its timeout (its handler may still be running). */
+  timedOut = false;
   readonly outcome: Promise<Outcome>;
+  /** Settles when the handler returns or throws, whatever the outcome was; never rejects. */
+  readonly handlerSettled: Promise<void>;
   private client: pg.PoolClient | undefined;
   private opening: Promise<pg.PoolClient> | undefined;
   // Made only if the handler reads ctx.signal (or when aborted): creating an
@@ -189,6 +201,9 @@ export class RunningJob {
           ? { kind: 'interrupted' }
           : { kind: 'failed', error, durationMs: performance.now() - started },
     );
+    this.handlerSettled = handled.then(() => {
+      this.handlerDone = true;
+    });
     this.outcome = task.timeoutMs === null ? handled : this.withTimeout(handled, task.timeoutMs, started);
     if (this.span) void this.outcome.then((outcome) => this.endSpan(outcome));
   }
@@ -225,15 +240,19 @@ export class RunningJob {
   private withTimeout(handled: Promise<Outcome>, timeoutMs: number, started: number): Promise<Outcome> {
     return new Promise<Outcome>((resolve) => {
       const timer = setTimeout(() => {
+        this.timedOut = true;
         const error = new JobTimeoutError(timeoutMs);
         this.abort(error);
-        // We do not wait for a handler that ignores its signal: the slot is freed now,
-        // and whatever it does later is discarded (its transaction is rolled back).
-        resolve({ kind: 'failed', error, durationMs: performance.now() - started });
+        const durationMs = performance.now() - started;
+        // We do not wait for a handler that ignores its signal: the attempt fails now, and
+        // whatever it does later is discarded (its transaction is rolled back). Its slot and
+        // its lock stay taken until it returns: recorded first, then the failure written.
+        void this.deps.holdAbandoned(this.job).then(() => resolve({ kind: 'failed', error, durationMs }));
       }, timeoutMs);
       void handled.then((outcome) => {
         clearTimeout(timer);
-        resolve(outcome);
+        // Timed out already: a handler returning while the run is recorded does not undo that.
+        if (!this.timedOut) resolve(outcome);
       });
     });
   }

@@ -10,6 +10,7 @@ import { exhaustMap, from, Subject, takeUntil, timer } from 'rxjs';
 import { withDeadline } from '../db/deadline.js';
 import { LOCK_NOT_AVAILABLE, sqlState } from '../db/retryable.js';
 import { createPartitionsAhead } from '../events/partitioning.js';
+import { releaseDeadWorkersRuns } from '../jobs/abandoned.js';
 import { pruneHistory, pruneWorkers, purgeSucceeded } from '../jobs/maintenance.js';
 import { type RecoveredJob, recoverStalledJobs } from '../jobs/recover.js';
 import type { WorkerSettings } from './options.js';
@@ -30,6 +31,8 @@ export interface UpkeepDeps {
   onOtherTasks: (names: string[]) => void;
   /** The claims running now, asked about with each beat: cancelled ones come back through onCancelled. */
   running: () => { id: string; attempt: number }[];
+  /** Every job the worker holds, abandoned runs included: its other abandoned_runs rows are swept. */
+  held: () => string[];
   /** Claims (`<id>:<attempt>`) an operator cancelled while they ran. */
   onCancelled: (claims: string[]) => void;
   /** Whether any queue has limits, as of each beat. */
@@ -67,7 +70,15 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
 
   async function beat(): Promise<void> {
     try {
-      const beaten = await heartbeat(beatDb, schema, info.id, dbNow(), deps.running());
+      const beaten = await heartbeat(
+        beatDb,
+        schema,
+        info.id,
+        dbNow(),
+        deps.running(),
+        deps.held(),
+        settings.stallTimeoutMs / 3,
+      );
       if (beaten === null) {
         // Our row is gone. At shutdown that is our own unregister: never insert it again.
         if (heartbeatStopped) return;
@@ -92,6 +103,8 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
     try {
       recovered = await recoverStalledJobs(control, schema, dbNow(), info.id, upSince);
       queueingLockWaitLogged = false;
+      // A dead worker's abandoned runs (handlers that ignored their signal) died with it.
+      await releaseDeadWorkersRuns(control, schema, dbNow(), info.id, upSince);
     } catch (error) {
       if (sqlState(error) !== LOCK_NOT_AVAILABLE) throw error;
       // An open transaction holds the queueing lock one of them needs (recoverStalledJobs):

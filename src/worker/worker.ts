@@ -17,6 +17,7 @@ import { listen } from '../db/listen.js';
 import { type ConnectionRoute, DIRECT } from '../db/pooler.js';
 import { retryConnection } from '../db/retry.js';
 import { JobCancelledError } from '../errors.js';
+import { holdAbandonedRun, releaseAbandonedRun } from '../jobs/abandoned.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
@@ -38,6 +39,8 @@ import { otherTasks, registerTasks, registerWorker, unregisterWorker } from './w
  * (it looked dead) may be claimed by it again while the old run still runs.
  */
 const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
+/** How long an abandoned handler runs on before the log names it. */
+const ABANDONED_WARN_MS = 60_000;
 
 /** A job's progress is written at most this often (docs/lifecycle.md). */
 const PROGRESS_THROTTLE_MS = 1_000;
@@ -125,8 +128,18 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     ends,
     progress: progress.report,
     tracing: deps.tracing,
+    holdAbandoned: (job: ClaimedJob) =>
+      holdAbandonedRun(control, schema, id, job).catch((error: unknown) => {
+        log.warn(
+          { err: error, jobId: job.id, task: job.task },
+          'could not record a timed-out run whose handler may still run: its slot and lock are free now',
+        );
+      }),
   };
   const running = new Map<string, RunningJob>();
+  // Runs cancelled or timed out whose handler has not returned: their abandoned_runs rows
+  // keep their slots and locks taken until it does (src/jobs/abandoned.ts).
+  const abandoned = new Map<string, RunningJob>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
@@ -203,15 +216,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       claimingForBatches = next.batchesOnly;
       return next.limit;
     },
-    held: () => [
-      ...buffer.map((job) => job.id),
-      ...[...running.values()].map((run) => run.job.id),
-      ...outcomes.unwritten(),
-      ...(batches.names.size === 0 ? [] : batches.heldIds()),
-    ],
+    held: heldIds,
     onClaimed: (jobs) => {
       // After a claim for batches, one for the other room (batches.claim takes them in turn).
       if (claimingForBatches) claims.wake();
+      if (deps.tracing?.otel) {
+        const claimedAtMs = Date.now();
+        for (const job of jobs) job.claimedAtMs = claimedAtMs;
+      }
       for (const job of jobs) {
         if (!tasks.has(job.task)) {
           giveBackForeign(job); // at once, not when a slot frees: it must not wait behind a running job
@@ -245,11 +257,57 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       for (const name of names) foreignTasks.add(name);
     },
     running: () => [...running.values()].map((run) => ({ id: run.job.id, attempt: run.job.attempts })),
+    held: () => [...heldIds(), ...[...abandoned.values()].map((run) => run.job.id)],
     onCancelled: (keys) => {
       for (const key of keys) cancelRun(key);
     },
     onLimits: (limited) => claims.setLimited(limited),
   });
+
+  /** The jobs this worker holds: buffered, running, outcomes not yet written, batches'. */
+  function heldIds(): string[] {
+    return [
+      ...buffer.map((job) => job.id),
+      ...[...running.values()].map((run) => run.job.id),
+      ...outcomes.unwritten(),
+      ...(batches.names.size === 0 ? [] : batches.heldIds()),
+    ];
+  }
+
+  /**
+   * A run this worker stopped watching (cancelled, timed out): its abandoned_runs row keeps
+   * its slot and lock taken until the handler returns, then goes, and a claim may take them.
+   * A handler still running after a minute is named once in the log: it holds them until it
+   * returns or this worker stops.
+   */
+  function watchAbandoned(run: RunningJob): void {
+    const key = claimKey(run.job);
+    const { job } = run;
+    abandoned.set(key, run);
+    const named = setTimeout(() => {
+      log.warn(
+        { jobId: job.id, task: job.task, attempt: job.attempts, queue: job.queue, lock: job.lock },
+        'a cancelled or timed-out handler has ignored its signal for a minute: its queue slot, group slot and lock stay taken until it returns or this worker stops',
+      );
+    }, ABANDONED_WARN_MS);
+    named.unref?.();
+    void run.handlerSettled.then(() => {
+      clearTimeout(named);
+      if (abandoned.get(key) === run) abandoned.delete(key);
+      releaseRun(job);
+    });
+  }
+
+  /** Frees an abandoned run's slot and lock now (the heartbeat sweeps it if this fails). */
+  function releaseRun(job: Pick<ClaimedJob, 'id' | 'attempts' | 'lock'>): void {
+    void releaseAbandonedRun(control, schema, id, job).then(
+      () => {
+        if (!stopping) claims.wake();
+      },
+      (error: unknown) =>
+        log.debug({ err: error, jobId: job.id }, 'abandoned run not released: the heartbeat will'),
+    );
+  }
 
   /**
    * An operator cancelled a running job (`<id>:<attempt>`, from the NOTIFY or the
@@ -267,7 +325,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     if (waiting >= 0) {
       const [job] = buffer.splice(waiting, 1);
       log.info({ jobId: job!.id, task: job!.task }, 'job cancelled before it started: dropped');
-      if (job!.lock !== null) claims.wake();
+      releaseRun(job!); // the cancel recorded it as a run; it never started
       return;
     }
     // A batch task's job still collected for its batch is dropped the same way (it was
@@ -276,7 +334,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       const [id, attempt] = key.split(':');
       if (batches.dropCancelled(id!, Number(attempt))) {
         log.info({ jobId: id }, 'job cancelled before it started: dropped from its batch');
-        claims.wake();
+        releaseRun({ id: id!, attempts: Number(attempt), lock: null });
         return;
       }
     }
@@ -284,7 +342,6 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     if (!run || run.settled) return;
     run.abort(new JobCancelledError(run.job.id));
     finish(run, { kind: 'cancelled' });
-    if (run.job.lock !== null) claims.wake();
   }
 
   /**
@@ -363,6 +420,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (!stopping) pump();
       return;
     }
+    if (outcome.kind === 'cancelled' || run.timedOut) watchAbandoned(run);
     const limited = outcome.kind === 'failed' ? asRateLimited(outcome.error) : null;
     if (outcome.kind === 'cancelled') {
       outcomes.discard(run);

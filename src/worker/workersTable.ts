@@ -50,6 +50,14 @@ export async function heartbeat(
   now: Date | null,
   /** The claims this worker is running: those an operator cancelled come back in `cancelled`. */
   running: { id: string; attempt: number }[] = [],
+  /**
+   * Every job this worker holds (claimed, running, or abandoned with its handler still
+   * running): its abandoned_runs rows for any other job are deleted, once older than
+   * `sweepAfterMs` (a cancel may land between a claim and its reply). A run whose handler
+   * returned while the worker had not heard of its cancel leaves a row that only this frees.
+   */
+  held: string[] = [],
+  sweepAfterMs = 10_000,
 ): Promise<{ at: Date; cancelled: string[]; limited: boolean } | null> {
   const s = quoteSchema(schema);
   // The cancel poll rides on the beat (no round trip of its own, and none when nothing
@@ -57,23 +65,42 @@ export async function heartbeat(
   // (behind a pooler) or one that missed the "<schema>_cancel" NOTIFY learns of a cancel,
   // within a heartbeat interval. Primary-key lookups of the running claims only. Reply
   // lost: the next beat asks again (cancelling a run twice is a no-op). Whether any queue
-  // has limits rides on it too: the claim takes the limited path only then.
+  // has limits rides on it too: the claim takes the limited path only then. So does the
+  // sweep of this worker's abandoned runs (one probe of an empty index, most beats).
   const { rows } = await db.query<{ at: Date; cancelled: string[] | null; limited: boolean }>(
-    `UPDATE ${s}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
+    `WITH swept AS (
+       DELETE FROM ${s}.abandoned_runs a
+       WHERE a.worker_id = $1 AND NOT (a.job_id = ANY ($5::bigint[]))
+         AND a.abandoned_at < now() - $6::int * interval '1 millisecond'
+     )
+     UPDATE ${s}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
      RETURNING last_seen_at AS at,
        (SELECT array_agg(j.id || ':' || j.attempts)
         FROM unnest($3::bigint[], $4::int[]) AS r(id, attempt)
         JOIN ${s}.jobs j ON j.id = r.id AND j.attempts = r.attempt
         WHERE j.status = 'cancelled') AS cancelled,
        EXISTS (SELECT 1 FROM ${s}.queue_limits) AS limited`,
-    [workerId, now, running.map((run) => run.id), running.map((run) => run.attempt)],
+    [
+      workerId,
+      now,
+      running.map((run) => run.id),
+      running.map((run) => run.attempt),
+      held,
+      Math.round(sweepAfterMs),
+    ],
   );
   const row = rows[0];
   return row ? { at: row.at, cancelled: row.cancelled ?? [], limited: row.limited } : null;
 }
 
+/** The worker's row goes, and its abandoned runs with it: their handlers stop with the process. */
 export async function unregisterWorker(db: Queryable, schema: string, workerId: string): Promise<void> {
-  await db.query(`DELETE FROM ${quoteSchema(schema)}.workers WHERE id = $1`, [workerId]);
+  const s = quoteSchema(schema);
+  await db.query(
+    `WITH released AS (DELETE FROM ${s}.abandoned_runs WHERE worker_id = $1)
+     DELETE FROM ${s}.workers WHERE id = $1`,
+    [workerId],
+  );
 }
 
 /** Publishes the options of the tasks this worker runs, in name order (stable row-lock order). */

@@ -8,8 +8,11 @@ import { after, before, describe, it } from 'node:test';
 import { startAdminServer } from '../../src/admin/server.js';
 import { type App, createApp } from '../../src/app.js';
 import { ValidationError } from '../../src/errors.js';
+import { releaseDeadWorkersRuns } from '../../src/jobs/abandoned.js';
+import { claimJobs } from '../../src/jobs/claim.js';
 import { claimLimitedJobs } from '../../src/jobs/claimLimited.js';
 import { RateLimited } from '../../src/jobs/rateLimited.js';
+import { heartbeat, unregisterWorker } from '../../src/worker/workersTable.js';
 import { databaseUrl, isolatedApp, runCli, type TestApp } from '../helpers.js';
 import { waitFor, withRunningWorker } from './support.js';
 
@@ -26,6 +29,7 @@ const newApp = () => createApp({ databaseUrl: databaseUrl(), schema: t.schema })
 async function reset(): Promise<void> {
   await t.pool.query(`TRUNCATE ${q}.queue_limits, ${q}.queue_groups`);
   await t.pool.query(`DELETE FROM ${q}.jobs`);
+  await t.pool.query(`DELETE FROM ${q}.abandoned_runs`);
 }
 
 /** Runs `app`'s worker around `body`, then stops it gracefully. */
@@ -138,7 +142,7 @@ describe('limits review', () => {
     );
   });
 
-  it('a cancelled job whose handler ignores its signal frees its slot at once (known gap, docs/limits.md)', async () => {
+  it('a cancelled job whose handler ignores its signal keeps its slot until the handler returns', async () => {
     await reset();
     const app = newApp();
     let inside = 0;
@@ -152,7 +156,7 @@ describe('limits review', () => {
       inside += 1;
       most = Math.max(most, inside);
       started.push(ctx.job.id);
-      await released; // never looks at ctx.signal
+      if (started.length === 1) await released; // never looks at ctx.signal
       inside -= 1;
     });
     await app.queues.configure('one', { concurrency: 1 });
@@ -162,14 +166,104 @@ describe('limits review', () => {
     await withWorker(app, async () => {
       await waitFor('the first job to start', async () => started.length === 1);
       await app.jobs.cancel([first.id]);
+      const { rows } = await t.pool.query(`SELECT job_id::text FROM ${q}.abandoned_runs`);
+      assert.deepEqual(rows, [{ job_id: first.id }]);
+      // Another worker asking now finds the queue full: the cancelled run still counts.
+      const claimed = await claimLimitedJobs(t.pool, t.schema, {
+        queues: ['one'],
+        skipTasks: [],
+        limit: 10,
+        workerId: 'another',
+        now: null,
+      });
+      assert.deepEqual(claimed, []);
+      assert.equal(started.length, 1);
+      release();
       await waitFor(
-        'the second job to start while the first handler still runs',
+        'the second job to start once the first handler returned',
         async () => started.length === 2,
       );
-      release();
+      await waitFor(
+        'the abandoned run to be released',
+        async () => (await t.pool.query(`SELECT 1 FROM ${q}.abandoned_runs`)).rowCount === 0,
+      );
     });
-    // The gap, pinned: two handlers of a concurrency-1 queue ran at once.
-    assert.equal(most, 2);
+    assert.equal(most, 1);
+    const { rows } = await t.pool.query(`SELECT status FROM ${q}.jobs WHERE id = $1`, [first.id]);
+    assert.equal(rows[0].status, 'cancelled');
+  });
+
+  it('a handler past its timeout that ignores its signal holds its lock until it returns', async () => {
+    await reset();
+    const app = newApp();
+    let inside = 0;
+    let most = 0;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const started: string[] = [];
+    const stubborn = app.task(
+      'outlives-timeout',
+      { timeout: { milliseconds: 200 }, retry: { attempts: 1 } },
+      async (_args: object, ctx) => {
+        inside += 1;
+        most = Math.max(most, inside);
+        started.push(ctx.job.id);
+        if (started.length === 1) await released;
+        inside -= 1;
+      },
+    );
+    const first = await stubborn.defer({}, { lock: 'account-7' });
+    assert.ok(first.enqueued);
+    await stubborn.defer({}, { lock: 'account-7' });
+    await withWorker(app, async () => {
+      await waitFor(
+        'the first attempt to fail by its timeout',
+        async () =>
+          (await t.pool.query(`SELECT 1 FROM ${q}.jobs WHERE id = $1 AND status = 'failed'`, [first.id]))
+            .rowCount === 1,
+      );
+      const { rows } = await t.pool.query(`SELECT job_id::text, lock FROM ${q}.abandoned_runs`);
+      assert.deepEqual(rows, [{ job_id: first.id, lock: 'account-7' }]);
+      // The plain claim (no limits anywhere) sees the lock taken.
+      const claimed = await claimJobs(t.pool, t.schema, {
+        queues: null,
+        skipTasks: [],
+        limit: 10,
+        workerId: 'another',
+        now: null,
+      });
+      assert.deepEqual(claimed, []);
+      assert.equal(started.length, 1);
+      release();
+      await waitFor('the second job of the lock to start', async () => started.length === 2);
+    });
+    assert.equal(most, 1);
+  });
+
+  it('frees the abandoned runs of a dead worker, and a live worker sweeps its own that it no longer holds', async () => {
+    await reset();
+    await t.pool.query(`DELETE FROM ${q}.abandoned_runs`);
+    await t.pool.query(
+      `INSERT INTO ${q}.workers (id, host, pid, queues, concurrency, stall_timeout_ms, started_at, last_seen_at, tasks)
+       VALUES ('alive', 'h', 1, NULL, 1, 30000, now(), now(), '{}')`,
+    );
+    await t.pool.query(
+      `INSERT INTO ${q}.abandoned_runs (job_id, attempt, worker_id, queue, abandoned_at) VALUES
+         (1, 1, 'ghost', 'default', now()), (2, 1, 'alive', 'default', now() - interval '1 minute'),
+         (3, 1, 'alive', 'default', now() - interval '1 minute'), (4, 1, 'alive', 'default', now())`,
+    );
+    assert.equal(await releaseDeadWorkersRuns(t.pool, t.schema, null), 1);
+    // The live worker holds job 3; job 4 was abandoned a moment ago (a claim's reply may be on its way).
+    await heartbeat(t.pool, t.schema, 'alive', null, [], ['3'], 10_000);
+    const { rows } = await t.pool.query(`SELECT job_id::int AS id FROM ${q}.abandoned_runs ORDER BY 1`);
+    assert.deepEqual(
+      rows.map((row) => row.id),
+      [3, 4],
+    );
+    await unregisterWorker(t.pool, t.schema, 'alive');
+    assert.equal((await t.pool.query(`SELECT 1 FROM ${q}.abandoned_runs`)).rowCount, 0);
   });
 
   it('the JSON API refuses a negative or too long pause with one line, and writes nothing', async () => {

@@ -155,7 +155,20 @@ describe('OpenTelemetry spans', () => {
     }
     assert.equal(runs[0]!.status.code, SpanStatusCode.ERROR);
     assert.equal(runs[0]!.status.message, 'first attempt fails');
-    assert.equal(runs[0]!.events[0]?.name, 'exception');
+    // Each span starts at the claim's reply; the handler's start is an event on it.
+    const ns = ([seconds, nanos]: [number, number]) => BigInt(seconds) * 1_000_000_000n + BigInt(nanos);
+    for (const run of runs) {
+      const handlerStart = run.events.find((event) => event.name === 'outbatch.handler.start');
+      assert.ok(handlerStart, 'the handler start is marked');
+      assert.ok(
+        ns(run.startTime) <= ns(handlerStart.time),
+        'the span starts at the claim, before the handler',
+      );
+    }
+    assert.deepEqual(
+      runs[0]!.events.map((event) => event.name),
+      ['outbatch.handler.start', 'exception'],
+    );
     assert.equal(runs[1]!.status.code, SpanStatusCode.UNSET);
   });
 
