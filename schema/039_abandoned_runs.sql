@@ -19,16 +19,18 @@
 -- checks locks against abandoned_runs too. With no abandoned run each is one probe of an
 -- empty index.
 CREATE TABLE abandoned_runs (
+  -- One row per run, not per (job, attempt): `jobs retry` starts a job's attempts again,
+  -- so a retried job's new run can have the key of an old run still going (found by review).
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   job_id bigint NOT NULL,
   attempt integer NOT NULL,
   worker_id text NOT NULL,
   queue text NOT NULL,
   group_key text,
   lock text,
-  abandoned_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (job_id, attempt)
+  abandoned_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX abandoned_runs_worker ON abandoned_runs (worker_id);
+CREATE INDEX abandoned_runs_worker ON abandoned_runs (worker_id, job_id);
 CREATE INDEX abandoned_runs_queue ON abandoned_runs (queue);
 CREATE INDEX abandoned_runs_lock ON abandoned_runs (lock) WHERE lock IS NOT NULL;
 

@@ -11,34 +11,55 @@ import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 import type { ClaimedJob } from './claim.js';
 
+type RunOf = Pick<ClaimedJob, 'id' | 'attempts' | 'queue' | 'group_key' | 'lock'>;
+
 /**
- * Records a run abandoned at its timeout, before its failure is written: for a moment it
- * counts twice, never zero times. Reply lost: the row may be there; the worker deletes it
- * when the handler returns either way.
+ * Records runs abandoned at their timeout (a job, or every job of a batch), before their
+ * failure is written: for a moment each counts twice, never zero times. Reply lost: the
+ * rows may be there; the worker releases them when the handler returns either way.
  */
-export async function holdAbandonedRun(
+export async function holdAbandonedRuns(
   db: Queryable,
   schema: string,
   workerId: string,
-  job: Pick<ClaimedJob, 'id' | 'attempts' | 'queue' | 'group_key' | 'lock'>,
+  jobs: RunOf[],
 ): Promise<void> {
   await db.query(
     `INSERT INTO ${quoteSchema(schema)}.abandoned_runs (job_id, attempt, worker_id, queue, group_key, lock)
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
-    [job.id, job.attempts, workerId, job.queue, job.group_key, job.lock],
+     SELECT r.job_id, r.attempt, $1, r.queue, r.group_key, r.lock
+     FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[]) AS r(job_id, attempt, queue, group_key, lock)`,
+    [
+      workerId,
+      jobs.map((job) => job.id),
+      jobs.map((job) => job.attempts),
+      jobs.map((job) => job.queue),
+      jobs.map((job) => job.group_key),
+      jobs.map((job) => job.lock),
+    ],
   );
 }
 
-/** The handler of an abandoned run returned: its slot and its lock are free. */
-export async function releaseAbandonedRun(
+/**
+ * Handlers that had been abandoned returned (or a cancel came for a run already over): one
+ * row per run goes, so a retried job's two runs with one key (jobs retry starts attempts
+ * again) free one slot each.
+ */
+export async function releaseAbandonedRuns(
   db: Queryable,
   schema: string,
   workerId: string,
-  job: Pick<ClaimedJob, 'id' | 'attempts'>,
+  jobs: Pick<ClaimedJob, 'id' | 'attempts'>[],
 ): Promise<void> {
+  const s = quoteSchema(schema);
   await db.query(
-    `DELETE FROM ${quoteSchema(schema)}.abandoned_runs WHERE job_id = $1 AND attempt = $2 AND worker_id = $3`,
-    [job.id, job.attempts, workerId],
+    `DELETE FROM ${s}.abandoned_runs a
+     WHERE a.id IN (
+       SELECT (SELECT b.id FROM ${s}.abandoned_runs b
+               WHERE b.worker_id = $1 AND b.job_id = r.job_id AND b.attempt = r.attempt
+               ORDER BY b.id LIMIT 1 OFFSET r.n - 1)
+       FROM (SELECT r.job_id, r.attempt, row_number() OVER (PARTITION BY r.job_id, r.attempt) AS n
+             FROM unnest($2::bigint[], $3::int[]) AS r(job_id, attempt)) r)`,
+    [workerId, jobs.map((job) => job.id), jobs.map((job) => job.attempts)],
   );
 }
 

@@ -183,7 +183,6 @@ export async function cancelJobs(db: Queryable, schema: string, ids: string[], b
        -- The run goes on until its handler returns: it keeps its slot and its lock till then.
        INSERT INTO ${s}.abandoned_runs (job_id, attempt, worker_id, queue, group_key, lock)
        SELECT id, attempts, worker_id, queue, group_key, lock FROM cancelled WHERE worker_id IS NOT NULL
-       ON CONFLICT DO NOTHING
      ), audited AS (
        INSERT INTO ${s}.audit_log (actor, host, action, subject, details)
        SELECT $2, $3, 'jobs.cancel', 'job:' || id,

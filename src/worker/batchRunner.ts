@@ -26,6 +26,10 @@ export interface BatchRunnerDeps {
   observe: (event: JobFinished) => void;
   /** A batch became ready, or a running one finished: start what fits. */
   pump: () => void;
+  /** Records runs abandoned at a batch's timeout (src/jobs/abandoned.ts). */
+  holdAbandoned: (jobs: ClaimedJob[]) => Promise<void>;
+  /** Frees the abandoned runs of a call that returned. */
+  releaseAbandoned: (jobs: ClaimedJob[]) => void;
 }
 
 export type BatchRunner = ReturnType<typeof makeBatchRunner>;
@@ -43,6 +47,11 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
     if (run.settled) return; // already returned at shutdown
     run.settled = true;
     running.delete(run);
+    // A call given up on at its timeout holds every job's slot, one cancelled under it that
+    // job's, until it returns.
+    if (run.timedOut || run.cancelled.length > 0) {
+      void run.handlerSettled.then(() => deps.releaseAbandoned(run.timedOut ? run.jobs : run.cancelled));
+    }
     for (const [i, job] of run.jobs.entries()) {
       if (run.superseded.has(job.id)) continue; // a newer claim of it settles it
       if (outcome.kind === 'interrupted') {
@@ -107,7 +116,7 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
       for (let started = 0; started < free; started += 1) {
         const batch = batches.next();
         if (!batch) return;
-        const run = new RunningBatch(batch.jobs, batch.task, log);
+        const run = new RunningBatch(batch.jobs, batch.task, log, deps.holdAbandoned);
         running.add(run);
         void run.outcome
           .then((outcome) => finish(run, outcome))
@@ -131,6 +140,20 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
      */
     dropCancelled(id: string, attempt: number): boolean {
       return batches.drop(id, attempt);
+    },
+    /**
+     * A job of a batch running now was cancelled: the call goes on, and the job's abandoned
+     * run (the cancel recorded it) goes when the call returns. Whether it was one.
+     */
+    cancelledWhileRunning(id: string, attempt: number): boolean {
+      for (const run of running) {
+        const job = run.jobs.find((j) => j.id === id && j.attempts === attempt);
+        if (job && !run.settled) {
+          run.cancelled.push(job);
+          return true;
+        }
+      }
+      return false;
     },
     /** A job claimed again (it had been recovered away): older copies are dropped, or their outcome is. */
     supersede(id: string): void {

@@ -63,13 +63,21 @@ export class RunningBatch {
   settled = false;
   /** Ids of jobs this worker claimed again (they had been recovered away): their outcome here is dropped. */
   readonly superseded = new Set<string>();
+  /** Jobs an operator cancelled while the call ran: their abandoned runs go when it returns. */
+  readonly cancelled: ClaimedJob[] = [];
+  /** The call was given up on at its timeout (its handler may still be running). */
+  timedOut = false;
   readonly outcome: Promise<BatchRunOutcome>;
+  /** Settles when the handler returns or throws, whatever the outcome was; never rejects. */
+  readonly handlerSettled: Promise<void>;
   private readonly controller = new AbortController();
 
   constructor(
     readonly jobs: ClaimedJob[],
     readonly task: ResolvedTask & { batch: ResolvedBatch },
     log: Logger,
+    /** Records the batch's runs in abandoned_runs at its timeout (runJob.ts's holdAbandoned). */
+    holdAbandoned: (jobs: ClaimedJob[]) => Promise<void>,
   ) {
     const count = jobs.length;
     const ctx: BatchContext = {
@@ -97,20 +105,26 @@ export class RunningBatch {
           ? { kind: 'interrupted' }
           : { kind: 'settled', results: all(error), durationMs: performance.now() - started },
     );
+    this.handlerSettled = handled.then(() => {});
     this.outcome =
       task.timeoutMs === null
         ? handled
         : new Promise<BatchRunOutcome>((resolve) => {
             const timeoutMs = task.timeoutMs!;
             const timer = setTimeout(() => {
+              this.timedOut = true;
               const error = new JobTimeoutError(timeoutMs);
               this.abort(error);
-              // As for a job: the slot is freed now, and a late result is discarded.
-              resolve({ kind: 'settled', results: all(error), durationMs: performance.now() - started });
+              const durationMs = performance.now() - started;
+              // As for a job: the worker's slot is freed now and a late result is discarded;
+              // the batch's slots and locks in the claim stay taken until the call returns.
+              void holdAbandoned(jobs).then(() =>
+                resolve({ kind: 'settled', results: all(error), durationMs }),
+              );
             }, timeoutMs);
             void handled.then((outcome) => {
               clearTimeout(timer);
-              resolve(outcome);
+              if (!this.timedOut) resolve(outcome);
             });
           });
   }

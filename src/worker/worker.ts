@@ -17,7 +17,7 @@ import { listen } from '../db/listen.js';
 import { type ConnectionRoute, DIRECT } from '../db/pooler.js';
 import { retryConnection } from '../db/retry.js';
 import { JobCancelledError } from '../errors.js';
-import { holdAbandonedRun, releaseAbandonedRun } from '../jobs/abandoned.js';
+import { holdAbandonedRuns, releaseAbandonedRuns } from '../jobs/abandoned.js';
 import { backoffDelay } from '../jobs/backoff.js';
 import type { ClaimedJob } from '../jobs/claim.js';
 import type { JobQueue } from '../jobs/queue.js';
@@ -41,6 +41,8 @@ import { otherTasks, registerTasks, registerWorker, unregisterWorker } from './w
 const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
 /** How long an abandoned handler runs on before the log names it. */
 const ABANDONED_WARN_MS = 60_000;
+/** How many claims that ended here are remembered, for a cancel that arrives just after (cancelRun). */
+const RECENTLY_ENDED = 4096;
 
 /** A job's progress is written at most this often (docs/lifecycle.md). */
 const PROGRESS_THROTTLE_MS = 1_000;
@@ -128,18 +130,16 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     ends,
     progress: progress.report,
     tracing: deps.tracing,
-    holdAbandoned: (job: ClaimedJob) =>
-      holdAbandonedRun(control, schema, id, job).catch((error: unknown) => {
-        log.warn(
-          { err: error, jobId: job.id, task: job.task },
-          'could not record a timed-out run whose handler may still run: its slot and lock are free now',
-        );
-      }),
+    holdAbandoned: (job: ClaimedJob) => holdRuns([job]),
   };
   const running = new Map<string, RunningJob>();
   // Runs cancelled or timed out whose handler has not returned: their abandoned_runs rows
-  // keep their slots and locks taken until it does (src/jobs/abandoned.ts).
-  const abandoned = new Map<string, RunningJob>();
+  // keep their slots and locks taken until it does (src/jobs/abandoned.ts). A set, not a map
+  // by claim key: a retried job's new run may have the key of an old one still going.
+  const abandoned = new Set<RunningJob>();
+  // Claims whose run ended here lately, for a cancel that lands between the handler's return
+  // and its completion: that cancel recorded a run already over, released when it is heard.
+  const recentlyEnded = new Set<string>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
@@ -178,6 +178,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     pump: () => {
       if (!stopping) pump();
     },
+    holdAbandoned: (jobs) => holdRuns(jobs),
+    releaseAbandoned: (jobs) => releaseRuns(jobs),
   });
   const busy = () => running.size + batches.running();
   // The kind of the claim being made: for the batches being collected only, or for the rest.
@@ -257,7 +259,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       for (const name of names) foreignTasks.add(name);
     },
     running: () => [...running.values()].map((run) => ({ id: run.job.id, attempt: run.job.attempts })),
-    held: () => [...heldIds(), ...[...abandoned.values()].map((run) => run.job.id)],
+    held: () => [...heldIds(), ...[...abandoned].map((run) => run.job.id)],
     onCancelled: (keys) => {
       for (const key of keys) cancelRun(key);
     },
@@ -281,9 +283,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
    * returns or this worker stops.
    */
   function watchAbandoned(run: RunningJob): void {
-    const key = claimKey(run.job);
     const { job } = run;
-    abandoned.set(key, run);
+    abandoned.add(run);
     const named = setTimeout(() => {
       log.warn(
         { jobId: job.id, task: job.task, attempt: job.attempts, queue: job.queue, lock: job.lock },
@@ -293,19 +294,38 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     named.unref?.();
     void run.handlerSettled.then(() => {
       clearTimeout(named);
-      if (abandoned.get(key) === run) abandoned.delete(key);
-      releaseRun(job);
+      abandoned.delete(run);
+      releaseRuns([job]);
     });
   }
 
-  /** Frees an abandoned run's slot and lock now (the heartbeat sweeps it if this fails). */
-  function releaseRun(job: Pick<ClaimedJob, 'id' | 'attempts' | 'lock'>): void {
-    void releaseAbandonedRun(control, schema, id, job).then(
+  /** A claim whose handler returned here: kept for the last RECENTLY_ENDED of them. */
+  function rememberEnded(key: string): void {
+    recentlyEnded.add(key);
+    if (recentlyEnded.size > RECENTLY_ENDED) recentlyEnded.delete(recentlyEnded.values().next().value!);
+  }
+
+  /** Records runs given up on at their timeout, before their failure is written. Never rejects. */
+  function holdRuns(jobs: ClaimedJob[]): Promise<void> {
+    return holdAbandonedRuns(control, schema, id, jobs).catch((error: unknown) => {
+      log.warn(
+        { err: error, jobIds: jobs.map((job) => job.id), task: jobs[0]?.task },
+        'could not record a timed-out run whose handler may still run: its slot and lock are free now',
+      );
+    });
+  }
+
+  /** Frees abandoned runs' slots and locks now (the heartbeat sweeps them if this fails). */
+  function releaseRuns(jobs: Pick<ClaimedJob, 'id' | 'attempts'>[]): void {
+    void releaseAbandonedRuns(control, schema, id, jobs).then(
       () => {
         if (!stopping) claims.wake();
       },
       (error: unknown) =>
-        log.debug({ err: error, jobId: job.id }, 'abandoned run not released: the heartbeat will'),
+        log.debug(
+          { err: error, jobIds: jobs.map((job) => job.id) },
+          'abandoned runs not released: the heartbeat will',
+        ),
     );
   }
 
@@ -325,7 +345,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     if (waiting >= 0) {
       const [job] = buffer.splice(waiting, 1);
       log.info({ jobId: job!.id, task: job!.task }, 'job cancelled before it started: dropped');
-      releaseRun(job!); // the cancel recorded it as a run; it never started
+      releaseRuns([job!]); // the cancel recorded it as a run; it never started
       return;
     }
     // A batch task's job still collected for its batch is dropped the same way (it was
@@ -334,12 +354,21 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       const [id, attempt] = key.split(':');
       if (batches.dropCancelled(id!, Number(attempt))) {
         log.info({ jobId: id }, 'job cancelled before it started: dropped from its batch');
-        releaseRun({ id: id!, attempts: Number(attempt), lock: null });
+        releaseRuns([{ id: id!, attempts: Number(attempt) }]);
         return;
       }
+      if (batches.cancelledWhileRunning(id!, Number(attempt))) return; // released when the call returns
     }
     const run = running.get(key);
-    if (!run || run.settled) return;
+    if (!run || run.settled) {
+      // The run ended here before the cancel committed (the completion had not): the cancel
+      // recorded a run that is over. Once: a second notice for it must not free another run.
+      if (!run && recentlyEnded.delete(key)) {
+        const [endedId, endedAttempt] = key.split(':');
+        releaseRuns([{ id: endedId!, attempts: Number(endedAttempt) }]);
+      }
+      return;
+    }
     run.abort(new JobCancelledError(run.job.id));
     finish(run, { kind: 'cancelled' });
   }
@@ -409,6 +438,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     run.endSpan(outcome);
     running.delete(claimKey(run.job));
     const { job } = run;
+    if (outcome.kind === 'cancelled' || run.timedOut) watchAbandoned(run);
+    else rememberEnded(claimKey(job));
     if (run.superseded) {
       // Its transaction is rolled back, not left open (found with the SIGSTOP case of
       // ops/chaos/kill.ts); the newer claim's run settles the job.
@@ -420,7 +451,6 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (!stopping) pump();
       return;
     }
-    if (outcome.kind === 'cancelled' || run.timedOut) watchAbandoned(run);
     const limited = outcome.kind === 'failed' ? asRateLimited(outcome.error) : null;
     if (outcome.kind === 'cancelled') {
       outcomes.discard(run);
