@@ -4,11 +4,14 @@
  * on the same PostgreSQL, each in a schema of its own, dropped afterwards.
  *
  *   DATABASE_URL=postgres://... npx tsx ops/bench/jobs.ts [--jobs 20000] [--latency-jobs 500] [--single 2000]
- *     [--repeat 3] [--only <system name prefix>] [--peers pinned|current] [--json <file>]
+ *     [--repeat 3] [--only <part of a system's name>[,<another>]] [--peers pinned|current] [--json <file>]
+ *     [--phases all|throughput]
  *
  * `--peers current` compares with graphile-worker 0.18 and pg-boss 12 (Node >= 22); the
  * default, `pinned`, with 0.17.3 and 10.4.2. `ops/bench/peers.ts` runs both, each on its
  * Node, and prints the ratios side by side. `--json` also writes the figures to a file.
+ * `--phases throughput` runs only the burn-downs (what `ops/bench/scale.ts` asks for at
+ * each backlog size); `--only outbatch,tuned` keeps the systems whose name contains either.
  *
  * Measures: enqueue one at a time (sequential awaits) and in bulk (1,000 per call);
  * a raw single-row INSERT as the floor; processing N queued no-op jobs with one worker
@@ -31,8 +34,13 @@ const { values: flags } = parseArgs({
     repeat: { type: 'string', default: '3' },
     peers: { type: 'string', default: 'pinned' },
     json: { type: 'string' },
+    phases: { type: 'string', default: 'all' },
   },
 });
+if (flags.phases !== 'all' && flags.phases !== 'throughput') {
+  throw new Error(`--phases must be "all" or "throughput", not "${flags.phases}"`);
+}
+const ALL_PHASES = flags.phases === 'all';
 if (flags.peers !== 'pinned' && flags.peers !== 'current') {
   throw new Error(`--peers must be "pinned" or "current", not "${flags.peers}"`);
 }
@@ -332,6 +340,8 @@ interface Throughput {
   backlog: number;
   /** Worker start to the first handler start (ms): connecting, registering, the first claim. */
   startMs: number;
+  /** The benchmark process's peak resident set size during the burn-down (MB), sampled every 250 ms. */
+  rssMb: number;
 }
 
 /** Jobs already queued; from worker start (and from the first job) to the last handler start. */
@@ -344,6 +354,10 @@ async function throughput(system: System, concurrency: number): Promise<Throughp
   const all = new Promise<void>((resolve) => {
     finished = resolve;
   });
+  let rss = process.memoryUsage.rss();
+  const sampler = setInterval(() => {
+    rss = Math.max(rss, process.memoryUsage.rss());
+  }, 250);
   const started = now();
   const worker = await system.startWorker(concurrency, () => {
     seen += 1;
@@ -352,12 +366,14 @@ async function throughput(system: System, concurrency: number): Promise<Throughp
   });
   await all;
   const last = now();
+  clearInterval(sampler);
   await worker.stop();
   await system.purge();
   return {
     rate: JOBS / ((last - started) / 1000),
     backlog: (JOBS - 1) / ((last - first) / 1000),
     startMs: first - started,
+    rssMb: Math.round(Math.max(rss, process.memoryUsage.rss()) / 1e6),
   };
 }
 
@@ -395,6 +411,8 @@ interface Row {
   c1Backlog?: number[];
   c10Start?: number[];
   c1Start?: number[];
+  c10Rss?: number[];
+  c1Rss?: number[];
   p50?: number;
   p95?: number;
   p99?: number;
@@ -414,21 +432,24 @@ async function main() {
   const gDefault = graphile(`graphile-worker ${versions.graphile} (default)`, false);
   const gTuned = graphile(`graphile-worker ${versions.graphile} (tuned)`, true);
   const boss = pgBoss();
-  const all = [ours, gDefault, gTuned, boss].filter((s) => !flags.only || s.name.startsWith(flags.only));
+  const wanted = flags.only?.split(',').filter(Boolean);
+  const all = [ours, gDefault, gTuned, boss].filter((s) => !wanted || wanted.some((part) => s.name.includes(part)));
   const rows = new Map<System, Row>([raw, ...all].map((s) => [s, { system: s.name }]));
   const row = (s: System) => rows.get(s)!;
   for (const system of [raw, ...all]) await system.setup();
 
   // graphile-worker tuned differs only in its runner: enqueueing is measured once.
   const enqueuers = [raw, ...all.filter((s) => s !== gTuned)];
-  process.stderr.write('enqueue one at a time\n');
-  for (const [system, rate] of await enqueueSingle(enqueuers, 1)) row(system).single = rate;
-  process.stderr.write('enqueue one at a time, 10 callers\n');
-  for (const [system, rate] of await enqueueSingle(enqueuers, 10)) row(system).single10 = rate;
-  for (const system of enqueuers.filter((s) => s !== raw)) {
-    process.stderr.write(`${system.name}: bulk enqueue\n`);
-    row(system).bulk = await enqueueBulk(system, JOBS);
-    await system.purge();
+  if (ALL_PHASES) {
+    process.stderr.write('enqueue one at a time\n');
+    for (const [system, rate] of await enqueueSingle(enqueuers, 1)) row(system).single = rate;
+    process.stderr.write('enqueue one at a time, 10 callers\n');
+    for (const [system, rate] of await enqueueSingle(enqueuers, 10)) row(system).single10 = rate;
+    for (const system of enqueuers.filter((s) => s !== raw)) {
+      process.stderr.write(`${system.name}: bulk enqueue\n`);
+      row(system).bulk = await enqueueBulk(system, JOBS);
+      await system.purge();
+    }
   }
   // The pair the target compares runs REPEAT times, interleaved; the others once.
   for (const concurrency of [10, 1]) {
@@ -444,10 +465,11 @@ async function main() {
         entry[key] = [...(entry[key] ?? []), measured.rate];
         entry[`${key}Backlog`] = [...(entry[`${key}Backlog`] ?? []), measured.backlog];
         entry[`${key}Start`] = [...(entry[`${key}Start`] ?? []), measured.startMs];
+        entry[`${key}Rss`] = [...(entry[`${key}Rss`] ?? []), measured.rssMb];
       }
     }
   }
-  for (const system of all) {
+  for (const system of ALL_PHASES ? all : []) {
     process.stderr.write(`${system.name}: latency\n`);
     Object.assign(row(system), await latency(system));
   }
@@ -498,7 +520,7 @@ async function main() {
       ),
     );
   }
-  if (t && d) {
+  if (t && d && ALL_PHASES) {
     console.log('\nratios (median of runs; target in brackets):');
     console.log(
       `- throughput c=10 vs tuned graphile-worker: ${(median(o.c10)! / median(t.c10)!).toFixed(2)}x [>= 1.5x]`,

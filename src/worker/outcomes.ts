@@ -24,6 +24,8 @@ import { abandon, discardTransaction, type TransactionEnds } from './jobTransact
 import { describeError, type RunningJob, storable } from './runJob.js';
 
 const MAX_BATCH = 1_000;
+/** How many written batches of outcomes endedHere looks through. */
+const WRITTEN_KEPT = 8;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** A transient refusal (deadlock, lock timeout, cancel) repeated this often is treated as a refusal (about 20 s of backoff). */
 const MAX_TRANSIENT = 8;
@@ -234,19 +236,31 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     );
   }
 
+  // The last few batches of completions and failures written, kept as they are (no work per
+  // job): a cancel that committed after a handler returned, before its outcome was written,
+  // recorded an abandoned run for a run already over; the worker looks here when it hears of
+  // it (endedHere) and frees that run's slot.
+  const written: { id: string; attempt: number }[][] = [];
+  const remember = (batch: { id: string; attempt: number }[]) => {
+    written.push(batch);
+    if (written.length > WRITTEN_KEPT) written.shift();
+  };
+
   const writeCompletions = async (batch: typeof completions) => {
     await completeJobs(pool, schema, workerId, batch, now());
+    remember(batch);
   };
 
   const writeFailures = async (batch: typeof failures) => {
-    const written = await failJobs(
+    const settled = await failJobs(
       pool,
       schema,
       workerId,
       batch.map((f) => f.failure),
       now(),
     );
-    const byId = new Map(written.map((row) => [row.id, row]));
+    remember(batch.map((f) => f.failure));
+    const byId = new Map(settled.map((row) => [row.id, row]));
     for (const { failure, job } of batch) {
       const row = byId.get(failure.id);
       if (!row) continue; // recovered away from us meanwhile
@@ -541,6 +555,12 @@ export function makeOutcomeWriter(deps: OutcomeWriterDeps) {
     postponeJob,
     /** Jobs handed to the writer whose outcome is not written yet. */
     unwritten: () => unwritten.keys(),
+    /** Whether this claim's outcome is waiting here or was among the last batches written. */
+    endedHere(id: string, attempt: number): boolean {
+      return (
+        unwritten.has(id) || written.some((batch) => batch.some((o) => o.id === id && o.attempt === attempt))
+      );
+    },
     /**
      * Writes what is pending and reports how many jobs went back to todo. Connection
      * trouble is retried for `deadlineMs` at most.

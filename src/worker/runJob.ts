@@ -156,6 +156,8 @@ export class RunningJob {
   handlerDone = false;
   /** The run was given up on at its timeout (its handler may still be running). */
   timedOut = false;
+  /** `<id>:<attempt>`, the claim's key in the worker's maps (made once, hashed once). */
+  readonly key: string;
   readonly outcome: Promise<Outcome>;
   /** Settles when the handler returns or throws, whatever the outcome was; never rejects. */
   readonly handlerSettled: Promise<void>;
@@ -178,6 +180,7 @@ export class RunningJob {
     readonly task: ResolvedTask,
     readonly deps: RunJobDeps,
   ) {
+    this.key = `${job.id}:${job.attempts}`;
     this.ctx = new Context(this);
     const started = performance.now();
     // One field check when OpenTelemetry is not loaded. startJob never throws, not even

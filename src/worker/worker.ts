@@ -41,8 +41,6 @@ import { otherTasks, registerTasks, registerWorker, unregisterWorker } from './w
 const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
 /** How long an abandoned handler runs on before the log names it. */
 const ABANDONED_WARN_MS = 60_000;
-/** How many claims that ended here are remembered, for a cancel that arrives just after (cancelRun). */
-const RECENTLY_ENDED = 4096;
 
 /** A job's progress is written at most this often (docs/lifecycle.md). */
 const PROGRESS_THROTTLE_MS = 1_000;
@@ -137,9 +135,6 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // keep their slots and locks taken until it does (src/jobs/abandoned.ts). A set, not a map
   // by claim key: a retried job's new run may have the key of an old one still going.
   const abandoned = new Set<RunningJob>();
-  // Claims whose run ended here lately, for a cancel that lands between the handler's return
-  // and its completion: that cancel recorded a run already over, released when it is heard.
-  const recentlyEnded = new Set<string>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
@@ -299,12 +294,6 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     });
   }
 
-  /** A claim whose handler returned here: kept for the last RECENTLY_ENDED of them. */
-  function rememberEnded(key: string): void {
-    recentlyEnded.add(key);
-    if (recentlyEnded.size > RECENTLY_ENDED) recentlyEnded.delete(recentlyEnded.values().next().value!);
-  }
-
   /** Records runs given up on at their timeout, before their failure is written. Never rejects. */
   function holdRuns(jobs: ClaimedJob[]): Promise<void> {
     return holdAbandonedRuns(control, schema, id, jobs).catch((error: unknown) => {
@@ -361,10 +350,11 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     }
     const run = running.get(key);
     if (!run || run.settled) {
-      // The run ended here before the cancel committed (the completion had not): the cancel
-      // recorded a run that is over. Once: a second notice for it must not free another run.
-      if (!run && recentlyEnded.delete(key)) {
-        const [endedId, endedAttempt] = key.split(':');
+      // The handler returned here before the cancel committed (its outcome had not): the
+      // cancel recorded a run that is over (outcomes.ts endedHere). Missed, the heartbeat
+      // sweeps it.
+      const [endedId, endedAttempt] = key.split(':');
+      if (!run && outcomes.endedHere(endedId!, Number(endedAttempt))) {
         releaseRuns([{ id: endedId!, attempts: Number(endedAttempt) }]);
       }
       return;
@@ -413,7 +403,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       const job = buffer.shift()!;
       const task = tasks.get(job.task)!; // onClaimed buffers only known tasks
       const run = new RunningJob(job, task, runDeps);
-      running.set(claimKey(job), run);
+      running.set(run.key, run);
       void run.outcome
         .then((outcome) => finish(run, outcome))
         .catch((error) => {
@@ -436,10 +426,9 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     if (run.settled) return; // already released at shutdown
     run.settled = true;
     run.endSpan(outcome);
-    running.delete(claimKey(run.job));
+    running.delete(run.key);
     const { job } = run;
     if (outcome.kind === 'cancelled' || run.timedOut) watchAbandoned(run);
-    else rememberEnded(claimKey(job));
     if (run.superseded) {
       // Its transaction is rolled back, not left open (found with the SIGSTOP case of
       // ops/chaos/kill.ts); the newer claim's run settles the job.
