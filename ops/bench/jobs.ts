@@ -433,7 +433,9 @@ async function main() {
   const gTuned = graphile(`graphile-worker ${versions.graphile} (tuned)`, true);
   const boss = pgBoss();
   const wanted = flags.only?.split(',').filter(Boolean);
-  const all = [ours, gDefault, gTuned, boss].filter((s) => !wanted || wanted.some((part) => s.name.includes(part)));
+  const all = [ours, gDefault, gTuned, boss].filter(
+    (s) => !wanted || wanted.some((part) => s.name.includes(part)),
+  );
   const rows = new Map<System, Row>([raw, ...all].map((s) => [s, { system: s.name }]));
   const row = (s: System) => rows.get(s)!;
   for (const system of [raw, ...all]) await system.setup();
