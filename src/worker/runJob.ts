@@ -152,15 +152,13 @@ export class RunningJob {
   settled = false;
   /** This worker claimed the job again (it had been recovered away): this run's outcome is dropped. */
   superseded = false;
-  /** The handler has returned or thrown (a run cancelled or timed out may not have yet). */
-  handlerDone = false;
   /** The run was given up on at its timeout (its handler may still be running). */
   timedOut = false;
   /** `<id>:<attempt>`, the claim's key in the worker's maps (made once, hashed once). */
   readonly key: string;
   readonly outcome: Promise<Outcome>;
-  /** Settles when the handler returns or throws, whatever the outcome was; never rejects. */
-  readonly handlerSettled: Promise<void>;
+  /** The handler's own settling (never rejects), whatever the outcome was: see handlerSettled. */
+  private readonly handled: Promise<Outcome>;
   private client: pg.PoolClient | undefined;
   private opening: Promise<pg.PoolClient> | undefined;
   // Made only if the handler reads ctx.signal (or when aborted): creating an
@@ -189,11 +187,8 @@ export class RunningJob {
     this.span = otel?.startJob(job, job.origin);
     let result: unknown;
     try {
-      const run = () =>
-        task.transaction
-          ? this.openTransaction().then(() => task.handler(job.args, this.ctx))
-          : task.handler(job.args, this.ctx);
-      result = this.span ? this.span.run(run) : run();
+      // No closure per job without a span (tsx names each one: a defineProperty per job).
+      result = this.span ? this.span.run(() => this.callHandler()) : this.callHandler();
     } catch (error) {
       result = Promise.reject(error);
     }
@@ -204,9 +199,7 @@ export class RunningJob {
           ? { kind: 'interrupted' }
           : { kind: 'failed', error, durationMs: performance.now() - started },
     );
-    this.handlerSettled = handled.then(() => {
-      this.handlerDone = true;
-    });
+    this.handled = handled;
     this.outcome = task.timeoutMs === null ? handled : this.withTimeout(handled, task.timeoutMs, started);
     if (this.span) void this.outcome.then((outcome) => this.endSpan(outcome));
   }
@@ -217,6 +210,21 @@ export class RunningJob {
    * or a handler that ignores its signal kept the span open for as long as it ran, and one
    * left at shutdown was never exported (test/trace/spanEnd.test.ts).
    */
+  private callHandler(): unknown {
+    const { task, job } = this;
+    return task.transaction
+      ? this.openTransaction().then(() => task.handler(job.args, this.ctx))
+      : task.handler(job.args, this.ctx);
+  }
+
+  /**
+   * Settles when the handler returns or throws, whatever the outcome was; never rejects.
+   * Made only for a run given up on (cancelled, timed out): no promise per job otherwise.
+   */
+  handlerSettled(): Promise<void> {
+    return this.handled.then(() => {});
+  }
+
   endSpan(outcome: Outcome): void {
     this.span?.end(
       outcome.kind === 'failed'

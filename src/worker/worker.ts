@@ -287,7 +287,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       );
     }, ABANDONED_WARN_MS);
     named.unref?.();
-    void run.handlerSettled.then(() => {
+    void run.handlerSettled().then(() => {
       clearTimeout(named);
       abandoned.delete(run);
       releaseRuns([job]);
