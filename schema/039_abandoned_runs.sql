@@ -14,6 +14,10 @@
 -- Rate limits count starts, not runs, and are unchanged. A handler that never returns holds
 -- its slot and its lock until its worker stops (it logs which one).
 --
+-- claim_limited_jobs() also carries SET enable_sort = on: the worker's control connections
+-- now run with sorts off where an index gives the order (src/db/connection.ts, `sort`), and
+-- this function's plans were measured with them on.
+--
 -- claim_limited_jobs() is 038's but for the three places that count running jobs: the
 -- queue's count, the groups' counts, and every lock check; the plain claim (src/jobs/claim.ts)
 -- checks locks against abandoned_runs too. With no abandoned run each is one probe of an
@@ -45,7 +49,7 @@ CREATE OR REPLACE FUNCTION claim_limited_jobs(
   lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8,
   awaited boolean, origin jsonb
 )
-LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET jit = off SET enable_sort = on AS $$
 #variable_conflict use_column
 DECLARE
   at timestamptz := coalesce(claim_at, now());

@@ -1348,6 +1348,7 @@ CREATE INDEX abandoned_runs_lock ON abandoned_runs (lock) WHERE lock IS NOT NULL
 -- JIT off (038): behind a pooler the worker's jit=off is lost, and the plain part is estimated
 -- high enough to be compiled (~100 ms a claim instead of ~18 ms).
 -- Abandoned runs (039) count as running: in the queue's count, the groups' and every lock check.
+-- Sorts on (039): the worker's control connections run with enable_sort off for the plain claim.
 CREATE FUNCTION claim_limited_jobs(
   claim_queues text[],
   skip_tasks text[],
@@ -1359,7 +1360,7 @@ CREATE FUNCTION claim_limited_jobs(
   lock text, queueing_lock text, group_key text, run_at_ms float8, created_at_ms float8,
   awaited boolean, origin jsonb
 )
-LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET jit = off SET enable_sort = on AS $$
 #variable_conflict use_column
 DECLARE
   at timestamptz := coalesce(claim_at, now());

@@ -38,6 +38,16 @@ export interface PoolOptions {
    */
   jit?: boolean;
   /**
+   * false turns the planner's sorts off where an index gives the order (`enable_sort =
+   * off`; a sort with no alternative is still made). The worker's control pool sets it for
+   * its claim: with statistics taken while the queue was empty (a queue vacuumed empty, then
+   * a burst of defers, before autovacuum analyzes), the planner estimated ~100 due jobs and
+   * sorted the whole backlog on disk for every claim instead of walking jobs_claim: 60-100 ms
+   * a claim at 200k queued jobs, 16k jobs/s instead of 80k (ops/bench/RESULTS.md). Sent like
+   * `jit`; not behind a pooler.
+   */
+  sort?: boolean;
+  /**
    * What is between outbatch and PostgreSQL: `'pgbouncer'`, a transaction-mode pooler, or
    * `'none'`. Default: OUTBATCH_POOLER, else detected on the first connection (pooler.ts).
    * Behind a pooler the pools send no startup parameters PgBouncer refuses (`options`,
@@ -122,7 +132,7 @@ export function createPool(databaseUrl: string, log: Logger, options: PoolOption
     query_timeout: options.queryTimeoutMs,
     lock_timeout: direct ? options.lockTimeoutMs : undefined,
     // Given here, options replaces PGOPTIONS (node-postgres' default for it): keep those.
-    options: direct && options.jit === false ? `${process.env.PGOPTIONS ?? ''} -c jit=off`.trim() : undefined,
+    options: direct ? startupOptions(options) : undefined,
     keepAlive: true,
     keepAliveInitialDelayMillis: 5_000,
   });
@@ -187,4 +197,13 @@ export async function checkConnection(
   } finally {
     await client.end().catch(() => {});
   }
+}
+
+/** The `options` startup parameter for `jit: false` and `sort: false`, after PGOPTIONS; undefined when neither. */
+function startupOptions(options: { jit?: boolean; sort?: boolean }): string | undefined {
+  const settings = [
+    ...(options.jit === false ? ['-c jit=off'] : []),
+    ...(options.sort === false ? ['-c enable_sort=off'] : []),
+  ];
+  return settings.length === 0 ? undefined : [process.env.PGOPTIONS ?? '', ...settings].join(' ').trim();
 }

@@ -88,38 +88,44 @@ export interface ClaimRequest {
  */
 export async function claimJobs(db: Queryable, schema: string, request: ClaimRequest): Promise<ClaimedJob[]> {
   const s = quoteSchema(schema);
-  const { rows } = await runPrepared<ClaimedJob>(
-    db,
-    `outbatch_claim_${schema}`,
-    `WITH picked AS (
-       SELECT j.id FROM ${s}.jobs j
-       WHERE j.status = 'todo'
-         AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-         AND j.run_at <= coalesce($4::timestamptz, now())
-         AND ($1::text[] IS NULL OR j.queue = ANY ($1::text[]))
-         AND NOT (j.task = ANY ($5::text[]))
-         AND (j.lock IS NULL OR (
-           NOT EXISTS (SELECT 1 FROM ${s}.jobs d WHERE d.lock = j.lock AND d.status = 'doing')
-           AND NOT EXISTS (SELECT 1 FROM ${s}.abandoned_runs a WHERE a.lock = j.lock)
-           AND NOT EXISTS (
-             SELECT 1 FROM ${s}.jobs e
-             WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id
-               AND e.run_at <= coalesce($4::timestamptz, now()))))
-       ORDER BY j.priority DESC, j.run_at, j.id
-       LIMIT $2
-       FOR UPDATE SKIP LOCKED
-     )
-     UPDATE ${s}.jobs j
-     SET status = 'doing', attempts = j.attempts + 1, worker_id = $3,
-         started_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
-     WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-       AND NOT (j.queue = ANY ((SELECT coalesce(array_agg(l.queue), '{}') FROM ${s}.queue_limits l)::text[]))
-     RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
-               j.queueing_lock, j.awaited, j.group_key, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
-               (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms, j.origin`,
-    [request.queues, request.limit, request.workerId, request.now, request.skipTasks],
-  );
+  const { rows } = await runPrepared<ClaimedJob>(db, `outbatch_claim_${schema}`, claimStatement(s), [
+    request.queues,
+    request.limit,
+    request.workerId,
+    request.now,
+    request.skipTasks,
+  ]);
   return rows.sort(claimOrder);
+}
+
+/** The plain claim's statement for a quoted schema (exported for the plan's test). */
+export function claimStatement(s: string): string {
+  return `WITH picked AS (
+      SELECT j.id FROM ${s}.jobs j
+      WHERE j.status = 'todo'
+        AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+        AND j.run_at <= coalesce($4::timestamptz, now())
+        AND ($1::text[] IS NULL OR j.queue = ANY ($1::text[]))
+        AND NOT (j.task = ANY ($5::text[]))
+        AND (j.lock IS NULL OR (
+          NOT EXISTS (SELECT 1 FROM ${s}.jobs d WHERE d.lock = j.lock AND d.status = 'doing')
+          AND NOT EXISTS (SELECT 1 FROM ${s}.abandoned_runs a WHERE a.lock = j.lock)
+          AND NOT EXISTS (
+            SELECT 1 FROM ${s}.jobs e
+            WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id
+              AND e.run_at <= coalesce($4::timestamptz, now()))))
+      ORDER BY j.priority DESC, j.run_at, j.id
+      LIMIT $2
+      FOR UPDATE SKIP LOCKED
+    )
+    UPDATE ${s}.jobs j
+    SET status = 'doing', attempts = j.attempts + 1, worker_id = $3,
+        started_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+      AND NOT (j.queue = ANY ((SELECT coalesce(array_agg(l.queue), '{}') FROM ${s}.queue_limits l)::text[]))
+    RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
+              j.queueing_lock, j.awaited, j.group_key, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
+              (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms, j.origin`;
 }
 
 /**

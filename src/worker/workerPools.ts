@@ -56,7 +56,9 @@ function poolMakers(databaseUrl: string, log: Logger, settings: PoolSettings) {
     // behind it, and abandoned statements cannot pile up waiting on a lock. No server-side
     // statement_timeout: a long maintenance statement (a large purge) must be allowed to
     // finish on the server even when the client stops waiting. No JIT: the claim's cost
-    // estimate can be high enough to compile for, 290 ms for a 9 ms statement (claim.ts).
+    // estimate can be high enough to compile for, 290 ms for a 9 ms statement (claim.ts). No
+    // sort where an index gives the order: stale statistics made the claim sort the whole
+    // backlog on every call (connection.ts, `sort`).
     control: () =>
       createPool(databaseUrl, log, {
         max: CONTROL_CONNECTIONS,
@@ -64,6 +66,7 @@ function poolMakers(databaseUrl: string, log: Logger, settings: PoolSettings) {
         queryTimeoutMs: settings.controlDeadlineMs,
         lockTimeoutMs: 1_000,
         jit: false,
+        sort: false,
         ...route,
       }),
     handlers: () =>
