@@ -41,6 +41,8 @@ import { otherTasks, registerTasks, registerWorker, unregisterWorker } from './w
 const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
 /** How long an abandoned handler runs on before the log names it. */
 const ABANDONED_WARN_MS = 60_000;
+/** How many released cancels of ended runs are remembered (cancelRun). */
+const RELEASED_ENDED_KEPT = 1_024;
 
 /** A job's progress is written at most this often (docs/lifecycle.md). */
 const PROGRESS_THROTTLE_MS = 1_000;
@@ -135,6 +137,9 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // keep their slots and locks taken until it does (src/jobs/abandoned.ts). A set, not a map
   // by claim key: a retried job's new run may have the key of an old one still going.
   const abandoned = new Set<RunningJob>();
+  // Keys of ended runs whose cancel has been released (cancelRun): a cancel is released once.
+  // Written only when a cancel arrives for a run already over: nothing per job.
+  const releasedEnded = new Set<string>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
@@ -354,7 +359,14 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       // cancel recorded a run that is over (outcomes.ts endedHere). Missed, the heartbeat
       // sweeps it.
       const [endedId, endedAttempt] = key.split(':');
-      if (!run && outcomes.endedHere(endedId!, Number(endedAttempt))) {
+      // Once per key: the NOTIFY and a heartbeat sent while it still ran may both report
+      // it, and a second release would free the row of an older run of the same key (a
+      // retried job) still going (found by review). A key cancelled again later after its
+      // handler ended keeps its row until the heartbeat sweep: a slot held, never one too many.
+      if (!run && !releasedEnded.has(key) && outcomes.endedHere(endedId!, Number(endedAttempt))) {
+        releasedEnded.add(key);
+        if (releasedEnded.size > RELEASED_ENDED_KEPT)
+          releasedEnded.delete(releasedEnded.values().next().value!);
         releaseRuns([{ id: endedId!, attempts: Number(endedAttempt) }]);
       }
       return;
