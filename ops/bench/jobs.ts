@@ -492,7 +492,8 @@ async function main() {
       `| ${r.system} | ${fmt(r.single)} | ${fmt(r.single10)} | ${fmt(r.bulk)} | ${runs(r.c10)} | ${runs(r.c1)} | ${fmt(median(r.c10Backlog))} / ${fmt(median(r.c1Backlog))} | ${fmt(median(r.c10Start))} / ${fmt(median(r.c1Start))} | ${lat} |`,
     );
   }
-  const o = row(ours);
+  // outbatch may be left out (--only): its ratios are then undefined.
+  const o: Row = rows.get(ours) ?? { system: ours.name };
   const t = rows.get(gTuned);
   const d = rows.get(gDefault);
   const r = row(raw);
