@@ -143,3 +143,14 @@ export function captureLog(level = 'info'): { log: Logger; lines: string[] } {
   });
   return { log: createLogger({ level, destination: stream, pretty: false }), lines };
 }
+
+/** The node types of an `EXPLAIN (FORMAT JSON)` result's plan, depth first (root first). */
+export function planNodeTypes(explained: { 'QUERY PLAN': { Plan: unknown }[] }[]): string[] {
+  const nodes: string[] = [];
+  const walk = (node: { 'Node Type': string; Plans?: unknown[] }) => {
+    nodes.push(node['Node Type']);
+    for (const child of node.Plans ?? []) walk(child as typeof node);
+  };
+  walk(explained[0]!['QUERY PLAN'][0]!.Plan as { 'Node Type': string; Plans?: unknown[] });
+  return nodes;
+}

@@ -9,6 +9,7 @@
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { createApp } from '../../src/app.js';
+import { claimStatement } from '../../src/jobs/claim.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -34,31 +35,12 @@ try {
     [Number(flags.backlog)],
   );
   await client.query(`VACUUM ANALYZE ${schema}.jobs`);
-  const claim = (guard: boolean) => `WITH picked AS (
-       SELECT j.id FROM ${schema}.jobs j
-       WHERE j.status = 'todo'
-         AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-         AND j.run_at <= coalesce($4::timestamptz, now())
-         AND ($1::text[] IS NULL OR j.queue = ANY ($1::text[]))
-         AND NOT (j.task = ANY ($5::text[]))
-         AND (j.lock IS NULL OR (
-           NOT EXISTS (SELECT 1 FROM ${schema}.jobs d WHERE d.lock = j.lock AND d.status = 'doing')
-           AND NOT EXISTS (
-             SELECT 1 FROM ${schema}.jobs e
-             WHERE e.lock = j.lock AND e.status = 'todo' AND e.id < j.id
-               AND e.run_at <= coalesce($4::timestamptz, now()))))
-       ORDER BY j.priority DESC, j.run_at, j.id
-       LIMIT $2
-       FOR UPDATE SKIP LOCKED
-     )
-     UPDATE ${schema}.jobs j
-     SET status = 'doing', attempts = j.attempts + 1, worker_id = $3,
-         started_at = coalesce($4::timestamptz, now()), updated_at = coalesce($4::timestamptz, now())
-     WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-       ${guard ? `AND NOT (j.queue = ANY ((SELECT coalesce(array_agg(l.queue), '{}') FROM ${schema}.queue_limits l)::text[]))` : ''}
-     RETURNING j.id::text, j.task, j.queue, j.args, j.attempts, j.max_attempts, j.priority, j.lock,
-               j.queueing_lock, (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms,
-               (extract(epoch FROM j.created_at) * 1000)::float8 AS created_at_ms`;
+  // The plain claim as the worker sends it (claim.ts), and the same without the guard.
+  const withGuard = claimStatement(schema);
+  const guardLine = /\n\s*AND NOT \(j\.queue = ANY \(\(SELECT coalesce\(array_agg\(l\.queue\)[^\n]*/;
+  if (!guardLine.test(withGuard))
+    throw new Error('claimGuard: the claim statement has no limited-queue guard to leave out');
+  const claim = (guard: boolean) => (guard ? withGuard : withGuard.replace(guardLine, ''));
   const times: Record<string, number[]> = { without: [], with: [] };
   const params = [null, Number(flags.limit), 'bench', null, []];
   for (let round = 0; round < Number(flags.rounds); round += 1) {

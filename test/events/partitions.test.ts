@@ -10,7 +10,15 @@ import { loadMigrations } from '../../src/db/migrate.js';
 import { createPartitionsAhead, eventsLayout } from '../../src/events/partitioning.js';
 import { unfilteredPageText } from '../../src/events/read.js';
 import { createApp, createLogger } from '../../src/index.js';
-import { appliedTable, countApplied, databaseUrl, isolatedApp, runCli, uniqueSchema } from '../helpers.js';
+import {
+  appliedTable,
+  countApplied,
+  databaseUrl,
+  isolatedApp,
+  planNodeTypes,
+  runCli,
+  uniqueSchema,
+} from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 import { waitUntilReadable } from './readable.js';
 
@@ -167,12 +175,7 @@ describe('a partitioned event log', () => {
       const { rows: explained } = await client.query(
         `EXPLAIN (FORMAT JSON) EXECUTE page('${middle[0].tx}', 30030000)`,
       );
-      const nodes: string[] = [];
-      const walk = (node: { 'Node Type': string; Plans?: unknown[] }) => {
-        nodes.push(node['Node Type']);
-        for (const child of node.Plans ?? []) walk(child as typeof node);
-      };
-      walk(explained[0]['QUERY PLAN'][0].Plan);
+      const nodes = planNodeTypes(explained);
       assert.ok(nodes.includes('Merge Append'), `plan: ${nodes.join(' > ')}`);
       assert.ok(!nodes.includes('Sort'), `plan: ${nodes.join(' > ')}`);
     } finally {

@@ -8,7 +8,7 @@ import { createApp } from '../../src/app.js';
 import { createPool } from '../../src/db/connection.js';
 import { claimStatement } from '../../src/jobs/claim.js';
 import { silentLogger } from '../../src/log.js';
-import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
+import { databaseUrl, isolatedApp, planNodeTypes, type TestApp } from '../helpers.js';
 import { waitFor } from '../jobs/support.js';
 
 let t: TestApp;
@@ -79,13 +79,7 @@ describe('the worker’s connections', () => {
         const { rows } = await client.query(
           `EXPLAIN (FORMAT JSON) EXECUTE claim(NULL, 1000, 'w', NULL, '{}')`,
         );
-        const nodes: string[] = [];
-        const walk = (node: { 'Node Type': string; Plans?: unknown[] }) => {
-          nodes.push(node['Node Type']);
-          for (const child of node.Plans ?? []) walk(child as typeof node);
-        };
-        walk(rows[0]['QUERY PLAN'][0].Plan);
-        return nodes;
+        return planNodeTypes(rows);
       } finally {
         client.release();
       }
