@@ -30,6 +30,12 @@ export interface WorkerOptions {
   shutdownTimeout?: DurationInput;
   /** How long maintenance keeps task_stats, schedule_ticks and audit_log rows (default 30, 7 and 90 days). */
   historyRetention?: HistoryRetentionOptions;
+  /**
+   * Dead rows in the jobs table (its statistics' n_dead_tup, and at least a tenth of the
+   * live rows) at which a busy worker runs VACUUM on it (default 200,000); false never does
+   * (docs/operations.md, "Vacuum during bursts").
+   */
+  vacuumJobsAfter?: number | false;
   /** Observer called once per finished job (metrics); jobs returned at shutdown are not reported. */
   onJobFinished?: (event: JobFinished) => void;
 }
@@ -51,6 +57,8 @@ export interface WorkerSettings {
   recoverIntervalMs: number;
   shutdownTimeoutMs: number;
   historyRetention: HistoryRetention;
+  /** null: the worker never vacuums the jobs table. */
+  vacuumJobsAfter: number | null;
 }
 
 export function resolveWorkerOptions(options: WorkerOptions): WorkerSettings {
@@ -86,5 +94,9 @@ export function resolveWorkerOptions(options: WorkerOptions): WorkerSettings {
     recoverIntervalMs: positive(options.recoverInterval, heartbeatIntervalMs, 'recoverInterval'),
     shutdownTimeoutMs: toMilliseconds(options.shutdownTimeout ?? 30_000, 'shutdownTimeout'),
     historyRetention: resolveHistoryRetention(options.historyRetention),
+    vacuumJobsAfter:
+      options.vacuumJobsAfter === false
+        ? null
+        : checkInteger(options.vacuumJobsAfter ?? 200_000, 'vacuumJobsAfter', 1, Number.MAX_SAFE_INTEGER),
   };
 }

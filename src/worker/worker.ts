@@ -26,6 +26,7 @@ import type { ResolvedTask } from '../jobs/task.js';
 import type { Tracing } from '../trace/tracing.js';
 import { makeBatchRunner } from './batchRunner.js';
 import { makeClaimLoop } from './claimLoop.js';
+import { makeJobsVacuum } from './jobsVacuum.js';
 import { type JobFinished, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { makeOutcomeWriter } from './outcomes.js';
 import { makeProgressWriter } from './progress.js';
@@ -199,6 +200,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     return Math.min(2 * settings.batchSize, free + prefetch);
   };
 
+  const vacuum = makeJobsVacuum(control, schema, log, settings.vacuumJobsAfter);
   const claims = makeClaimLoop({
     control,
     schema,
@@ -220,6 +222,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     },
     held: heldIds,
     onClaimed: (jobs) => {
+      vacuum.claimed(jobs.length);
       // After a claim for batches, one for the other room (batches.claim takes them in turn).
       if (claimingForBatches) claims.wake();
       if (deps.tracing?.otel) {
@@ -559,6 +562,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     );
     await claims.sweep();
     await maintenanceEnded;
+    await vacuum.stop();
     // No beat may land after the row is deleted, or it would register a ghost worker.
     await upkeep.stopHeartbeat();
     const unregistered = await unregisterWorker(control, schema, id).then(

@@ -18,11 +18,11 @@ import type { Pooler } from '../db/pooler.js';
 import type { Logger } from '../log.js';
 
 /**
- * Connections for claims, outcome batches, heartbeat, maintenance and progress reports:
- * each runs at most one statement at a time, and one more for a statement abandoned at its
- * deadline whose connection is still being closed.
+ * Connections for claims, outcome batches, heartbeat, maintenance, progress reports and the
+ * jobs table's vacuum (jobsVacuum.ts): each runs at most one statement at a time, and one
+ * more for a statement abandoned at its deadline whose connection is still being closed.
  */
-const CONTROL_CONNECTIONS = 6;
+const CONTROL_CONNECTIONS = 7;
 
 export interface WorkerPools {
   control: pg.Pool;

@@ -20,6 +20,7 @@ interface WorkerFlags {
   stallTimeout?: string;
   heartbeatInterval?: string;
   shutdownTimeout?: string;
+  vacuumJobsAfter?: string;
   dashboard?: boolean;
   port: string;
   host: string;
@@ -45,6 +46,17 @@ export async function loadAppModule(modulePath: string): Promise<App> {
   return app as App;
 }
 
+function vacuumJobsAfter(text: string | undefined): number | false | undefined {
+  if (text === undefined) return undefined;
+  if (text === 'off') return false;
+  if (!/^\d+$/.test(text)) {
+    throw new ValidationError(
+      `--vacuum-jobs-after "${text}" is invalid: expected a whole number of dead rows, or off`,
+    );
+  }
+  return parseInteger(text, '--vacuum-jobs-after');
+}
+
 export function registerWorker(program: Command): void {
   const collect = (value: string, previous: string[] = []) => [...previous, value];
   program
@@ -61,6 +73,10 @@ export function registerWorker(program: Command): void {
     .option('--stall-timeout <duration>', 'a job whose worker is silent this long is recovered (default 30s)')
     .option('--heartbeat-interval <duration>', 'default: stall timeout / 6')
     .option('--shutdown-timeout <duration>', 'on SIGTERM, running handlers get this long (default 30s)')
+    .option(
+      '--vacuum-jobs-after <n|off>',
+      'dead rows in the jobs table at which a busy worker vacuums it (default 200000; off: never)',
+    )
     .option('--dashboard', 'also serve /metrics, /healthz, the dashboard and its API')
     .option('--port <n>', 'with --dashboard: port to listen on', '9464')
     .option('--host <address>', 'with --dashboard: address to bind', '127.0.0.1')
@@ -78,6 +94,7 @@ export function registerWorker(program: Command): void {
           stallTimeout: duration(flags.stallTimeout, '--stall-timeout'),
           heartbeatInterval: duration(flags.heartbeatInterval, '--heartbeat-interval'),
           shutdownTimeout: duration(flags.shutdownTimeout, '--shutdown-timeout'),
+          vacuumJobsAfter: vacuumJobsAfter(flags.vacuumJobsAfter),
         };
         // The module builds its own app; a --database-url given here reaches it as DATABASE_URL.
         const { databaseUrl, schema } = globalOptions(command);
