@@ -10,34 +10,41 @@
  * and some servers run without it. So the workers vacuum the table themselves once enough of
  * it is dead.
  */
-import type pg from 'pg';
 import { quoteSchema } from '../db/identifiers.js';
 import type { Queryable } from '../db/queryable.js';
 
 export interface JobsTableRows {
   live: number;
   dead: number;
+  /** Manual VACUUMs of the table so far: one that was skipped (SKIP_LOCKED) does not count. */
+  vacuums: number;
 }
 
 /** The statistics' live and dead row counts of the jobs table (a read of shared memory). */
 export async function jobsTableRows(db: Queryable, schema: string): Promise<JobsTableRows> {
-  const { rows } = await db.query<{ live: string; dead: string }>(
-    `SELECT n_live_tup AS live, n_dead_tup AS dead FROM pg_stat_user_tables
+  const { rows } = await db.query<{ live: string; dead: string; vacuums: string }>(
+    `SELECT n_live_tup AS live, n_dead_tup AS dead, vacuum_count AS vacuums FROM pg_stat_user_tables
      WHERE relid = to_regclass($1)`,
     [`${quoteSchema(schema)}.jobs`],
   );
-  return { live: Number(rows[0]?.live ?? 0), dead: Number(rows[0]?.dead ?? 0) };
+  return {
+    live: Number(rows[0]?.live ?? 0),
+    dead: Number(rows[0]?.dead ?? 0),
+    vacuums: Number(rows[0]?.vacuums ?? 0),
+  };
 }
 
 /**
- * Whether this role may vacuum the jobs table: its owner (or a member of the owning role,
- * or a superuser), or from PostgreSQL 17 a holder of MAINTAIN on it. Anyone else's VACUUM
- * only warns and does nothing, so the worker asks once and then stays quiet.
+ * Whether this role may vacuum the jobs table: its owner (or a member of the owning role, or a
+ * superuser), the database's owner, or from PostgreSQL 17 a holder of MAINTAIN on it. Anyone
+ * else's VACUUM only warns and does nothing, so the worker asks once and then stays quiet.
  */
 export async function mayVacuumJobs(db: Queryable, schema: string): Promise<boolean> {
   const { rows } = await db.query<{ may: boolean }>(
     `SELECT CASE
               WHEN pg_has_role(c.relowner, 'USAGE') THEN true
+              WHEN pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')
+                THEN true
               WHEN current_setting('server_version_num')::int >= 170000
                 THEN has_table_privilege(c.oid, 'MAINTAIN')
               ELSE false
@@ -49,12 +56,16 @@ export async function mayVacuumJobs(db: Queryable, schema: string): Promise<bool
 }
 
 /**
- * VACUUM of the jobs table, skipped if another one (autovacuum, another worker) holds it:
- * one vacuum at a time is enough. Not in a transaction, so it takes a connection to itself.
+ * The VACUUM of the jobs table, as light on the claims beside it as it can be:
+ * - SKIP_LOCKED: another one holding the table (autovacuum, another worker) makes it a no-op,
+ *   never a wait;
+ * - PARALLEL 0: no parallel index workers, which on a small server took every core from the
+ *   claims;
+ * - TRUNCATE false: no ACCESS EXCLUSIVE lock at the end to give back the pages of a table
+ *   emptied by a burn-down (claims, defers and outcomes would queue behind it, and a replica
+ *   replaying it cancels its reads); the next burst reuses them.
+ * Not in a transaction. The caller runs it on a connection of its own, to cancel it.
  */
-export async function vacuumJobs(db: pg.Pool, schema: string, timeoutMs: number): Promise<void> {
-  // query_timeout per query (pg reads it from the config, its types do not list it): the
-  // control pool's deadline is for statements of milliseconds.
-  const query = { text: `VACUUM (SKIP_LOCKED) ${quoteSchema(schema)}.jobs`, query_timeout: timeoutMs };
-  await db.query(query as pg.QueryConfig);
+export function vacuumJobsStatement(schema: string): string {
+  return `VACUUM (SKIP_LOCKED, PARALLEL 0, TRUNCATE false) ${quoteSchema(schema)}.jobs`;
 }

@@ -519,6 +519,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     stopping = true;
     stopClaiming$.next();
     const maintenanceEnded = upkeep.stopMaintenance();
+    const vacuumEnded = vacuum.stop(); // a vacuum in flight is cancelled, not waited out
     await claims.close();
     const waiting = [...buffer.splice(0), ...batches.takeWaiting()];
     log.info(
@@ -562,7 +563,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     );
     await claims.sweep();
     await maintenanceEnded;
-    await vacuum.stop();
+    await vacuumEnded;
     // No beat may land after the row is deleted, or it would register a ghost worker.
     await upkeep.stopHeartbeat();
     const unregistered = await unregisterWorker(control, schema, id).then(
