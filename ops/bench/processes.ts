@@ -74,17 +74,30 @@ function watchClaims(): ClaimStats {
   pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
     const config = args[0] as { text?: string; values?: unknown[] } | string;
     const text = typeof config === 'string' ? config : config?.text;
+    if (typeof text !== 'string' || !text.startsWith('WITH picked AS')) return original.apply(this, args);
+    const values = typeof config === 'string' ? (args[1] as unknown[]) : config.values;
+    const limit = Number(values?.[1]);
+    const started = performance.now();
+    const count = (rowCount: number | null) => {
+      stats.claims += 1;
+      stats.claimed += rowCount ?? 0;
+      stats.ms += performance.now() - started;
+      if ((rowCount ?? 0) < limit) stats.short += 1;
+    };
+    // pg-pool passes a callback (and gets no promise back); a client used directly returns one.
+    const last = args.length - 1;
+    const callback = args[last];
+    if (typeof callback === 'function') {
+      args[last] = (error: unknown, result: { rowCount: number | null }) => {
+        if (!error) count(result.rowCount);
+        return (callback as (e: unknown, r: unknown) => unknown)(error, result);
+      };
+      return original.apply(this, args);
+    }
     const result = original.apply(this, args);
-    if (typeof text === 'string' && text.startsWith('WITH picked AS') && result instanceof Promise) {
-      const limit = Number((typeof config === 'string' ? (args[1] as unknown[]) : config.values)?.[1]);
-      const started = performance.now();
+    if (result instanceof Promise) {
       void result.then(
-        (r: { rowCount: number | null }) => {
-          stats.claims += 1;
-          stats.claimed += r.rowCount ?? 0;
-          stats.ms += performance.now() - started;
-          if ((r.rowCount ?? 0) < limit) stats.short += 1;
-        },
+        (r: { rowCount: number | null }) => count(r.rowCount),
         () => {},
       );
     }
