@@ -1,7 +1,11 @@
 /**
  * Events benchmark: outbatch append/read against raw PostgreSQL in one run, one server.
  *
- *   DATABASE_URL=postgres://… npx tsx ops/bench/events.ts [--scale 1]
+ *   DATABASE_URL=postgres://… npx tsx ops/bench/events.ts [--scale 1] [--log 10000000]
+ *
+ * `--log N` fills the log with N events first (INSERT … SELECT, as eventLog.ts does), so the
+ * appends land on a log of that size and the reads read all of it (best of three rounds
+ * then: a round reads N events twice).
  *
  * Runs in a schema of its own (dropped after). Every figure is events per second, the
  * best of five interleaved rounds; ratios compare with the issue's targets. Results go to
@@ -24,7 +28,12 @@ const scaleIndex = process.argv.indexOf('--scale');
 const scale = scaleIndex > 0 ? Number(process.argv[scaleIndex + 1]) : 1;
 const SINGLES = Math.round(1500 * scale);
 const BULK_TOTAL = Math.round(100_000 * scale);
+const logIndex = process.argv.indexOf('--log');
+const LOG = logIndex > 0 ? Number(process.argv[logIndex + 1]) : 0;
+if (!Number.isSafeInteger(LOG) || LOG < 0)
+  throw new Error(`--log must be a whole number, not "${process.argv[logIndex + 1]}"`);
 const ROUNDS = 5;
+const READ_ROUNDS = LOG > 0 ? 3 : ROUNDS;
 
 const schema = `bench_events_${randomBytes(3).toString('hex')}`;
 const q = `"${schema}"`;
@@ -46,9 +55,9 @@ type Case = { name: string; events: () => number; run: () => Promise<void> };
  * Runs the cases interleaved, round after round, and keeps each case's best rate: the
  * server is shared, and interleaving spreads its noise over all cases alike.
  */
-async function measure(cases: Case[]): Promise<number[]> {
+async function measure(cases: Case[], rounds = ROUNDS): Promise<number[]> {
   const rates = cases.map(() => 0);
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = 0; round < rounds; round++) {
     for (const [i, c] of cases.entries()) {
       const start = process.hrtime.bigint();
       await c.run();
@@ -255,10 +264,32 @@ async function rawKeysetRead() {
 
 // --- run --------------------------------------------------------------------------------
 
+/** The log filled to LOG events before anything is measured (streams of their own). */
+async function prefill() {
+  const chunk = 1_000_000;
+  for (let from = 0; from < LOG; from += chunk) {
+    await pool.query(
+      `INSERT INTO ${q}.events (stream, stream_version, type, data)
+       SELECT 'prefill-' || (i % 10000), i / 10000 + 1, 'OrderPlaced',
+              jsonb_build_object('orderId', 'o-' || i, 'total', 42.5, 'currency', 'EUR',
+                                 'items', jsonb_build_array(jsonb_build_object('sku', 'a-1', 'qty', 2)))
+       FROM generate_series($1::int8, $2::int8) i`,
+      [from, Math.min(LOG, from + chunk) - 1],
+    );
+    process.stderr.write(`\rfilling the log: ${Math.min(LOG, from + chunk)}/${LOG} events`);
+  }
+  await pool.query(
+    `INSERT INTO ${q}.streams (stream, version) SELECT 'prefill-' || s, ${Math.ceil(LOG / 10000)} FROM generate_series(0, 9999) s`,
+  );
+  process.stderr.write('\n');
+  await pool.query(`VACUUM ANALYZE ${q}.events`);
+}
+
 const ratio = (a = 0, b = 1) => `${Math.round((100 * a) / b)}%`;
 
 try {
   await app.migrate();
+  if (LOG > 0) await prefill();
   const server = (await pool.query(`SELECT current_setting('server_version') AS v`)).rows[0].v;
   process.stdout.write(
     `PostgreSQL ${server}, ${SINGLES} single appends and ${BULK_TOTAL} bulk events per round, best of ${ROUNDS} interleaved rounds\n`,
@@ -283,10 +314,13 @@ try {
   await pool.query(`VACUUM ANALYZE ${q}.events`);
   const count = Number((await pool.query(`SELECT count(*) FROM ${q}.events`)).rows[0].count);
   process.stdout.write(`reading ${count} events\n`);
-  const [obReadRate, rawReadRate] = await measure([
-    { name: 'outbatch read() pages of 1000', events: () => count, run: outbatchRead },
-    { name: 'raw keyset scan pages of 1000', events: () => count, run: rawKeysetRead },
-  ]);
+  const [obReadRate, rawReadRate] = await measure(
+    [
+      { name: 'outbatch read() pages of 1000', events: () => count, run: outbatchRead },
+      { name: 'raw keyset scan pages of 1000', events: () => count, run: rawKeysetRead },
+    ],
+    READ_ROUNDS,
+  );
   if (totalEvents !== count) throw new Error(`read() saw ${totalEvents} of ${count} events`);
 
   process.stdout.write('\nratios (target)\n');

@@ -20,10 +20,13 @@
  * deferred 10 ms apart. Figures go to ops/bench/RESULTS.md by hand.
  */
 import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Runner, WorkerUtils } from 'graphile-worker';
 import pg from 'pg';
 import { createApp } from '../../src/app.js';
+import { renderChart } from './chart.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -406,7 +409,12 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-async function latency(system: System): Promise<{ p50: number; p95: number; p99: number }> {
+/** Percentile ranks the latency chart draws (the table keeps p50, p95, p99). */
+const CURVE = [50, 75, 90, 95, 99];
+
+async function latency(
+  system: System,
+): Promise<{ p50: number; p95: number; p99: number; curve: { x: number; y: number }[] }> {
   await system.purge();
   const samples: number[] = [];
   const worker = await system.startWorker(10, (args) => {
@@ -422,7 +430,12 @@ async function latency(system: System): Promise<{ p50: number; p95: number; p99:
   await worker.stop();
   await system.purge();
   const sorted = samples.sort((a, b) => a - b);
-  return { p50: percentile(sorted, 50), p95: percentile(sorted, 95), p99: percentile(sorted, 99) };
+  return {
+    p50: percentile(sorted, 50),
+    p95: percentile(sorted, 95),
+    p99: percentile(sorted, 99),
+    curve: CURVE.map((x) => ({ x, y: Number(percentile(sorted, x).toFixed(2)) })),
+  };
 }
 
 interface Row {
@@ -443,6 +456,7 @@ interface Row {
   p50?: number;
   p95?: number;
   p99?: number;
+  curve?: { x: number; y: number }[];
 }
 
 const fmt = (n: number | undefined, digits = 0) => (n === undefined ? '-' : n.toFixed(digits));
@@ -529,6 +543,28 @@ async function main() {
     console.log(
       `| ${r.system} | ${fmt(r.single)} | ${fmt(r.single10)} | ${fmt(r.bulk)} | ${runs(r.c10)} | ${runs(r.c1)} | ${fmt(median(r.c10Backlog))} / ${fmt(median(r.c1Backlog))} | ${fmt(median(r.c10Start))} / ${fmt(median(r.c1Start))} | ${lat} |`,
     );
+  }
+  const curves = [...rows.values()].filter((entry) => entry.curve);
+  if (curves.length > 0) {
+    // The latency chart RESULTS.md embeds, and its figures.
+    const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
+    fs.mkdirSync(dir, { recursive: true });
+    const major = String(pgVersion).split('.')[0];
+    const name = `jobs-latency-pg${major}`;
+    fs.writeFileSync(
+      path.join(dir, `${name}.json`),
+      `${JSON.stringify({ postgres: pgVersion, node: process.version, peers: PEERS, samples: LATENCY_JOBS, curves: curves.map((c) => ({ system: c.system, curve: c.curve })) }, null, 2)}\n`,
+    );
+    fs.writeFileSync(
+      path.join(dir, `${name}.svg`),
+      renderChart({
+        title: `Idle latency, defer to handler start (PostgreSQL ${major}, ${LATENCY_JOBS} jobs 10 ms apart)`,
+        xLabel: 'percentile',
+        yLabel: 'ms',
+        series: curves.map((c) => ({ name: c.system, dashed: c !== row(ours), points: c.curve! })),
+      }),
+    );
+    process.stderr.write(`wrote ops/bench/results/${name}.json and ${name}.svg\n`);
   }
   // outbatch may be left out (--only): its ratios are then undefined.
   const o: Row = rows.get(ours) ?? { system: ours.name };

@@ -10,10 +10,14 @@
  *   DATABASE_URL=postgres://... npx tsx ops/bench/processors.ts [--events 200000] [--backlog 1000000]
  *     [--rate 1000] [--seconds 30] [--batch-size 5000]
  */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { tap } from 'rxjs';
 import { aggregateBy, bulkWrite, createApp, type StoredEvent } from '../../src/index.js';
+import { renderChart } from './chart.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -131,10 +135,19 @@ async function throughput() {
   const scans = [await rawScan(schema), await rawScan(schema), await rawScan(schema)];
   countingProcessor(app, schema, { every: { hours: 1 } });
   const controller = new AbortController();
+  const rssAtStart = process.memoryUsage().rss;
+  let rssPeak = rssAtStart;
   const started = performance.now();
   const running = app.run({ concurrency: 2, signal: controller.signal });
   // Polled every 5 ms here: the end is known to within a few ms of a ~1 s run.
-  await waitCaughtUp(schema, total, undefined, 5);
+  await waitCaughtUp(
+    schema,
+    total,
+    () => {
+      rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
+    },
+    5,
+  );
   const ended = performance.now();
   const seconds = (ended - started) / 1000;
   const steadySeconds = (ended - firstEventAt!) / 1000;
@@ -148,7 +161,7 @@ async function throughput() {
   const processor = total / steadySeconds;
   const withStartUp = total / seconds;
   console.log(
-    `throughput: ${total} events, pages of ${BATCH} for both; processor ${Math.round(processor)} ev/s from its first event to the last commit (${Math.round(withStartUp)} ev/s with the worker's start-up, ${Math.round((seconds - steadySeconds) * 1000)} ms), raw keyset scan ${Math.round(scan)} ev/s (median of 3); ratio ${(processor / scan).toFixed(2)} (with start-up ${(withStartUp / scan).toFixed(2)}; target >= 0.65)`,
+    `throughput: ${total} events, pages of ${BATCH} for both; processor ${Math.round(processor)} ev/s from its first event to the last commit (${Math.round(withStartUp)} ev/s with the worker's start-up, ${Math.round((seconds - steadySeconds) * 1000)} ms), raw keyset scan ${Math.round(scan)} ev/s (median of 3); ratio ${(processor / scan).toFixed(2)} (with start-up ${(withStartUp / scan).toFixed(2)}; target >= 0.65); RSS ${Math.round(rssAtStart / 1e6)} MB at the start, peak ${Math.round(rssPeak / 1e6)} MB`,
   );
 }
 
@@ -180,6 +193,9 @@ async function lag() {
   const seconds = Number(flags.seconds);
   const { app, schema } = await freshApp('lag');
   const lags: number[] = [];
+  /** (seconds since the appends began, lag ms) per event, for the chart. */
+  const timeline: { at: number; lag: number }[] = [];
+  let appendsBegan = Number.POSITIVE_INFINITY;
   app.processor(
     'count-by-type',
     { trigger: { onAppend: { debounce: { milliseconds: 50 } } }, batchSize: 1000 },
@@ -197,8 +213,11 @@ async function lag() {
             // The page commits right after this statement: sample each event's age now.
             const now = Date.now();
             for (const row of rows)
-              for (const event of row.value)
-                lags.push(now - Number(event.data && (event.data as { at: number }).at));
+              for (const event of row.value) {
+                const lag = now - Number(event.data && (event.data as { at: number }).at);
+                lags.push(lag);
+                timeline.push({ at: (now - appendsBegan) / 1000, lag });
+              }
             return [rows.map((r) => r.key), rows.map((r) => r.value.length)];
           },
         ),
@@ -209,6 +228,7 @@ async function lag() {
   await sleep(1000);
   const perTick = Math.max(1, Math.round(rate / 20));
   let appended = 0;
+  appendsBegan = Date.now();
   const end = Date.now() + seconds * 1000;
   while (Date.now() < end) {
     const tick = Date.now();
@@ -234,6 +254,43 @@ async function lag() {
   console.log(
     `lag: ${appended} events at ~${rate}/s for ${seconds} s with onAppend (debounce 50 ms); p50 ${p(0.5)} ms, p95 ${p(0.95)} ms, p99 ${p(0.99)} ms, max ${lags.at(-1)} ms (target p99 < 1000 ms)`,
   );
+  writeLagChart(timeline, rate, seconds);
+}
+
+/** The lag over the run, per 2-second window (p50, p99, max), as JSON and an SVG chart. */
+function writeLagChart(timeline: { at: number; lag: number }[], rate: number, seconds: number): void {
+  const windows = new Map<number, number[]>();
+  for (const { at, lag } of timeline) {
+    const window = Math.floor(Math.max(0, at) / 2) * 2 + 2;
+    windows.set(window, [...(windows.get(window) ?? []), lag]);
+  }
+  const keys = [...windows.keys()].sort((a, b) => a - b);
+  const at = (q: number) =>
+    keys.map((x) => {
+      const sorted = windows.get(x)!.sort((a, b) => a - b);
+      return { x, y: sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! };
+    });
+  const series = [
+    { name: 'p50', points: at(0.5) },
+    { name: 'p99', points: at(0.99) },
+    { name: 'max', points: at(1), dashed: true },
+  ];
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(
+    path.join(dir, 'processor-lag.json'),
+    `${JSON.stringify({ rate, seconds, windowSeconds: 2, series }, null, 2)}\n`,
+  );
+  fs.writeFileSync(
+    path.join(dir, 'processor-lag.svg'),
+    renderChart({
+      title: `Processor lag, append commit to page commit (~${rate} events/s, onAppend)`,
+      xLabel: 'seconds into the run (2-s windows)',
+      yLabel: 'ms',
+      series,
+    }),
+  );
+  process.stderr.write('wrote ops/bench/results/processor-lag.json and processor-lag.svg\n');
 }
 
 const only = flags.only?.split(',');

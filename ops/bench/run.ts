@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --suite scale|event-log|limits|peers|pgbouncer]`: the everyday
+ * `npm run bench [-- --suite scale|processes|event-log|limits|peers|pgbouncer]`: the everyday
  * benchmarks in turn (or one suite) against DATABASE_URL (the machine's PostgreSQL, or
  * `outbatch db start`'s). Each prints its figures; RESULTS.md records them by hand with the
  * date and the machine; the scale suite also writes JSON and an SVG chart (scale.ts). Run one alone with
@@ -24,6 +24,7 @@ if (!process.env.DATABASE_URL) {
 const SUITES: Record<string, string[]> = {
   default: ['events', 'jobs', 'processors', 'dashboard'],
   scale: ['scale'],
+  processes: ['processes'],
   'event-log': ['eventLog'],
   limits: ['limits'],
   peers: ['peers'],
