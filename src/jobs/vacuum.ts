@@ -5,7 +5,7 @@
  * its head, so past the dead entries of every job claimed since the last vacuum: half way
  * through a burn-down of 1M jobs, a claim read 4,200 index pages of them (20 ms) to find
  * 100 live rows, and throughput fell from 60k to 35k jobs/s by the end
- * (ops/bench/RESULTS.md, "The dead head of jobs_claim"). Autovacuum does not come in time:
+ * (ops/bench/RESULTS.md, "The dead head of the claim index"). Autovacuum does not come in time:
  * it wakes once a minute (autovacuum_naptime) and waits for a fifth of the table to be dead,
  * and some servers run without it. So the workers vacuum the table themselves once enough of
  * it is dead.
