@@ -52,6 +52,11 @@ let tag = 0; // keeps streams unique across rounds
 
 type Case = { name: string; events: () => number; run: () => Promise<void> };
 
+/** One figure's line: the case's name and its rate. */
+function printRate(name: string, rate: number): void {
+  process.stdout.write(`${name.padEnd(44)} ${Math.round(rate).toString().padStart(9)} events/s\n`);
+}
+
 /**
  * Runs the cases interleaved, round after round, and keeps each case's best rate: the
  * server is shared, and interleaving spreads its noise over all cases alike.
@@ -66,9 +71,7 @@ async function measure(cases: Case[], rounds = ROUNDS): Promise<number[]> {
       rates[i] = Math.max(rates[i]!, c.events() / seconds);
     }
   }
-  cases.forEach((c, i) => {
-    process.stdout.write(`${c.name.padEnd(44)} ${Math.round(rates[i]!).toString().padStart(9)} events/s\n`);
-  });
+  for (const [i, c] of cases.entries()) printRate(c.name, rates[i]!);
   return rates;
 }
 
@@ -337,12 +340,8 @@ try {
     obReadRate = Math.max(obReadRate, rates.outbatch);
     rawReadRate = Math.max(rawReadRate, rates.raw);
   }
-  process.stdout.write(
-    `${'outbatch read() pages of 1000'.padEnd(44)} ${Math.round(obReadRate).toString().padStart(9)} events/s\n`,
-  );
-  process.stdout.write(
-    `${'raw keyset scan pages of 1000'.padEnd(44)} ${Math.round(rawReadRate).toString().padStart(9)} events/s\n`,
-  );
+  printRate('outbatch read() pages of 1000', obReadRate);
+  printRate('raw keyset scan pages of 1000', rawReadRate);
 
   process.stdout.write('\nratios (target)\n');
   process.stdout.write(

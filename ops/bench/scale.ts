@@ -141,7 +141,7 @@ for (const size of sizes) {
     };
     fs.rmSync(json);
     const row = figures.rows.find((r) => r.system.includes(system.only));
-    if (!row?.c10 || !row.c1 || !row.c10Backlog || !row.c1Backlog)
+    if (!row?.c10 || !row.c1 || !row.c10Backlog || !row.c1Backlog || !row.c10Start || !row.c1Start)
       throw new Error(`jobs.ts for ${size} jobs gave no figures for ${system.label}`);
     runs.push({
       size,
@@ -150,8 +150,8 @@ for (const size of sizes) {
       c1: row.c1,
       c10Backlog: row.c10Backlog,
       c1Backlog: row.c1Backlog,
-      c10Start: row.c10Start ?? [],
-      c1Start: row.c1Start ?? [],
+      c10Start: row.c10Start,
+      c1Start: row.c1Start,
       c10Rss: row.c10Rss ?? [],
       c1Rss: row.c1Rss ?? [],
       c10Capped: row.c10Capped ?? [],
