@@ -126,11 +126,11 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
           });
       }
     },
-    /** Every job held: collected, ready or running. */
-    heldIds(): string[] {
-      const ids = batches.heldIds();
-      for (const run of running) for (const job of run.jobs) ids.push(job.id);
-      return ids;
+    /** Every claim held: collected, ready or running. */
+    held(): ClaimedJob[] {
+      const jobs = batches.waiting();
+      for (const run of running) jobs.push(...run.jobs);
+      return jobs;
     },
     /**
      * An operator cancelled this claim while it waits (collected or ready) for its batch to
@@ -149,7 +149,8 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
       for (const run of running) {
         const job = run.jobs.find((j) => j.id === id && j.attempts === attempt);
         if (job && !run.settled) {
-          run.cancelled.push(job);
+          // Once: the NOTIFY and every beat while the call runs report the same cancel.
+          if (!run.cancelled.includes(job)) run.cancelled.push(job);
           return true;
         }
       }

@@ -42,8 +42,8 @@ export interface Batches {
   readyCount(): number;
   /** More jobs the batches being collected can take. */
   openRoom(): number;
-  /** Every job collected or ready (not running). */
-  heldIds(): string[];
+  /** Every claim collected or ready (not running). */
+  waiting(): ClaimedJob[];
   /**
    * Drops a job still waiting here: every copy of it, or only the claim with `attempt` (a
    * cancel). A job claimed again (it had been recovered away) drops its older copy.
@@ -98,11 +98,11 @@ export function makeBatches(tasks: ReadonlyMap<string, ResolvedTask>, onReady: (
       for (const [name, group] of collecting) room += byName.get(name)!.batch.size - group.jobs.length;
       return room;
     },
-    heldIds() {
-      const ids: string[] = [];
-      for (const group of collecting.values()) for (const job of group.jobs) ids.push(job.id);
-      for (const batch of ready) for (const job of batch.jobs) ids.push(job.id);
-      return ids;
+    waiting() {
+      const jobs: ClaimedJob[] = [];
+      for (const group of collecting.values()) jobs.push(...group.jobs);
+      for (const batch of ready) jobs.push(...batch.jobs);
+      return jobs;
     },
     drop(id, attempt) {
       const matches = (job: ClaimedJob) =>

@@ -29,11 +29,14 @@ export interface UpkeepDeps {
   reconcile: () => void;
   /** Tasks other workers registered that this one does not know: it skips their jobs. */
   onOtherTasks: (names: string[]) => void;
-  /** The claims running now, asked about with each beat: cancelled ones come back through onCancelled. */
-  running: () => { id: string; attempt: number }[];
+  /**
+   * The claims held and unfinished (buffered, collected for a batch, running), asked about
+   * with each beat: cancelled ones come back through onCancelled.
+   */
+  claims: () => { id: string; attempt: number }[];
   /** Every job the worker holds, abandoned runs included: its other abandoned_runs rows are swept. */
   held: () => string[];
-  /** Claims (`<id>:<attempt>`) an operator cancelled while they ran. */
+  /** Claims (`<id>:<attempt>`) an operator cancelled while this worker held them. */
   onCancelled: (claims: string[]) => void;
   /** Whether any queue has limits, as of each beat. */
   onLimits: (limited: boolean) => void;
@@ -75,7 +78,7 @@ export function makeUpkeep(deps: UpkeepDeps): Upkeep {
         schema,
         info.id,
         dbNow(),
-        deps.running(),
+        deps.claims(),
         deps.held(),
         settings.stallTimeoutMs / 3,
       );

@@ -33,7 +33,13 @@ import { makeProgressWriter } from './progress.js';
 import { type Outcome, RunningJob, ShutdownAbort } from './runJob.js';
 import { makeUpkeep } from './upkeep.js';
 import { makeWorkerPoolShelf, type WorkerPoolShelf } from './workerPools.js';
-import { otherTasks, registerTasks, registerWorker, unregisterWorker } from './workersTable.js';
+import {
+  cancelledClaims,
+  otherTasks,
+  registerTasks,
+  registerWorker,
+  unregisterWorker,
+} from './workersTable.js';
 
 /**
  * A running job is keyed by its claim, not its id: a job recovered away from this worker
@@ -44,6 +50,8 @@ const claimKey = (job: ClaimedJob) => `${job.id}:${job.attempts}`;
 const ABANDONED_WARN_MS = 60_000;
 /** How many released cancels of ended runs are remembered (cancelRun). */
 const RELEASED_ENDED_KEPT = 1_024;
+/** How many cancels that matched no claim are remembered, for a claim whose reply is late. */
+const UNMATCHED_CANCELS_KEPT = 1_024;
 
 /** A job's progress is written at most this often (docs/lifecycle.md). */
 const PROGRESS_THROTTLE_MS = 1_000;
@@ -141,6 +149,12 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // Keys of ended runs whose cancel has been released (cancelRun): a cancel is released once.
   // Written only when a cancel arrives for a run already over: nothing per job.
   const releasedEnded = new Set<string>();
+  // Cancel NOTIFYs that matched no claim here (cancelRun): most are other workers' claims,
+  // but one may be of a claim whose reply has not reached us yet. Bounded, oldest out.
+  const unmatchedCancels = new Set<string>();
+  // Claims that came with such a key, held back until the database says whether they are
+  // cancelled (recheckEarlyCancels): a cancelled one must not start, even for a moment.
+  const checking = new Set<ClaimedJob>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
@@ -235,9 +249,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
           continue;
         }
         supersedeEarlierClaims(job);
-        if (batches.names.size > 0 && batches.names.has(job.task)) batches.add(job);
-        else buffer.push(job);
+        if (unmatchedCancels.size > 0 && unmatchedCancels.delete(claimKey(job))) checking.add(job);
+        else place(job);
       }
+      if (checking.size > 0) recheckEarlyCancels();
       pump();
     },
   });
@@ -261,7 +276,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onOtherTasks: (names) => {
       for (const name of names) foreignTasks.add(name);
     },
-    running: () => [...running.values()].map((run) => ({ id: run.job.id, attempt: run.job.attempts })),
+    claims: () => unfinishedClaims().map((job) => ({ id: job.id, attempt: job.attempts })),
     held: () => [...heldIds(), ...[...abandoned].map((run) => run.job.id)],
     onCancelled: (keys) => {
       for (const key of keys) cancelRun(key);
@@ -269,14 +284,25 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     onLimits: (limited) => claims.setLimited(limited),
   });
 
-  /** The jobs this worker holds: buffered, running, outcomes not yet written, batches'. */
-  function heldIds(): string[] {
+  /** A claim in hand goes to its batch, or to the buffer to wait for a slot. */
+  function place(job: ClaimedJob): void {
+    if (batches.names.size > 0 && batches.names.has(job.task)) batches.add(job);
+    else buffer.push(job);
+  }
+
+  /** The claims this worker holds whose handler has not finished: buffered, running, batches'. */
+  function unfinishedClaims(): ClaimedJob[] {
     return [
-      ...buffer.map((job) => job.id),
-      ...[...running.values()].map((run) => run.job.id),
-      ...outcomes.unwritten(),
-      ...(batches.names.size === 0 ? [] : batches.heldIds()),
+      ...buffer,
+      ...checking,
+      ...[...running.values()].map((run) => run.job),
+      ...(batches.names.size === 0 ? [] : batches.held()),
     ];
+  }
+
+  /** The jobs this worker holds: its unfinished claims, and outcomes not yet written. */
+  function heldIds(): string[] {
+    return [...unfinishedClaims().map((job) => job.id), ...outcomes.unwritten()];
   }
 
   /**
@@ -333,9 +359,12 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
    * handler that ignores the signal runs on unwatched; whatever it returns or writes later
    * is discarded (its outcome finds no `doing` row). A cancel of a claim no longer running
    * here — finished, its outcome on its way — is ignored: that outcome changes nothing. A
-   * claim still waiting in the buffer for a slot is dropped, never started (the heartbeat
-   * asks only about running claims: with LISTEN off such a job starts, and is aborted at
-   * the next beat). The cancel freed the job's lock: the next job of it may be claimable.
+   * claim still waiting in the buffer for a slot, or collected for its batch, is dropped,
+   * never started. The cancel freed the job's lock: the next job of it may be claimable.
+   * The NOTIFY comes on another connection than the claim's reply and may overtake it: a
+   * cancel that matches nothing here is remembered, and a claim that arrives with its key
+   * is asked about (recheckEarlyCancels). Each beat asks about every unfinished claim too,
+   * so a cancel missed both ways is found within a heartbeat interval.
    */
   function cancelRun(key: string): void {
     const waiting = buffer.findIndex((job) => claimKey(job) === key);
@@ -371,11 +400,47 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         if (releasedEnded.size > RELEASED_ENDED_KEPT)
           releasedEnded.delete(releasedEnded.values().next().value!);
         releaseRuns([{ id: endedId!, attempts: Number(endedAttempt) }]);
+      } else if (!run) {
+        unmatchedCancels.add(key);
+        if (unmatchedCancels.size > UNMATCHED_CANCELS_KEPT)
+          unmatchedCancels.delete(unmatchedCancels.values().next().value!);
       }
       return;
     }
     run.abort(new JobCancelledError(run.job.id));
     finish(run, { kind: 'cancelled' });
+  }
+
+  /**
+   * Claims just received whose cancel NOTIFY came first, held in `checking`: the database
+   * says whether they are cancelled (the key alone could be a retried job's new run: `jobs
+   * retry` starts its attempts over). A cancelled one is dropped, never started; the others
+   * take their place. Failing to ask, they take it too: the next beat asks again, and a
+   * cancel found then aborts the handler. One left in `checking` by shutdown (returned to
+   * `todo` there) or by a newer claim of its job (supersedeEarlierClaims) is not placed.
+   */
+  function recheckEarlyCancels(): void {
+    const early = [...checking];
+    const settle = (cancelled: ReadonlySet<string>) => {
+      for (const job of early) {
+        if (!checking.delete(job)) continue;
+        if (cancelled.has(claimKey(job))) {
+          log.info({ jobId: job.id, task: job.task }, 'job cancelled before it started: dropped');
+          releaseRuns([job]); // the cancel recorded it as a run; it never started
+        } else place(job);
+      }
+      if (!stopping) pump();
+    };
+    cancelledClaims(control, schema, early).then(
+      (keys) => settle(new Set(keys)),
+      (error: unknown) => {
+        log.debug(
+          { err: error, jobIds: early.map((job) => job.id) },
+          'could not ask whether claims were cancelled: the heartbeat will',
+        );
+        settle(new Set());
+      },
+    );
   }
 
   /**
@@ -388,6 +453,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   function supersedeEarlierClaims(job: ClaimedJob): void {
     if (job.attempts <= 1) return; // a first attempt had no earlier claim (the common case: no scan)
     for (let i = buffer.length - 1; i >= 0; i -= 1) if (buffer[i]!.id === job.id) buffer.splice(i, 1);
+    for (const held of checking) if (held.id === job.id) checking.delete(held);
     for (const run of running.values()) if (run.job.id === job.id) run.superseded = true;
     if (batches.names.size > 0) batches.supersede(job.id);
     outcomes.dropCompletion(job.id);
@@ -521,7 +587,8 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     const maintenanceEnded = upkeep.stopMaintenance();
     const vacuumEnded = vacuum.stop(); // a vacuum in flight is cancelled, not waited out
     await claims.close();
-    const waiting = [...buffer.splice(0), ...batches.takeWaiting()];
+    const waiting = [...buffer.splice(0), ...checking, ...batches.takeWaiting()];
+    checking.clear();
     log.info(
       { running: running.size, unstarted: waiting.length, shutdownTimeoutMs: settings.shutdownTimeoutMs },
       running.size > 0

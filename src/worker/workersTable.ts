@@ -48,7 +48,7 @@ export async function heartbeat(
   schema: string,
   workerId: string,
   now: Date | null,
-  /** The claims this worker is running: those an operator cancelled come back in `cancelled`. */
+  /** The claims this worker holds, unfinished: those an operator cancelled come back in `cancelled`. */
   running: { id: string; attempt: number }[] = [],
   /**
    * Every job this worker holds (claimed, running, or abandoned with its handler still
@@ -63,7 +63,7 @@ export async function heartbeat(
   // The cancel poll rides on the beat (no round trip of its own, and none when nothing
   // runs: the subquery over empty arrays reads nothing). It is how a worker without LISTEN
   // (behind a pooler) or one that missed the "<schema>_cancel" NOTIFY learns of a cancel,
-  // within a heartbeat interval. Primary-key lookups of the running claims only. Reply
+  // within a heartbeat interval. Primary-key lookups of the held claims only. Reply
   // lost: the next beat asks again (cancelling a run twice is a no-op). Whether any queue
   // has limits rides on it too: the claim takes the limited path only then. So does the
   // sweep of this worker's abandoned runs (one probe of an empty index, most beats).
@@ -75,10 +75,7 @@ export async function heartbeat(
      )
      UPDATE ${s}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
      RETURNING last_seen_at AS at,
-       (SELECT array_agg(j.id || ':' || j.attempts)
-        FROM unnest($3::bigint[], $4::int[]) AS r(id, attempt)
-        JOIN ${s}.jobs j ON j.id = r.id AND j.attempts = r.attempt
-        WHERE j.status = 'cancelled') AS cancelled,
+       (${cancelledAmong(s, '$3', '$4')}) AS cancelled,
        EXISTS (SELECT 1 FROM ${s}.queue_limits) AS limited`,
     [
       workerId,
@@ -91,6 +88,34 @@ export async function heartbeat(
   );
   const row = rows[0];
   return row ? { at: row.at, cancelled: row.cancelled ?? [], limited: row.limited } : null;
+}
+
+/**
+ * The claims (`<id>:<attempt>`) among ids and attempts (the two parameters' numbers) that an
+ * operator cancelled: primary-key lookups, an attempt of the same job run again after a
+ * `jobs retry` (its attempts start over) not mistaken for the cancelled one.
+ */
+function cancelledAmong(s: string, ids: string, attempts: string): string {
+  return `SELECT array_agg(j.id || ':' || j.attempts)
+          FROM unnest(${ids}::bigint[], ${attempts}::int[]) AS r(id, attempt)
+          JOIN ${s}.jobs j ON j.id = r.id AND j.attempts = r.attempt
+          WHERE j.status = 'cancelled'`;
+}
+
+/**
+ * Which of these claims an operator has cancelled. For a cancel NOTIFY that came before the
+ * claim's own reply (worker.ts cancelRun): asked once the claim is in hand.
+ */
+export async function cancelledClaims(
+  db: Queryable,
+  schema: string,
+  claims: { id: string; attempts: number }[],
+): Promise<string[]> {
+  const { rows } = await db.query<{ cancelled: string[] | null }>(
+    `SELECT (${cancelledAmong(quoteSchema(schema), '$1', '$2')}) AS cancelled`,
+    [claims.map((claim) => claim.id), claims.map((claim) => claim.attempts)],
+  );
+  return rows[0]?.cancelled ?? [];
 }
 
 /** The worker's row goes, and its abandoned runs with it: their handlers stop with the process. */

@@ -91,6 +91,115 @@ describe('batch tasks and the lifecycle', () => {
   });
 });
 
+describe('a cancel the worker hears of late, or never', () => {
+  // Found as a flaky test: the cancel's NOTIFY comes on the LISTEN connection, the claim's
+  // reply on a control connection, and the NOTIFY can arrive first. It matched nothing then,
+  // and the heartbeat asked only about running claims: the collected job was handed to the
+  // handler with the batch's next job.
+  it('a cancel whose NOTIFY overtakes the claim’s reply still drops the collected job', async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    const { log, lines } = captureLog();
+    const app = createApp({ databaseUrl: proxy.url, schema: t.schema, logger: log });
+    app.task('bulk-overtaken', { batch: { size: 2, maxWait: { minutes: 1 } } }, async (jobs) => {
+      for (const job of jobs) await recordRun(job.id);
+    });
+    try {
+      // A long heartbeat interval: only the NOTIFY can bring this cancel in time.
+      await withWorker(
+        app,
+        async () => {
+          // The claim the defer's NOTIFY wakes commits; its reply is held back while the job
+          // is cancelled. No polling: no empty claim can take the rule before it.
+          const { fired } = proxy.addRule({ match: 'outbatch_claim', action: 'stall-reply', stallMs: 2_000 });
+          const first = await deferred(app, 'bulk-overtaken');
+          await fired;
+          await waitFor('the claim to commit', async () => (await row(first))?.status === 'doing');
+          assert.deepEqual((await app.jobs.cancel([first])).done, [first]);
+          await waitFor('the worker to drop the cancelled job', async () =>
+            lines.some((line) => line.includes('job cancelled before it started')),
+          );
+          const second = await deferred(app, 'bulk-overtaken');
+          const third = await deferred(app, 'bulk-overtaken');
+          await waitFor(
+            'the two later jobs to run',
+            async () => (await runs(second)) + (await runs(third)) === 2,
+          );
+          assert.equal(await runs(first), 0, 'the cancelled job reached the handler');
+          assert.equal((await row(first))!.status, 'cancelled');
+        },
+        { stallTimeout: { minutes: 10 }, heartbeatInterval: { minutes: 1 }, pollInterval: { minutes: 10 } },
+      );
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('a plain job whose cancel NOTIFY overtakes the claim’s reply never starts', async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    const { log, lines } = captureLog();
+    const app = createApp({ databaseUrl: proxy.url, schema: t.schema, logger: log });
+    app.task('plain-overtaken', {}, async (_args, ctx) => {
+      await recordRun(ctx.job.id);
+    });
+    try {
+      await withWorker(
+        app,
+        async () => {
+          const { fired } = proxy.addRule({ match: 'outbatch_claim', action: 'stall-reply', stallMs: 2_000 });
+          const first = await deferred(app, 'plain-overtaken');
+          await fired;
+          await waitFor('the claim to commit', async () => (await row(first))?.status === 'doing');
+          assert.deepEqual((await app.jobs.cancel([first])).done, [first]);
+          await waitFor('the worker to drop the cancelled job', async () =>
+            lines.some((line) => line.includes('job cancelled before it started')),
+          );
+          const second = await deferred(app, 'plain-overtaken');
+          await waitFor('the later job to run', async () => (await runs(second)) === 1);
+          // Before the fix it started at once, and was aborted by a beat (here, none comes).
+          assert.equal(await runs(first), 0, 'the cancelled job reached the handler');
+          assert.equal((await row(first))!.status, 'cancelled');
+        },
+        { stallTimeout: { minutes: 10 }, heartbeatInterval: { minutes: 1 }, pollInterval: { minutes: 10 } },
+      );
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('a cancel whose NOTIFY never comes (LISTEN gone silent) is found by the heartbeat, collected job dropped', async () => {
+    const proxy = await startFaultProxy(databaseUrl());
+    const { log, lines } = captureLog();
+    const app = createApp({ databaseUrl: proxy.url, schema: t.schema, logger: log });
+    app.task('bulk-unheard', { batch: { size: 2, maxWait: { minutes: 1 } } }, async (jobs) => {
+      for (const job of jobs) await recordRun(job.id);
+    });
+    try {
+      await withWorker(
+        app,
+        async () => {
+          const first = await deferred(app, 'bulk-unheard');
+          await waitFor('the first job to be claimed', async () => (await row(first))?.status === 'doing');
+          assert.ok(proxy.halfOpen((c) => c.applicationName === 'outbatch-listen') > 0);
+          assert.deepEqual((await app.jobs.cancel([first])).done, [first]);
+          await waitFor('the heartbeat to find the cancel', async () =>
+            lines.some((line) => line.includes('job cancelled before it started')),
+          );
+          const second = await deferred(app, 'bulk-unheard');
+          const third = await deferred(app, 'bulk-unheard');
+          await waitFor(
+            'the two later jobs to run',
+            async () => (await runs(second)) + (await runs(third)) === 2,
+          );
+          assert.equal(await runs(first), 0, 'the cancelled job reached the handler');
+        },
+        { heartbeatInterval: 200, pollInterval: 200 },
+      );
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
 describe('progress values PostgreSQL cannot store as real', () => {
   it('a tiny value (1e-50) is stored as 0 and does not take the other jobs’ reports down with it', async () => {
     const app = newApp();
