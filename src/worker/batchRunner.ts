@@ -38,6 +38,8 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
   const { log, outcomes, retryIn, observe, pump } = deps;
   const batches = makeBatches(deps.tasks, pump);
   const running = new Set<RunningBatch>();
+  // Settled batches whose abandoned runs are released when the call returns.
+  const releasing = new Set<RunningBatch>();
 
   /**
    * Each job of a batch settles on its own. Duration: the call's, shared equally among its
@@ -50,7 +52,11 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
     // A call given up on at its timeout holds every job's slot, one cancelled under it that
     // job's, until it returns.
     if (run.timedOut || run.cancelled.length > 0) {
-      void run.handlerSettled.then(() => deps.releaseAbandoned(run.timedOut ? run.jobs : run.cancelled));
+      releasing.add(run);
+      void run.handlerSettled.then(() => {
+        releasing.delete(run);
+        deps.releaseAbandoned(run.timedOut ? run.jobs : run.cancelled);
+      });
     }
     for (const [i, job] of run.jobs.entries()) {
       if (run.superseded.has(job.id)) continue; // a newer claim of it settles it
@@ -143,17 +149,21 @@ export function makeBatchRunner(deps: BatchRunnerDeps) {
     },
     /**
      * A job of a batch running now was cancelled: the call goes on, and the job's abandoned
-     * run (the cancel recorded it) goes when the call returns. Whether it was one.
+     * run (the cancel recorded it) goes when the call returns. Whether it was one, or one
+     * whose release is already due when its settled call returns (a beat sent before the
+     * batch settled may report its cancel again: released once).
      */
     cancelledWhileRunning(id: string, attempt: number): boolean {
+      const matches = (j: ClaimedJob) => j.id === id && j.attempts === attempt;
       for (const run of running) {
-        const job = run.jobs.find((j) => j.id === id && j.attempts === attempt);
+        const job = run.jobs.find(matches);
         if (job && !run.settled) {
           // Once: the NOTIFY and every beat while the call runs report the same cancel.
           if (!run.cancelled.includes(job)) run.cancelled.push(job);
           return true;
         }
       }
+      for (const run of releasing) if ((run.timedOut ? run.jobs : run.cancelled).some(matches)) return true;
       return false;
     },
     /** A job claimed again (it had been recovered away): older copies are dropped, or their outcome is. */

@@ -34,7 +34,7 @@ import { type Outcome, RunningJob, ShutdownAbort } from './runJob.js';
 import { makeUpkeep } from './upkeep.js';
 import { makeWorkerPoolShelf, type WorkerPoolShelf } from './workerPools.js';
 import {
-  cancelledClaims,
+  claimsNoLongerHeld,
   otherTasks,
   registerTasks,
   registerWorker,
@@ -155,6 +155,11 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
   // Claims that came with such a key, held back until the database says whether they are
   // cancelled (recheckEarlyCancels): a cancelled one must not start, even for a moment.
   const checking = new Set<ClaimedJob>();
+  let rechecking = false; // a question about `checking` is on its way
+  let recheckWanted = false; // claims came into `checking` meanwhile, or a cancel was heard
+  // Jobs placed after that question: a newer claim of one supersedes it even at attempt 1
+  // (supersedeEarlierClaims). Only such race survivors; bounded, oldest out.
+  const placedAfterCheck = new Set<string>();
   // Tasks this worker does not know — registered by other workers, or met in a claim: claims skip them.
   const foreignTasks = new Set<string>();
   const outcomes = makeOutcomeWriter({
@@ -194,7 +199,11 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (!stopping) pump();
     },
     holdAbandoned: (jobs) => holdRuns(jobs),
-    releaseAbandoned: (jobs) => releaseRuns(jobs),
+    releaseAbandoned: (jobs) => {
+      // A beat sent while the batch ran may report these cancels again: released once.
+      for (const job of jobs) rememberReleased(claimKey(job));
+      releaseRuns(jobs);
+    },
   });
   const busy = () => running.size + batches.running();
   // The kind of the claim being made: for the batches being collected only, or for the rest.
@@ -228,7 +237,7 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     // A worker with no tasks has nothing to claim for (every job would be given back).
     room: () => {
       if (stopping || tasks.size === 0) return 0;
-      const room = target() - buffer.length;
+      const room = target() - buffer.length - checking.size;
       if (batches.names.size === 0) return room;
       const next = batches.claim(room, claimingForBatches);
       claimingForBatches = next.batchesOnly;
@@ -243,16 +252,19 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
         const claimedAtMs = Date.now();
         for (const job of jobs) job.claimedAtMs = claimedAtMs;
       }
+      let toCheck = false;
       for (const job of jobs) {
         if (!tasks.has(job.task)) {
           giveBackForeign(job); // at once, not when a slot frees: it must not wait behind a running job
           continue;
         }
         supersedeEarlierClaims(job);
-        if (unmatchedCancels.size > 0 && unmatchedCancels.delete(claimKey(job))) checking.add(job);
-        else place(job);
+        if (unmatchedCancels.size > 0 && unmatchedCancels.delete(claimKey(job))) {
+          checking.add(job);
+          toCheck = true;
+        } else place(job);
       }
-      if (checking.size > 0) recheckEarlyCancels();
+      if (toCheck) recheckEarlyCancels();
       pump();
     },
   });
@@ -338,6 +350,12 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
     });
   }
 
+  /** A cancelled run of this key has been released: a later report of its cancel is not. */
+  function rememberReleased(key: string): void {
+    releasedEnded.add(key);
+    if (releasedEnded.size > RELEASED_ENDED_KEPT) releasedEnded.delete(releasedEnded.values().next().value!);
+  }
+
   /** Frees abandoned runs' slots and locks now (the heartbeat sweeps them if this fails). */
   function releaseRuns(jobs: Pick<ClaimedJob, 'id' | 'attempts'>[]): void {
     void releaseAbandonedRuns(control, schema, id, jobs).then(
@@ -396,11 +414,10 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       // retried job) still going (found by review). A key cancelled again later after its
       // handler ended keeps its row until the heartbeat sweep: a slot held, never one too many.
       if (!run && !releasedEnded.has(key) && outcomes.endedHere(endedId!, Number(endedAttempt))) {
-        releasedEnded.add(key);
-        if (releasedEnded.size > RELEASED_ENDED_KEPT)
-          releasedEnded.delete(releasedEnded.values().next().value!);
+        rememberReleased(key);
         releaseRuns([{ id: endedId!, attempts: Number(endedAttempt) }]);
       } else if (!run) {
+        log.debug({ claim: key }, 'a cancel matched no claim held here: remembered for a late claim reply');
         unmatchedCancels.add(key);
         if (unmatchedCancels.size > UNMATCHED_CANCELS_KEPT)
           unmatchedCancels.delete(unmatchedCancels.values().next().value!);
@@ -413,25 +430,47 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
 
   /**
    * Claims just received whose cancel NOTIFY came first, held in `checking`: the database
-   * says whether they are cancelled (the key alone could be a retried job's new run: `jobs
-   * retry` starts its attempts over). A cancelled one is dropped, never started; the others
-   * take their place. Failing to ask, they take it too: the next beat asks again, and a
-   * cancel found then aborts the handler. One left in `checking` by shutdown (returned to
-   * `todo` there) or by a newer claim of its job (supersedeEarlierClaims) is not placed.
+   * says which are no longer this worker's (cancelled; or cancelled and retried since — the
+   * key alone could be a retried job's new run, as `jobs retry` starts attempts over). Those
+   * are dropped, never started; the others take their place. A cancel heard while the
+   * question is on its way asks again (the answer may predate it). Failing to ask, they take
+   * their place too: the next beat asks again, and a cancel found then aborts the handler.
+   * One taken from `checking` by shutdown (returned to `todo` there) or by a newer claim of
+   * its job (supersedeEarlierClaims) is not placed.
    */
   function recheckEarlyCancels(): void {
+    // One question at a time: an older answer must not place a claim a newer one would drop.
+    if (rechecking) {
+      recheckWanted = true;
+      return;
+    }
+    rechecking = true;
+    recheckWanted = false;
     const early = [...checking];
-    const settle = (cancelled: ReadonlySet<string>) => {
+    const settle = (gone: ReadonlySet<string>) => {
+      rechecking = false;
       for (const job of early) {
-        if (!checking.delete(job)) continue;
-        if (cancelled.has(claimKey(job))) {
+        if (!checking.has(job)) continue;
+        if (gone.has(claimKey(job))) {
+          checking.delete(job);
           log.info({ jobId: job.id, task: job.task }, 'job cancelled before it started: dropped');
           releaseRuns([job]); // the cancel recorded it as a run; it never started
-        } else place(job);
+        } else if (unmatchedCancels.delete(claimKey(job))) {
+          // A cancel came (cancelRun does not look here) while the answer was on its way,
+          // which may predate it: ask again. The cancel committed before its NOTIFY.
+          recheckWanted = true;
+        } else {
+          checking.delete(job);
+          placedAfterCheck.add(job.id);
+          if (placedAfterCheck.size > UNMATCHED_CANCELS_KEPT)
+            placedAfterCheck.delete(placedAfterCheck.values().next().value!);
+          place(job);
+        }
       }
+      if (recheckWanted && checking.size > 0) recheckEarlyCancels();
       if (!stopping) pump();
     };
-    cancelledClaims(control, schema, early).then(
+    claimsNoLongerHeld(control, schema, id, early).then(
       (keys) => settle(new Set(keys)),
       (error: unknown) => {
         log.debug(
@@ -451,9 +490,20 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
    * its way cannot settle the new claim either: outcomes match the claim's attempt in SQL.
    */
   function supersedeEarlierClaims(job: ClaimedJob): void {
-    if (job.attempts <= 1) return; // a first attempt had no earlier claim (the common case: no scan)
+    // One held back in `checking` is older whatever its attempt: `jobs retry` starts attempts
+    // over, so a cancelled claim retried and claimed again may share its key. Never started,
+    // its abandoned run (the cancel's) is freed; a recovered one (lower attempt) had none.
+    if (checking.size > 0) {
+      for (const held of checking) {
+        if (held.id !== job.id) continue;
+        checking.delete(held);
+        if (held.attempts >= job.attempts) releaseRuns([held]);
+      }
+    }
+    // A first attempt had no earlier claim (the common case: no scan), unless one placed
+    // after a cancel's question may be a cancelled run retried since (recheckEarlyCancels).
+    if (job.attempts <= 1 && !(placedAfterCheck.size > 0 && placedAfterCheck.delete(job.id))) return;
     for (let i = buffer.length - 1; i >= 0; i -= 1) if (buffer[i]!.id === job.id) buffer.splice(i, 1);
-    for (const held of checking) if (held.id === job.id) checking.delete(held);
     for (const run of running.values()) if (run.job.id === job.id) run.superseded = true;
     if (batches.names.size > 0) batches.supersede(job.id);
     outcomes.dropCompletion(job.id);

@@ -75,7 +75,10 @@ export async function heartbeat(
      )
      UPDATE ${s}.workers SET last_seen_at = coalesce($2::timestamptz, now()) WHERE id = $1
      RETURNING last_seen_at AS at,
-       (${cancelledAmong(s, '$3', '$4')}) AS cancelled,
+       (SELECT array_agg(j.id || ':' || j.attempts)
+        FROM unnest($3::bigint[], $4::int[]) AS r(id, attempt)
+        JOIN ${s}.jobs j ON j.id = r.id AND j.attempts = r.attempt
+        WHERE j.status = 'cancelled') AS cancelled,
        EXISTS (SELECT 1 FROM ${s}.queue_limits) AS limited`,
     [
       workerId,
@@ -91,31 +94,26 @@ export async function heartbeat(
 }
 
 /**
- * The claims (`<id>:<attempt>`) among ids and attempts (the two parameters' numbers) that an
- * operator cancelled: primary-key lookups, an attempt of the same job run again after a
- * `jobs retry` (its attempts start over) not mistaken for the cancelled one.
+ * Which of these claims are no longer this worker's: not `doing` for it at that attempt —
+ * cancelled, or cancelled and retried since (`jobs retry` starts attempts over, so a key
+ * alone does not tell the runs apart). For claims whose cancel NOTIFY came before their
+ * reply (worker.ts recheckEarlyCancels). Primary-key lookups.
  */
-function cancelledAmong(s: string, ids: string, attempts: string): string {
-  return `SELECT array_agg(j.id || ':' || j.attempts)
-          FROM unnest(${ids}::bigint[], ${attempts}::int[]) AS r(id, attempt)
-          JOIN ${s}.jobs j ON j.id = r.id AND j.attempts = r.attempt
-          WHERE j.status = 'cancelled'`;
-}
-
-/**
- * Which of these claims an operator has cancelled. For a cancel NOTIFY that came before the
- * claim's own reply (worker.ts cancelRun): asked once the claim is in hand.
- */
-export async function cancelledClaims(
+export async function claimsNoLongerHeld(
   db: Queryable,
   schema: string,
+  workerId: string,
   claims: { id: string; attempts: number }[],
 ): Promise<string[]> {
-  const { rows } = await db.query<{ cancelled: string[] | null }>(
-    `SELECT (${cancelledAmong(quoteSchema(schema), '$1', '$2')}) AS cancelled`,
-    [claims.map((claim) => claim.id), claims.map((claim) => claim.attempts)],
+  const { rows } = await db.query<{ gone: string[] | null }>(
+    `SELECT array_agg(r.id || ':' || r.attempt) AS gone
+     FROM unnest($2::bigint[], $3::int[]) AS r(id, attempt)
+     WHERE NOT EXISTS (
+       SELECT 1 FROM ${quoteSchema(schema)}.jobs j
+       WHERE j.id = r.id AND j.attempts = r.attempt AND j.status = 'doing' AND j.worker_id = $1)`,
+    [workerId, claims.map((claim) => claim.id), claims.map((claim) => claim.attempts)],
   );
-  return rows[0]?.cancelled ?? [];
+  return rows[0]?.gone ?? [];
 }
 
 /** The worker's row goes, and its abandoned runs with it: their handlers stop with the process. */
