@@ -33,13 +33,14 @@ export interface RetryPreview {
   task: string;
   /** Jobs that would go back to todo. */
   count: number;
-  /** Matching jobs that would be left alone: their queueing lock has a waiting job, or a newer match. */
+  /** Matching jobs that would be left alone: their queueing lock has a waiting job, or a newer match, or a run of theirs has not stopped. */
   skipped: number;
 }
 
 /**
  * What a `retry --failed` with this filter would do, per task (changes nothing): the
- * same choice as retryJobs, newest match per queueing lock unless one is already waiting.
+ * same choice as retryJobs, newest match per queueing lock unless one is already waiting,
+ * none whose timed-out run has not stopped.
  */
 export async function previewRetry(
   db: Queryable,
@@ -51,9 +52,10 @@ export async function previewRetry(
     `SELECT task, count(*) FILTER (WHERE chosen)::int AS count, count(*) FILTER (WHERE NOT chosen)::int AS skipped
      FROM (
        SELECT j.task,
-              j.queueing_lock IS NULL
-              OR (j.id = max(j.id) OVER (PARTITION BY j.queueing_lock)
-                  AND NOT EXISTS (SELECT 1 FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo'))
+              (j.queueing_lock IS NULL
+               OR (j.id = max(j.id) OVER (PARTITION BY j.queueing_lock)
+                   AND NOT EXISTS (SELECT 1 FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')))
+              AND NOT EXISTS (SELECT 1 FROM ${s}.abandoned_runs a WHERE a.job_id = j.id)
                 AS chosen
        FROM ${s}.jobs j
        WHERE ${FAILED_MATCH}
@@ -81,6 +83,12 @@ const UNIQUE_VIOLATION = '23505';
  * args) is retried, the others are reported skipped, and none is retried while a job
  * with that lock already waits. Wakes workers with one NOTIFY per queue.
  *
+ * A job whose cancelled or timed-out run is still going (its abandoned_runs row: the
+ * handler ignored its signal and has not returned) is skipped with why: a new claim would
+ * have the old run's key (`<id>:<attempt>`, attempts start over), and the worker could not
+ * tell them apart — both would run, and the old one's outcome could settle the new claim
+ * (found by review). The row goes when the handler returns, or its worker is found dead.
+ *
  * One statement: all of it or nothing. A job with the same queueing lock deferred by
  * someone else between this statement's snapshot and its update still trips the unique
  * index; the statement then changed nothing and is run again, and sees that job waiting
@@ -99,7 +107,8 @@ export async function retryJobs(
       `WITH selected AS (
          SELECT j.id, j.queueing_lock,
                 max(j.id) OVER (PARTITION BY j.queueing_lock) AS newest,
-                (SELECT q.id FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo') AS waiting
+                (SELECT q.id FROM ${s}.jobs q WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo') AS waiting,
+                (SELECT a.worker_id FROM ${s}.abandoned_runs a WHERE a.job_id = j.id LIMIT 1) AS still_on
          FROM ${s}.jobs j
          WHERE CASE WHEN $5::bigint[] IS NOT NULL
                  THEN j.id = ANY ($5::bigint[]) AND j.status IN ('failed', 'cancelled')
@@ -111,6 +120,7 @@ export async function retryJobs(
              finished_at = NULL, keep_until = NULL, updated_at = now()
          FROM selected c
          WHERE j.id = c.id AND c.waiting IS NULL AND (c.queueing_lock IS NULL OR c.id = c.newest)
+           AND c.still_on IS NULL
            -- Re-checked on the row's latest version if someone changed it meanwhile.
            AND j.status IN ('failed', 'cancelled')
          RETURNING j.id, j.task, j.queue
@@ -124,12 +134,15 @@ export async function retryJobs(
          SELECT retried.id, NULL::text AS reason FROM retried, (SELECT count(*) FROM woken) w
          UNION ALL
          SELECT c.id,
-                CASE WHEN c.waiting IS NOT NULL
+                CASE WHEN c.still_on IS NOT NULL
+                  THEN format('its cancelled or timed-out run has not stopped yet on worker %s: retry once its handler has returned', c.still_on)
+                  WHEN c.waiting IS NOT NULL
                   THEN format('queueing lock "%s" already has a waiting job %s', c.queueing_lock, c.waiting)
                   ELSE format('newer job %s with queueing lock "%s" was retried instead', c.newest, c.queueing_lock)
                 END
          FROM selected c
-         WHERE c.queueing_lock IS NOT NULL AND (c.waiting IS NOT NULL OR c.id <> c.newest)
+         WHERE c.still_on IS NOT NULL
+            OR (c.queueing_lock IS NOT NULL AND (c.waiting IS NOT NULL OR c.id <> c.newest))
        ) o
        ORDER BY o.id`,
       [

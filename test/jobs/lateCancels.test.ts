@@ -256,7 +256,7 @@ describe('claims held back while the database is asked whether they were cancell
     }
   });
 
-  it('a claim held back is not run beside a newer claim of the same job (jobs retry: same attempt)', async () => {
+  it('a claim held back cannot be run beside a retry of its job: the retry waits until it is let go', async () => {
     const proxy = await startFaultProxy(databaseUrl());
     const app = createApp({ databaseUrl: proxy.url, schema: t.schema });
     const started = gate();
@@ -278,13 +278,23 @@ describe('claims held back while the database is asked whether they were cancell
           // The NOTIFY overtakes the claim's reply: the claim is held back and asked about.
           assert.deepEqual((await app.jobs.cancel([x])).done, [x]);
           await asked.fired;
-          // While the answer is held, the operator retries X: it is claimed again as "X:1".
-          // The held-back claim's answer ("X:1" is doing, not cancelled) comes later: before
-          // the fix it was placed then and ran beside the new claim.
-          await app.jobs.retry({ ids: [x] });
+          // While the answer is held, the operator retries X. Were it claimed again as "X:1"
+          // (attempts start over), the worker could not tell the held claim from the new one:
+          // both ran (found by review). The retry waits for the held claim to be let go.
+          const early = await app.jobs.retry({ ids: [x] });
+          assert.deepEqual(early.done, []);
+          assert.match(early.skipped[0]?.reason ?? '', /has not stopped yet on worker/);
+          await waitFor(
+            'the held claim to be dropped and let go',
+            async () =>
+              (await t.pool.query(`SELECT 1 FROM ${q()}.abandoned_runs WHERE job_id = $1`, [x])).rowCount ===
+              0,
+          );
+          assert.equal(await runs(x), 0, 'the cancelled claim was started');
+          assert.deepEqual((await app.jobs.retry({ ids: [x] })).done, [x]);
           await started.opened;
-          await waitFor('a second run', async () => (await runs(x)) >= 2, 8_000).catch(() => {});
-          assert.equal(await runs(x), 1, 'the job ran twice at once');
+          await waitFor('a second run', async () => (await runs(x)) >= 2, 3_000).catch(() => {});
+          assert.equal(await runs(x), 1, 'the job ran twice');
           finish.open();
         },
         NO_BEAT,
@@ -294,6 +304,7 @@ describe('claims held back while the database is asked whether they were cancell
       await proxy.close();
     }
   });
+
   it('a question whose connection is cut: the held claim is not lost, and the cancel still wins (by the beat)', async () => {
     const proxy = await startFaultProxy(databaseUrl());
     const { log, lines } = captureLog();
