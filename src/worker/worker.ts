@@ -470,16 +470,21 @@ export function startWorker(deps: WorkerDeps, options: WorkerOptions = {}): Work
       if (recheckWanted && checking.size > 0) recheckEarlyCancels();
       if (!stopping) pump();
     };
-    claimsNoLongerHeld(control, schema, id, early).then(
-      (keys) => settle(new Set(keys)),
-      (error: unknown) => {
-        log.debug(
-          { err: error, jobIds: early.map((job) => job.id) },
-          'could not ask whether claims were cancelled: the heartbeat will',
-        );
-        settle(new Set());
-      },
-    );
+    claimsNoLongerHeld(control, schema, id, early)
+      .then(
+        (keys) => settle(new Set(keys)),
+        (error: unknown) => {
+          log.debug(
+            { err: error, jobIds: early.map((job) => job.id) },
+            'could not ask whether claims were cancelled: the heartbeat will',
+          );
+          settle(new Set());
+        },
+      )
+      .catch((error: unknown) => {
+        // Never expected (placing and pumping do not throw): logged, not an unhandled rejection.
+        log.error({ err: error }, 'could not settle claims held back for a cancel');
+      });
   }
 
   /**
