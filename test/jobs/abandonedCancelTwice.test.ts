@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { createApp } from '../../src/app.js';
 import { cancelJobs } from '../../src/jobs/operate.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
-import { waitFor, withRunningWorker } from './support.js';
+import { retryBesideItsOldRun, waitFor, withRunningWorker } from './support.js';
 
 let t: TestApp;
 let q: string;
@@ -23,27 +23,6 @@ before(async () => {
   q = `"${t.schema}"`;
 });
 after(async () => t.cleanup());
-
-/**
- * `jobs retry` now refuses a job whose cancelled run has not stopped (checked here); the
- * state it used to make — a new claim with the old run's key beside it — is made by SQL,
- * as an operator's hand-written UPDATE could: the worker's guards must hold in it too.
- */
-async function retryBeside(id: string): Promise<void> {
-  const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
-  try {
-    const { done, skipped } = await app.jobs.retry({ ids: [id] });
-    assert.deepEqual(done, []);
-    assert.match(skipped[0]?.reason ?? '', /has not stopped yet on worker/);
-  } finally {
-    await app.close();
-  }
-  await t.pool.query(
-    `UPDATE ${q}.jobs SET status = 'todo', run_at = now(), attempts = 0, worker_id = NULL WHERE id = $1`,
-    [id],
-  );
-  await t.pool.query(`SELECT pg_notify($1, 'two')`, [`${t.schema}_jobs`]);
-}
 
 describe('a second notice of a cancel for a run that ended here', () => {
   it('does not free the slot of an older run of the same key still going', async () => {
@@ -70,7 +49,7 @@ describe('a second notice of a cancel for a run that ended here', () => {
     await withRunningWorker(app, t.pool, t.schema, async () => {
       await waitFor('x run 1 to start', async () => gates.has('x#1'));
       await app.jobs.cancel([x.id]); // x#1 ignores its signal: abandoned, one row
-      await retryBeside(x.id); // attempts back to 0: the next run is x:1 again
+      await retryBesideItsOldRun(app, t.pool, t.schema, x.id); // attempts back to 0: the next run is x:1 again
       await waitFor('x run 2 to start', async () => gates.has('x#2'));
       // x#2 returns; its completion waits on our row lock; the cancel commits in between.
       const client = await t.pool.connect();

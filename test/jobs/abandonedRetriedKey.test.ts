@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createApp } from '../../src/app.js';
 import { databaseUrl, isolatedApp, type TestApp } from '../helpers.js';
-import { waitFor, withRunningWorker } from './support.js';
+import { retryBesideItsOldRun, waitFor, withRunningWorker } from './support.js';
 
 let t: TestApp;
 let q: string;
@@ -20,27 +20,6 @@ before(async () => {
   q = `"${t.schema}"`;
 });
 after(async () => t.cleanup());
-
-/**
- * `jobs retry` now refuses a job whose cancelled run has not stopped (checked here); the
- * state it used to make — a new claim with the old run's key beside it — is made by SQL,
- * as an operator's hand-written UPDATE could: the worker's guards must hold in it too.
- */
-async function retryBeside(id: string): Promise<void> {
-  const app = createApp({ databaseUrl: databaseUrl(), schema: t.schema });
-  try {
-    const { done, skipped } = await app.jobs.retry({ ids: [id] });
-    assert.deepEqual(done, []);
-    assert.match(skipped[0]?.reason ?? '', /has not stopped yet on worker/);
-  } finally {
-    await app.close();
-  }
-  await t.pool.query(
-    `UPDATE ${q}.jobs SET status = 'todo', run_at = now(), attempts = 0, worker_id = NULL WHERE id = $1`,
-    [id],
-  );
-  await t.pool.query(`SELECT pg_notify($1, 'two')`, [`${t.schema}_jobs`]);
-}
 
 describe('retry of a cancelled job while its old handler runs', () => {
   it('never runs more handlers than the queue concurrency', async () => {
@@ -64,7 +43,7 @@ describe('retry of a cancelled job while its old handler runs', () => {
     await withRunningWorker(app, t.pool, t.schema, async () => {
       await waitFor('x run 1 to start', async () => gates.has('x#1'));
       await app.jobs.cancel([x.id]);
-      await retryBeside(x.id); // attempts back to 0: the next run is x:1 again
+      await retryBesideItsOldRun(app, t.pool, t.schema, x.id); // attempts back to 0: the next run is x:1 again
       await waitFor('x run 2 to start (old run still counted: 1 of 2)', async () => gates.has('x#2'));
       await app.jobs.cancel([x.id]);
       const rows = (await t.pool.query(`SELECT job_id::text, attempt FROM ${q}.abandoned_runs`)).rows;

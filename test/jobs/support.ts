@@ -1,4 +1,5 @@
 /** Shared by the job tests: waiting for an outcome, and worker processes. */
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import { after } from 'node:test';
@@ -157,4 +158,27 @@ export function gate(): { open: () => void; opened: Promise<void> } {
     open = resolve;
   });
   return { open, opened };
+}
+
+/**
+ * Puts a cancelled job whose old run still goes back to `todo`, beside that run. `jobs
+ * retry` refuses it (checked here: its new claim would have the old run's key); the state
+ * is made by SQL, as an operator's hand-written UPDATE could: the worker's guards must hold
+ * in it too. The job's queue is woken.
+ */
+export async function retryBesideItsOldRun(
+  app: App,
+  pool: pg.Pool,
+  schema: string,
+  id: string,
+): Promise<void> {
+  const { done, skipped } = await app.jobs.retry({ ids: [id] });
+  assert.deepEqual(done, []);
+  assert.match(skipped[0]?.reason ?? '', /has not stopped yet on worker/);
+  const { rows } = await pool.query(
+    `UPDATE "${schema}".jobs SET status = 'todo', run_at = now(), attempts = 0, worker_id = NULL
+     WHERE id = $1 RETURNING queue`,
+    [id],
+  );
+  await pool.query('SELECT pg_notify($1, $2)', [`${schema}_jobs`, rows[0].queue]);
 }
